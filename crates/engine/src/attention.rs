@@ -1,0 +1,291 @@
+//! Causal grouped-query attention over an F32 key/value cache.
+//!
+//! The cache stores, per layer, one row of `n_head_kv * head_dim` floats per position, and grows
+//! with the conversation (up to the context length) instead of being allocated at full size.
+//! Attention reads the cached rows in place: K/V heads are shared by `n_head / n_head_kv` query
+//! heads without being repeated, and nothing is copied per token. Scores and softmax are F32, as
+//! llama.cpp computes them with an F32 cache and flash attention off.
+
+use candle_core::utils::barrier_pool;
+
+use crate::ops;
+
+/// Keys and values of every layer for the tokens seen so far.
+#[derive(Debug)]
+pub struct KvCache {
+    /// Per layer: keys, (len, kv_dim) row-major.
+    k: Vec<Vec<f32>>,
+    /// Per layer: values, (len, kv_dim).
+    v: Vec<Vec<f32>>,
+    /// The tokens whose keys and values are cached, in order.
+    tokens: Vec<u32>,
+    kv_dim: usize,
+    max_len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize, kv_dim: usize, max_len: usize) -> Self {
+        Self {
+            k: vec![Vec::new(); n_layer],
+            v: vec![Vec::new(); n_layer],
+            tokens: Vec::new(),
+            kv_dim,
+            max_len,
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forgets every position from `len` on (a conversation that diverged from the cache).
+    pub fn truncate(&mut self, len: usize) {
+        let len = len.min(self.tokens.len());
+        self.tokens.truncate(len);
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            buf.truncate(len * self.kv_dim);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Bytes held by the cache buffers.
+    pub fn size_in_bytes(&self) -> usize {
+        self.k
+            .iter()
+            .chain(self.v.iter())
+            .map(|b| b.capacity() * 4)
+            .sum()
+    }
+
+    /// Writes layer `il`'s keys and values for positions `len..len + t` (not yet committed).
+    pub fn put(&mut self, il: usize, k_new: &[f32], v_new: &[f32]) {
+        let pos = self.tokens.len() * self.kv_dim;
+        for (buf, new) in [(&mut self.k[il], k_new), (&mut self.v[il], v_new)] {
+            buf.truncate(pos);
+            if buf.capacity() < pos + new.len() {
+                // Grow geometrically but never past the context: the cache of a long context
+                // stays small for short chats.
+                let want = (buf.capacity() * 2)
+                    .max(pos + new.len())
+                    .max(256 * self.kv_dim)
+                    .min(self.max_len * self.kv_dim);
+                buf.reserve_exact(want.max(pos + new.len()) - buf.len());
+            }
+            buf.extend_from_slice(new);
+        }
+    }
+
+    /// Layer `il`'s keys and values including the rows written by `put`.
+    pub fn layer(&self, il: usize) -> (&[f32], &[f32]) {
+        (&self.k[il], &self.v[il])
+    }
+
+    /// Marks `tokens` (whose rows every layer has `put`) as cached.
+    pub fn commit(&mut self, tokens: &[u32]) {
+        self.tokens.extend_from_slice(tokens);
+    }
+
+    /// Drops rows written by `put` but never committed (a forward pass that failed midway).
+    pub fn rollback(&mut self) {
+        let len = self.tokens.len();
+        self.truncate(len);
+    }
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// New query positions.
+    pub t: usize,
+    /// Position of the first new query (= number of earlier cached positions).
+    pub pos: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+/// `out (t, n_head*head_dim) = softmax(q k^T * scale, causal) v` for queries at positions
+/// `pos..pos+t` against cached keys/values `0..pos+t` (`k`, `v`: (pos+t, n_head_kv*head_dim)).
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32]) {
+    let AttnShape {
+        t,
+        pos,
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+        scale,
+    } = s;
+    let kv_dim = n_head_kv * hd;
+    let group = n_head / n_head_kv;
+    debug_assert_eq!(q.len(), t * n_head * hd);
+    debug_assert!(k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim);
+    debug_assert_eq!(out.len(), t * n_head * hd);
+    let out_ptr = out.as_mut_ptr() as usize;
+
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    // One work item per (query position, head): each writes its own head_dim slice of `out`.
+    barrier_pool().execute_chunked(t * n_head, |items| {
+        SCRATCH.with(|scratch| {
+            let (scores, acc) = &mut *scratch.borrow_mut();
+            for item in items {
+                let (i, h) = (item / n_head, item % n_head);
+                let g = h / group;
+                let n_keys = pos + i + 1;
+                let qh = &q[(i * n_head + h) * hd..][..hd];
+                // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
+                // positions; padding the same way keeps its block-wise softmax sums.
+                scores.clear();
+                scores.extend(
+                    (0..n_keys).map(|j| ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * scale),
+                );
+                scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
+                ops::softmax_in_place(scores);
+                // SAFETY: item (i, h) owns out[(i*n_head + h)*hd ..][..hd]; items are disjoint.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (out_ptr as *mut f32).add((i * n_head + h) * hd),
+                        hd,
+                    )
+                };
+                weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+            }
+        })
+    });
+}
+
+/// `o[d] = sum_j p[j] * v[j][off + d]` as llama.cpp's tinyBLAS computes `kqv`: 16 FMA lanes over
+/// the positions, reduced as a tree.
+fn weighted_sum(
+    p: &[f32],
+    v: &[f32],
+    kv_dim: usize,
+    off: usize,
+    acc: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let hd = o.len();
+    acc.clear();
+    acc.resize(16 * hd, 0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        let lane = &mut acc[(j % 16) * hd..][..hd];
+        for (a, &x) in lane.iter_mut().zip(&v[j * kv_dim + off..][..hd]) {
+            *a = x.mul_add(pj, *a);
+        }
+    }
+    let mut lanes = [0f32; 16];
+    for (d, od) in o.iter_mut().enumerate() {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = acc[l * hd + d];
+        }
+        *od = ops::tree_sum16(&lanes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward attention with repeated K/V heads, as a reference.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
+        let (hd, kv_dim) = (s.head_dim, s.n_head_kv * s.head_dim);
+        let mut out = vec![0f32; s.t * s.n_head * hd];
+        for i in 0..s.t {
+            for h in 0..s.n_head {
+                let g = h * s.n_head_kv / s.n_head;
+                let qh = &q[(i * s.n_head + h) * hd..][..hd];
+                let n = s.pos + i + 1;
+                let logits: Vec<f64> = (0..n)
+                    .map(|j| {
+                        let kj = &k[j * kv_dim + g * hd..][..hd];
+                        qh.iter().zip(kj).map(|(a, b)| (a * b) as f64).sum::<f64>() * s.scale as f64
+                    })
+                    .collect();
+                let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+                for (j, l) in logits.iter().enumerate() {
+                    let w = (l - m).exp() / z;
+                    for d in 0..hd {
+                        out[(i * s.n_head + h) * hd + d] +=
+                            (w * v[j * kv_dim + g * hd + d] as f64) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grouped_causal_attention_matches_naive() {
+        for &(t, pos, n_head, n_head_kv, hd) in &[
+            (1, 0, 4, 1, 8),
+            (5, 0, 4, 2, 12),
+            (3, 7, 6, 3, 16),
+            (1, 20, 9, 3, 64),
+        ] {
+            let s = AttnShape {
+                t,
+                pos,
+                n_head,
+                n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            let q = pseudo(t * n_head * hd, 1);
+            let k = pseudo((pos + t) * n_head_kv * hd, 2);
+            let v = pseudo((pos + t) * n_head_kv * hd, 3);
+            let mut out = vec![f32::NAN; q.len()];
+            attention(&q, &k, &v, s, &mut out);
+            let want = naive(&q, &k, &v, s);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn cache_rollback_forgets_uncommitted_rows() {
+        let mut c = KvCache::new(2, 4, 16);
+        c.put(0, &[1.0; 8], &[2.0; 8]);
+        c.put(1, &[1.0; 8], &[2.0; 8]);
+        c.commit(&[10, 11]);
+        c.put(0, &[3.0; 4], &[4.0; 4]);
+        c.rollback();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.layer(0).0.len(), 8);
+        c.truncate(1);
+        assert_eq!(c.tokens(), &[10]);
+        assert_eq!(c.layer(1).1.len(), 4);
+    }
+}

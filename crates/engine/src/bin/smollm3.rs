@@ -1,0 +1,573 @@
+//! `smollm3`: a command-line front end to the engine, for scripts, checks and benchmarks.
+//! Machine-readable output goes to stdout; progress and errors go to stderr.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use engine::{ChatMessage, ChatOptions, Engine, EngineOptions, GenerationEvent, GenerationParams};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "smollm3",
+    version,
+    about = "Run SmolLM3 / Llama GGUF models locally"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Path to a GGUF model file.
+    #[arg(long, env = "SMOLLM3_MODEL")]
+    model: PathBuf,
+    /// Context length in tokens (capped by the model's own).
+    #[arg(long, env = "SMOLLM3_CONTEXT", default_value_t = engine::DEFAULT_CONTEXT_LEN)]
+    context: usize,
+    /// Compute threads (0 = all available cores).
+    #[arg(long, env = "SMOLLM3_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// A Hugging Face tokenizer.json to use instead of the GGUF's vocabulary.
+    #[arg(long)]
+    tokenizer_json: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Engine> {
+        engine::threads::init(self.threads);
+        let opts = EngineOptions {
+            context_len: self.context,
+            tokenizer_json: self.tokenizer_json.clone(),
+        };
+        Engine::load(&self.model, &opts)
+            .with_context(|| format!("loading {}", self.model.display()))
+    }
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Sampling temperature (0 = greedy). Default: the model family's recommendation.
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// 0 disables top-k.
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Repetition penalty over the last `--repeat-last-n` tokens (1 = off).
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    #[arg(long)]
+    repeat_last_n: Option<usize>,
+    /// Random seed (same seed, same output).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self, engine: &Engine) -> engine::SamplingParams {
+        let mut p = engine.default_sampling();
+        p.temperature = self.temperature.unwrap_or(p.temperature);
+        p.top_p = self.top_p.unwrap_or(p.top_p);
+        p.top_k = self.top_k.unwrap_or(p.top_k);
+        p.min_p = self.min_p.unwrap_or(p.min_p);
+        p.repeat_penalty = self.repeat_penalty.unwrap_or(p.repeat_penalty);
+        p.repeat_last_n = self.repeat_last_n.unwrap_or(p.repeat_last_n);
+        p.seed = self.seed;
+        p
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the token ids of TEXT as {"ids":[...]} (no BOS added).
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Map special-token text (e.g. <|im_start|>) to special tokens.
+        #[arg(long)]
+        parse_special: bool,
+        text: String,
+    },
+    /// Teacher-forced logits for every input token, in the reference files' shape.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        /// How many of the highest logits to print per position.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Generate a reply to PROMPT (wrapped in the chat template unless --raw), streaming.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Comma-separated prompt token ids, fed as they are.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["prompt", "raw", "system"])]
+        tokens: Option<Vec<u32>>,
+        /// Feed PROMPT as plain text, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Turn thinking mode off (SmolLM3's /no_think).
+        #[arg(long)]
+        no_think: bool,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        /// Do not stop at end-of-sequence tokens.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Stop when this text appears (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print one JSON object at the end instead of streaming text.
+        #[arg(long)]
+        json: bool,
+        prompt: Option<String>,
+    },
+    /// Interactive chat in the terminal (/think, /no_think, /reset, /exit).
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 1024)]
+        max_tokens: usize,
+    },
+    /// Measure load time, prefill and decode speed, and peak memory.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        gen_tokens: usize,
+        /// Runs of each test; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a model: architecture, sizes, quantization, template, NoPE layers.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render a chat template with a context file (the shape of templates.json's `context`).
+    Template {
+        #[arg(long, required_unless_present = "template")]
+        model: Option<PathBuf>,
+        /// A Jinja template file instead of a model's.
+        #[arg(long, conflicts_with = "model")]
+        template: Option<PathBuf>,
+        #[arg(long)]
+        context: PathBuf,
+        /// The date strftime_now sees (YYYY-MM-DD); default today.
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SMOLLM3_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tokenize {
+            model,
+            parse_special,
+            text,
+        } => {
+            let engine = model.load()?;
+            let ids = engine.tokenizer().encode(&text, parse_special);
+            println!("{}", json!({ "ids": ids }));
+        }
+        Command::Logits { model, tokens, top } => {
+            let mut engine = model.load()?;
+            let rows = engine.logits(&tokens)?;
+            let positions: Vec<_> = rows.iter().map(|row| top_k_json(row, top)).collect();
+            println!("{}", json!({ "positions": positions }));
+        }
+        Command::Generate {
+            model,
+            sampling,
+            tokens,
+            raw,
+            system,
+            no_think,
+            max_tokens,
+            ignore_eos,
+            stop,
+            json,
+            prompt,
+        } => {
+            let mut engine = model.load()?;
+            let (ids, start_in_thinking) = match (tokens, prompt) {
+                (Some(ids), _) => (ids, false),
+                (None, Some(p)) if raw => (engine.tokenizer().encode(&p, false), false),
+                (None, Some(p)) => {
+                    let mut messages = Vec::new();
+                    if let Some(s) = system {
+                        messages.push(ChatMessage::new("system", s));
+                    }
+                    messages.push(ChatMessage::new("user", p));
+                    chat_prompt(&engine, &messages, !no_think)?
+                }
+                (None, None) => bail!("give a PROMPT or --tokens"),
+            };
+            let params = GenerationParams {
+                max_tokens,
+                sampling: sampling.params(&engine),
+                stop_strings: stop,
+                ignore_eos,
+                start_in_thinking,
+            };
+            let out = engine.generate(&ids, &params, &|| false, &mut |ev| {
+                if !json {
+                    print_event(&ev)
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!();
+            }
+        }
+        Command::Chat {
+            model,
+            sampling,
+            system,
+            max_tokens,
+        } => chat(model, sampling, system, max_tokens)?,
+        Command::Bench {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            repetitions,
+            json,
+        } => bench(&model, prompt_tokens, gen_tokens, repetitions, json)?,
+        Command::Inspect { model, json } => {
+            let engine = model.load()?;
+            let info = engine.info();
+            if json {
+                println!("{}", serde_json::to_string_pretty(info)?);
+            } else {
+                print_info(info);
+            }
+        }
+        Command::Template {
+            model,
+            template,
+            context,
+            date,
+        } => {
+            let ctx: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&context)
+                    .with_context(|| format!("reading {}", context.display()))?,
+            )
+            .with_context(|| format!("{} is not valid JSON", context.display()))?;
+            let today = date.unwrap_or_else(|| chrono::Local::now().date_naive());
+            let rendered = match (template, model) {
+                (Some(path), _) => {
+                    let src = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    engine::template::ChatTemplate::new(&src, "", "")?.render_value(&ctx, today)?
+                }
+                (None, Some(path)) => {
+                    let args = ModelArgs {
+                        model: path,
+                        context: 16,
+                        threads: 1,
+                        tokenizer_json: None,
+                    };
+                    let engine = args.load()?;
+                    let t = engine
+                        .chat_template()
+                        .context("the model has no chat template")?;
+                    t.render_value(&ctx, today)?
+                }
+                (None, None) => bail!("give --model or --template"),
+            };
+            print!("{rendered}");
+        }
+    }
+    Ok(())
+}
+
+/// Renders the conversation and says whether the prompt leaves the model inside a think block.
+fn chat_prompt(engine: &Engine, messages: &[ChatMessage], think: bool) -> Result<(Vec<u32>, bool)> {
+    let opts = ChatOptions {
+        add_generation_prompt: true,
+        enable_thinking: Some(think),
+        ..Default::default()
+    };
+    let text = engine.render_chat(messages, &opts, chrono::Local::now().date_naive())?;
+    let open = text
+        .rfind("<think>")
+        .is_some_and(|i| !text[i..].contains("</think>"));
+    Ok((engine.encode_prompt(&text), open))
+}
+
+fn print_event(ev: &GenerationEvent) {
+    match ev {
+        GenerationEvent::Thinking(s) => {
+            eprint!("\x1b[2m{s}\x1b[0m");
+            let _ = std::io::stderr().flush();
+        }
+        GenerationEvent::Token(s) => {
+            print!("{s}");
+            let _ = std::io::stdout().flush();
+        }
+        GenerationEvent::Done(_) => {}
+    }
+}
+
+fn top_k_json(row: &[f32], k: usize) -> serde_json::Value {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    let top: Vec<_> = idx.iter().take(k).map(|&i| json!([i, row[i]])).collect();
+    json!({ "argmax": idx.first().copied().unwrap_or(0), "top": top })
+}
+
+fn chat(
+    model: ModelArgs,
+    sampling: SamplingArgs,
+    system: Option<String>,
+    max_tokens: usize,
+) -> Result<()> {
+    let mut engine = model.load()?;
+    let mut think = engine.config().arch == engine::Arch::SmolLM3;
+    let mut messages: Vec<ChatMessage> = system
+        .iter()
+        .map(|s| ChatMessage::new("system", s.clone()))
+        .collect();
+    let params = |engine: &Engine, start_in_thinking| GenerationParams {
+        max_tokens,
+        sampling: sampling.params(engine),
+        stop_strings: Vec::new(),
+        ignore_eos: false,
+        start_in_thinking,
+    };
+    eprintln!(
+        "Chatting with {} (/think, /no_think, /reset, /exit)",
+        model.model.display()
+    );
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/think" => {
+                think = true;
+                eprintln!("thinking on");
+                continue;
+            }
+            "/no_think" => {
+                think = false;
+                eprintln!("thinking off");
+                continue;
+            }
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                engine.reset();
+                eprintln!("conversation cleared");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::new("user", line.to_string()));
+        let (ids, open) = match chat_prompt(&engine, &messages, think) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                messages.pop();
+                continue;
+            }
+        };
+        let p = params(&engine, open);
+        match engine.generate(&ids, &p, &|| false, &mut |ev| print_event(&ev)) {
+            Ok(out) => {
+                println!();
+                let t = &out.timings;
+                eprintln!(
+                    "\x1b[2m[{} tokens, {:.1} tok/s, first token after {:.0} ms, {} cached]\x1b[0m",
+                    out.usage.completion_tokens,
+                    t.decode_tok_s,
+                    t.time_to_first_token_ms,
+                    out.usage.cached_tokens
+                );
+                messages.push(ChatMessage::new("assistant", out.text));
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                messages.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Like llama-bench: prefill `prompt_tokens` from an empty cache, then decode `gen_tokens` one at
+/// a time from an empty cache, with pseudo-random token ids.
+fn bench(
+    model: &ModelArgs,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
+    let mut args = model.clone();
+    args.context = args.context.min(prompt_tokens.max(gen_tokens) + 1).max(1);
+    let t0 = Instant::now();
+    let mut engine = args.load()?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let vocab = engine.tokenizer().vocab_size() as u64;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand_tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % vocab) as u32
+            })
+            .collect()
+    };
+    let reps = reps.max(1);
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        if prompt_tokens > 0 {
+            let toks = rand_tokens(prompt_tokens);
+            engine.reset();
+            let t = Instant::now();
+            engine.feed(&toks)?;
+            pp.push(prompt_tokens as f64 / t.elapsed().as_secs_f64());
+        }
+        if gen_tokens > 0 {
+            let toks = rand_tokens(gen_tokens);
+            engine.reset();
+            let t = Instant::now();
+            for &tok in &toks {
+                engine.feed(&[tok])?;
+            }
+            tg.push(gen_tokens as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let out = json!({
+        "model": model.model.display().to_string(),
+        "threads": engine::threads::current(),
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens,
+        "repetitions": reps,
+        "load_s": load_s,
+        "prefill_tok_s": median(pp),
+        "decode_tok_s": median(tg),
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn print_info(info: &engine::ModelInfo) {
+    let c = &info.config;
+    let gib = info.file_bytes as f64 / (1u64 << 30) as f64;
+    println!("file:          {} ({gib:.2} GiB)", info.path.display());
+    if let Some(name) = &c.name {
+        println!("name:          {name}");
+    }
+    println!("architecture:  {}", c.arch.name());
+    println!(
+        "layers:        {} (hidden {}, feed-forward {})",
+        c.n_layer, c.n_embd, c.n_ff
+    );
+    println!(
+        "attention:     {} heads, {} key/value heads (GQA {}:1), head size {}",
+        c.n_head,
+        c.n_head_kv,
+        c.n_head / c.n_head_kv,
+        c.head_dim
+    );
+    println!("vocabulary:    {}", info.vocab_size);
+    println!(
+        "context:       {} trained, {} in use",
+        c.context_length, info.context_len
+    );
+    println!("rope theta:    {}", c.rope_theta);
+    let nope: Vec<String> = info.nope_layers.iter().map(|l| l.to_string()).collect();
+    println!(
+        "NoPE layers:   {}",
+        if nope.is_empty() {
+            "none".to_string()
+        } else {
+            nope.join(", ")
+        }
+    );
+    let types: Vec<String> = info
+        .weight_types
+        .iter()
+        .map(|(t, n)| format!("{t} x{n}"))
+        .collect();
+    println!("weight types:  {}", types.join(", "));
+    println!("tensors:       {}", info.tensor_count);
+    println!(
+        "chat template: {}",
+        if info.has_chat_template { "yes" } else { "no" }
+    );
+    println!("load time:     {:.0} ms", info.load_ms);
+}

@@ -1,0 +1,284 @@
+//! [`Engine`]: a loaded model with its tokenizer and chat template, ready to chat.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
+use serde::Serialize;
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams};
+use crate::gguf::{Gguf, GgufError};
+use crate::model::{Logits, Model};
+use crate::sampler::SamplingParams;
+use crate::template::{ChatMessage, ChatOptions, ChatTemplate};
+use crate::tokenizer::Tokenizer;
+
+/// Context length used when the caller does not choose one (capped by the model's own).
+pub const DEFAULT_CONTEXT_LEN: usize = 8192;
+
+/// Load-time choices.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// KV cache size in tokens; capped at the model's trained context length.
+    pub context_len: usize,
+    /// A Hugging Face `tokenizer.json` to use instead of the GGUF's vocabulary.
+    pub tokenizer_json: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            context_len: DEFAULT_CONTEXT_LEN,
+            tokenizer_json: None,
+        }
+    }
+}
+
+/// A summary of a loaded model (for `inspect` and `/model`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub config: ModelConfig,
+    pub vocab_size: usize,
+    pub tensor_count: usize,
+    /// (type name, tensor count) over the matrices.
+    pub weight_types: Vec<(String, usize)>,
+    pub has_chat_template: bool,
+    pub nope_layers: Vec<usize>,
+    pub context_len: usize,
+    pub load_ms: f64,
+}
+
+/// A model ready to run: weights, tokenizer, template and KV cache.
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    stop_tokens: Vec<u32>,
+    info: ModelInfo,
+}
+
+fn gguf_err(path: &Path) -> impl Fn(GgufError) -> EngineError + '_ {
+    move |source| EngineError::Gguf {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn load_tokenizer(gguf: &Gguf, opts: &EngineOptions) -> Result<Tokenizer> {
+    let Some(path) = &opts.tokenizer_json else {
+        return Tokenizer::from_gguf(gguf);
+    };
+    let json = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let from_gguf = Tokenizer::from_gguf(gguf)?;
+    let pre = gguf
+        .opt_str("tokenizer.ggml.pre")
+        .map_err(|e| EngineError::Tokenizer(e.to_string()))?
+        .unwrap_or("default");
+    Tokenizer::from_tokenizer_json(&json, pre, from_gguf.special().clone())
+}
+
+impl Engine {
+    /// Memory-maps and validates `path`, then builds the model. Never panics on a bad file.
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
+        let start = Instant::now();
+        let io_err = |source| EngineError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // SAFETY: the map is read-only; a model file changed underneath a running app is outside
+        // what we can defend against (as for every mmap-based loader, llama.cpp included).
+        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_err)?);
+        let gguf = Gguf::parse(&map).map_err(gguf_err(path))?;
+        let cfg = ModelConfig::from_gguf(&gguf)?;
+        let tokenizer = load_tokenizer(&gguf, opts)?;
+        let template = match gguf.opt_str("tokenizer.chat_template") {
+            Ok(Some(src)) => {
+                let piece = |id: Option<u32>| {
+                    id.map(|i| String::from_utf8_lossy(tokenizer.token_bytes(i)).into_owned())
+                        .unwrap_or_default()
+                };
+                let s = tokenizer.special();
+                Some(ChatTemplate::new(src, &piece(s.bos), &piece(s.eos))?)
+            }
+            Ok(None) => None,
+            Err(e) => return Err(EngineError::Template(e.to_string())),
+        };
+        let context_len = opts.context_len.clamp(1, cfg.context_length);
+        let model = Model::load(&gguf, &map, cfg.clone(), context_len)?;
+        if tokenizer.vocab_size() != model.vocab_size() {
+            return Err(EngineError::UnsupportedModel(format!(
+                "the tokenizer has {} tokens but the embedding matrix has {} rows",
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            )));
+        }
+        let stop_tokens = stop_tokens(&tokenizer);
+        let info = ModelInfo {
+            path: path.to_owned(),
+            file_bytes: map.len() as u64,
+            vocab_size: model.vocab_size(),
+            tensor_count: gguf.tensors.len(),
+            weight_types: model
+                .weight_types()
+                .into_iter()
+                .map(|(t, n)| (format!("{t:?}"), n))
+                .collect(),
+            has_chat_template: template.is_some(),
+            nope_layers: cfg.nope_layers(),
+            context_len,
+            config: cfg,
+            load_ms: start.elapsed().as_secs_f64() * 1e3,
+        };
+        tracing::info!(path = %path.display(), load_ms = info.load_ms, "model loaded");
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            stop_tokens,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn load_time(&self) -> Duration {
+        Duration::from_secs_f64(self.info.load_ms / 1e3)
+    }
+
+    /// Context length in tokens (the KV cache size).
+    pub fn context_len(&self) -> usize {
+        self.model.max_len()
+    }
+
+    /// Positions currently held in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.model.cache().len()
+    }
+
+    /// Bytes of the KV cache buffers.
+    pub fn cache_bytes(&self) -> usize {
+        self.model.cache().size_in_bytes()
+    }
+
+    /// Forgets the KV cache (the next prompt is prefilled from scratch).
+    pub fn reset(&mut self) {
+        self.model.truncate_cache(0);
+    }
+
+    /// Tokens that end a generation: end-of-sequence and end-of-turn tokens.
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
+    /// The model family's recommended sampling settings.
+    pub fn default_sampling(&self) -> SamplingParams {
+        SamplingParams::for_family(self.config().arch.family())
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// Renders a conversation with the model's own template.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        opts: &ChatOptions,
+        today: chrono::NaiveDate,
+    ) -> Result<String> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            EngineError::Template("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
+        template.render(messages, opts, today)
+    }
+
+    /// Tokens of a rendered prompt: special tokens parsed, BOS added when the model asks for it.
+    pub fn encode_prompt(&self, rendered: &str) -> Vec<u32> {
+        let mut ids = self.tokenizer.encode(rendered, true);
+        let s = self.tokenizer.special();
+        if let (true, Some(bos)) = (s.add_bos, s.bos) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        ids
+    }
+
+    /// Teacher-forced logits for every position of `tokens`, from an empty cache.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.reset();
+        if tokens.len() > self.context_len() {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: tokens.len(),
+                context_len: self.context_len(),
+                max_prompt: self.context_len(),
+            });
+        }
+        let out = self.model.forward(tokens, Logits::All)?;
+        Ok(out.to_vec2::<f32>()?)
+    }
+
+    /// Runs `tokens` after the cached ones and returns the last position's logits (benchmarks,
+    /// manual decoding).
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let out = self.model.forward(tokens, Logits::Last)?;
+        Ok(out.squeeze(0)?.to_vec1::<f32>()?)
+    }
+
+    /// Generates from `prompt` tokens, reusing the cached prefix.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        cancelled: &dyn Fn() -> bool,
+        on_event: &mut dyn FnMut(GenerationEvent),
+    ) -> Result<GenerationOutput> {
+        generate::generate(
+            &mut self.model,
+            &self.tokenizer,
+            &self.stop_tokens,
+            prompt,
+            params,
+            cancelled,
+            on_event,
+        )
+    }
+}
+
+/// End-of-sequence and end-of-turn ids: the GGUF's eos/eot plus the chat formats' turn ends.
+fn stop_tokens(tok: &Tokenizer) -> Vec<u32> {
+    let s = tok.special();
+    let mut ids: Vec<u32> = [s.eos, s.eot].into_iter().flatten().collect();
+    for piece in [
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+    ] {
+        if let Some(id) = tok.token_id(piece) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}

@@ -1,0 +1,225 @@
+//! Generation: prefill (reusing the cached prefix), then sample, detokenize and stream until a stop.
+//!
+//! Events arrive in order: thinking and answer deltas as the text becomes certain, then one
+//! [`GenerationEvent::Done`] with the finish reason, token counts and timings.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::model::{Logits, Model};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::textstream::{Delta, TextStream};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerationParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Text that ends the answer when it appears (not included in the output).
+    pub stop_strings: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks, raw continuations).
+    pub ignore_eos: bool,
+    /// The prompt already opened a `<think>` block.
+    pub start_in_thinking: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached or the context is full.
+    Length,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose keys/values were reused from the previous request.
+    pub cached_tokens: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// From the request to the first sampled token.
+    pub time_to_first_token_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// New (not cached) prompt tokens per second.
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+/// The summary sent last.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerationDone {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+#[derive(Clone, Debug)]
+pub enum GenerationEvent {
+    Thinking(String),
+    Token(String),
+    Done(GenerationDone),
+}
+
+/// Everything generated, for callers that want the whole result.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerationOutput {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub thinking: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+fn per_s(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1e3 / ms
+    } else {
+        0.0
+    }
+}
+
+/// Runs one generation on `model`. `stop_tokens` end it unless `ignore_eos`; `cancelled` is polled
+/// between tokens; `on_event` receives every event, the `Done` one included.
+pub fn generate(
+    model: &mut Model,
+    tokenizer: &Tokenizer,
+    stop_tokens: &[u32],
+    prompt: &[u32],
+    params: &GenerationParams,
+    cancelled: &dyn Fn() -> bool,
+    on_event: &mut dyn FnMut(GenerationEvent),
+) -> Result<GenerationOutput> {
+    let start = Instant::now();
+    let ctx = model.max_len();
+    if prompt.is_empty() {
+        return Err(EngineError::Sampling("the prompt is empty".into()));
+    }
+    if prompt.len() >= ctx {
+        return Err(EngineError::ContextOverflow {
+            prompt_tokens: prompt.len(),
+            context_len: ctx,
+            max_prompt: ctx - 1,
+        });
+    }
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+
+    // Reuse the longest cached prefix, but always run at least one token to get logits.
+    let common = model
+        .cache()
+        .tokens()
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(prompt.len() - 1);
+    model.truncate_cache(common);
+    let prefill_start = Instant::now();
+    let mut logits = model.forward(&prompt[common..], Logits::Last)?;
+    let prefill_ms = ms(prefill_start);
+
+    let mut history = prompt.to_vec();
+    let mut ids = Vec::new();
+    let (mut text, mut thinking) = (String::new(), String::new());
+    // Control tokens render too: some vocabularies make `<think>` one, and the text stream must see it.
+    let mut decoder = StreamDecoder::with_special(tokenizer, true);
+    let mut stream = TextStream::new(params.stop_strings.clone(), params.start_in_thinking);
+    let mut emit = |deltas: Vec<Delta>, text: &mut String, thinking: &mut String| {
+        for d in deltas {
+            match d {
+                Delta::Thinking(s) => {
+                    thinking.push_str(&s);
+                    on_event(GenerationEvent::Thinking(s));
+                }
+                Delta::Answer(s) => {
+                    text.push_str(&s);
+                    on_event(GenerationEvent::Token(s));
+                }
+            }
+        }
+    };
+
+    let mut ttft_ms = 0.0;
+    let decode_start = Instant::now();
+    let finish_reason = loop {
+        if cancelled() {
+            break FinishReason::Cancelled;
+        }
+        if ids.len() >= params.max_tokens {
+            break FinishReason::Length;
+        }
+        let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
+        let next = sampler.sample(&mut row, &history);
+        if ids.is_empty() {
+            ttft_ms = ms(start);
+        }
+        if !params.ignore_eos && stop_tokens.contains(&next) {
+            break FinishReason::Stop;
+        }
+        ids.push(next);
+        history.push(next);
+        let piece = decoder.push(next);
+        emit(stream.push(&piece), &mut text, &mut thinking);
+        if stream.stopped() {
+            break FinishReason::Stop;
+        }
+        if ids.len() >= params.max_tokens {
+            break FinishReason::Length;
+        }
+        if model.cache().len() + 1 > ctx {
+            break FinishReason::Length;
+        }
+        if cancelled() {
+            break FinishReason::Cancelled;
+        }
+        logits = model.forward(&[next], Logits::Last)?;
+    };
+    let decode_ms = ms(decode_start);
+    if !stream.stopped() {
+        let tail = decoder.finish();
+        let mut deltas = stream.push(&tail);
+        deltas.extend(stream.finish());
+        emit(deltas, &mut text, &mut thinking);
+    }
+    let usage = Usage {
+        prompt_tokens: prompt.len(),
+        completion_tokens: ids.len(),
+        cached_tokens: common,
+    };
+    let timings = Timings {
+        time_to_first_token_ms: ttft_ms,
+        prefill_ms,
+        decode_ms,
+        prefill_tok_s: per_s(prompt.len() - common, prefill_ms),
+        // The first token comes from the prefill's logits; the rest each cost one decode step.
+        decode_tok_s: per_s(ids.len().saturating_sub(1), decode_ms),
+    };
+    let done = GenerationDone {
+        finish_reason,
+        usage: usage.clone(),
+        timings: timings.clone(),
+    };
+    on_event(GenerationEvent::Done(done));
+    Ok(GenerationOutput {
+        ids,
+        text,
+        thinking,
+        finish_reason,
+        usage,
+        timings,
+    })
+}

@@ -1,0 +1,41 @@
+//! SmolLM3 / Llama GGUF inference on Candle, matching llama.cpp.
+//!
+//! The flow, file by file:
+//! - [`gguf`]: validating parser of the memory-mapped GGUF file (metadata + tensor index).
+//! - [`config`]: [`ModelConfig`] from the metadata (`llama` and `smollm3`, NoPE layers).
+//! - [`tokenizer`]: llama.cpp-exact gpt2 BPE from `tokenizer.ggml.*`, streaming detokenizer.
+//! - [`template`]: the model's own chat template rendered with minijinja, as transformers does.
+//! - [`qmatrix`], [`attention`], [`model`]: the quantized transformer with its KV cache;
+//!   weights stay quantized in the memory map.
+//! - [`sampler`], [`textstream`], [`generate`]: sampling, thinking/answer splitting, stop rules,
+//!   and the event stream of one generation.
+//! - [`engine`]: [`Engine`] ties them together: `load` -> `render_chat` -> `encode_prompt` ->
+//!   `generate` (events) / `logits`.
+//!
+//! The binary `smollm3` is a thin CLI over this library.
+
+pub mod attention;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod ops;
+pub mod qmatrix;
+mod quantize;
+pub mod sampler;
+pub mod template;
+pub mod textstream;
+pub mod threads;
+pub mod tokenizer;
+
+pub use config::{Arch, ModelConfig};
+pub use engine::{Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN};
+pub use error::{EngineError, Result};
+pub use generate::{
+    FinishReason, GenerationDone, GenerationEvent, GenerationOutput, GenerationParams, Timings,
+    Usage,
+};
+pub use sampler::{ModelFamily, SamplingParams};
+pub use template::{ChatMessage, ChatOptions};

@@ -1,0 +1,290 @@
+//! The quantized Llama/SmolLM3 transformer: weights memory-mapped from the GGUF, an F32 KV cache.
+//!
+//! `forward` reads like the paper: embed -> for each layer { RMSNorm -> attention (RoPE except on
+//! NoPE layers) -> residual -> RMSNorm -> SwiGLU -> residual } -> RMSNorm -> LM head.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use memmap2::Mmap;
+
+use crate::attention::{attention, AttnShape, KvCache};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::gguf::{Gguf, TensorType};
+use crate::ops::{RmsNorm, SwiGlu};
+use crate::qmatrix::QMatrix;
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every new position (teacher-forced scoring).
+    All,
+}
+
+struct Layer {
+    attn_norm: RmsNorm, // (dim)
+    wq: QMatrix,        // (n_head * hd, dim)
+    wk: QMatrix,        // (n_head_kv * hd, dim)
+    wv: QMatrix,        // (n_head_kv * hd, dim)
+    wo: QMatrix,        // (dim, n_head * hd)
+    ffn_norm: RmsNorm,  // (dim)
+    w_gate: QMatrix,    // (n_ff, dim)
+    w_up: QMatrix,      // (n_ff, dim)
+    w_down: QMatrix,    // (dim, n_ff)
+    use_rope: bool,
+}
+
+/// Rotary embedding tables, computed as ggml does (F32 angle, multiplied per pair index).
+struct Rope {
+    /// (max_len, hd / 2) interleaved as (cos, sin) pairs.
+    table: Vec<f32>,
+    half: usize,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, max_len: usize) -> Self {
+        let half = cfg.head_dim / 2;
+        let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
+        let mut table = Vec::with_capacity(max_len * half * 2);
+        for p in 0..max_len {
+            // ggml_rope_cache_init: theta_i = p * theta_scale^i by repeated multiplication.
+            let mut theta = p as f32;
+            for _ in 0..half {
+                let t = theta * cfg.rope_freq_scale;
+                table.push(t.cos());
+                table.push(t.sin());
+                theta *= theta_scale;
+            }
+        }
+        Self { table, half }
+    }
+
+    /// Rotates adjacent pairs of `x` (t rows of `n` heads of hd) at positions pos..pos+t. GGUF
+    /// stores Q/K rows permuted for this interleaved form. The products are fused as the
+    /// compiler fuses ggml's `x0*cos - x1*sin` (one rounding fewer than plain arithmetic).
+    fn apply(&self, x: &mut [f32], t: usize, pos: usize) {
+        let hd = self.half * 2;
+        let row = x.len() / t;
+        for (i, xr) in x.chunks_exact_mut(row).enumerate() {
+            let cs = &self.table[(pos + i) * hd..][..hd];
+            for head in xr.chunks_exact_mut(hd) {
+                for (pair, c) in head.chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
+                    let (x0, x1, cos, sin) = (pair[0], pair[1], c[0], c[1]);
+                    pair[0] = x0.mul_add(cos, -(x1 * sin));
+                    pair[1] = x0.mul_add(sin, x1 * cos);
+                }
+            }
+        }
+    }
+}
+
+/// The transformer with its KV cache.
+pub struct Model {
+    cfg: ModelConfig,
+    embed: QMatrix, // (vocab, dim)
+    layers: Vec<Layer>,
+    norm: RmsNorm,    // (dim)
+    lm_head: QMatrix, // (vocab, dim); token_embd when the model ties them
+    rope: Rope,
+    cache: KvCache,
+    device: Device,
+    weights_bytes: usize,
+}
+
+impl Model {
+    /// Builds the model over the mapped file; `max_len` is the context length (KV cache size).
+    pub fn load(gguf: &Gguf, map: &Arc<Mmap>, cfg: ModelConfig, max_len: usize) -> Result<Self> {
+        let device = Device::Cpu;
+        let tensor = |name: &str| {
+            gguf.tensor(name).ok_or_else(|| {
+                EngineError::UnsupportedModel(format!("the model has no tensor '{name}'"))
+            })
+        };
+        let dim = cfg.n_embd;
+        let q_dim = cfg.n_head * cfg.head_dim;
+        let kv_dim = cfg.kv_dim();
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let m = QMatrix::new(map, tensor(name)?)?;
+            if m.dims() != (rows, cols) {
+                return Err(EngineError::UnsupportedModel(format!(
+                    "tensor '{name}' is {}x{}, the model's metadata implies {rows}x{cols}",
+                    m.dims().0,
+                    m.dims().1
+                )));
+            }
+            Ok(m)
+        };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            let info = tensor(name)?;
+            if info.dtype != TensorType::F32 || info.dims != [dim as u64] {
+                return Err(EngineError::UnsupportedModel(format!(
+                    "tensor '{name}' should be an F32 vector of {dim}, found {:?} {:?}",
+                    info.dtype, info.dims
+                )));
+            }
+            let mut weight = vec![0f32; dim];
+            QMatrix::new(map, info)?.rows_f32(&[0], &mut weight)?;
+            Ok(RmsNorm::new(weight, cfg.rms_eps))
+        };
+        let embed = QMatrix::new(map, tensor("token_embd.weight")?)?;
+        let vocab = embed.dims().0;
+        if embed.dims().1 != dim {
+            return Err(EngineError::UnsupportedModel(format!(
+                "token_embd.weight has rows of {}, the model's metadata says {dim}",
+                embed.dims().1
+            )));
+        }
+        let lm_head = match gguf.tensor("output.weight") {
+            Some(_) => matrix("output.weight", vocab, dim)?,
+            None => embed.clone(),
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm"))?,
+                wq: matrix(&n("attn_q"), q_dim, dim)?,
+                wk: matrix(&n("attn_k"), kv_dim, dim)?,
+                wv: matrix(&n("attn_v"), kv_dim, dim)?,
+                wo: matrix(&n("attn_output"), dim, q_dim)?,
+                ffn_norm: norm(&n("ffn_norm"))?,
+                w_gate: matrix(&n("ffn_gate"), cfg.n_ff, dim)?,
+                w_up: matrix(&n("ffn_up"), cfg.n_ff, dim)?,
+                w_down: matrix(&n("ffn_down"), dim, cfg.n_ff)?,
+                use_rope: cfg.use_rope[il],
+            });
+        }
+        let weights_bytes = gguf.tensors.iter().map(|t| t.n_bytes as usize).sum();
+        Ok(Self {
+            rope: Rope::new(&cfg, max_len),
+            cache: KvCache::new(cfg.n_layer, kv_dim, max_len),
+            norm: norm("output_norm.weight")?,
+            embed,
+            layers,
+            lm_head,
+            cfg,
+            device,
+            weights_bytes,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed.dims().0
+    }
+
+    /// The context length: how many positions the KV cache holds.
+    pub fn max_len(&self) -> usize {
+        self.cache.max_len()
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Forgets cached positions from `len` on.
+    pub fn truncate_cache(&mut self, len: usize) {
+        self.cache.truncate(len)
+    }
+
+    pub fn weights_bytes(&self) -> usize {
+        self.weights_bytes
+    }
+
+    /// Weight types used, with how many tensors of each (for `inspect`).
+    pub fn weight_types(&self) -> Vec<(TensorType, usize)> {
+        let mut counts: Vec<(TensorType, usize)> = Vec::new();
+        let all = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        for m in all.chain([&self.embed, &self.lm_head]) {
+            match counts.iter_mut().find(|(t, _)| *t == m.dtype()) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((m.dtype(), 1)),
+            }
+        }
+        counts
+    }
+
+    /// Runs `tokens` after the cached positions and caches them. Returns logits, (n, vocab) with
+    /// n = 1 for [`Logits::Last`] or tokens.len() for [`Logits::All`].
+    pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor> {
+        let pos = self.cache.len();
+        let t = tokens.len();
+        if t == 0 {
+            return Err(EngineError::Sampling("nothing to run: no tokens".into()));
+        }
+        if pos + t > self.max_len() {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: pos + t,
+                context_len: self.max_len(),
+                max_prompt: self.max_len(),
+            });
+        }
+        let out = self.forward_uncommitted(tokens, pos, logits);
+        match out {
+            Ok(_) => self.cache.commit(tokens),
+            Err(_) => self.cache.rollback(),
+        }
+        out
+    }
+
+    fn forward_uncommitted(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (t, hd) = (tokens.len(), cfg.head_dim);
+        let mut x = self.embed.embed(tokens, &self.device)?; // (t, dim)
+        for (il, layer) in self.layers.iter().enumerate() {
+            let h = x.apply_op1_no_bwd(&layer.attn_norm)?;
+            let mut q = to_vec(&layer.wq.forward(&h)?)?; // (t, n_head * hd)
+            let mut k = to_vec(&layer.wk.forward(&h)?)?; // (t, n_head_kv * hd)
+            let v = to_vec(&layer.wv.forward(&h)?)?; // (t, n_head_kv * hd)
+            if layer.use_rope {
+                self.rope.apply(&mut q, t, pos);
+                self.rope.apply(&mut k, t, pos);
+            }
+            self.cache.put(il, &k, &v);
+            let (kc, vc) = self.cache.layer(il);
+            let mut attn = vec![0f32; t * cfg.n_head * hd];
+            let shape = AttnShape {
+                t,
+                pos,
+                n_head: cfg.n_head,
+                n_head_kv: cfg.n_head_kv,
+                head_dim: hd,
+                scale: cfg.attention_scale,
+            };
+            attention(&q, kc, vc, shape, &mut attn);
+            let attn = Tensor::from_vec(attn, (t, cfg.n_head * hd), &self.device)?;
+            x = (x + layer.wo.forward(&attn)?)?;
+
+            let h = x.apply_op1_no_bwd(&layer.ffn_norm)?;
+            let gate = layer.w_gate.forward(&h)?;
+            let up = layer.w_up.forward(&h)?;
+            x = (x + layer
+                .w_down
+                .forward(&gate.apply_op2_no_bwd(&up, &SwiGlu)?)?)?;
+        }
+        if logits == Logits::Last {
+            x = x.narrow(0, t - 1, 1)?.contiguous()?;
+        }
+        let x = x.apply_op1_no_bwd(&self.norm)?;
+        self.lm_head.forward(&x)
+    }
+}
+
+/// The elements of a contiguous CPU tensor.
+fn to_vec(x: &Tensor) -> Result<Vec<f32>> {
+    Ok(x.flatten_all()?.to_vec1::<f32>()?)
+}

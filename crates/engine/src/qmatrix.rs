@@ -1,0 +1,320 @@
+//! Quantized weight matrices that stay in the memory-mapped GGUF file.
+//!
+//! A [`QMatrix`] is a view of one 2-D weight tensor in the mapped file (never copied, never
+//! dequantized). It multiplies activations as a Candle custom op: the activations are quantized
+//! to the weight type's dot-product partner (Q8_K for k-quants, Q8_0/Q8_1 for the 32-blocks) and
+//! multiplied with Candle's `k_quants` kernels, as ggml does.
+
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use candle_core::utils::barrier_pool;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use crate::error::{EngineError, Result};
+use crate::gguf::{TensorInfo, TensorType};
+use crate::quantize::quantize_row;
+
+/// Bytes of a weight tensor: a range of the shared memory map, or an owned copy when the mapped
+/// bytes are not aligned for the block type (only possible with an unusual `general.alignment`).
+#[derive(Clone)]
+enum Bytes {
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Arc<Vec<u64>>, usize),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Owned(words, len) => {
+                // SAFETY: a Vec<u64> holds at least `len` initialised bytes (see `QMatrix::new`).
+                unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, *len) }
+            }
+        }
+    }
+}
+
+/// One weight matrix of `rows` x `cols` (`cols` is the contiguous dimension, ggml's `ne[0]`).
+#[derive(Clone)]
+pub struct QMatrix {
+    dtype: TensorType,
+    rows: usize,
+    cols: usize,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({:?}, {}x{})", self.dtype, self.rows, self.cols)
+    }
+}
+
+/// Calls `$body` with `$T` bound to the block type of `$dtype`.
+macro_rules! with_block_type {
+    ($dtype:expr, $T:ident => $body:expr, else $other:expr) => {
+        match $dtype {
+            TensorType::F32 => {
+                type $T = f32;
+                $body
+            }
+            TensorType::F16 => {
+                type $T = f16;
+                $body
+            }
+            TensorType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            TensorType::Q4_0 => {
+                type $T = BlockQ4_0;
+                $body
+            }
+            TensorType::Q4_1 => {
+                type $T = BlockQ4_1;
+                $body
+            }
+            TensorType::Q5_0 => {
+                type $T = BlockQ5_0;
+                $body
+            }
+            TensorType::Q5_1 => {
+                type $T = BlockQ5_1;
+                $body
+            }
+            TensorType::Q8_0 => {
+                type $T = BlockQ8_0;
+                $body
+            }
+            TensorType::Q2K => {
+                type $T = BlockQ2K;
+                $body
+            }
+            TensorType::Q3K => {
+                type $T = BlockQ3K;
+                $body
+            }
+            TensorType::Q4K => {
+                type $T = BlockQ4K;
+                $body
+            }
+            TensorType::Q5K => {
+                type $T = BlockQ5K;
+                $body
+            }
+            TensorType::Q6K => {
+                type $T = BlockQ6K;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+
+/// Whether the engine can multiply with weights of this type.
+pub fn is_supported(dtype: TensorType) -> bool {
+    with_block_type!(dtype, T => { let _ = std::mem::size_of::<T>(); true }, else false)
+}
+
+fn block_layout(dtype: TensorType) -> Option<(usize, usize, usize)> {
+    with_block_type!(dtype, T => Some((T::BLCK_SIZE, std::mem::size_of::<T>(), std::mem::align_of::<T>())), else None)
+}
+
+impl QMatrix {
+    /// A view of tensor `info` (2-D, or 1-D as a single row) inside `map`.
+    pub fn new(map: &Arc<Mmap>, info: &TensorInfo) -> Result<Self> {
+        let unsupported = || {
+            EngineError::UnsupportedModel(format!(
+                "tensor {} has type {:?}, which this engine cannot multiply with",
+                info.name, info.dtype
+            ))
+        };
+        let (block, type_size, align) = block_layout(info.dtype).ok_or_else(unsupported)?;
+        let (cols, rows) = match info.dims.as_slice() {
+            [c] => (*c as usize, 1),
+            [c, r] => (*c as usize, *r as usize),
+            dims => {
+                return Err(EngineError::UnsupportedModel(format!(
+                    "tensor {} has {} dimensions, expected a matrix",
+                    info.name,
+                    dims.len()
+                )))
+            }
+        };
+        if cols % block != 0 {
+            return Err(EngineError::UnsupportedModel(format!(
+                "tensor {}: row length {cols} is not a multiple of the {:?} block size {block}",
+                info.name, info.dtype
+            )));
+        }
+        let len = rows * (cols / block) * type_size;
+        let start = info.offset as usize;
+        if start.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(EngineError::UnsupportedModel(format!(
+                "tensor {} data lies outside the file",
+                info.name
+            )));
+        }
+        let bytes = if (map.as_ptr() as usize + start) % align == 0 {
+            Bytes::Mapped {
+                map: map.clone(),
+                start,
+                len,
+            }
+        } else {
+            let mut words = vec![0u64; len.div_ceil(8)];
+            // SAFETY: `words` has at least `len` bytes; source range checked above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    map.as_ptr().add(start),
+                    words.as_mut_ptr() as *mut u8,
+                    len,
+                )
+            };
+            Bytes::Owned(Arc::new(words), len)
+        };
+        Ok(Self {
+            dtype: info.dtype,
+            rows,
+            cols,
+            bytes,
+        })
+    }
+
+    pub fn dtype(&self) -> TensorType {
+        self.dtype
+    }
+
+    /// (rows, cols): output features x input features.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.bytes.as_slice().len()
+    }
+
+    fn blocks<T: GgmlType>(&self) -> &[T] {
+        let bytes = self.bytes.as_slice();
+        let n = bytes.len() / std::mem::size_of::<T>();
+        // SAFETY: `new` checked the length and alignment for this dtype's block type, and every
+        // block type is plain old data (integers and halves) valid for any bit pattern.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }
+    }
+
+    /// Dequantizes rows `ids` into `out` (ids.len() x cols): the embedding lookup.
+    pub fn rows_f32(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        let cols = self.cols;
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= self.rows {
+                return Err(EngineError::Tokenizer(format!(
+                    "token id {id} is outside the vocabulary of {} tokens",
+                    self.rows
+                )));
+            }
+            let dst = &mut out[i * cols..(i + 1) * cols];
+            with_block_type!(self.dtype, T => {
+                let per_row = cols / T::BLCK_SIZE;
+                T::to_float(&self.blocks::<T>()[id * per_row..(id + 1) * per_row], dst);
+            }, else unreachable!("QMatrix::new accepts only supported types"));
+        }
+        Ok(())
+    }
+
+    /// Embedding lookup as a (ids.len(), cols) tensor.
+    pub fn embed(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        let mut out = vec![0f32; ids.len() * self.cols];
+        self.rows_f32(ids, &mut out)?;
+        Ok(Tensor::from_vec(out, (ids.len(), self.cols), device)?)
+    }
+
+    /// `x @ W^T`: x is (..., cols) f32, the result (..., rows).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.apply_op1_no_bwd(self)?)
+    }
+
+    /// Raw matmul on slices: `dst (m x rows) = lhs (m x cols) @ W^T`.
+    pub fn matmul_slices(&self, m: usize, lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
+        with_block_type!(self.dtype, T => matmul::<T>(m, self.cols, lhs, self.blocks::<T>(), dst),
+            else candle_core::bail!("unsupported weight type {:?}", self.dtype));
+        Ok(())
+    }
+}
+
+/// `dst (m x n) = lhs (m x k) @ W^T` with W's `n` rows of `k` in blocks of `T`: the activations
+/// are quantized once (as ggml does), then each group of four weight rows is multiplied with
+/// every activation row while it is hot in cache. Column groups are spread over the threads.
+fn matmul<T: GgmlType>(m: usize, k: usize, lhs: &[f32], rhs: &[T], dst: &mut [f32]) {
+    let kb = k / T::BLCK_SIZE;
+    let n = rhs.len() / kb.max(1);
+    let mut lhs_q = vec![T::VecDotType::zeros(); m * kb];
+    for (x, q) in lhs.chunks_exact(k).zip(lhs_q.chunks_exact_mut(kb)) {
+        quantize_row(x, q);
+    }
+    let lhs_q = &lhs_q;
+    let row = |c: usize| &rhs[c * kb..(c + 1) * kb];
+    let dst_ptr = dst.as_mut_ptr() as usize;
+    // SAFETY (the raw writes below): each (row, column) of dst is written by exactly one item.
+    let put = |r: usize, c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
+    let quads = n / 4;
+    barrier_pool().execute_chunked(quads + n % 4, |items| {
+        for item in items {
+            if item < quads {
+                let c = item * 4;
+                for (r, x) in lhs_q.chunks_exact(kb).enumerate() {
+                    let (a, b, cc, d) =
+                        T::vec_dot_4(k, row(c), row(c + 1), row(c + 2), row(c + 3), x);
+                    put(r, c, a);
+                    put(r, c + 1, b);
+                    put(r, c + 2, cc);
+                    put(r, c + 3, d);
+                }
+            } else {
+                let c = quads * 4 + (item - quads);
+                for (r, x) in lhs_q.chunks_exact(kb).enumerate() {
+                    put(r, c, T::vec_dot(k, row(c), x));
+                }
+            }
+        }
+    });
+}
+
+impl CustomOp1 for QMatrix {
+    fn name(&self) -> &'static str {
+        "qmatrix-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("qmatrix: input must be contiguous")
+        };
+        let lhs = &storage.as_slice::<f32>()?[start..end];
+        let mut dims = layout.shape().dims().to_vec();
+        match dims.last_mut() {
+            Some(k) if *k == self.cols => *k = self.rows,
+            _ => candle_core::bail!(
+                "qmatrix: input {:?} does not end in {}",
+                layout.shape(),
+                self.cols
+            ),
+        }
+        let m = lhs.len() / self.cols;
+        let mut dst = vec![0f32; m * self.rows];
+        self.matmul_slices(m, lhs, &mut dst)?;
+        Ok((CpuStorage::F32(dst), Shape::from(dims)))
+    }
+}

@@ -8,9 +8,8 @@
 //!
 //! Templates come from model files and are untrusted. Rendering is bounded by fuel, minijinja's
 //! recursion limit, caps on output size and printed nesting, and a large dedicated stack
-//! (minijinja drops and prints nested values recursively). minijinja 2 does not charge fuel for
-//! memory, so values built but never printed (`s ~ s` doubled, `'x' * n` kept in lists, huge
-//! `batch`/`indent`/`replace` results) and per-item work (`list + [x]` chains) stay unbounded.
+//! (minijinja drops and prints nested values recursively). minijinja 3 charges fuel for the data
+//! a template creates and the items operations visit, so fuel bounds memory and time as well.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -26,8 +25,8 @@ use crate::error::{EngineError, Result};
 /// Name under which the template is registered; it appears in error messages (`chat_template:12`).
 const TEMPLATE_NAME: &str = "chat_template";
 /// Instructions one render may execute. A SmolLM3 turn costs ~32 (SmolLM2 ~23), so this allows
-/// thousands of turns, and stops a runaway loop within milliseconds. Kept this low because in
-/// minijinja 2 fuel also bounds the work and nesting depth that are charged nothing per item.
+/// thousands of turns, and stops a runaway loop within milliseconds. It also caps the data a
+/// render creates (~64 bytes a unit, so ~13 MB) and how deep it can nest lists.
 const FUEL: u64 = 200_000;
 /// Stack of the render thread: a template can nest a list about one level deep per fuel, and
 /// minijinja frees and prints nested lists recursively (up to ~400 bytes of stack a level,
@@ -76,9 +75,13 @@ impl ChatTemplate {
     /// Compiles `source`; syntax errors are reported here, with their line.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(false)
+            .build()
+            .map_err(template_error)?;
+        env.set_syntax(syntax);
         // jinja2's default `Undefined`: prints empty, iterates empty, is falsy, attribute errors.
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_auto_escape_callback(|_| AutoEscape::None);
@@ -141,7 +144,7 @@ impl ChatTemplate {
         let template = env.get_template(TEMPLATE_NAME).map_err(template_error)?;
         let mut out = CappedWriter(Vec::new());
         template
-            .render_captured_to(Value::from_serialize(&map), &mut out)
+            .render_captured_to(Value::from(minijinja::value::Serde(&map)), &mut out)
             .map_err(template_error)?;
         String::from_utf8(out.0)
             .map_err(|_| EngineError::Template("rendered text is not valid UTF-8".into()))

@@ -63,9 +63,9 @@ pub struct Engine {
 }
 
 fn gguf_err(path: &Path) -> impl Fn(GgufError) -> EngineError + '_ {
-    move |source| EngineError::Gguf {
+    move |error| EngineError::Gguf {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -73,9 +73,9 @@ fn load_tokenizer(gguf: &Gguf, opts: &EngineOptions) -> Result<Tokenizer> {
     let Some(path) = &opts.tokenizer_json else {
         return Tokenizer::from_gguf(gguf);
     };
-    let json = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+    let json = std::fs::read_to_string(path).map_err(|error| EngineError::Io {
         path: path.clone(),
-        source,
+        error,
     })?;
     let from_gguf = Tokenizer::from_gguf(gguf)?;
     let pre = gguf
@@ -89,9 +89,9 @@ impl Engine {
     /// Memory-maps and validates `path`, then builds the model. Never panics on a bad file.
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
         let start = Instant::now();
-        let io_err = |source| EngineError::Io {
+        let io_err = |error| EngineError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = std::fs::File::open(path).map_err(io_err)?;
         // SAFETY: the map is read-only; a model file changed underneath a running app is outside

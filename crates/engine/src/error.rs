@@ -5,16 +5,18 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot read {path}: {source}")]
+    // The cause is part of the message, not a `source`, so a report that prints the chain
+    // (anyhow's `{:#}`) does not say it twice.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a well-formed GGUF file (see [`crate::gguf::GgufError`] for the reason).
-    #[error("{path} is not a valid GGUF file: {source}")]
+    #[error("{path} is not a valid GGUF file: {error}")]
     Gguf {
         path: PathBuf,
-        source: crate::gguf::GgufError,
+        error: crate::gguf::GgufError,
     },
     /// The GGUF is well-formed but describes a model this engine cannot run, or is inconsistent.
     #[error("unsupported model: {0}")]

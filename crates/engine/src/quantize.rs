@@ -61,31 +61,32 @@ fn max_abs(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
-/// `quantize_row_q8_0` (AVX path): multiplier 127/max, round half to even.
+/// One 32-value block as ggml's AVX code quantizes it: multiplier 127/max (not 1/d), round
+/// half to even. Returns the scale and the sum of the quants.
+fn q8_block(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    let amax = max_abs(xs);
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    (amax / 127.0, sum)
+}
+
+/// `quantize_row_q8_0` (AVX path).
 fn q8_0(x: &[f32], out: &mut [Q8_0]) {
     for (xs, y) in x.chunks_exact(32).zip(out) {
-        let amax = max_abs(xs);
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let (d, _) = q8_block(xs, &mut y.qs);
         y.d = f16::from_f32(d);
-        for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even() as i8;
-        }
     }
 }
 
 /// `quantize_row_q8_1` (AVX2 path): as Q8_0, plus `s = d * sum(q)` rounded once to f16.
 fn q8_1(x: &[f32], out: &mut [Q8_1]) {
     for (xs, y) in x.chunks_exact(32).zip(out) {
-        let amax = max_abs(xs);
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let (d, sum) = q8_block(xs, &mut y.qs);
         y.d = f16::from_f32(d);
-        let mut sum = 0i32;
-        for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even() as i8;
-            sum += *q as i32;
-        }
         y.s = f16::from_f32(d * sum as f32);
     }
 }

@@ -44,8 +44,8 @@ impl ModelArgs {
             context_len: self.context,
             tokenizer_json: self.tokenizer_json.clone(),
         };
-        Engine::load(&self.model, &opts)
-            .with_context(|| format!("loading {}", self.model.display()))
+        // The engine's errors already name the file.
+        Ok(Engine::load(&self.model, &opts)?)
     }
 }
 

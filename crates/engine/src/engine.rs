@@ -77,12 +77,7 @@ fn load_tokenizer(gguf: &Gguf, opts: &EngineOptions) -> Result<Tokenizer> {
         path: path.clone(),
         error,
     })?;
-    let from_gguf = Tokenizer::from_gguf(gguf)?;
-    let pre = gguf
-        .opt_str("tokenizer.ggml.pre")
-        .map_err(|e| EngineError::Tokenizer(e.to_string()))?
-        .unwrap_or("default");
-    Tokenizer::from_tokenizer_json(&json, pre, from_gguf.special().clone())
+    Tokenizer::from_tokenizer_json_for(gguf, &json)
 }
 
 impl Engine {

@@ -8,7 +8,35 @@ fn err(e: GgufError) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
 
+/// The pre-tokenizer name (llama.cpp treats a missing one as "default") and the special token ids.
+fn pre_and_special(gguf: &Gguf) -> Result<(&str, SpecialTokens)> {
+    let pre = gguf
+        .opt_str("tokenizer.ggml.pre")
+        .map_err(err)?
+        .unwrap_or("default");
+    let id = |k: &str| gguf.opt_u32(k).map_err(err);
+    let special = SpecialTokens {
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        eot: id("tokenizer.ggml.eot_token_id")?,
+        pad: id("tokenizer.ggml.padding_token_id")?,
+        unk: id("tokenizer.ggml.unknown_token_id")?,
+        add_bos: gguf
+            .opt_bool("tokenizer.ggml.add_bos_token")
+            .map_err(err)?
+            .unwrap_or(false),
+    };
+    Ok((pre, special))
+}
+
 impl Tokenizer {
+    /// A Hugging Face `tokenizer.json` used in place of the GGUF's vocabulary, with the GGUF's
+    /// pre-tokenizer and special token ids.
+    pub fn from_tokenizer_json_for(gguf: &Gguf, json: &str) -> Result<Self> {
+        let (pre, special) = pre_and_special(gguf)?;
+        Tokenizer::from_tokenizer_json(json, pre, special)
+    }
+
     /// The tokenizer a GGUF file describes: vocabulary, token types, merges, pre-tokenizer and
     /// special token ids. Only gpt2-style byte-level BPE (`tokenizer.ggml.model = "gpt2"`) is
     /// supported, which is what SmolLM2/SmolLM3 and Llama 3 use.
@@ -19,23 +47,7 @@ impl Tokenizer {
                 "tokenizer model '{model}' is not supported (only gpt2-style byte-level BPE)"
             )));
         }
-        // llama.cpp treats a missing `pre` as "default".
-        let pre = gguf
-            .opt_str("tokenizer.ggml.pre")
-            .map_err(err)?
-            .unwrap_or("default");
-        let id = |k: &str| gguf.opt_u32(k).map_err(err);
-        let special = SpecialTokens {
-            bos: id("tokenizer.ggml.bos_token_id")?,
-            eos: id("tokenizer.ggml.eos_token_id")?,
-            eot: id("tokenizer.ggml.eot_token_id")?,
-            pad: id("tokenizer.ggml.padding_token_id")?,
-            unk: id("tokenizer.ggml.unknown_token_id")?,
-            add_bos: gguf
-                .opt_bool("tokenizer.ggml.add_bos_token")
-                .map_err(err)?
-                .unwrap_or(false),
-        };
+        let (pre, special) = pre_and_special(gguf)?;
         let tokens = gguf
             .get_str_array("tokenizer.ggml.tokens")
             .map_err(err)?

@@ -1,0 +1,51 @@
+//! The app core of NotSo-SmolLM3 Bot, free of any UI or transport: the shell (Tauri) calls
+//! [`ChatApp`] and forwards its [`AppEvent`]s.
+//!
+//! The flow, file by file:
+//! - [`app`]: [`ChatApp`], the facade. `send` parses the composer text ([`commands`]); a
+//!   message is stored ([`store`]) with a `streaming` placeholder for the answer, and a
+//!   [`worker::GenerationJob`] is queued.
+//! - [`worker`]: one thread owns the [`engine::Engine`] and its KV cache, loads models in the
+//!   background ([`ModelState`]), renders the conversation with the model's template and
+//!   generates; deltas go to the stream thread.
+//! - [`stream`] (private) + [`protocol`]: deltas become coalesced, numbered [`StreamEvent`]s
+//!   (`thinking`, `token`, `stats`, `complete`, `error`) kept in a per-chat [`EventLog`] until
+//!   the answer is stored; `events_after` replays them.
+//! - [`store`] (+ [`migrations`], [`search`], [`export`]): SQLite with WAL, FTS5 search over
+//!   messages, Markdown export.
+//! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
+//!   streams the built-in passage without a model.
+//! - [`settings`]: the settings file, validation and what a change needs; [`device`]: which
+//!   devices this build can use, and why not.
+//!
+//! Stages are named by their types: composer text -> [`commands::Parsed`] ->
+//! [`worker::GenerationJob`] -> [`worker::JobEvent`] -> [`StreamEvent`] -> [`AppEvent`].
+
+pub mod app;
+pub mod commands;
+pub mod device;
+pub mod error;
+pub mod export;
+pub mod migrations;
+pub mod protocol;
+pub mod quote;
+pub mod replies;
+pub mod search;
+pub mod settings;
+pub mod store;
+mod stream;
+pub mod worker;
+
+pub use app::{
+    default_database_path, AppEvent, AppPaths, AppStatus, ChatApp, ChatView, CommandAction,
+    EventSink, SendOutcome,
+};
+pub use commands::CommandSuggestion;
+pub use device::{Device, DeviceInfo};
+pub use error::{ChatError, Result};
+pub use export::Export;
+pub use protocol::{EventId, EventKind, EventLog, EventsAfter, MessageStats, StreamEvent};
+pub use search::{SearchHit, SnippetPart};
+pub use settings::{Apply, Settings, SettingsDiff};
+pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
+pub use worker::{EngineStatus, ModelState};

@@ -1,0 +1,350 @@
+//! What each slash command does and replies (parsing is in [`crate::commands`]).
+//!
+//! The command as typed is stored as a user message and the reply as an assistant message,
+//! both of kind `command`: they survive a reload, the model never sees them, search skips them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::app::{AppEvent, ChatApp, CommandAction, Core, Job, SendOutcome};
+use crate::commands::{self, Command};
+use crate::error::{ChatError, Result};
+use crate::export::fence_for;
+use crate::quote;
+use crate::store::{ChatId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::worker::{model_name, ModelState};
+
+/// The text of the reset marker stored by `/reset`.
+pub const RESET_TEXT: &str =
+    "Context reset: the model no longer sees the messages above. They stay here and in search.";
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl ChatApp {
+    pub(crate) fn run_command(
+        &self,
+        chat_id: ChatId,
+        text: &str,
+        command: Command,
+    ) -> Result<SendOutcome> {
+        match command {
+            Command::Help => {
+                self.reply_to_command(chat_id, text, "help", &commands::help_text(), None)
+            }
+            Command::Status => {
+                let reply = self.status_text(chat_id)?;
+                self.reply_to_command(chat_id, text, "status", &reply, None)
+            }
+            Command::Model => {
+                let reply = self.model_text();
+                self.reply_to_command(chat_id, text, "model", &reply, None)
+            }
+            Command::Think | Command::NoThink => {
+                let on = command == Command::Think;
+                self.core()
+                    .store
+                    .lock()
+                    .unwrap()
+                    .set_thinking(chat_id, on)?;
+                let mut reply = match on {
+                    true => {
+                        "Thinking is **on** for this chat: the model reasons before it answers."
+                    }
+                    false => "Thinking is **off** for this chat: the model answers directly.",
+                }
+                .to_owned();
+                if let ModelState::Ready { info, .. } = self.model_state() {
+                    if info.config.arch != engine::Arch::SmolLM3 {
+                        let _ = write!(
+                            reply,
+                            " (The loaded model, {}, has no thinking mode; this applies to SmolLM3.)",
+                            model_name(&info)
+                        );
+                    }
+                }
+                let name = if on { "think" } else { "no_think" };
+                self.reply_to_command(
+                    chat_id,
+                    text,
+                    name,
+                    &reply,
+                    Some(CommandAction::Thinking { on }),
+                )
+            }
+            Command::Search(query) => self.search_reply(chat_id, text, &query),
+            Command::Export => {
+                let export = self.export(chat_id)?;
+                let fence = fence_for(&export.markdown);
+                let reply = format!(
+                    "This chat as Markdown (`{}`):\n\n{fence}markdown\n{}\n{fence}",
+                    export.file_name,
+                    export.markdown.trim_end()
+                );
+                self.reply_to_command(
+                    chat_id,
+                    text,
+                    "export",
+                    &reply,
+                    Some(CommandAction::Export(export)),
+                )
+            }
+            Command::Reset => self.reset_context(chat_id, text),
+            Command::Quote => self.quote(chat_id, text),
+        }
+    }
+
+    /// Stores the command and its reply.
+    pub(crate) fn reply_to_command(
+        &self,
+        chat_id: ChatId,
+        text: &str,
+        command: &str,
+        reply: &str,
+        action: Option<CommandAction>,
+    ) -> Result<SendOutcome> {
+        let (user, answer) = {
+            let mut store = self.core().store.lock().unwrap();
+            let user = store.add_message(command_message(chat_id, Role::User, text))?;
+            let answer = store.add_message(command_message(chat_id, Role::Assistant, reply))?;
+            (user, answer)
+        };
+        self.emit_chats_changed();
+        Ok(SendOutcome::Command {
+            command: command.into(),
+            user_message_id: user.id,
+            reply_message_id: answer.id,
+            streaming: false,
+            action,
+        })
+    }
+
+    fn emit_chats_changed(&self) {
+        (self.core().sink)(AppEvent::ChatsChanged)
+    }
+
+    fn status_text(&self, chat_id: ChatId) -> Result<String> {
+        let status = self.status();
+        let chat = self.core().store.lock().unwrap().chat(chat_id)?;
+        let mut out = String::from("**Status**\n\n");
+        let _ = match &status.model {
+            ModelState::Ready { info, device, .. } => writeln!(
+                out,
+                "- Model: {} ({}), ready\n- Device: {} ({})",
+                model_name(info),
+                info.path.display(),
+                device.name(),
+                self.devices()
+                    .iter()
+                    .find(|d| d.device == *device)
+                    .map(|d| d.explanation.as_str())
+                    .unwrap_or("")
+            ),
+            other => writeln!(out, "- Model: {}", other.describe()),
+        };
+        let e = &status.engine;
+        let _ = writeln!(out, "- Threads: {}", status.threads);
+        if e.context_len > 0 {
+            let _ = writeln!(
+                out,
+                "- Context: {} of {} tokens in use ({:.0}%)",
+                e.cached_tokens,
+                e.context_len,
+                100.0 * e.cached_tokens as f64 / e.context_len as f64
+            );
+        }
+        match &e.last {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "- Last answer: {:.1} tokens/s ({} tokens; prompt {} tokens at {:.0} tokens/s, {} reused from the cache)",
+                    s.decode_tok_s, s.completion_tokens, s.prompt_tokens, s.prefill_tok_s, s.cached_tokens
+                );
+            }
+            None => out.push_str("- Last answer: none yet\n"),
+        }
+        let _ = writeln!(out, "- Queue: {} answer(s) waiting or running", e.queued);
+        let _ = write!(
+            out,
+            "- This chat: thinking {}",
+            if chat.thinking { "on" } else { "off" }
+        );
+        Ok(out)
+    }
+
+    fn model_text(&self) -> String {
+        let (info, device, threads) = match self.model_state() {
+            ModelState::Ready {
+                info,
+                device,
+                threads,
+            } => (info, device, threads),
+            other => return other.describe(),
+        };
+        let c = &info.config;
+        let weights: Vec<String> = info
+            .weight_types
+            .iter()
+            .map(|(t, n)| format!("{t} × {n}"))
+            .collect();
+        let nope = match info.nope_layers.is_empty() {
+            true => "none".to_owned(),
+            false => format!("{:?}", info.nope_layers),
+        };
+        let rows = [
+            ("Name", model_name(&info)),
+            (
+                "File",
+                format!("{} ({})", info.path.display(), mib(info.file_bytes)),
+            ),
+            ("Architecture", c.arch.name().to_owned()),
+            ("Layers", c.n_layer.to_string()),
+            ("Hidden size", c.n_embd.to_string()),
+            (
+                "Attention heads",
+                format!("{} ({} key/value)", c.n_head, c.n_head_kv),
+            ),
+            ("Feed-forward size", c.n_ff.to_string()),
+            ("Vocabulary", format!("{} tokens", info.vocab_size)),
+            (
+                "Context",
+                format!(
+                    "{} tokens in use (trained for {})",
+                    info.context_len, c.context_length
+                ),
+            ),
+            ("RoPE base", format!("{}", c.rope_theta)),
+            ("Layers without RoPE", nope),
+            ("Weights", weights.join(", ")),
+            (
+                "Chat template",
+                if info.has_chat_template { "yes" } else { "no" }.to_owned(),
+            ),
+            (
+                "Device",
+                format!("{} with {threads} threads", device.name()),
+            ),
+            ("Load time", format!("{:.0} ms", info.load_ms)),
+        ];
+        let mut out = String::from("**Model**\n\n| | |\n|---|---|\n");
+        for (k, v) in rows {
+            let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
+        }
+        out
+    }
+
+    fn search_reply(&self, chat_id: ChatId, text: &str, query: &str) -> Result<SendOutcome> {
+        if query.trim().is_empty() {
+            let reply = "Usage: `/search QUERY` searches every chat, e.g. `/search prime numbers`.";
+            return self.reply_to_command(chat_id, text, "search", reply, None);
+        }
+        let hits = match self.search(query) {
+            Ok(hits) => hits,
+            Err(ChatError::InvalidQuery(why)) => {
+                return self.reply_to_command(chat_id, text, "search", &why, None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut reply = match hits.len() {
+            0 => format!("No messages match “{query}”."),
+            n => format!("**{n} result(s) for “{query}”**\n"),
+        };
+        for (i, hit) in hits.iter().enumerate() {
+            let who = match hit.role {
+                Role::User => "you",
+                _ => "answer",
+            };
+            let _ = write!(
+                reply,
+                "\n{}. **{}** ({who}): {}",
+                i + 1,
+                hit.chat_title,
+                hit.snippet_marked("**", "**").replace('\n', " ")
+            );
+        }
+        let action = CommandAction::Search {
+            query: query.to_owned(),
+            hits,
+        };
+        self.reply_to_command(chat_id, text, "search", &reply, Some(action))
+    }
+
+    fn reset_context(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
+        let core = self.core();
+        let jobs = core.jobs.lock().unwrap();
+        if Core::busy(&jobs, chat_id) {
+            return Err(ChatError::Busy(chat_id));
+        }
+        let (user, marker) = {
+            let mut store = core.store.lock().unwrap();
+            let user = store.add_message(command_message(chat_id, Role::User, text))?;
+            let marker = store.add_message(NewMessage {
+                chat_id,
+                role: Role::System,
+                kind: MessageKind::Reset,
+                content: RESET_TEXT,
+                status: MessageStatus::Complete,
+            })?;
+            (user, marker)
+        };
+        drop(jobs);
+        self.inner.worker.reset()?;
+        self.emit_chats_changed();
+        Ok(SendOutcome::Command {
+            command: "reset".into(),
+            user_message_id: user.id,
+            reply_message_id: marker.id,
+            streaming: false,
+            action: Some(CommandAction::ContextReset),
+        })
+    }
+
+    fn quote(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
+        let core = self.core();
+        let tx = self.stream_sender()?;
+        let mut jobs = core.jobs.lock().unwrap();
+        if Core::busy(&jobs, chat_id) {
+            return Err(ChatError::Busy(chat_id));
+        }
+        let (user, answer) = {
+            let mut store = core.store.lock().unwrap();
+            let user = store.add_message(command_message(chat_id, Role::User, text))?;
+            let answer = store.add_message(NewMessage {
+                status: MessageStatus::Streaming,
+                ..command_message(chat_id, Role::Assistant, "")
+            })?;
+            (user, answer)
+        };
+        core.seed_log(chat_id)?;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        jobs.insert(
+            answer.id,
+            Job {
+                chat_id,
+                cancelled: cancelled.clone(),
+            },
+        );
+        drop(jobs);
+        quote::spawn(tx, chat_id, answer.id, cancelled);
+        self.emit_chats_changed();
+        Ok(SendOutcome::Command {
+            command: "quote".into(),
+            user_message_id: user.id,
+            reply_message_id: answer.id,
+            streaming: true,
+            action: None,
+        })
+    }
+}
+
+fn command_message(chat_id: ChatId, role: Role, content: &str) -> NewMessage<'_> {
+    NewMessage {
+        chat_id,
+        role,
+        kind: MessageKind::Command,
+        content,
+        status: MessageStatus::Complete,
+    }
+}

@@ -1,0 +1,415 @@
+//! [`Settings`]: the user's choices, one JSON file under the OS config dir, written atomically.
+//!
+//! Sampling values are `Option`s: `None` means "the model family's default"
+//! ([`engine::SamplingParams::for_family`]). [`Settings::diff`] tells which changes apply live,
+//! which need the model reloaded, and which need the app restarted.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Device;
+use crate::error::{ChatError, Result};
+use crate::protocol::FrameConfig;
+
+/// The settings file's name inside the config dir.
+pub const SETTINGS_FILE: &str = "settings.json";
+/// Default global shortcut of the quick-chat window (Tauri accelerator syntax).
+pub const DEFAULT_QUICK_CHAT_SHORTCUT: &str = "CommandOrControl+Shift+Space";
+
+/// Everything the user can set. Missing fields in the file take their defaults; unknown ones
+/// are ignored (a newer app's file still loads).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Where the model runs (see [`crate::device::devices`] for what this build supports).
+    pub device: Device,
+    /// Compute threads (default: the machine's available cores).
+    pub threads: usize,
+    /// KV cache size in tokens (capped by the model's own context length).
+    pub context_len: usize,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    /// Sampling seed; `None` draws a new one for every answer (so regenerate differs).
+    pub seed: Option<u64>,
+    /// Longest answer, in tokens.
+    pub max_tokens: usize,
+    /// Thinking mode of new chats.
+    pub thinking_default: bool,
+    /// Sent as the system message of every conversation; empty = the template's default.
+    pub system_prompt: String,
+    /// The GGUF model file; `None` = the first `.gguf` in the models dir, if any.
+    pub model_path: Option<PathBuf>,
+    /// Global shortcut that opens the quick-chat window.
+    pub quick_chat_shortcut: String,
+    /// Stream frames: at most one every this many milliseconds...
+    pub frame_interval_ms: u64,
+    /// ... or every this many tokens.
+    pub frame_max_tokens: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            device: Device::Cpu,
+            threads: engine::threads::available(),
+            context_len: engine::DEFAULT_CONTEXT_LEN,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repeat_penalty: None,
+            seed: None,
+            max_tokens: 2048,
+            thinking_default: true,
+            system_prompt: String::new(),
+            model_path: None,
+            quick_chat_shortcut: DEFAULT_QUICK_CHAT_SHORTCUT.into(),
+            frame_interval_ms: 30,
+            frame_max_tokens: 16,
+        }
+    }
+}
+
+/// How a changed setting takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Apply {
+    /// From the next answer on.
+    Live,
+    /// The model is reloaded (done automatically by `update_settings`).
+    ReloadModel,
+    /// Only after the app restarts (the compute thread pool is sized once per process).
+    Restart,
+}
+
+/// One changed setting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub field: &'static str,
+    pub apply: Apply,
+}
+
+/// What changed between two settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SettingsDiff {
+    pub changes: Vec<Change>,
+}
+
+impl SettingsDiff {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn needs_reload(&self) -> bool {
+        self.changes.iter().any(|c| c.apply == Apply::ReloadModel)
+    }
+
+    pub fn needs_restart(&self) -> bool {
+        self.changes.iter().any(|c| c.apply == Apply::Restart)
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ChatError {
+    ChatError::InvalidSetting {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &'static str,
+    value: Option<T>,
+    lo: T,
+    hi: T,
+) -> Result<()> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(invalid(
+            field,
+            format!("must be between {lo} and {hi}, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Settings {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
+            Err(error) => {
+                return Err(ChatError::Io {
+                    action: "read",
+                    path: path.to_owned(),
+                    error,
+                })
+            }
+        };
+        let settings: Settings =
+            serde_json::from_str(&text).map_err(|e| ChatError::SettingsFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        settings.validate().map_err(|e| ChatError::SettingsFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(settings)
+    }
+
+    /// Writes `path` atomically: a temporary file beside it, flushed to disk, renamed over it.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.validate()?;
+        let io = |action, p: &Path| {
+            let p = p.to_owned();
+            move |error| ChatError::Io {
+                action,
+                path: p,
+                error,
+            }
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io("create the folder", dir))?;
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_string_pretty(self).expect("settings serialize");
+        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        file.write_all(json.as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .and_then(|()| file.sync_all())
+            .map_err(io("write", &tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io("replace", path))?;
+        // The rename itself is durable only once the directory is flushed (POSIX).
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Rejects values that cannot work, naming the setting and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        if self.threads == 0 || self.threads > 1024 {
+            return Err(invalid(
+                "threads",
+                format!("must be between 1 and 1024, got {}", self.threads),
+            ));
+        }
+        check_range("context_len", Some(self.context_len), 256, 1 << 20)?;
+        check_range("max_tokens", Some(self.max_tokens), 1, 1 << 20)?;
+        check_range("temperature", self.temperature, 0.0, 5.0)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("top_k", self.top_k, 0, 1_000_000)?;
+        check_range("min_p", self.min_p, 0.0, 1.0)?;
+        check_range("repeat_penalty", self.repeat_penalty, 0.1, 5.0)?;
+        for (field, v) in [
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("min_p", self.min_p),
+            ("repeat_penalty", self.repeat_penalty),
+        ] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(invalid(field, "must be a number"));
+            }
+        }
+        check_range("frame_interval_ms", Some(self.frame_interval_ms), 0, 1000)?;
+        check_range("frame_max_tokens", Some(self.frame_max_tokens), 1, 1024)?;
+        if self.quick_chat_shortcut.trim().is_empty() {
+            return Err(invalid("quick_chat_shortcut", "cannot be empty"));
+        }
+        if self.system_prompt.len() > 64 * 1024 {
+            return Err(invalid("system_prompt", "is longer than 64 KiB"));
+        }
+        if let Some(p) = &self.model_path {
+            if p.as_os_str().is_empty() {
+                return Err(invalid("model_path", "is empty (leave it unset instead)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The family's sampling defaults with this user's overrides.
+    pub fn sampling(&self, base: engine::SamplingParams) -> engine::SamplingParams {
+        engine::SamplingParams {
+            temperature: self.temperature.unwrap_or(base.temperature),
+            top_p: self.top_p.unwrap_or(base.top_p),
+            top_k: self.top_k.unwrap_or(base.top_k),
+            min_p: self.min_p.unwrap_or(base.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(base.repeat_penalty),
+            ..base
+        }
+    }
+
+    pub fn frame_config(&self) -> FrameConfig {
+        FrameConfig {
+            interval: std::time::Duration::from_millis(self.frame_interval_ms),
+            max_tokens: self.frame_max_tokens,
+        }
+    }
+
+    /// What changes from `self` to `new`, and how each change applies.
+    pub fn diff(&self, new: &Settings) -> SettingsDiff {
+        use Apply::*;
+        let mut changes = Vec::new();
+        let mut note = |changed: bool, field, apply| {
+            if changed {
+                changes.push(Change { field, apply });
+            }
+        };
+        note(self.device != new.device, "device", ReloadModel);
+        note(self.threads != new.threads, "threads", Restart);
+        note(
+            self.context_len != new.context_len,
+            "context_len",
+            ReloadModel,
+        );
+        note(self.model_path != new.model_path, "model_path", ReloadModel);
+        note(self.temperature != new.temperature, "temperature", Live);
+        note(self.top_p != new.top_p, "top_p", Live);
+        note(self.top_k != new.top_k, "top_k", Live);
+        note(self.min_p != new.min_p, "min_p", Live);
+        note(
+            self.repeat_penalty != new.repeat_penalty,
+            "repeat_penalty",
+            Live,
+        );
+        note(self.seed != new.seed, "seed", Live);
+        note(self.max_tokens != new.max_tokens, "max_tokens", Live);
+        note(
+            self.thinking_default != new.thinking_default,
+            "thinking_default",
+            Live,
+        );
+        note(
+            self.system_prompt != new.system_prompt,
+            "system_prompt",
+            Live,
+        );
+        note(
+            self.quick_chat_shortcut != new.quick_chat_shortcut,
+            "quick_chat_shortcut",
+            Live,
+        );
+        note(
+            self.frame_interval_ms != new.frame_interval_ms,
+            "frame_interval_ms",
+            Live,
+        );
+        note(
+            self.frame_max_tokens != new.frame_max_tokens,
+            "frame_max_tokens",
+            Live,
+        );
+        SettingsDiff { changes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(SETTINGS_FILE);
+        assert_eq!(Settings::load(&path).unwrap(), Settings::default());
+        let mut s = Settings::default();
+        s.temperature = Some(0.2);
+        s.system_prompt = "Be brief.".into();
+        s.save(&path).unwrap();
+        assert_eq!(Settings::load(&path).unwrap(), s);
+        assert!(!path.with_extension("json.tmp").exists());
+        assert_eq!(s.quick_chat_shortcut, "CommandOrControl+Shift+Space");
+        assert_eq!(s.context_len, 8192);
+    }
+
+    #[test]
+    fn partial_files_take_defaults_and_bad_files_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        std::fs::write(&path, r#"{"top_k": 5, "from_the_future": 1}"#).unwrap();
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.top_k, Some(5));
+        assert_eq!(s.max_tokens, Settings::default().max_tokens);
+        std::fs::write(&path, r#"{"top_p": 2.0}"#).unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("top_p") && err.contains("between 0 and 1"),
+            "{err}"
+        );
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(matches!(
+            Settings::load(&path),
+            Err(ChatError::SettingsFile { .. })
+        ));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let bad = [
+            Settings {
+                threads: 0,
+                ..Settings::default()
+            },
+            Settings {
+                context_len: 10,
+                ..Settings::default()
+            },
+            Settings {
+                temperature: Some(-1.0),
+                ..Settings::default()
+            },
+            Settings {
+                temperature: Some(f32::NAN),
+                ..Settings::default()
+            },
+            Settings {
+                quick_chat_shortcut: " ".into(),
+                ..Settings::default()
+            },
+        ];
+        let fields = [
+            "threads",
+            "context_len",
+            "temperature",
+            "temperature",
+            "quick_chat_shortcut",
+        ];
+        for (s, field) in bad.iter().zip(fields) {
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn diff_separates_live_reload_and_restart_changes() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        assert!(old.diff(&new).is_empty());
+        new.temperature = Some(0.1);
+        new.system_prompt = "x".into();
+        let d = old.diff(&new);
+        assert!(!d.needs_reload() && !d.needs_restart() && d.changes.len() == 2);
+        new.context_len = 4096;
+        assert!(old.diff(&new).needs_reload());
+        new.threads = old.threads + 1;
+        assert!(old.diff(&new).needs_restart());
+    }
+
+    #[test]
+    fn overrides_replace_only_what_is_set() {
+        let base = engine::SamplingParams::for_family(engine::ModelFamily::Llama);
+        let s = Settings {
+            top_k: Some(7),
+            ..Settings::default()
+        };
+        let p = s.sampling(base.clone());
+        assert_eq!(p.top_k, 7);
+        assert_eq!(p.temperature, base.temperature);
+    }
+}

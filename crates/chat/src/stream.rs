@@ -1,0 +1,199 @@
+//! The stream thread: turns the deltas of every answer in progress (from the engine worker and
+//! from `/quote`) into numbered, coalesced [`StreamEvent`]s, checkpoints the text, stores the
+//! finished message, and hands events to the app's sink.
+//!
+//! One thread for all answers keeps each chat's events in order, and keeps a slow sink (the
+//! webview) from ever stalling the engine: the worker only pushes onto a channel.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::app::{AppEvent, Core};
+use crate::error::ChatError;
+use crate::protocol::{Coalescer, DeltaKind, EventKind, Finish, Frame, MessageStats};
+use crate::store::{ChatId, FinishedMessage, MessageId, MessageStatus};
+
+/// How often the text of an answer in progress is saved (crash recovery).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// How an answer ended.
+#[derive(Clone, Debug)]
+pub(crate) enum End {
+    Finished(MessageStats),
+    Failed(String),
+}
+
+pub(crate) enum StreamInput {
+    Delta {
+        chat_id: ChatId,
+        message_id: MessageId,
+        kind: DeltaKind,
+        text: String,
+    },
+    Finish {
+        chat_id: ChatId,
+        message_id: MessageId,
+        end: End,
+    },
+}
+
+/// An answer in progress.
+struct Active {
+    chat_id: ChatId,
+    coalescer: Coalescer,
+    content: String,
+    thinking: String,
+    thinking_since: Option<Instant>,
+    thinking_ms: Option<i64>,
+    saved_at: Instant,
+}
+
+pub(crate) fn spawn(core: Arc<Core>) -> (Sender<StreamInput>, JoinHandle<()>) {
+    let (tx, rx) = channel();
+    let thread = std::thread::Builder::new()
+        .name("chat-stream".into())
+        .spawn(move || run(&core, rx))
+        .expect("spawn the stream thread");
+    (tx, thread)
+}
+
+fn emit_frame(core: &Core, chat_id: ChatId, message_id: MessageId, frame: Frame) {
+    let event = core
+        .log
+        .lock()
+        .unwrap()
+        .append(chat_id, message_id, frame.into_event());
+    (core.sink)(AppEvent::Stream(event));
+}
+
+fn run(core: &Core, rx: Receiver<StreamInput>) {
+    let mut active: HashMap<MessageId, Active> = HashMap::new();
+    loop {
+        let deadline = active.values().filter_map(|a| a.coalescer.deadline()).min();
+        let input = match deadline {
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let now = Instant::now();
+        match input {
+            Ok(StreamInput::Delta {
+                chat_id,
+                message_id,
+                kind,
+                text,
+            }) => {
+                let a = active.entry(message_id).or_insert_with(|| Active {
+                    chat_id,
+                    coalescer: Coalescer::new(core.frame_config()),
+                    content: String::new(),
+                    thinking: String::new(),
+                    thinking_since: None,
+                    thinking_ms: None,
+                    saved_at: now,
+                });
+                match kind {
+                    DeltaKind::Thinking => {
+                        a.thinking_since.get_or_insert(now);
+                        a.thinking.push_str(&text);
+                    }
+                    DeltaKind::Answer => {
+                        if let (Some(since), None) = (a.thinking_since, a.thinking_ms) {
+                            a.thinking_ms = Some(now.duration_since(since).as_millis() as i64);
+                        }
+                        a.content.push_str(&text);
+                    }
+                }
+                for frame in a.coalescer.push(kind, &text, now) {
+                    emit_frame(core, chat_id, message_id, frame);
+                }
+                if now.duration_since(a.saved_at) >= CHECKPOINT_EVERY {
+                    a.saved_at = now;
+                    let store = core.store.lock().unwrap();
+                    if let Err(e) = store.checkpoint(message_id, &a.content, &a.thinking) {
+                        tracing::warn!(message_id, error = %e, "checkpoint failed");
+                    }
+                }
+            }
+            Ok(StreamInput::Finish {
+                chat_id,
+                message_id,
+                end,
+            }) => finish(core, chat_id, message_id, active.remove(&message_id), end),
+            Err(RecvTimeoutError::Timeout) => {
+                for (&message_id, a) in active.iter_mut() {
+                    if let Some(frame) = a.coalescer.flush_due(now) {
+                        emit_frame(core, a.chat_id, message_id, frame);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Every producer is gone (the app is closing): keep what was said.
+    for (message_id, a) in active.drain().collect::<Vec<_>>() {
+        let stats = MessageStats {
+            finish: Some(Finish::Cancelled),
+            ..MessageStats::default()
+        };
+        finish(core, a.chat_id, message_id, Some(a), End::Finished(stats));
+    }
+}
+
+fn finish(core: &Core, chat_id: ChatId, message_id: MessageId, a: Option<Active>, end: End) {
+    let mut done = FinishedMessage::default();
+    if let Some(mut a) = a {
+        if let Some(frame) = a.coalescer.finish() {
+            emit_frame(core, chat_id, message_id, frame);
+        }
+        if let (Some(since), None) = (a.thinking_since, a.thinking_ms) {
+            a.thinking_ms = Some(since.elapsed().as_millis() as i64);
+        }
+        done.content = a.content;
+        done.thinking = a.thinking;
+        done.thinking_ms = a.thinking_ms;
+    }
+    let terminal = match end {
+        End::Finished(stats) => {
+            let status = match stats.finish {
+                Some(Finish::Cancelled) => MessageStatus::Interrupted,
+                _ => MessageStatus::Complete,
+            };
+            done.status = Some(status);
+            done.stats = Some(stats);
+            EventKind::Complete { status }
+        }
+        End::Failed(message) => {
+            done.status = Some(MessageStatus::Failed);
+            done.error = Some(message.clone());
+            EventKind::Error { message }
+        }
+    };
+    // The log stays locked until the message is stored and its events released, so a reader
+    // of the chat sees either the answer in progress with its events, or the stored answer.
+    let mut log = core.log.lock().unwrap();
+    let mut tail = Vec::new();
+    if let Some(stats) = done.stats.clone() {
+        tail.push(log.append(chat_id, message_id, EventKind::Stats { stats }));
+    }
+    tail.push(log.append(chat_id, message_id, terminal));
+    let last_id = tail.last().map(|e| e.id).unwrap_or(0);
+    let stored = core
+        .store
+        .lock()
+        .unwrap()
+        .finish_message(message_id, &done, last_id);
+    match stored {
+        Ok(_) | Err(ChatError::NoSuchMessage(_)) => {} // deleted meanwhile: nothing to keep
+        Err(e) => tracing::error!(message_id, error = %e, "cannot store a finished answer"),
+    }
+    log.release(chat_id, message_id);
+    drop(log);
+    core.jobs.lock().unwrap().remove(&message_id);
+    for event in tail {
+        (core.sink)(AppEvent::Stream(event));
+    }
+    (core.sink)(AppEvent::ChatsChanged);
+}

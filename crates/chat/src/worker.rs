@@ -1,0 +1,468 @@
+//! The engine worker: one thread owns the [`Engine`] and its KV cache; a cloneable [`Worker`]
+//! handle sends it requests over a channel, and they run in order (loads and generations
+//! queue behind each other).
+//!
+//! Two things do not wait in the queue, because the worker is busy for seconds at a time:
+//! - stopping: each job has an `AtomicBool` the engine polls between tokens, set directly;
+//! - reading the model state and status: the worker publishes them in shared snapshots.
+//!
+//! A request to reuse the cached prefix needs nothing special: each turn renders the whole
+//! conversation and the engine keeps the longest prefix of its KV cache that matches.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use engine::{
+    ChatMessage, ChatOptions, Engine, EngineOptions, GenerationEvent, GenerationParams, ModelInfo,
+};
+use serde::Serialize;
+
+use crate::device::{self, Device};
+use crate::error::{ChatError, Result};
+use crate::protocol::{Finish, MessageStats};
+use crate::settings::Settings;
+use crate::store::now_ms;
+
+/// Where the model stands. JSON: `{"state":"ready","info":{...},"device":"cpu","threads":8}`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelState {
+    /// No model file to load; `how_to_get_one` tells the user what to do.
+    NoModel { why: String, how_to_get_one: String },
+    /// Loading in the background since `started_at` (unix ms).
+    Loading { path: PathBuf, started_at: i64 },
+    Ready {
+        info: ModelInfo,
+        device: Device,
+        threads: usize,
+    },
+    /// Loading failed; `error` says why. Loading again (retry) is always possible.
+    Failed { path: PathBuf, error: String },
+}
+
+impl ModelState {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, ModelState::Ready { .. })
+    }
+
+    /// One sentence for the user about this state.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelState::NoModel {
+                why,
+                how_to_get_one,
+            } => format!("No model is loaded: {why} {how_to_get_one}"),
+            ModelState::Loading { path, .. } => {
+                format!("The model {} is still loading.", path.display())
+            }
+            ModelState::Ready { info, .. } => format!("{} is ready.", model_name(info)),
+            ModelState::Failed { error, .. } => {
+                format!("The model could not be loaded: {error}. Fix it in Settings and retry.")
+            }
+        }
+    }
+}
+
+/// The name to show for a model: its GGUF `general.name`, else its file name.
+pub fn model_name(info: &ModelInfo) -> String {
+    info.config
+        .name
+        .clone()
+        .unwrap_or_else(|| file_name(&info.path))
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// What the worker is doing, readable at any time.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EngineStatus {
+    /// Tokens in the KV cache, and its size.
+    pub cached_tokens: usize,
+    pub context_len: usize,
+    /// Generations waiting or running.
+    pub queued: usize,
+    /// The latest answer's numbers (tokens/s among them).
+    pub last: Option<MessageStats>,
+}
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct LoadRequest {
+    pub path: PathBuf,
+    pub context_len: usize,
+    pub device: Device,
+}
+
+/// What a job reports, in order: deltas, then exactly one `Finished` or `Failed`.
+#[derive(Clone, Debug)]
+pub enum JobEvent {
+    Thinking(String),
+    Token(String),
+    Finished(MessageStats),
+    Failed(String),
+}
+
+/// One answer to produce.
+pub struct GenerationJob {
+    /// The conversation (system prompt first, if any), ending with the user's turn.
+    pub messages: Vec<ChatMessage>,
+    pub thinking: bool,
+    /// Sampling overrides, seed and answer length come from here.
+    pub settings: Settings,
+    pub cancelled: Arc<AtomicBool>,
+    pub sink: Box<dyn FnMut(JobEvent) + Send>,
+}
+
+enum Request {
+    Load(LoadRequest, u64),
+    Unload,
+    Generate(GenerationJob),
+    Reset,
+    Shutdown,
+}
+
+/// Receives every model state change (on the worker's or the caller's thread).
+pub type StateSink = Arc<dyn Fn(&ModelState) + Send + Sync>;
+
+struct Shared {
+    state: Mutex<ModelState>,
+    status: Mutex<EngineStatus>,
+    /// Bumped by every load/unload: a load finishing after a newer request is discarded.
+    load_seq: AtomicU64,
+    queued: AtomicUsize,
+    on_state: StateSink,
+}
+
+impl Shared {
+    fn set_state(&self, state: ModelState) {
+        *self.state.lock().unwrap() = state.clone();
+        (self.on_state)(&state);
+    }
+}
+
+/// Handle to the engine worker thread; clone it freely.
+#[derive(Clone)]
+pub struct Worker {
+    tx: Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// Starts the worker thread in `initial` state.
+    pub fn spawn(initial: ModelState, on_state: StateSink) -> (Worker, JoinHandle<()>) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(initial),
+            status: Mutex::new(EngineStatus::default()),
+            load_seq: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            on_state,
+        });
+        let (tx, rx) = channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("engine-worker".into())
+            .spawn(move || run(rx, &thread_shared))
+            .expect("spawn the engine worker thread");
+        (Worker { tx, shared }, thread)
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.shared.state.lock().unwrap().clone()
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        let mut status = self.shared.status.lock().unwrap().clone();
+        status.queued = self.shared.queued.load(Ordering::SeqCst);
+        status
+    }
+
+    /// Loads a model in the background; the state is `Loading` as soon as this returns.
+    pub fn load(&self, req: LoadRequest) -> Result<()> {
+        let seq = self.shared.load_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.set_state(ModelState::Loading {
+            path: req.path.clone(),
+            started_at: now_ms(),
+        });
+        self.send(Request::Load(req, seq))
+    }
+
+    /// Drops the model; the state becomes `NoModel` with `why` / `how_to_get_one`.
+    pub fn unload(&self, why: String, how_to_get_one: String) -> Result<()> {
+        self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
+        self.shared.set_state(ModelState::NoModel {
+            why,
+            how_to_get_one,
+        });
+        self.send(Request::Unload)
+    }
+
+    /// Queues a generation. Its events go to `job.sink`, on the worker thread.
+    pub fn generate(&self, job: GenerationJob) -> Result<()> {
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        self.send(Request::Generate(job)).inspect_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        })
+    }
+
+    /// Empties the KV cache (after the requests already queued).
+    pub fn reset(&self) -> Result<()> {
+        self.send(Request::Reset)
+    }
+
+    /// Asks the thread to stop after the current request.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+    }
+
+    fn send(&self, req: Request) -> Result<()> {
+        self.tx.send(req).map_err(|_| ChatError::WorkerGone)
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn run(rx: Receiver<Request>, shared: &Shared) {
+    let mut engine: Option<Engine> = None;
+    while let Ok(req) = rx.recv() {
+        match req {
+            Request::Load(req, seq) => {
+                if seq != shared.load_seq.load(Ordering::SeqCst) {
+                    continue; // a newer load or unload superseded this one
+                }
+                engine = None; // free the old model before mapping the new one
+                let loaded = load(&req);
+                if seq != shared.load_seq.load(Ordering::SeqCst) {
+                    continue;
+                }
+                match loaded {
+                    Ok(e) => {
+                        let info = e.info().clone();
+                        *shared.status.lock().unwrap() = EngineStatus {
+                            context_len: e.context_len(),
+                            ..EngineStatus::default()
+                        };
+                        engine = Some(e);
+                        shared.set_state(ModelState::Ready {
+                            info,
+                            device: req.device,
+                            threads: engine::threads::current(),
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %req.path.display(), %error, "model load failed");
+                        shared.set_state(ModelState::Failed {
+                            path: req.path,
+                            error,
+                        });
+                    }
+                }
+            }
+            Request::Unload => {
+                engine = None;
+                *shared.status.lock().unwrap() = EngineStatus::default();
+            }
+            Request::Reset => {
+                if let Some(e) = engine.as_mut() {
+                    e.reset();
+                    shared.status.lock().unwrap().cached_tokens = 0;
+                }
+            }
+            Request::Generate(mut job) => {
+                let outcome = match engine.as_mut() {
+                    None => Err(shared.state.lock().unwrap().describe()),
+                    Some(e) => catch_unwind(AssertUnwindSafe(|| generate(e, &mut job)))
+                        .unwrap_or_else(|panic| {
+                            Err(format!("the engine crashed: {}", panic_text(panic)))
+                        }),
+                };
+                match outcome {
+                    Ok(stats) => {
+                        let mut status = shared.status.lock().unwrap();
+                        status.cached_tokens = stats.context_used;
+                        status.last = Some(stats.clone());
+                        drop(status);
+                        (job.sink)(JobEvent::Finished(stats));
+                    }
+                    Err(error) => (job.sink)(JobEvent::Failed(error)),
+                }
+                shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            Request::Shutdown => break,
+        }
+    }
+    // Answers still queued will not run: end them as stopped, so they are stored as such.
+    for req in rx.try_iter() {
+        if let Request::Generate(mut job) = req {
+            (job.sink)(JobEvent::Finished(MessageStats {
+                finish: Some(Finish::Cancelled),
+                ..MessageStats::default()
+            }));
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn load(req: &LoadRequest) -> Result<Engine, String> {
+    device::check(req.device)?;
+    let opts = EngineOptions {
+        context_len: req.context_len,
+        tokenizer_json: None,
+    };
+    catch_unwind(AssertUnwindSafe(|| Engine::load(&req.path, &opts)))
+        .map_err(|panic| format!("the engine crashed while loading: {}", panic_text(panic)))?
+        .map_err(|e| e.to_string())
+}
+
+/// Drops the oldest turn (keeping system messages and the last message); false when nothing
+/// more can go.
+fn drop_oldest_turn(messages: &mut Vec<ChatMessage>) -> bool {
+    let turns = messages.iter().filter(|m| m.role != "system").count();
+    if turns <= 1 {
+        return false;
+    }
+    let first = messages.iter().position(|m| m.role != "system");
+    if let Some(i) = first {
+        messages.remove(i);
+        // A conversation the templates accept starts with the user.
+        while messages.len() > i + 1 && messages[i].role == "assistant" {
+            messages.remove(i);
+        }
+    }
+    true
+}
+
+/// Renders and tokenizes the conversation, dropping the oldest turns until the prompt leaves
+/// `reserve` tokens for the answer. Returns the tokens and whether the prompt opened `<think>`.
+fn prompt_for(
+    engine: &Engine,
+    messages: &mut Vec<ChatMessage>,
+    thinking: bool,
+    reserve: usize,
+) -> engine::Result<(Vec<u32>, bool)> {
+    let opts = ChatOptions {
+        add_generation_prompt: true,
+        enable_thinking: Some(thinking),
+        ..ChatOptions::default()
+    };
+    let today = chrono::Local::now().date_naive();
+    loop {
+        let text = engine.render_chat(messages, &opts, today)?;
+        let open = text
+            .rfind("<think>")
+            .is_some_and(|i| !text[i..].contains("</think>"));
+        let ids = engine.encode_prompt(&text);
+        if ids.len() + reserve <= engine.context_len() || !drop_oldest_turn(messages) {
+            return Ok((ids, open));
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64: neighbouring clock values give unrelated seeds.
+    let mut z = nanos.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats, String> {
+    let cancelled = job.cancelled.clone();
+    if cancelled.load(Ordering::SeqCst) {
+        return Ok(MessageStats {
+            finish: Some(Finish::Cancelled),
+            context_used: engine.cached_tokens(),
+            context_len: engine.context_len(),
+            model: Some(file_name(&engine.info().path)),
+            ..MessageStats::default()
+        });
+    }
+    let s = &job.settings;
+    let reserve = s.max_tokens.min(engine.context_len() / 4).max(1);
+    let (prompt, open) =
+        prompt_for(engine, &mut job.messages, job.thinking, reserve).map_err(|e| e.to_string())?;
+    let mut sampling = s.sampling(engine.default_sampling());
+    sampling.seed = s.seed.unwrap_or_else(random_seed);
+    let params = GenerationParams {
+        max_tokens: s.max_tokens,
+        sampling,
+        stop_strings: Vec::new(),
+        ignore_eos: false,
+        start_in_thinking: open,
+    };
+    let sink = &mut job.sink;
+    let out = engine
+        .generate(
+            &prompt,
+            &params,
+            &|| cancelled.load(Ordering::Relaxed),
+            &mut |event| match event {
+                GenerationEvent::Thinking(t) => sink(JobEvent::Thinking(t)),
+                GenerationEvent::Token(t) => sink(JobEvent::Token(t)),
+                GenerationEvent::Done(_) => {}
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let t = &out.timings;
+    Ok(MessageStats {
+        finish: Some(out.finish_reason.into()),
+        prompt_tokens: out.usage.prompt_tokens,
+        completion_tokens: out.usage.completion_tokens,
+        cached_tokens: out.usage.cached_tokens,
+        time_to_first_token_ms: t.time_to_first_token_ms,
+        prefill_ms: t.prefill_ms,
+        decode_ms: t.decode_ms,
+        prefill_tok_s: t.prefill_tok_s,
+        decode_tok_s: t.decode_tok_s,
+        context_used: engine.cached_tokens(),
+        context_len: engine.context_len(),
+        model: Some(file_name(&engine.info().path)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(m: &[ChatMessage]) -> Vec<&str> {
+        m.iter().map(|m| m.role.as_str()).collect()
+    }
+
+    #[test]
+    fn dropping_turns_keeps_the_system_prompt_and_the_question() {
+        let mut m = vec![
+            ChatMessage::new("system", "s"),
+            ChatMessage::new("user", "1"),
+            ChatMessage::new("assistant", "a1"),
+            ChatMessage::new("user", "2"),
+        ];
+        assert!(drop_oldest_turn(&mut m));
+        assert_eq!(roles(&m), ["system", "user"]);
+        assert_eq!(m[1].content, "2");
+        assert!(!drop_oldest_turn(&mut m));
+    }
+
+    #[test]
+    fn seeds_differ_between_calls() {
+        let a = random_seed();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert_ne!(a, random_seed());
+    }
+}

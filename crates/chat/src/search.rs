@@ -4,7 +4,8 @@
 //! becomes a quoted string (`"word"`, quotes doubled), so `NEAR(`, `AND`, `-`, `:` and
 //! unbalanced quotes are plain words. A word ending in `*` stays a prefix search. Words with no
 //! letter or digit are dropped (the tokenizer would find nothing in them); a query left empty
-//! is refused with a message saying so. All words must occur (FTS5's implicit AND).
+//! is refused with a message saying so. Control characters are dropped (FTS5 reads the query
+//! as a C string, so a NUL would cut it). All words must occur (FTS5's implicit AND).
 
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,8 @@ pub fn fts_query(input: &str) -> Result<String> {
     let terms: Vec<String> = input
         .split_whitespace()
         .filter_map(|word| {
+            // FTS5 reads its query as a C string: a NUL would end it inside our quotes.
+            let word: String = word.chars().filter(|c| !c.is_control()).collect();
             let prefix = word.len() > 1 && word.ends_with('*');
             let word = word.trim_end_matches('*');
             if !word.chars().any(char::is_alphanumeric) {
@@ -70,7 +73,7 @@ pub fn fts_query(input: &str) -> Result<String> {
     if terms.is_empty() {
         let why = match input.trim().is_empty() {
             true => "Type something to search for.",
-            false => "Nothing to search for: type a word (punctuation alone matches nothing).",
+            false => "Nothing to search for: type a word with letters or digits (punctuation and symbols alone match nothing).",
         };
         return Err(ChatError::InvalidQuery(why.into()));
     }
@@ -159,6 +162,7 @@ mod tests {
         assert_eq!(fts_query("NEAR(a b)").unwrap(), r#""NEAR(a" "b)""#);
         assert_eq!(fts_query("rust*").unwrap(), r#""rust"*"#);
         assert_eq!(fts_query("-x AND y").unwrap(), r#""-x" "AND" "y""#);
+        assert_eq!(fts_query("a\u{0}b").unwrap(), r#""ab""#);
     }
 
     #[test]

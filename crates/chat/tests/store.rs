@@ -1,0 +1,354 @@
+//! The chat database: schema, round trips, titles, cascades, full-text search, recovery.
+
+use chat::migrations::MIGRATIONS;
+use chat::store::{FinishedMessage, NewMessage, NEW_CHAT_TITLE};
+use chat::{ChatError, MessageKind, MessageStatus, Role, Store};
+
+fn add(store: &mut Store, chat_id: i64, role: Role, content: &str) -> chat::Message {
+    store
+        .add_message(NewMessage {
+            chat_id,
+            role,
+            kind: MessageKind::Chat,
+            content,
+            status: MessageStatus::Complete,
+        })
+        .unwrap()
+}
+
+#[test]
+fn migrations_run_once_from_empty_and_reopening_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/chats.sqlite3");
+    {
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let chat = store
+            .create_chat(true, &serde_json::json!({"k": 1}))
+            .unwrap();
+        add(&mut store, chat.id, Role::User, "kept across opens");
+    }
+    for _ in 0..2 {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.list_chats().unwrap().len(), 1);
+        store.integrity_check().unwrap();
+    }
+    // WAL is persistent in the file; FTS5 is compiled into the bundled SQLite.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fts5: i64 = conn
+        .query_row("SELECT sqlite_compileoption_used('ENABLE_FTS5')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(fts5, 1);
+}
+
+#[test]
+fn a_database_from_a_newer_app_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chats.sqlite3");
+    drop(Store::open(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+    }
+    let err = Store::open(&path).err().expect("refused");
+    assert!(
+        matches!(err, ChatError::NewerSchema { found: 999, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer version"), "{err}");
+}
+
+#[test]
+fn chats_and_messages_round_trip() {
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store
+        .create_chat(false, &serde_json::json!({"temperature": 0.5}))
+        .unwrap();
+    assert_eq!(chat.title, NEW_CHAT_TITLE);
+    assert!(!chat.thinking);
+    assert_eq!(chat.settings["temperature"], 0.5);
+    let q = add(&mut store, chat.id, Role::User, "What is 2+2?");
+    let a = store
+        .add_message(NewMessage {
+            chat_id: chat.id,
+            role: Role::Assistant,
+            kind: MessageKind::Chat,
+            content: "",
+            status: MessageStatus::Streaming,
+        })
+        .unwrap();
+    store.checkpoint(a.id, "It is", "").unwrap();
+    assert_eq!(store.message(a.id).unwrap().content, "It is");
+    let stats = chat::MessageStats {
+        completion_tokens: 3,
+        decode_tok_s: 35.5,
+        ..Default::default()
+    };
+    let done = FinishedMessage {
+        content: "It is 4.".into(),
+        thinking: "2 and 2".into(),
+        thinking_ms: Some(120),
+        status: Some(MessageStatus::Complete),
+        error: None,
+        stats: Some(stats.clone()),
+    };
+    let stored = store.finish_message(a.id, &done, 17).unwrap();
+    assert_eq!(stored.content, "It is 4.");
+    assert_eq!(stored.thinking, "2 and 2");
+    assert_eq!(stored.thinking_ms, Some(120));
+    assert_eq!(stored.stats, Some(stats));
+    // A checkpoint after the end changes nothing.
+    store.checkpoint(a.id, "late", "").unwrap();
+    let messages = store.messages(chat.id).unwrap();
+    assert_eq!(
+        messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [q.id, a.id]
+    );
+    assert_eq!(messages[1].content, "It is 4.");
+    let chat = store.chat(chat.id).unwrap();
+    assert_eq!(chat.last_event_id, 17);
+    store.set_thinking(chat.id, true).unwrap();
+    assert!(store.chat(chat.id).unwrap().thinking);
+    assert!(matches!(store.chat(999), Err(ChatError::NoSuchChat(999))));
+    assert!(matches!(
+        store.message(999),
+        Err(ChatError::NoSuchMessage(999))
+    ));
+}
+
+#[test]
+fn the_first_user_message_titles_the_chat_until_it_is_renamed() {
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+    let long = "Explain   the difference between\na mutex and a semaphore, with examples in Rust and C, please";
+    add(&mut store, chat.id, Role::User, long);
+    let title = store.chat(chat.id).unwrap().title;
+    assert!(
+        title.starts_with("Explain the difference between a mutex"),
+        "{title}"
+    );
+    assert!(
+        title.ends_with('…') && title.chars().count() <= 61,
+        "{title}"
+    );
+    add(&mut store, chat.id, Role::User, "second message");
+    assert_eq!(store.chat(chat.id).unwrap().title, title);
+
+    let renamed = store.rename_chat(chat.id, "  Locks  ").unwrap();
+    assert_eq!(renamed.title, "Locks");
+    assert!(renamed.title_is_custom);
+    assert!(store.rename_chat(chat.id, "   ").is_err());
+    assert!(matches!(
+        store.rename_chat(42, "x"),
+        Err(ChatError::NoSuchChat(42))
+    ));
+
+    let short = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(&mut store, short.id, Role::User, "  hi  ");
+    assert_eq!(store.chat(short.id).unwrap().title, "hi");
+}
+
+#[test]
+fn deleting_a_chat_deletes_its_messages_and_their_search_entries() {
+    let mut store = Store::open_in_memory().unwrap();
+    let keep = store.create_chat(true, &serde_json::json!({})).unwrap();
+    let gone = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(
+        &mut store,
+        keep.id,
+        Role::User,
+        "penguins live in the south",
+    );
+    let m = add(&mut store, gone.id, Role::User, "penguins cannot fly");
+    assert_eq!(store.search("penguins").unwrap().len(), 2);
+    store.delete_chat(gone.id).unwrap();
+    assert!(matches!(
+        store.message(m.id),
+        Err(ChatError::NoSuchMessage(_))
+    ));
+    let hits = store.search("penguins").unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].chat_id, keep.id);
+    store.integrity_check().unwrap();
+    assert!(matches!(
+        store.delete_chat(gone.id),
+        Err(ChatError::NoSuchChat(_))
+    ));
+    assert_eq!(store.list_chats().unwrap().len(), 1);
+}
+
+#[test]
+fn hostile_search_queries_never_reach_fts5_syntax() {
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(
+        &mut store,
+        chat.id,
+        Role::User,
+        "The quick brown fox jumps over the lazy dog",
+    );
+    add(
+        &mut store,
+        chat.id,
+        Role::Assistant,
+        "Café au lait, naïve résumé — 東京 and Ünïcödé",
+    );
+    add(
+        &mut store,
+        chat.id,
+        Role::User,
+        r#"He said "NEAR(" and AND OR NOT - * : ^ column:x"#,
+    );
+    let hits = |q: &str| store.search(q).map(|h| h.len());
+    // Each of these is valid input with matches.
+    assert_eq!(hits("quick fox").unwrap(), 1);
+    assert_eq!(hits("QUICK").unwrap(), 1);
+    assert_eq!(hits("qui*").unwrap(), 1, "a trailing * is a prefix search");
+    assert_eq!(hits("cafe").unwrap(), 1, "diacritics are folded");
+    assert_eq!(hits("résumé").unwrap(), 1);
+    assert_eq!(hits("東京").unwrap(), 1);
+    assert_eq!(hits("ünïcödé").unwrap(), 1);
+    assert_eq!(hits("NEAR(").unwrap(), 1);
+    assert_eq!(hits("\"NEAR(\"").unwrap(), 1);
+    assert_eq!(hits("AND").unwrap(), 2, "a plain word, in two messages");
+    assert_eq!(hits("NOT").unwrap(), 1);
+    assert_eq!(hits("column:x").unwrap(), 1);
+    // Syntax that would be an FTS5 error is just words (that may match nothing).
+    for q in [
+        "\"unbalanced",
+        "fox\"",
+        "NEAR(fox dog, 2)",
+        "fox AND",
+        "OR",
+        "NOT fox",
+        "-fox",
+        "fox -dog",
+        "{fox}",
+        "fox + dog",
+        "col:fox",
+        "^fox",
+        "a\"b\"c",
+        "'; DROP TABLE messages; --",
+        "\u{0}fox",
+        "fox 🦊",
+    ] {
+        assert!(
+            store.search(q).is_ok(),
+            "{q:?} failed: {:?}",
+            store.search(q)
+        );
+    }
+    // Nothing to search for is a clear message, not an SQL error.
+    for q in ["", "   ", "*", "***", "\"\"", "-", "( )", "🦊"] {
+        match store.search(q) {
+            Err(ChatError::InvalidQuery(why)) => assert!(why.contains("search"), "{why}"),
+            other => panic!("{q:?}: {other:?}"),
+        }
+    }
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn search_snippets_mark_hits_and_skip_command_traffic() {
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(
+        &mut store,
+        chat.id,
+        Role::User,
+        "Tell me about the aurora borealis tonight",
+    );
+    store
+        .add_message(NewMessage {
+            chat_id: chat.id,
+            role: Role::Assistant,
+            kind: MessageKind::Command,
+            content: "results for aurora",
+            status: MessageStatus::Complete,
+        })
+        .unwrap();
+    let hits = store.search("aurora").unwrap();
+    assert_eq!(hits.len(), 1, "command replies are not indexed");
+    let hit = &hits[0];
+    assert_eq!(hit.role, Role::User);
+    assert_eq!(hit.chat_title, "Tell me about the aurora borealis tonight");
+    let marked = hit.snippet_marked("[", "]");
+    assert!(marked.contains("[aurora]"), "{marked}");
+    assert!(hit.snippet.iter().any(|p| p.hit && p.text == "aurora"));
+}
+
+#[test]
+fn streaming_rows_become_interrupted_on_reopen_with_their_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chats.sqlite3");
+    let id = {
+        let mut store = Store::open(&path).unwrap();
+        let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+        add(&mut store, chat.id, Role::User, "hello");
+        let a = store
+            .add_message(NewMessage {
+                chat_id: chat.id,
+                role: Role::Assistant,
+                kind: MessageKind::Chat,
+                content: "",
+                status: MessageStatus::Streaming,
+            })
+            .unwrap();
+        store.checkpoint(a.id, "Hello! How", "").unwrap();
+        a.id
+        // dropped without finishing: as if the app died
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.recovered(), 1);
+    let m = store.message(id).unwrap();
+    assert_eq!(m.status, MessageStatus::Interrupted);
+    assert_eq!(m.content, "Hello! How");
+    assert_eq!(Store::open(&path).unwrap().recovered(), 0);
+}
+
+#[test]
+fn the_model_sees_only_the_conversation_after_the_last_reset() {
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(&mut store, chat.id, Role::User, "old question");
+    add(&mut store, chat.id, Role::Assistant, "old answer");
+    store
+        .add_message(NewMessage {
+            chat_id: chat.id,
+            role: Role::System,
+            kind: MessageKind::Reset,
+            content: "reset",
+            status: MessageStatus::Complete,
+        })
+        .unwrap();
+    let q = add(&mut store, chat.id, Role::User, "new question");
+    let failed = store
+        .add_message(NewMessage {
+            chat_id: chat.id,
+            role: Role::Assistant,
+            kind: MessageKind::Chat,
+            content: "",
+            status: MessageStatus::Streaming,
+        })
+        .unwrap();
+    let done = FinishedMessage {
+        content: "partial".into(),
+        status: Some(MessageStatus::Failed),
+        error: Some("boom".into()),
+        ..Default::default()
+    };
+    store.finish_message(failed.id, &done, 1).unwrap();
+    let ctx = store.context(chat.id, None).unwrap();
+    assert_eq!(ctx.iter().map(|m| m.id).collect::<Vec<_>>(), [q.id]);
+    assert_eq!(
+        store.message(failed.id).unwrap().error.as_deref(),
+        Some("boom")
+    );
+}

@@ -765,3 +765,57 @@ impl Drop for Inner {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EventKind;
+
+    #[test]
+    fn the_app_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<ChatApp>();
+    }
+
+    #[test]
+    fn app_events_have_the_documented_json_shape() {
+        let stream = AppEvent::Stream(StreamEvent {
+            id: 3,
+            chat_id: 1,
+            message_id: 9,
+            kind: EventKind::Thinking { text: "hm".into() },
+        });
+        assert_eq!(
+            serde_json::to_value(&stream).unwrap(),
+            serde_json::json!({"type": "stream", "data": {
+                "id": 3, "chat_id": 1, "message_id": 9, "event": "thinking", "text": "hm"}})
+        );
+        assert_eq!(
+            serde_json::to_value(AppEvent::ChatsChanged).unwrap(),
+            serde_json::json!({"type": "chats_changed"})
+        );
+        let state = AppEvent::ModelState(ModelState::NoModel {
+            why: "w".into(),
+            how_to_get_one: "h".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&state).unwrap(),
+            serde_json::json!({"type": "model_state", "data": {
+                "state": "no_model", "why": "w", "how_to_get_one": "h"}})
+        );
+        assert_eq!(state.name(), "model_state");
+        let sent = SendOutcome::Command {
+            command: "think".into(),
+            user_message_id: 1,
+            reply_message_id: 2,
+            streaming: false,
+            action: Some(CommandAction::Thinking { on: true }),
+        };
+        assert_eq!(
+            serde_json::to_value(&sent).unwrap(),
+            serde_json::json!({"outcome": "command", "command": "think", "user_message_id": 1,
+                "reply_message_id": 2, "streaming": false,
+                "action": {"action": "thinking", "on": true}})
+        );
+    }
+}

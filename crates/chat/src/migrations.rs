@@ -11,8 +11,10 @@ use crate::error::{ChatError, Result};
 pub const MIGRATIONS: &[&str] = &[
     // 1: chats, messages and the full-text index over what was said.
     r#"
+    -- AUTOINCREMENT: ids of deleted chats and messages are never reused, so an id a UI still
+    -- holds (or an event in flight) can never point at a different row.
     CREATE TABLE chats (
-        id              INTEGER PRIMARY KEY,
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
         title           TEXT    NOT NULL,
         -- 1 once the user renamed the chat: the first message no longer sets the title.
         title_is_custom INTEGER NOT NULL DEFAULT 0,
@@ -23,7 +25,7 @@ pub const MIGRATIONS: &[&str] = &[
         last_event_id   INTEGER NOT NULL DEFAULT 0     -- stream ids stay monotonic across restarts
     );
     CREATE TABLE messages (
-        id          INTEGER PRIMARY KEY,
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
         chat_id     INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
         role        TEXT    NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
         -- chat: the conversation the model sees; command: slash commands and their replies;

@@ -318,9 +318,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(SETTINGS_FILE);
         assert_eq!(Settings::load(&path).unwrap(), Settings::default());
-        let mut s = Settings::default();
-        s.temperature = Some(0.2);
-        s.system_prompt = "Be brief.".into();
+        let s = Settings {
+            temperature: Some(0.2),
+            system_prompt: "Be brief.".into(),
+            ..Settings::default()
+        };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         assert!(!path.with_extension("json.tmp").exists());

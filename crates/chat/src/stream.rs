@@ -197,3 +197,79 @@ fn finish(core: &Core, chat_id: ChatId, message_id: MessageId, a: Option<Active>
     }
     (core.sink)(AppEvent::ChatsChanged);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::protocol::EventLog;
+    use crate::settings::Settings;
+    use crate::store::{MessageKind, NewMessage, Role, Store};
+
+    #[test]
+    fn thinking_is_stored_with_its_duration_and_streams_before_the_answer() {
+        let mut store = Store::open_in_memory().unwrap();
+        let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+        let msg = store
+            .add_message(NewMessage {
+                chat_id: chat.id,
+                role: Role::Assistant,
+                kind: MessageKind::Chat,
+                content: "",
+                status: MessageStatus::Streaming,
+            })
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let core = Arc::new(Core {
+            store: Mutex::new(store),
+            log: Mutex::new(EventLog::new()),
+            sink: Arc::new(move |e| seen.lock().unwrap().push(e)),
+            jobs: Mutex::new(HashMap::new()),
+            settings: Mutex::new(Settings::default()),
+        });
+        let (tx, thread) = spawn(core.clone());
+        let send = |kind, text: &str| {
+            let input = StreamInput::Delta {
+                chat_id: chat.id,
+                message_id: msg.id,
+                kind,
+                text: text.into(),
+            };
+            tx.send(input).unwrap();
+        };
+        send(DeltaKind::Thinking, "Two plus ");
+        send(DeltaKind::Thinking, "two.");
+        std::thread::sleep(Duration::from_millis(50));
+        send(DeltaKind::Answer, "4");
+        let stats = MessageStats {
+            finish: Some(Finish::Stop),
+            ..MessageStats::default()
+        };
+        tx.send(StreamInput::Finish {
+            chat_id: chat.id,
+            message_id: msg.id,
+            end: End::Finished(stats),
+        })
+        .unwrap();
+        drop(tx);
+        thread.join().unwrap();
+
+        let stored = core.store.lock().unwrap().message(msg.id).unwrap();
+        assert_eq!(stored.thinking, "Two plus two.");
+        assert_eq!(stored.content, "4");
+        assert_eq!(stored.status, MessageStatus::Complete);
+        assert!(stored.thinking_ms.is_some_and(|ms| ms >= 50), "{stored:?}");
+        let names: Vec<&str> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                AppEvent::Stream(s) => Some(s.kind.name()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["thinking", "token", "stats", "complete"]);
+    }
+}

@@ -36,7 +36,8 @@ pub enum ModelState {
     /// Loading in the background since `started_at` (unix ms).
     Loading { path: PathBuf, started_at: i64 },
     Ready {
-        info: ModelInfo,
+        /// Boxed: it is far larger than the other states.
+        info: Box<ModelInfo>,
         device: Device,
         threads: usize,
     },
@@ -250,7 +251,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 }
                 match loaded {
                     Ok(e) => {
-                        let info = e.info().clone();
+                        let info = Box::new(e.info().clone());
                         *shared.status.lock().unwrap() = EngineStatus {
                             context_len: e.context_len(),
                             ..EngineStatus::default()

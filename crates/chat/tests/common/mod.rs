@@ -91,15 +91,15 @@ impl Recorder {
         })
     }
 
-    /// Waits until the model is ready (panics, with the state, if it failed).
+    /// Waits until the latest model state is `Ready` or `Failed`, and returns it.
     pub fn wait_model(&self, timeout: Duration) -> ModelState {
         self.wait_for(timeout, |events| {
-            events.iter().rev().find_map(|e| match e {
-                AppEvent::ModelState(
-                    s @ (ModelState::Ready { .. } | ModelState::Failed { .. }),
-                ) => Some(s.clone()),
+            let last = events.iter().rev().find_map(|e| match e {
+                AppEvent::ModelState(s) => Some(s),
                 _ => None,
-            })
+            });
+            last.filter(|s| matches!(s, ModelState::Ready { .. } | ModelState::Failed { .. }))
+                .cloned()
         })
     }
 }

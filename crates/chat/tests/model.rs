@@ -1,0 +1,285 @@
+//! The engine worker with the real SmolLM2-135M test model, through the facade.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat::{ChatError, EventKind, MessageStatus, ModelState, SendOutcome, Settings};
+use common::{model_settings, open, tokens};
+
+const LOAD: Duration = Duration::from_secs(60);
+const ANSWER: Duration = Duration::from_secs(60);
+
+fn send(app: &chat::ChatApp, chat_id: i64, text: &str) -> i64 {
+    match app.send(chat_id, text).unwrap() {
+        SendOutcome::Generating {
+            assistant_message_id,
+            ..
+        } => assistant_message_id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn stats_of(events: &[chat::StreamEvent]) -> chat::MessageStats {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Stats { stats } => Some(stats.clone()),
+            _ => None,
+        })
+        .expect("a stats event")
+}
+
+#[test]
+fn a_chat_round_trip_streams_tokens_then_stats_and_complete_and_stores_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(12)));
+    let ModelState::Ready { info, .. } = rec.wait_model(LOAD) else {
+        panic!("{:?}", app.model_state())
+    };
+    assert_eq!(info.config.arch, engine::Arch::Llama);
+    let chat = app.create_chat().unwrap();
+    let id = send(&app, chat.id, "What is 2+2?");
+    let events = rec.wait_done(id, ANSWER);
+
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    let n = kinds.len();
+    assert!(
+        n >= 3 && kinds[..n - 2].iter().all(|k| *k == "token"),
+        "{kinds:?}"
+    );
+    assert_eq!(&kinds[n - 2..], ["stats", "complete"]);
+    assert!(events.windows(2).all(|w| w[1].id == w[0].id + 1));
+    let stats = stats_of(&events);
+    assert!(
+        stats.completion_tokens > 0 && stats.completion_tokens <= 12,
+        "{stats:?}"
+    );
+    assert!(
+        stats.decode_tok_s > 0.0 && stats.prompt_tokens > 0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.context_len, 2048);
+    assert_eq!(
+        stats.model.as_deref(),
+        Some("SmolLM2-135M-Instruct.Q4_1.gguf")
+    );
+
+    let view = app.chat(chat.id).unwrap();
+    assert_eq!(view.chat.title, "What is 2+2?");
+    let answer = view.messages.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(answer.status, MessageStatus::Complete);
+    assert_eq!(answer.content, tokens(&events));
+    assert!(!answer.content.trim().is_empty());
+    assert_eq!(answer.stats.as_ref(), Some(&stats));
+    assert_eq!(view.last_event_id, events.last().unwrap().id);
+
+    // /status and /model now describe the loaded model.
+    let SendOutcome::Command {
+        reply_message_id, ..
+    } = app.send(chat.id, "/status").unwrap()
+    else {
+        panic!()
+    };
+    let view = app.chat(chat.id).unwrap();
+    let status = &view
+        .messages
+        .iter()
+        .find(|m| m.id == reply_message_id)
+        .unwrap()
+        .content;
+    assert!(
+        status.contains("ready")
+            && status.contains("tokens/s")
+            && status.contains("of 2048 tokens"),
+        "{status}"
+    );
+    let SendOutcome::Command {
+        reply_message_id, ..
+    } = app.send(chat.id, "/model").unwrap()
+    else {
+        panic!()
+    };
+    let view = app.chat(chat.id).unwrap();
+    let model = &view
+        .messages
+        .iter()
+        .find(|m| m.id == reply_message_id)
+        .unwrap()
+        .content;
+    assert!(
+        model.contains("| Architecture | llama |") && model.contains("| Layers | 30 |"),
+        "{model}"
+    );
+}
+
+#[test]
+fn the_second_turn_reuses_the_cached_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(8)));
+    assert!(rec.wait_model(LOAD).is_ready());
+    let chat = app.create_chat().unwrap();
+    let first = send(&app, chat.id, "Name a colour.");
+    let first = stats_of(&rec.wait_done(first, ANSWER));
+    let second = send(&app, chat.id, "Name another one.");
+    let second = stats_of(&rec.wait_done(second, ANSWER));
+    assert!(second.cached_tokens > 0, "{second:?}");
+    assert!(
+        second.cached_tokens >= first.prompt_tokens,
+        "the whole first prompt is reused: {first:?} {second:?}"
+    );
+    assert!(second.prompt_tokens > first.prompt_tokens);
+}
+
+#[test]
+fn stop_interrupts_within_a_token_and_keeps_the_partial_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(400)));
+    assert!(rec.wait_model(LOAD).is_ready());
+    let chat = app.create_chat().unwrap();
+    let id = send(
+        &app,
+        chat.id,
+        "Write a long story about a dragon who learns to cook.",
+    );
+    rec.wait_event(id, 2, ANSWER);
+    assert!(matches!(
+        app.send(chat.id, "And then?"),
+        Err(ChatError::Busy(_))
+    ));
+    let stopped_at = Instant::now();
+    assert!(app.stop(chat.id));
+    let events = rec.wait_done(id, ANSWER);
+    let took = stopped_at.elapsed();
+    let stats = stats_of(&events);
+    assert_eq!(stats.finish, Some(chat::protocol::Finish::Cancelled));
+    assert!(stats.completion_tokens < 400, "{stats:?}");
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    let last = &events.last().unwrap().kind;
+    assert!(
+        matches!(
+            last,
+            EventKind::Complete {
+                status: MessageStatus::Interrupted
+            }
+        ),
+        "{last:?}"
+    );
+    let view = app.chat(chat.id).unwrap();
+    let answer = view.messages.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(answer.status, MessageStatus::Interrupted);
+    assert!(!answer.content.is_empty());
+    assert_eq!(answer.content, tokens(&events));
+    // The chat takes a new message once the answer is stored.
+    let next = send(&app, chat.id, "Thanks.");
+    app.stop(chat.id);
+    rec.wait_done(next, ANSWER);
+}
+
+#[test]
+fn regenerate_replaces_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(
+        dir.path(),
+        Some(&Settings {
+            temperature: Some(1.0),
+            ..model_settings(6)
+        }),
+    );
+    assert!(rec.wait_model(LOAD).is_ready());
+    let chat = app.create_chat().unwrap();
+    let first = send(&app, chat.id, "Say hello.");
+    rec.wait_done(first, ANSWER);
+    let SendOutcome::Generating {
+        user_message_id,
+        assistant_message_id,
+    } = app.regenerate(first).unwrap()
+    else {
+        panic!()
+    };
+    assert!(assistant_message_id > first);
+    rec.wait_done(assistant_message_id, ANSWER);
+    let view = app.chat(chat.id).unwrap();
+    let ids: Vec<_> = view.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [user_message_id, assistant_message_id]);
+    assert!(matches!(
+        app.regenerate(user_message_id),
+        Err(ChatError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_missing_model_fails_with_the_reason_and_a_retry_loads_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere/model.gguf");
+    let settings = Settings {
+        model_path: Some(missing.clone()),
+        ..model_settings(4)
+    };
+    let (app, rec) = open(dir.path(), Some(&settings));
+    let ModelState::Failed { path, error } = rec.wait_model(LOAD) else {
+        panic!("{:?}", app.model_state())
+    };
+    assert_eq!(path, missing);
+    assert!(
+        error.contains("cannot read") && error.contains("model.gguf"),
+        "{error}"
+    );
+    let chat = app.create_chat().unwrap();
+    let err = app.send(chat.id, "hello").unwrap_err().to_string();
+    assert!(
+        err.contains("could not be loaded") && err.contains("retry"),
+        "{err}"
+    );
+    assert!(matches!(
+        app.send(chat.id, "/help").unwrap(),
+        SendOutcome::Command { .. }
+    ));
+
+    app.load_model(common::model_path()).unwrap();
+    assert!(matches!(app.model_state(), ModelState::Loading { .. }));
+    assert!(rec.wait_model(LOAD).is_ready());
+    assert_eq!(app.settings().model_path, Some(common::model_path()));
+    let id = send(&app, chat.id, "hello");
+    let last = rec.wait_done(id, ANSWER).pop().unwrap();
+    assert!(matches!(last.kind, EventKind::Complete { .. }), "{last:?}");
+}
+
+#[test]
+fn a_malformed_model_file_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00 this is not a model").unwrap();
+    let settings = Settings {
+        model_path: Some(bad),
+        ..model_settings(4)
+    };
+    let (app, rec) = open(dir.path(), Some(&settings));
+    let ModelState::Failed { error, .. } = rec.wait_model(LOAD) else {
+        panic!("{:?}", app.model_state())
+    };
+    assert!(error.contains("not a valid GGUF file"), "{error}");
+    let chat = app.create_chat().unwrap();
+    assert!(matches!(
+        app.send(chat.id, "/status").unwrap(),
+        SendOutcome::Command { .. }
+    ));
+    // The GPU devices are refused with the reason, not used silently.
+    let mut s = app.settings();
+    s.device = chat::Device::Cuda;
+    s.model_path = Some(common::model_path());
+    assert!(app.update_settings(s).unwrap().needs_reload());
+    let ModelState::Failed { error, .. } = rec.wait_for(LOAD, |events| {
+        events.iter().rev().find_map(|e| match e {
+            chat::AppEvent::ModelState(s @ ModelState::Failed { error, .. })
+                if error.contains("cuda") =>
+            {
+                Some(s.clone())
+            }
+            _ => None,
+        })
+    }) else {
+        unreachable!()
+    };
+    assert!(error.contains("Choose CPU"), "{error}");
+}

@@ -2,13 +2,14 @@
 //! [`ChatApp`] and forwards its [`AppEvent`]s.
 //!
 //! The flow, file by file:
-//! - [`app`]: [`ChatApp`], the facade. `send` parses the composer text ([`commands`]); a
-//!   message is stored ([`store`]) with a `streaming` placeholder for the answer, and a
+//! - [`app`]: [`ChatApp`], the facade, opened on [`AppPaths`] with an [`EventSink`] for
+//!   [`AppEvent`]s; it returns [`views`]. [`send`]: the composer text is parsed ([`commands`]);
+//!   a message is stored ([`store`]) with a `streaming` placeholder for the answer, and a
 //!   [`worker::GenerationJob`] is queued.
 //! - [`worker`]: one thread owns the [`engine::Engine`] and its KV cache, loads models in the
 //!   background ([`ModelState`]), renders the conversation with the model's template and
 //!   generates; deltas go to the stream thread.
-//! - [`stream`] (private) + [`protocol`]: deltas become coalesced, numbered [`StreamEvent`]s
+//! - `stream` (private) + [`protocol`]: deltas become coalesced, numbered [`StreamEvent`]s
 //!   (`thinking`, `token`, `stats`, `complete`, `error`) kept in a per-chat [`EventLog`] until
 //!   the answer is stored; `events_after` replays them.
 //! - [`store`] (+ [`migrations`], [`search`], [`export`]): SQLite with WAL, FTS5 search over
@@ -25,27 +26,31 @@ pub mod app;
 pub mod commands;
 pub mod device;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod migrations;
+pub mod paths;
 pub mod protocol;
 pub mod quote;
 pub mod replies;
 pub mod search;
+pub mod send;
 pub mod settings;
 pub mod store;
 mod stream;
+pub mod views;
 pub mod worker;
 
-pub use app::{
-    default_database_path, AppEvent, AppPaths, AppStatus, ChatApp, ChatView, CommandAction,
-    EventSink, SendOutcome,
-};
+pub use app::ChatApp;
 pub use commands::CommandSuggestion;
 pub use device::{Device, DeviceInfo};
 pub use error::{ChatError, Result};
+pub use events::{AppEvent, EventSink};
 pub use export::Export;
+pub use paths::{default_database_path, AppPaths};
 pub use protocol::{EventId, EventKind, EventLog, EventsAfter, MessageStats, StreamEvent};
 pub use search::{SearchHit, SnippetPart};
 pub use settings::{Apply, Settings, SettingsDiff};
 pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
+pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};
 pub use worker::{EngineStatus, ModelState};

@@ -7,12 +7,14 @@ use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::app::{AppEvent, ChatApp, CommandAction, Core, Job, SendOutcome};
+use crate::app::{ChatApp, Core, Job};
 use crate::commands::{self, Command};
 use crate::error::{ChatError, Result};
+use crate::events::AppEvent;
 use crate::export::fence_for;
 use crate::quote;
 use crate::store::{ChatId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::views::{CommandAction, SendOutcome};
 use crate::worker::{model_name, ModelState};
 
 /// The text of the reset marker stored by `/reset`.
@@ -111,7 +113,7 @@ impl ChatApp {
             let answer = store.add_message(command_message(chat_id, Role::Assistant, reply))?;
             (user, answer)
         };
-        self.emit_chats_changed();
+        self.emit(AppEvent::ChatsChanged);
         Ok(SendOutcome::Command {
             command: command.into(),
             user_message_id: user.id,
@@ -119,10 +121,6 @@ impl ChatApp {
             streaming: false,
             action,
         })
-    }
-
-    fn emit_chats_changed(&self) {
-        (self.core().sink)(AppEvent::ChatsChanged)
     }
 
     fn status_text(&self, chat_id: ChatId) -> Result<String> {
@@ -291,7 +289,7 @@ impl ChatApp {
         };
         drop(jobs);
         self.inner.worker.reset()?;
-        self.emit_chats_changed();
+        self.emit(AppEvent::ChatsChanged);
         Ok(SendOutcome::Command {
             command: "reset".into(),
             user_message_id: user.id,
@@ -328,7 +326,7 @@ impl ChatApp {
         );
         drop(jobs);
         quote::spawn(tx, chat_id, answer.id, cancelled);
-        self.emit_chats_changed();
+        self.emit(AppEvent::ChatsChanged);
         Ok(SendOutcome::Command {
             command: "quote".into(),
             user_message_id: user.id,

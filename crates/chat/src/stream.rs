@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::app::{AppEvent, Core};
+use crate::app::Core;
 use crate::error::ChatError;
+use crate::events::AppEvent;
 use crate::protocol::{Coalescer, DeltaKind, EventKind, Finish, Frame, MessageStats};
 use crate::store::{ChatId, FinishedMessage, MessageId, MessageStatus};
 

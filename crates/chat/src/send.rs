@@ -1,0 +1,249 @@
+//! Sending: the composer's text becomes a slash command (see [`crate::replies`]) or a stored
+//! message with a queued answer; `stop` and `regenerate`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::app::{ChatApp, Core, Job};
+use crate::commands::{self, Parsed};
+use crate::error::{ChatError, Result};
+use crate::events::AppEvent;
+use crate::protocol::DeltaKind;
+use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::stream::{End, StreamInput};
+use crate::views::SendOutcome;
+use crate::worker::{GenerationJob, JobEvent, ModelState};
+
+/// Longest message accepted from the composer.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+impl ChatApp {
+    /// Handles the composer's text: a slash command runs (its reply is stored), anything else
+    /// is stored as the user's message and an answer is queued.
+    pub fn send(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(ChatError::Invalid("type a message first".into()));
+        }
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(ChatError::Invalid(format!(
+                "the message is too long ({} KiB; at most {} KiB)",
+                text.len() / 1024,
+                MAX_MESSAGE_BYTES / 1024
+            )));
+        }
+        match commands::parse(text) {
+            Parsed::Message(message) => self.send_message(chat_id, &message),
+            Parsed::Command(command) => self.run_command(chat_id, text, command),
+            Parsed::Unknown { name, closest } => {
+                let reply = commands::unknown_text(&name, closest);
+                self.reply_to_command(chat_id, text, "unknown", &reply, None)
+            }
+        }
+    }
+
+    fn ensure_model_usable(&self) -> Result<()> {
+        match self.model_state() {
+            ModelState::Ready { .. } | ModelState::Loading { .. } => Ok(()),
+            other => Err(ChatError::ModelNotReady(other.describe())),
+        }
+    }
+
+    fn send_message(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
+        let core = self.core();
+        let mut jobs = core.jobs.lock().unwrap();
+        core.store.lock().unwrap().chat(chat_id)?;
+        if Core::busy(&jobs, chat_id) {
+            return Err(ChatError::Busy(chat_id));
+        }
+        self.ensure_model_usable()?;
+        let (user, answer) = {
+            let mut store = core.store.lock().unwrap();
+            let user = store.add_message(NewMessage {
+                chat_id,
+                role: Role::User,
+                kind: MessageKind::Chat,
+                content: text,
+                status: MessageStatus::Complete,
+            })?;
+            let answer = store.add_message(NewMessage {
+                chat_id,
+                role: Role::Assistant,
+                kind: MessageKind::Chat,
+                content: "",
+                status: MessageStatus::Streaming,
+            })?;
+            (user, answer)
+        };
+        self.start_generation(&mut jobs, chat_id, answer.id)?;
+        drop(jobs);
+        self.emit(AppEvent::ChatsChanged);
+        Ok(SendOutcome::Generating {
+            user_message_id: user.id,
+            assistant_message_id: answer.id,
+        })
+    }
+
+    /// Queues the answer `answer_id` (a `streaming` placeholder) to the conversation before it.
+    fn start_generation(
+        &self,
+        jobs: &mut HashMap<MessageId, Job>,
+        chat_id: ChatId,
+        answer_id: MessageId,
+    ) -> Result<()> {
+        let core = self.core();
+        let settings = self.settings();
+        let (chat, context) = {
+            let store = core.store.lock().unwrap();
+            let snapshot = serde_json::json!({
+                "model": self.model_state_path(),
+                "system_prompt": settings.system_prompt,
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+                "top_k": settings.top_k,
+                "min_p": settings.min_p,
+                "repeat_penalty": settings.repeat_penalty,
+                "seed": settings.seed,
+                "max_tokens": settings.max_tokens,
+                "context_len": settings.context_len,
+            });
+            store.set_chat_settings(chat_id, &snapshot)?;
+            (
+                store.chat(chat_id)?,
+                store.context(chat_id, Some(answer_id))?,
+            )
+        };
+        let mut messages = Vec::new();
+        if !settings.system_prompt.trim().is_empty() {
+            messages.push(engine::ChatMessage::new(
+                "system",
+                settings.system_prompt.clone(),
+            ));
+        }
+        messages.extend(
+            context
+                .into_iter()
+                .map(|m| engine::ChatMessage::new(m.role.as_str(), m.content)),
+        );
+        core.seed_log(chat_id)?;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        jobs.insert(
+            answer_id,
+            Job {
+                chat_id,
+                cancelled: cancelled.clone(),
+            },
+        );
+        let tx = self.stream_sender()?;
+        let sink_tx = tx.clone();
+        let sink = Box::new(move |event: JobEvent| {
+            let input = match event {
+                JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
+                JobEvent::Token(text) => delta(chat_id, answer_id, false, text),
+                JobEvent::Finished(stats) => finish(chat_id, answer_id, End::Finished(stats)),
+                JobEvent::Failed(error) => finish(chat_id, answer_id, End::Failed(error)),
+            };
+            let _ = sink_tx.send(input);
+        });
+        let job = GenerationJob {
+            messages,
+            thinking: chat.thinking,
+            settings,
+            cancelled,
+            sink,
+        };
+        if let Err(e) = self.inner.worker.generate(job) {
+            let _ = tx.send(finish(chat_id, answer_id, End::Failed(e.to_string())));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn model_state_path(&self) -> Option<String> {
+        match self.model_state() {
+            ModelState::Ready { info, .. } => Some(info.path.display().to_string()),
+            ModelState::Loading { path, .. } => Some(path.display().to_string()),
+            _ => None,
+        }
+    }
+
+    /// Stops every answer in progress or queued in the chat; each is kept as `interrupted`
+    /// with the text it had. Returns whether there was one.
+    pub fn stop(&self, chat_id: ChatId) -> bool {
+        let jobs = self.core().jobs.lock().unwrap();
+        let mut any = false;
+        for job in jobs.values().filter(|j| j.chat_id == chat_id) {
+            job.cancelled.store(true, Ordering::SeqCst);
+            any = true;
+        }
+        any
+    }
+
+    /// Replaces an answer (and every later message of its chat) with a new one.
+    pub fn regenerate(&self, message_id: MessageId) -> Result<SendOutcome> {
+        let core = self.core();
+        let mut jobs = core.jobs.lock().unwrap();
+        let old = core.store.lock().unwrap().message(message_id)?;
+        if old.role != Role::Assistant || old.kind != MessageKind::Chat {
+            return Err(ChatError::Invalid(
+                "only a model's answer can be regenerated".into(),
+            ));
+        }
+        if Core::busy(&jobs, old.chat_id) {
+            return Err(ChatError::Busy(old.chat_id));
+        }
+        self.ensure_model_usable()?;
+        let (user, answer) = {
+            let mut store = core.store.lock().unwrap();
+            let question = store
+                .context(old.chat_id, Some(message_id))?
+                .into_iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .ok_or_else(|| ChatError::Invalid("there is no question to answer again".into()))?;
+            store.delete_messages_from(old.chat_id, message_id)?;
+            let answer = store.add_message(NewMessage {
+                chat_id: old.chat_id,
+                role: Role::Assistant,
+                kind: MessageKind::Chat,
+                content: "",
+                status: MessageStatus::Streaming,
+            })?;
+            (question, answer)
+        };
+        self.start_generation(&mut jobs, old.chat_id, answer.id)?;
+        drop(jobs);
+        self.emit(AppEvent::ChatsChanged);
+        Ok(SendOutcome::Generating {
+            user_message_id: user.id,
+            assistant_message_id: answer.id,
+        })
+    }
+}
+
+pub(crate) fn delta(
+    chat_id: ChatId,
+    message_id: MessageId,
+    thinking: bool,
+    text: String,
+) -> StreamInput {
+    let kind = match thinking {
+        true => DeltaKind::Thinking,
+        false => DeltaKind::Answer,
+    };
+    StreamInput::Delta {
+        chat_id,
+        message_id,
+        kind,
+        text,
+    }
+}
+
+pub(crate) fn finish(chat_id: ChatId, message_id: MessageId, end: End) -> StreamInput {
+    StreamInput::Finish {
+        chat_id,
+        message_id,
+        end,
+    }
+}

@@ -10,7 +10,9 @@ use crate::commands::{self, Parsed};
 use crate::error::{ChatError, Result};
 use crate::events::AppEvent;
 use crate::protocol::DeltaKind;
-use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::store::{
+    ChatId, FinishedMessage, MessageId, MessageKind, MessageStatus, NewMessage, Role,
+};
 use crate::stream::{End, StreamInput};
 use crate::views::SendOutcome;
 use crate::worker::{GenerationJob, JobEvent, ModelState};
@@ -85,8 +87,31 @@ impl ChatApp {
         })
     }
 
-    /// Queues the answer `answer_id` (a `streaming` placeholder) to the conversation before it.
+    /// Queues the answer `answer_id` (a `streaming` placeholder) to the conversation before it;
+    /// if that fails, the placeholder is stored as `failed` with the reason.
     fn start_generation(
+        &self,
+        jobs: &mut HashMap<MessageId, Job>,
+        chat_id: ChatId,
+        answer_id: MessageId,
+    ) -> Result<()> {
+        self.queue_answer(jobs, chat_id, answer_id)
+            .inspect_err(|e| {
+                let failed = FinishedMessage {
+                    status: Some(MessageStatus::Failed),
+                    error: Some(e.to_string()),
+                    ..FinishedMessage::default()
+                };
+                let _ = self
+                    .core()
+                    .store
+                    .lock()
+                    .unwrap()
+                    .finish_message(answer_id, &failed, 0);
+            })
+    }
+
+    fn queue_answer(
         &self,
         jobs: &mut HashMap<MessageId, Job>,
         chat_id: ChatId,
@@ -127,6 +152,7 @@ impl ChatApp {
                 .map(|m| engine::ChatMessage::new(m.role.as_str(), m.content)),
         );
         core.seed_log(chat_id)?;
+        let tx = self.stream_sender()?;
         let cancelled = Arc::new(AtomicBool::new(false));
         jobs.insert(
             answer_id,
@@ -135,8 +161,6 @@ impl ChatApp {
                 cancelled: cancelled.clone(),
             },
         );
-        let tx = self.stream_sender()?;
-        let sink_tx = tx.clone();
         let sink = Box::new(move |event: JobEvent| {
             let input = match event {
                 JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
@@ -144,7 +168,7 @@ impl ChatApp {
                 JobEvent::Finished(stats) => finish(chat_id, answer_id, End::Finished(stats)),
                 JobEvent::Failed(error) => finish(chat_id, answer_id, End::Failed(error)),
             };
-            let _ = sink_tx.send(input);
+            let _ = tx.send(input);
         });
         let job = GenerationJob {
             messages,
@@ -153,11 +177,9 @@ impl ChatApp {
             cancelled,
             sink,
         };
-        if let Err(e) = self.inner.worker.generate(job) {
-            let _ = tx.send(finish(chat_id, answer_id, End::Failed(e.to_string())));
-            return Err(e);
-        }
-        Ok(())
+        self.inner.worker.generate(job).inspect_err(|_| {
+            jobs.remove(&answer_id);
+        })
     }
 
     fn model_state_path(&self) -> Option<String> {

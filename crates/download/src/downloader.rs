@@ -279,6 +279,13 @@ impl Job<'_> {
                 return Ok(Attempt::Restart);
             }
         }
+        if let Some(total) = total {
+            disk::ensure_space(
+                &self.dir,
+                total.saturating_sub(offset),
+                self.config.free_space_reserve,
+            )?;
+        }
         let record = Sidecar {
             url: self.url.clone(),
             pinned_sha256: source.sha256.clone(),
@@ -292,13 +299,6 @@ impl Job<'_> {
             self.sidecar = Some(record);
         }
         self.meter.total = total;
-        if let Some(total) = total {
-            disk::ensure_space(
-                &self.dir,
-                total.saturating_sub(offset),
-                self.config.free_space_reserve,
-            )?;
-        }
         self.prime_hash(offset)?;
         self.stream(opened, total)
     }

@@ -140,17 +140,10 @@ pub(crate) fn is_transient(e: &Error) -> bool {
     )
 }
 
-/// A broken body read, in the words of [`Error`].
+/// A broken body read, in the words of [`Error`]. ureq hands its own errors (a read timeout, say)
+/// through `Read` wrapped in an `io::Error`; converting back recovers them.
 pub(crate) fn read_error(url: &str, e: io::Error) -> Error {
-    let host = host(url).to_string();
-    if e.kind() == io::ErrorKind::TimedOut {
-        Error::Timeout { host }
-    } else {
-        Error::Network {
-            host,
-            reason: e.to_string(),
-        }
-    }
+    transport_error(url, ureq::Error::from(e))
 }
 
 fn transport_error(url: &str, e: ureq::Error) -> Error {

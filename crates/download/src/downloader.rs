@@ -234,7 +234,7 @@ impl Job<'_> {
                 .filter(|e| !e.starts_with("W/"))
                 .or_else(|| s.last_modified.clone())
         });
-        let resume = (offset > 0).then(|| Resume {
+        let resume = (offset > 0).then_some(Resume {
             offset,
             validator: validator.as_deref(),
         });

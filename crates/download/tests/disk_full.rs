@@ -47,9 +47,15 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(self.dir.path()).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -83,8 +89,15 @@ fn fill_after(filler: &Path, after: u64, bytes: usize) -> impl FnMut(&download::
 /// The partial file holds a correct prefix of the real file: nothing corrupt was left.
 fn assert_part_is_a_prefix(part: &Path, data: &[u8]) -> u64 {
     let kept = fs::read(part).expect("the partial file is kept for a resume");
-    assert!(!kept.is_empty() && kept.len() < data.len(), "kept {} bytes", kept.len());
-    assert!(kept == data[..kept.len()], "the partial file is not a prefix of the file");
+    assert!(
+        !kept.is_empty() && kept.len() < data.len(),
+        "kept {} bytes",
+        kept.len()
+    );
+    assert!(
+        kept == data[..kept.len()],
+        "the partial file is not a prefix of the file"
+    );
     kept.len() as u64
 }
 
@@ -101,7 +114,11 @@ fn disk_full_is_reported_and_nothing_corrupt_is_installed() {
     // No reserve: the only thing that stops the download is the real ENOSPC.
     let d = Downloader::new(test_config(&dir, &srv.endpoint()));
     let err = d
-        .download(&source(), &Control::new(), fill_after(&filler, MIB as u64 / 2, 5 * MIB / 2))
+        .download(
+            &source(),
+            &Control::new(),
+            fill_after(&filler, MIB as u64 / 2, 5 * MIB / 2),
+        )
         .unwrap_err();
 
     assert!(matches!(err, Error::DiskFull { .. }), "{err}");
@@ -114,7 +131,9 @@ fn disk_full_is_reported_and_nothing_corrupt_is_installed() {
     let out = Downloader::new(test_config(&dir, &srv.endpoint()))
         .download(&source(), &Control::new(), |_| {})
         .unwrap();
-    let Outcome::Installed(got) = out else { panic!("{out:?}") };
+    let Outcome::Installed(got) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(fs::read(&got.path).unwrap(), srv.data());
     assert_eq!(files_in(&dir), ["tiny.gguf"]);
 }

@@ -65,22 +65,37 @@ fn complete_download_is_verified_against_the_hub_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
     let mut rec = Recorder::default();
-    let got = installed(d.download(&source(), &Control::new(), |p| rec.0.push(*p)).unwrap());
+    let got = installed(
+        d.download(&source(), &Control::new(), |p| rec.0.push(*p))
+            .unwrap(),
+    );
 
     assert_eq!(got.verification, Verification::Hub);
     assert_eq!(got.sha256, srv.sha256());
     assert_eq!(got.size, srv.len());
     assert_eq!(got.path, dir.path().join(FILE));
     assert_eq!(fs::read(&got.path).unwrap(), srv.data());
-    assert_eq!(files_in(dir.path()), [FILE], "no .part or .part.json may remain");
+    assert_eq!(
+        files_in(dir.path()),
+        [FILE],
+        "no .part or .part.json may remain"
+    );
     assert_eq!(srv.bytes_served(), srv.len());
 
     assert_eq!(
         rec.states(),
-        [State::Connecting, State::Downloading, State::Verifying, State::Done]
+        [
+            State::Connecting,
+            State::Downloading,
+            State::Verifying,
+            State::Done
+        ]
     );
     let last = rec.0.last().unwrap();
-    assert_eq!((last.downloaded, last.total, last.percent), (srv.len(), Some(srv.len()), Some(100.0)));
+    assert_eq!(
+        (last.downloaded, last.total, last.percent),
+        (srv.len(), Some(srv.len()), Some(100.0))
+    );
     assert!(rec.0.windows(2).all(|w| w[0].downloaded <= w[1].downloaded));
 }
 
@@ -117,7 +132,11 @@ fn token_goes_to_the_hub_but_not_to_the_cdn() {
     let dir = tempfile::tempdir().unwrap();
     srv.faults().require_token = Some("hf_secret".into());
     let config = test_config(dir.path(), &srv.endpoint()).with_token(Some("hf_secret".into()));
-    installed(Downloader::new(config).download(&source(), &Control::new(), |_| {}).unwrap());
+    installed(
+        Downloader::new(config)
+            .download(&source(), &Control::new(), |_| {})
+            .unwrap(),
+    );
 
     let seen = srv.seen();
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer hf_secret"));
@@ -133,15 +152,24 @@ fn connection_dropped_at_30_percent_resumes_with_range() {
     srv.faults().drop_at = Some(srv.len() * 3 / 10);
     let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
     let mut rec = Recorder::default();
-    let got = installed(d.download(&source(), &Control::new(), |p| rec.0.push(*p)).unwrap());
+    let got = installed(
+        d.download(&source(), &Control::new(), |p| rec.0.push(*p))
+            .unwrap(),
+    );
 
     assert_eq!(fs::read(&got.path).unwrap(), srv.data());
     assert_under_1_1x(&srv);
     let blobs = srv.blob_requests();
     assert_eq!(blobs.len(), 2, "{blobs:?}");
-    assert_eq!(blobs[1].range, Some(format!("bytes={}-", srv.len() * 3 / 10)));
+    assert_eq!(
+        blobs[1].range,
+        Some(format!("bytes={}-", srv.len() * 3 / 10))
+    );
     assert_eq!(blobs[1].status, 206);
-    assert!(blobs[1].if_range.is_some(), "resumes are guarded by If-Range");
+    assert!(
+        blobs[1].if_range.is_some(),
+        "resumes are guarded by If-Range"
+    );
     assert!(rec.states().contains(&State::Retrying));
 }
 
@@ -154,12 +182,22 @@ fn restart_mid_download_resumes_from_the_part_file_and_its_record() {
         // The first "run of the app": paused at 40%, then the downloader is dropped.
         let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
         let control = Control::new();
-        let out = d.download(&source(), &control, stop_at(&control, 0.4, false)).unwrap();
+        let out = d
+            .download(&source(), &control, stop_at(&control, 0.4, false))
+            .unwrap();
         assert!(matches!(out, Outcome::Paused { .. }), "{out:?}");
     }
-    assert_eq!(files_in(dir.path()), ["tiny.gguf.part", "tiny.gguf.part.json"]);
-    let kept = fs::metadata(dir.path().join("tiny.gguf.part")).unwrap().len();
-    assert!(kept >= srv.len() * 4 / 10 && kept < srv.len(), "kept {kept}");
+    assert_eq!(
+        files_in(dir.path()),
+        ["tiny.gguf.part", "tiny.gguf.part.json"]
+    );
+    let kept = fs::metadata(dir.path().join("tiny.gguf.part"))
+        .unwrap()
+        .len();
+    assert!(
+        kept >= srv.len() * 4 / 10 && kept < srv.len(),
+        "kept {kept}"
+    );
 
     // A fresh downloader, as after restarting the app.
     srv.faults().throttle = None;
@@ -184,7 +222,9 @@ fn a_download_that_failed_outright_resumes_in_a_later_run() {
         .unwrap_err();
     assert!(matches!(err, Error::Network { .. }), "{err}");
     assert_eq!(
-        fs::metadata(dir.path().join("tiny.gguf.part")).unwrap().len(),
+        fs::metadata(dir.path().join("tiny.gguf.part"))
+            .unwrap()
+            .len(),
         srv.len() / 2
     );
 
@@ -223,7 +263,9 @@ fn wrong_pinned_sha256_is_rejected_and_the_partial_removed() {
     let src = source().with_sha256(&"ab".repeat(32)).unwrap();
     let err = d.download(&src, &Control::new(), |_| {}).unwrap_err();
     match &err {
-        Error::ChecksumMismatch { expected, actual, .. } => {
+        Error::ChecksumMismatch {
+            expected, actual, ..
+        } => {
             assert_eq!(expected, &"ab".repeat(32));
             assert_eq!(actual, srv.sha256());
         }
@@ -268,7 +310,10 @@ fn gated_repository_message_tells_the_user_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     srv.faults().resolve_status = Some(403);
     let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
-    let msg = d.download(&source(), &Control::new(), |_| {}).unwrap_err().to_string();
+    let msg = d
+        .download(&source(), &Control::new(), |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("licence") && msg.contains("HF_TOKEN"), "{msg}");
 }
 
@@ -330,7 +375,9 @@ fn cancel_deletes_the_partial_download() {
     srv.faults().throttle = Some(Duration::from_millis(1));
     let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
     let control = Control::new();
-    let out = d.download(&source(), &control, stop_at(&control, 0.3, true)).unwrap();
+    let out = d
+        .download(&source(), &control, stop_at(&control, 0.3, true))
+        .unwrap();
     assert_eq!(out, Outcome::Cancelled);
     assert_nothing_installed(dir.path());
 }
@@ -358,7 +405,9 @@ fn a_partial_file_from_another_revision_is_discarded_not_stitched() {
     let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
     let control = Control::new();
     let other = source().with_revision("v2");
-    let out = d.download(&other, &control, stop_at(&control, 0.3, false)).unwrap();
+    let out = d
+        .download(&other, &control, stop_at(&control, 0.3, false))
+        .unwrap();
     assert!(matches!(out, Outcome::Paused { .. }));
     // Make the stale bytes wrong, so stitching onto them would fail the checksum.
     fs::write(dir.path().join("tiny.gguf.part"), vec![0u8; 1000]).unwrap();
@@ -381,7 +430,10 @@ fn free_space_is_checked_before_connecting() {
     known.size = Some(srv.len());
     let err = d.download(&known, &Control::new(), |_| {}).unwrap_err();
     assert!(matches!(err, Error::InsufficientSpace { .. }), "{err}");
-    assert!(srv.seen().is_empty(), "no request when the size is known beforehand");
+    assert!(
+        srv.seen().is_empty(),
+        "no request when the size is known beforehand"
+    );
 
     // Size unknown until the server answers: still nothing is written.
     let err = d.download(&source(), &Control::new(), |_| {}).unwrap_err();
@@ -394,7 +446,11 @@ fn free_space_is_checked_before_connecting() {
 fn connection_refused_is_reported_as_offline() {
     let dir = tempfile::tempdir().unwrap();
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut config = test_config(dir.path(), &format!("http://127.0.0.1:{port}"));
     config.max_retries = 1;
     let mut rec = Recorder::default();
@@ -402,7 +458,10 @@ fn connection_refused_is_reported_as_offline() {
         .download(&source(), &Control::new(), |p| rec.0.push(*p))
         .unwrap_err();
     assert!(matches!(err, Error::Offline { .. }), "{err}");
-    assert!(rec.states().contains(&State::Retrying), "offline is retried first");
+    assert!(
+        rec.states().contains(&State::Retrying),
+        "offline is retried first"
+    );
 }
 
 #[test]

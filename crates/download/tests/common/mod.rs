@@ -88,7 +88,10 @@ impl TestServer {
             stop: AtomicBool::new(false),
         });
         let hub_addr = hub.local_addr().unwrap();
-        let threads = vec![accept_loop(hub, shared.clone()), accept_loop(cdn, shared.clone())];
+        let threads = vec![
+            accept_loop(hub, shared.clone()),
+            accept_loop(cdn, shared.clone()),
+        ];
         Self {
             shared,
             hub: hub_addr,
@@ -192,7 +195,9 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
 }
 
 fn handle(mut conn: TcpStream, shared: &Shared) {
-    let Some(req) = read_request(&conn) else { return };
+    let Some(req) = read_request(&conn) else {
+        return;
+    };
     let faults = shared.faults.lock().unwrap().clone();
     let mut seen = Seen {
         path: req.path.clone(),
@@ -206,7 +211,10 @@ fn handle(mut conn: TcpStream, shared: &Shared) {
         seen.status = status;
         shared.seen.lock().unwrap().push(seen);
         if status != 302 {
-            let _ = write!(conn, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             return;
         }
         let file = req.path.rsplit('/').next().unwrap_or("");
@@ -226,7 +234,10 @@ fn handle(mut conn: TcpStream, shared: &Shared) {
     } else {
         seen.status = 404;
         shared.seen.lock().unwrap().push(seen);
-        let _ = write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = write!(
+            conn,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
     }
 }
 
@@ -246,15 +257,22 @@ fn resolve_status(shared: &Shared, faults: &Faults, req: &Request) -> u16 {
     302
 }
 
-fn serve_blob(mut conn: TcpStream, shared: &Shared, faults: &Faults, req: &Request, mut seen: Seen) {
+fn serve_blob(
+    mut conn: TcpStream,
+    shared: &Shared,
+    faults: &Faults,
+    req: &Request,
+    mut seen: Seen,
+) {
     let len = shared.data.len() as u64;
     let etag = format!("\"blob-{}\"", &shared.sha256[..16]);
-    let range_ok = !faults.ignore_range
-        && req.header("if-range").is_none_or(|v| v == etag);
-    let start = req
-        .header("range")
-        .filter(|_| range_ok)
-        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<u64>().ok());
+    let range_ok = !faults.ignore_range && req.header("if-range").is_none_or(|v| v == etag);
+    let start = req.header("range").filter(|_| range_ok).and_then(|r| {
+        r.strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse::<u64>()
+            .ok()
+    });
     let head = match start {
         Some(s) if s >= len => {
             seen.status = 416;
@@ -314,7 +332,10 @@ fn serve_blob(mut conn: TcpStream, shared: &Shared, faults: &Faults, req: &Reque
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `len` bytes that start like a GGUF file and then look random (so a misplaced range changes the hash).

@@ -1,17 +1,16 @@
 //! The download itself: `.part` file plus resume record, Range requests after any interruption, retries
 //! with backoff, free-space watch, SHA-256 check, atomic install.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Read};
 use std::path::PathBuf;
-
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::control::{Control, Request};
 use crate::disk;
 use crate::error::{Error, Result};
 use crate::http::{self, Client, Opened, Resume};
+use crate::part::PartFile;
 use crate::partial::Sidecar;
 use crate::progress::{Meter, Progress, State};
 use crate::source::Source;
@@ -97,14 +96,11 @@ impl Downloader {
             client: &self.client,
             control,
             url,
+            part: PartFile::new(part, dir.clone()),
             dir,
             dest,
-            part,
             sidecar_path,
             sidecar: None,
-            file: None,
-            hasher: Sha256::new(),
-            hashed: 0,
             meter: Meter::new(&mut on_progress, self.config.progress_interval),
         };
         job.run(source)
@@ -128,13 +124,9 @@ struct Job<'a> {
     url: String,
     dir: PathBuf,
     dest: PathBuf,
-    part: PathBuf,
+    part: PartFile,
     sidecar_path: PathBuf,
     sidecar: Option<Sidecar>,
-    file: Option<File>,
-    /// Covers the first `hashed` bytes of the `.part` file.
-    hasher: Sha256,
-    hashed: u64,
     meter: Meter<'a>,
 }
 
@@ -146,7 +138,7 @@ impl Job<'_> {
         }
         self.adopt_partial(source)?;
         let known_total = self.sidecar.as_ref().and_then(|s| s.total).or(source.size);
-        let offset = self.part_len()?;
+        let offset = self.part.len()?;
         self.meter.downloaded = offset;
         self.meter.total = known_total;
         if let Some(total) = known_total {
@@ -202,7 +194,7 @@ impl Job<'_> {
                     }
                 }
                 Err(e) => {
-                    self.sync_part();
+                    self.part.sync();
                     return Err(e);
                 }
             }
@@ -216,17 +208,17 @@ impl Job<'_> {
         let record = Sidecar::load(&self.sidecar_path)
             .filter(|s| s.url == self.url && s.pinned_sha256 == source.sha256);
         if record.is_some() && self.part.exists() {
-            tracing::info!(part = %self.part.display(), "resuming a partial download");
+            tracing::info!(part = %self.part.path().display(), "resuming a partial download");
             self.sidecar = record;
         } else {
-            disk::remove_if_exists(&self.part)?;
+            self.part.remove()?;
             disk::remove_if_exists(&self.sidecar_path)?;
         }
         Ok(())
     }
 
     fn attempt(&mut self, source: &Source) -> Result<Attempt> {
-        let offset = self.part_len()?;
+        let offset = self.part.len()?;
         let validator = self.sidecar.as_ref().and_then(|s| {
             // If-Range needs a strong validator; a weak ETag would make the server send everything.
             s.etag
@@ -263,7 +255,7 @@ impl Job<'_> {
                 return Ok(Attempt::Restart);
             }
         }
-        let offset = self.part_len()?;
+        let offset = self.part.len()?;
 
         let total = announced_total(&opened, offset);
         if let Some(old) = &self.sidecar {
@@ -299,14 +291,17 @@ impl Job<'_> {
             self.sidecar = Some(record);
         }
         self.meter.total = total;
-        self.prime_hash(offset)?;
+        if self.part.needs_priming(offset) {
+            self.meter.state(State::Verifying);
+            self.part.prime_hash(offset)?;
+        }
         self.stream(opened, total)
     }
 
     fn stream(&mut self, opened: Opened, total: Option<u64>) -> Result<Attempt> {
         let mut reader = opened.body.into_reader();
         let mut buf = vec![0u8; CHUNK];
-        let mut downloaded = self.part_len()?;
+        let mut downloaded = self.part.len()?;
         let mut unchecked = 0u64;
         self.meter.downloaded = downloaded;
         self.meter.state(State::Downloading);
@@ -328,11 +323,7 @@ impl Job<'_> {
                 self.restart()?;
                 return Ok(Attempt::Restart);
             }
-            let file = self.file()?;
-            file.write_all(&buf[..n])
-                .map_err(|e| disk::write_error(&self.dir, &self.part, e))?;
-            self.hasher.update(&buf[..n]);
-            self.hashed += n as u64;
+            self.part.append(&buf[..n])?;
             downloaded += n as u64;
             unchecked += n as u64;
             if unchecked >= SPACE_CHECK_EVERY {
@@ -354,7 +345,7 @@ impl Job<'_> {
     fn watch_space(&mut self) -> Result<()> {
         let available = disk::available_space(&self.dir)?;
         if available < self.config.free_space_reserve {
-            self.sync_part();
+            self.part.sync();
             self.meter.emit(State::Paused);
             return Err(Error::LowDiskSpace {
                 dir: self.dir.clone(),
@@ -367,9 +358,8 @@ impl Job<'_> {
 
     fn finish(&mut self, source: &Source) -> Result<Outcome> {
         self.meter.state(State::Verifying);
-        let size = self.part_len()?;
-        self.prime_hash(size)?;
-        let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+        let size = self.part.len()?;
+        let actual = self.part.sha256(size)?;
         let record = self.sidecar.clone();
         let linked = record.as_ref().and_then(|s| s.linked_sha256.clone());
         let expected = source.sha256.clone().or(linked.clone());
@@ -380,8 +370,7 @@ impl Job<'_> {
         }
         if let Some(expected) = &expected {
             if *expected != actual {
-                self.file = None;
-                disk::remove_if_exists(&self.part)?;
+                self.part.remove()?;
                 disk::remove_if_exists(&self.sidecar_path)?;
                 return Err(Error::ChecksumMismatch {
                     file: source.local_name().to_string(),
@@ -394,19 +383,12 @@ impl Job<'_> {
             (Some(_), _) => Verification::Pinned,
             (None, Some(_)) => Verification::Hub,
             (None, None) => {
-                tracing::warn!(sha256 = %actual, file = %self.dest.display(), "no checksum was available; the file is installed unverified");
+                // Info, not warn: the caller sees `Verification::Unverified` and words it for its user.
+                tracing::info!(sha256 = %actual, file = %self.dest.display(), "no checksum was available; the file is installed unverified");
                 Verification::Unverified
             }
         };
-        let file = match self.file.take() {
-            Some(f) => f,
-            // Writable: Windows cannot flush a file opened read-only.
-            None => OpenOptions::new()
-                .write(true)
-                .open(&self.part)
-                .map_err(|e| Error::io("open", &self.part, e))?,
-        };
-        disk::commit(&file, &self.part, &self.dest)?;
+        self.part.commit(&self.dest)?;
         disk::remove_if_exists(&self.sidecar_path)?;
         self.meter.emit(State::Done);
         tracing::info!(path = %self.dest.display(), size, "model installed");
@@ -419,7 +401,7 @@ impl Job<'_> {
     }
 
     fn paused(&mut self) -> Result<Outcome> {
-        self.sync_part();
+        self.part.sync();
         self.meter.emit(State::Paused);
         Ok(Outcome::Paused {
             downloaded: self.meter.downloaded,
@@ -428,8 +410,7 @@ impl Job<'_> {
     }
 
     fn cancelled(&mut self) -> Result<Outcome> {
-        self.file = None;
-        disk::remove_if_exists(&self.part)?;
+        self.part.remove()?;
         disk::remove_if_exists(&self.sidecar_path)?;
         self.meter.emit(State::Cancelled);
         Ok(Outcome::Cancelled)
@@ -438,68 +419,15 @@ impl Job<'_> {
     /// True when the `.part` already holds every byte (a crash between download and rename).
     fn is_complete(&self) -> Result<bool> {
         let total = self.sidecar.as_ref().and_then(|s| s.total);
-        Ok(total.is_some_and(|t| t > 0 && self.part_len().ok() == Some(t)))
+        Ok(total.is_some_and(|t| t > 0 && self.part.len().ok() == Some(t)))
     }
 
     /// Empties the `.part` file and the running hash.
     fn restart(&mut self) -> Result<()> {
-        if self.part.exists() {
-            self.file()?
-                .set_len(0)
-                .map_err(|e| Error::io("truncate", &self.part, e))?;
-        }
-        self.hasher = Sha256::new();
-        self.hashed = 0;
+        self.part.truncate()?;
         self.meter.downloaded = 0;
         self.meter.reset_speed();
         Ok(())
-    }
-
-    /// Makes the running hash cover exactly the first `len` bytes on disk; after a restart of the app
-    /// that means reading back what an earlier session wrote.
-    fn prime_hash(&mut self, len: u64) -> Result<()> {
-        if self.hashed == len {
-            return Ok(());
-        }
-        self.meter.state(State::Verifying);
-        let mut hasher = Sha256::new();
-        let f = File::open(&self.part).map_err(|e| Error::io("read", &self.part, e))?;
-        let copied = io::copy(&mut f.take(len), &mut HashWriter(&mut hasher))
-            .map_err(|e| Error::io("read", &self.part, e))?;
-        self.hasher = hasher;
-        self.hashed = copied;
-        Ok(())
-    }
-
-    fn file(&mut self) -> Result<&mut File> {
-        if self.file.is_none() {
-            // Append mode: every write lands at the end, even right after a truncation.
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.part)
-                .map_err(|e| disk::write_error(&self.dir, &self.part, e))?;
-            self.file = Some(f);
-        }
-        Ok(self.file.as_mut().expect("just opened"))
-    }
-
-    fn part_len(&self) -> Result<u64> {
-        match fs::metadata(&self.part) {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(Error::io("read", &self.part, e)),
-        }
-    }
-
-    /// Best effort: a pause or failure should leave the partial bytes on disk, but failing to flush
-    /// them only costs a re-download of the tail, so it is not an error of its own.
-    fn sync_part(&mut self) {
-        if let Some(f) = &self.file {
-            if let Err(e) = f.sync_all() {
-                tracing::warn!(error = %e, part = %self.part.display(), "could not flush the partial file");
-            }
-        }
     }
 }
 
@@ -513,22 +441,6 @@ fn announced_total(opened: &Opened, offset: u64) -> Option<u64> {
             200 => opened.content_length,
             _ => opened.content_length.map(|n| n + offset),
         })
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a download of `source` would be installed, for callers that want to show it beforehand.
@@ -548,21 +460,6 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Downloader>();
         assert_send_sync::<Control>();
-    }
-
-    #[test]
-    fn hex_is_lower_case() {
-        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
-    }
-
-    #[test]
-    fn empty_input_hashes_to_the_known_value() {
-        let mut h = Sha256::new();
-        io::copy(&mut io::empty(), &mut HashWriter(&mut h)).unwrap();
-        assert_eq!(
-            hex(&h.finalize()),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod error;
 mod http;
 mod import;
 mod manager;
+mod part;
 mod partial;
 mod progress;
 mod source;

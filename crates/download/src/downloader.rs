@@ -11,8 +11,8 @@ use crate::disk;
 use crate::error::{Error, Result};
 use crate::http::{self, Client, Opened, Resume};
 use crate::part::PartFile;
-use crate::partial::Sidecar;
 use crate::progress::{Meter, Progress, State};
+use crate::sidecar::Sidecar;
 use crate::source::Source;
 
 /// Bytes read from the network per write; also how often pause/cancel are looked at.
@@ -157,7 +157,7 @@ impl Job<'_> {
                 Request::Continue => {}
             }
             let before = self.meter.downloaded;
-            let result = if self.is_complete()? {
+            let result = if self.is_complete() {
                 Ok(Attempt::Complete)
             } else {
                 self.meter.state(State::Connecting);
@@ -417,9 +417,9 @@ impl Job<'_> {
     }
 
     /// True when the `.part` already holds every byte (a crash between download and rename).
-    fn is_complete(&self) -> Result<bool> {
+    fn is_complete(&self) -> bool {
         let total = self.sidecar.as_ref().and_then(|s| s.total);
-        Ok(total.is_some_and(|t| t > 0 && self.part.len().ok() == Some(t)))
+        total.is_some_and(|t| t > 0 && self.part.len().ok() == Some(t))
     }
 
     /// Empties the `.part` file and the running hash.

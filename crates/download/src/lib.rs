@@ -31,8 +31,8 @@ mod http;
 mod import;
 mod manager;
 mod part;
-mod partial;
 mod progress;
+mod sidecar;
 mod source;
 
 pub use catalog::{Catalog, CatalogEntry};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::catalog::Catalog;
 use crate::disk;
 use crate::error::{Error, Result};
-use crate::partial::Sidecar;
+use crate::sidecar::Sidecar;
 
 /// A `.gguf` file in the models folder.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -211,6 +211,35 @@ fn restart_mid_download_resumes_from_the_part_file_and_its_record() {
 }
 
 #[test]
+fn a_complete_part_left_before_the_rename_is_installed_without_refetching() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
+    let control = Control::new();
+    // Paused after the last byte: the state a crash between download and rename leaves.
+    let out = d
+        .download(&source(), &control, stop_at(&control, 1.0, false))
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Paused {
+            downloaded: srv.len(),
+            total: Some(srv.len())
+        }
+    );
+    let requests = srv.seen().len();
+
+    let got = installed(d.download(&source(), &Control::new(), |_| {}).unwrap());
+    assert_eq!(got.verification, Verification::Hub);
+    assert_eq!(fs::read(&got.path).unwrap(), srv.data());
+    assert_eq!(
+        srv.seen().len(),
+        requests,
+        "no request for a file already complete"
+    );
+}
+
+#[test]
 fn a_download_that_failed_outright_resumes_in_a_later_run() {
     let srv = server();
     let dir = tempfile::tempdir().unwrap();

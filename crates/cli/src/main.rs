@@ -1,5 +1,7 @@
-//! `smollm3`: a command-line front end to the engine, for scripts, checks and benchmarks.
-//! Machine-readable output goes to stdout; progress and errors go to stderr.
+//! `smollm3`: a command-line front end to the engine and the model downloader, for scripts, checks and
+//! benchmarks. Machine-readable output goes to stdout; progress and errors go to stderr.
+
+mod models;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -170,6 +172,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a model from the Hugging Face hub (or HF_ENDPOINT), resuming a partial download;
+    /// prints the installed path.
+    Pull(models::PullArgs),
+    /// List installed models, partial downloads and the catalog.
+    Models(models::ModelsArgs),
     /// Render a chat template with a context file (the shape of templates.json's `context`).
     Template {
         #[arg(long, required_unless_present = "template")]
@@ -201,6 +208,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Pull(args) => models::pull(args)?,
+        Command::Models(args) => models::models(args)?,
         Command::Tokenize {
             model,
             parse_special,

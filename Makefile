@@ -2,27 +2,63 @@
 SHELL := /bin/bash
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian/Ubuntu packages: WebKitGTK + tray for the app, Xvfb + WebKitWebDriver for its end-to-end test.
+APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev \
+	pkg-config build-essential file xvfb webkit2gtk-driver
+TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test model lint chat bench fmt
+.PHONY: run test deps ui model lint fmt chat bench e2e deb tauri-driver
 
-## Fetch the default model and chat with it in the terminal.
-run: model
-	$(CARGO) run --release --bin smollm3 -- chat --model $(MODEL)
+## Fetch the default model and every build dependency, then start the desktop app with that model.
+run: deps ui model
+	SMOLLM3_MODEL=$(MODEL) $(CARGO) run -p notso-smollm3
 
-## Everything CI checks: formatting, lints, and the whole test suite (fetches the test model).
-test: model lint
+## Everything CI checks: formatting, lints, the whole test suite, the app's end-to-end test.
+test: deps ui model tauri-driver lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+## System packages, installed only when missing.
+deps:
+	@if ! pkg-config --exists webkit2gtk-4.1 ayatana-appindicator3-0.1 || ! command -v Xvfb >/dev/null \
+	    || ! command -v WebKitWebDriver >/dev/null; then \
+	  echo "installing system packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
+	fi
+
+## The UI's pinned third-party assets (npm lockfile) + our files -> ui/dist; the icon set from icons/icon.svg.
+ui: ui/node_modules/.package-lock.json icons/gen/icon.png
+	node ui/build.mjs
+
+ui/node_modules/.package-lock.json: ui/package.json ui/package-lock.json
+	cd ui && npm ci --no-audit --no-fund --loglevel=error
+
+icons/gen/icon.png: icons/icon.svg ui/node_modules/.package-lock.json
+	ui/node_modules/.bin/tauri icon icons/icon.svg -o icons/gen >/dev/null
+	rm -rf icons/gen/android icons/gen/ios
+
+## The WebDriver proxy the end-to-end test drives the app through.
+tauri-driver:
+	@command -v tauri-driver >/dev/null || $(CARGO) install --locked tauri-driver@$(TAURI_DRIVER_VERSION)
 
 model:
 	@bash models/fetch.sh
 
-lint:
+lint: ui
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
 
+## Terminal chat with the engine alone.
+chat: model
+	$(CARGO) run --bin smollm3 -- chat --model $(MODEL)
+
 ## `make bench MODEL=path.gguf`: this engine's speed as JSON (see doc/benchmarks.md).
 bench: model
 	$(CARGO) run --release --bin smollm3 -- bench --model $(MODEL) --json
+
+## The Debian package (target/release/bundle/deb/).
+deb: deps ui
+	cd src-tauri && ../ui/node_modules/.bin/tauri build --bundles deb

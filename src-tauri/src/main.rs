@@ -1,0 +1,107 @@
+//! NotSo-SmolLM3 Bot, the desktop app: a Tauri 2 shell over the transport-free chat core (`crates/chat`).
+//!
+//! - [`windows`]: the main, settings and quick-chat windows, the tray icon, the global shortcut.
+//! - [`http`], [`routes`]: the `app://` protocol every window loads from; htmx requests land in `routes`,
+//!   which calls the chat core and answers with HTML fragments rendered by [`views`] from [`pages`]' views.
+//! - [`bridge`]: chat core events -> Tauri events (`chat-stream` frames, `app-state` triggers).
+//!
+//! See `doc/app.md` for the request and stream protocols.
+#![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
+
+mod bridge;
+mod http;
+mod models;
+mod pages;
+mod routes;
+mod views;
+mod windows;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use tauri::Manager;
+
+/// NotSo-SmolLM3 Bot: private chat with SmolLM3 on this computer.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// A GGUF model to load now (overrides the model in the settings for this run).
+    #[arg(long, env = "SMOLLM3_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Where chats are kept (default: the OS data directory).
+    #[arg(long, env = "NOTSO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the settings file is kept (default: the OS config directory).
+    #[arg(long, env = "NOTSO_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Where downloaded models go (default: `models` in the data directory).
+    #[arg(long, env = "NOTSO_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// The model hub (or a mirror) downloads come from.
+    #[arg(long, env = "HF_ENDPOINT")]
+    pub hf_endpoint: Option<String>,
+    /// A Hugging Face token, for gated or private models.
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tao=warn,wry=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("notso-smollm3: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let views = Arc::new(views::Views::new());
+    tauri::Builder::default()
+        .plugin(tauri_plugin_global_shortcut::Builder::new().build())
+        .plugin(tauri_plugin_dialog::init())
+        .register_asynchronous_uri_scheme_protocol("app", move |ctx, request, responder| {
+            let app = ctx.app_handle().clone();
+            let label = ctx.webview_label().to_string();
+            std::thread::spawn(move || responder.respond(routes::handle(&app, &label, &request)));
+        })
+        .setup(move |app| {
+            let handle = app.handle().clone();
+            let core = bridge::start(&handle, &args)?;
+            bridge::apply_shortcut(&handle, &core);
+            let models = models::Models::new(
+                core.app().paths().models_dir.clone(),
+                args.hf_endpoint.clone(),
+                args.hf_token.clone(),
+            );
+            app.manage(core);
+            app.manage(models);
+            app.manage(views.clone());
+            windows::open_main(&handle);
+            if let Err(e) = windows::build_tray(&handle) {
+                tracing::warn!(error = %e, "no tray icon (is a StatusNotifier host running?)");
+            }
+            Ok(())
+        })
+        .on_window_event(|window, event| {
+            // A GGUF file dropped on any window is imported (validated by the engine first).
+            if let tauri::WindowEvent::DragDrop(tauri::DragDropEvent::Drop { paths, .. }) = event {
+                if let Some(path) = paths
+                    .iter()
+                    .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+                {
+                    let app = window.app_handle().clone();
+                    let path = path.clone();
+                    std::thread::spawn(move || models::import_dropped(&app, &path));
+                }
+            }
+        })
+        .run(tauri::generate_context!())?;
+    Ok(())
+}

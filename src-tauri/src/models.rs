@@ -1,0 +1,272 @@
+//! Getting a model: the first-run onboarding (catalog + download with progress, pause, resume, cancel),
+//! local import (validated by the engine's loader) and the model manager in the settings window.
+//!
+//! One download runs at a time, on its own thread; its progress reaches the page as `app-state`
+//! `download-progress` triggers, and the onboarding fragment re-renders from [`Models::view`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use download::{Catalog, Config, Control, Downloader, Outcome, Progress, State};
+use serde_json::{json, Value};
+use tauri::{AppHandle, Emitter, Manager};
+
+use crate::bridge::Core;
+
+/// Where downloads come from and go to.
+pub struct Models {
+    catalog: Catalog,
+    config: Config,
+    active: Arc<Mutex<Option<Active>>>,
+}
+
+/// The download in progress (or the last one, while it shows an error or a pause).
+struct Active {
+    id: String,
+    name: String,
+    control: Control,
+    progress: Option<Progress>,
+    error: Option<String>,
+    running: bool,
+}
+
+impl Models {
+    pub fn new(models_dir: PathBuf, endpoint: Option<String>, token: Option<String>) -> Self {
+        let mut config = Config::new(models_dir).with_token(token);
+        if let Some(e) = endpoint.filter(|e| !e.trim().is_empty()) {
+            config = config.with_endpoint(e);
+        }
+        Self {
+            catalog: Catalog::builtin(),
+            config,
+            active: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.config.models_dir
+    }
+
+    /// Starts (or resumes) downloading catalog entry `id`; when it is installed, it becomes the model.
+    pub fn download(&self, app: &AppHandle, id: &str) -> Result<(), String> {
+        let entry = self.catalog.get(id).map_err(|e| e.to_string())?.clone();
+        let control = {
+            let mut active = self.active.lock().unwrap();
+            if let Some(a) = active.as_ref().filter(|a| a.running) {
+                return Err(format!("{} is already downloading", a.name));
+            }
+            let control = Control::new();
+            *active = Some(Active {
+                id: entry.id.clone(),
+                name: entry.name.clone(),
+                control: control.clone(),
+                progress: None,
+                error: None,
+                running: true,
+            });
+            control
+        };
+        let downloader = Downloader::new(self.config.clone());
+        let active = self.active.clone();
+        let handle = app.clone();
+        std::thread::spawn(move || {
+            let app = handle;
+            let source = entry.source();
+            let result = downloader.download(&source, &control, |p| {
+                if let Some(a) = active.lock().unwrap().as_mut() {
+                    a.progress = Some(*p);
+                }
+                notify(&app);
+            });
+            let installed = {
+                let mut guard = active.lock().unwrap();
+                let a = guard.as_mut().expect("the active download");
+                a.running = false;
+                match result {
+                    Ok(Outcome::Installed(i)) => Some(i.path),
+                    Ok(Outcome::AlreadyInstalled(path)) => Some(path),
+                    Ok(Outcome::Paused { .. }) => None,
+                    Ok(Outcome::Cancelled) => {
+                        *guard = None;
+                        None
+                    }
+                    Err(e) => {
+                        a.error = Some(e.to_string());
+                        None
+                    }
+                }
+            };
+            if let Some(path) = installed {
+                *active.lock().unwrap() = None;
+                if let Err(e) = app.state::<Core>().app().load_model(path) {
+                    toast(&app, &e.to_string());
+                }
+            }
+            notify(&app);
+        });
+        notify(app);
+        Ok(())
+    }
+
+    pub fn pause(&self) {
+        if let Some(a) = self.active.lock().unwrap().as_ref() {
+            a.control.pause();
+        }
+    }
+
+    pub fn cancel(&self, app: &AppHandle) {
+        let mut active = self.active.lock().unwrap();
+        match active.as_ref() {
+            Some(a) if a.running => a.control.cancel(),
+            Some(a) => {
+                // Paused or failed: nothing runs, so drop the partial file here.
+                let file = self.catalog.get(&a.id).map(|e| e.file.clone());
+                if let Ok(file) = file {
+                    let _ = download::discard_partial(&self.config.models_dir, &file);
+                }
+                *active = None;
+            }
+            None => {}
+        }
+        drop(active);
+        notify(app);
+    }
+
+    /// Validates `path` with the engine's loader and copies it into the models folder; it becomes the model.
+    pub fn import(&self, core: &Core, path: &Path) -> Result<PathBuf, String> {
+        let imported = download::import(&self.config, path, download::ImportMode::Copy, |p| {
+            let opts = engine::EngineOptions {
+                context_len: 64,
+                tokenizer_json: None,
+            };
+            engine::Engine::load(p, &opts).map(drop)
+        })
+        .map_err(|e| e.to_string())?;
+        core.app()
+            .load_model(imported.path.clone())
+            .map_err(|e| e.to_string())?;
+        Ok(imported.path)
+    }
+
+    /// The onboarding's data: the catalog (recommended first) and the download in progress.
+    pub fn view(&self) -> Value {
+        let mut entries: Vec<_> = self.catalog.entries().iter().collect();
+        entries.sort_by_key(|e| !e.recommended);
+        let catalog: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "id": e.id, "name": e.name, "size": download::human_bytes(e.size),
+                    "quantization": e.quantization, "parameters": e.parameters,
+                    "description": e.description, "recommended": e.recommended,
+                })
+            })
+            .collect();
+        let active = self.active.lock().unwrap();
+        let download = active.as_ref().map(|a| {
+            let p = a.progress;
+            json!({
+                "id": a.id,
+                "name": a.name,
+                "running": a.running,
+                "error": a.error,
+                "state": p.map(|p| state_name(p.state)).unwrap_or("connecting"),
+                "percent": p.and_then(|p| p.percent).map(|v| format!("{v:.0}")),
+                "done": p.map(|p| download::human_bytes(p.downloaded)),
+                "total": p.and_then(|p| p.total).map(download::human_bytes),
+                "speed": p.filter(|p| p.bytes_per_sec > 0.0)
+                    .map(|p| format!("{}/s", download::human_bytes(p.bytes_per_sec as u64))),
+                "eta": p.and_then(|p| p.eta_secs).map(format_eta),
+            })
+        });
+        json!({ "catalog": catalog, "download": download, "models_dir": self.config.models_dir.display().to_string() })
+    }
+
+    /// Installed models for the model manager.
+    pub fn installed(&self) -> Vec<Value> {
+        match download::scan(&self.config.models_dir, &self.catalog) {
+            Ok(inv) => inv
+                .installed
+                .iter()
+                .map(|m| {
+                    json!({
+                        "name": m.name,
+                        "path": m.path.display().to_string(),
+                        "size": download::human_bytes(m.size),
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the models folder");
+                Vec::new()
+            }
+        }
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), String> {
+        download::delete_model(&self.config.models_dir, name).map_err(|e| e.to_string())
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Connecting => "connecting",
+        State::Downloading => "downloading",
+        State::Retrying => "retrying",
+        State::Verifying => "verifying",
+        State::Paused => "paused",
+        State::Cancelled => "cancelled",
+        State::Done => "done",
+    }
+}
+
+fn format_eta(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min", secs.div_ceil(60)),
+        _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// Imports a file dropped on a window, telling the user how it went.
+pub fn import_dropped(app: &AppHandle, path: &Path) {
+    let models = app.state::<Models>();
+    let core = app.state::<Core>();
+    match models.import(&core, path) {
+        Ok(p) => {
+            let _ = app.emit(
+                "app-state",
+                json!({"toast": format!("Imported {}; loading it now.", p.display()), "trigger": "model-changed"}),
+            );
+        }
+        Err(e) => toast(app, &e),
+    }
+}
+
+fn notify(app: &AppHandle) {
+    let _ = app.emit("app-state", json!({"trigger": "download-progress"}));
+}
+
+fn toast(app: &AppHandle, text: &str) {
+    let _ = app.emit("app-state", json!({"toast": text, "kind": "error"}));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_reads_well() {
+        assert_eq!(format_eta(42), "42 s");
+        assert_eq!(format_eta(61), "2 min");
+        assert_eq!(format_eta(3 * 3600 + 5 * 60), "3 h 5 min");
+    }
+
+    #[test]
+    fn onboarding_lists_the_recommended_model_first() {
+        let m = Models::new(std::env::temp_dir(), None, None);
+        let v = m.view();
+        assert_eq!(v["catalog"][0]["recommended"], true);
+        assert!(v["download"].is_null());
+    }
+}

@@ -1,0 +1,100 @@
+//! HTML fragments: the minijinja templates of `ui/templates`, compiled into the binary.
+//!
+//! Templates see plain view structs (see `pages.rs`), never the chat core's types, so the page can change
+//! without touching the core. Auto-escaping is on for every `.html` template: model and user text is data.
+
+use minijinja::Environment;
+use serde::Serialize;
+
+macro_rules! templates {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../ui/templates/", $name)))),*]
+    };
+}
+
+const TEMPLATES: &[(&str, &str)] = templates!(
+    "base.html",
+    "main.html",
+    "chat_list.html",
+    "model_status.html",
+    "model_banner.html",
+    "empty.html",
+    "chat.html",
+    "rename.html",
+    "title.html",
+    "composer.html",
+    "palette.html",
+    "message.html",
+    "settings.html",
+    "quick.html",
+    "quick_answer.html",
+    "toast.html",
+    "onboarding.html",
+    "model_manager.html",
+);
+
+pub struct Views {
+    env: Environment<'static>,
+}
+
+impl Views {
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source)
+                .unwrap_or_else(|e| panic!("template {name} does not compile: {e:#}"));
+        }
+        Self { env }
+    }
+
+    /// Renders `name` with `ctx`; a template error becomes a visible error fragment, never a crash.
+    pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> String {
+        match self
+            .env
+            .get_template(name)
+            .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))))
+        {
+            Ok(html) => html,
+            Err(e) => {
+                tracing::error!(template = name, error = %format!("{e:#}"), "template failed");
+                let text =
+                    minijinja::HtmlEscape(&format!("Display error in {name}: {e}")).to_string();
+                format!("<div class=\"toast error\" role=\"alert\">{text}</div>")
+            }
+        }
+    }
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_template_compiles() {
+        let views = Views::new();
+        for (name, _) in TEMPLATES {
+            assert!(views.env.get_template(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn user_text_is_escaped_in_messages() {
+        let views = Views::new();
+        let html = views.render(
+            "message.html",
+            json!({"m": {"id": 7, "role": "user", "content": "<img src=x onerror=alert(1)> hx-get=\"/x\""}}),
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<img src=x"), "{html}");
+    }
+}

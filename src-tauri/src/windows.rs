@@ -1,0 +1,145 @@
+//! Native windows (main, settings, quick chat), the tray icon and the global quick-chat shortcut.
+//!
+//! Every window loads its page from the app's own `app://` protocol, so htmx requests are same-origin.
+
+use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
+use tauri::tray::{MouseButton, MouseButtonState, TrayIconBuilder, TrayIconEvent};
+use tauri::{AppHandle, Manager, WebviewUrl, WebviewWindow, WebviewWindowBuilder};
+use tauri_plugin_global_shortcut::{GlobalShortcutExt, ShortcutState};
+
+pub const MAIN: &str = "main";
+pub const SETTINGS: &str = "settings";
+pub const QUICK: &str = "quick";
+
+/// The URL of `path` on our protocol: `app://localhost/…` (Linux, macOS) or `http://app.localhost/…`.
+pub fn app_url(path: &str) -> WebviewUrl {
+    let base = if cfg!(any(windows, target_os = "android")) {
+        "http://app.localhost"
+    } else {
+        "app://localhost"
+    };
+    WebviewUrl::CustomProtocol(format!("{base}{path}").parse().expect("static URL"))
+}
+
+/// Shows (creating if needed) and focuses the window `label`.
+fn show(app: &AppHandle, label: &str, make: impl FnOnce() -> tauri::Result<WebviewWindow>) {
+    let win = match app.get_webview_window(label) {
+        Some(w) => Ok(w),
+        None => make(),
+    };
+    match win {
+        Ok(w) => {
+            let _ = w.unminimize();
+            let _ = w.show();
+            let _ = w.set_focus();
+        }
+        Err(e) => tracing::error!(window = label, error = %e, "could not open window"),
+    }
+}
+
+pub fn open_main(app: &AppHandle) {
+    show(app, MAIN, || {
+        WebviewWindowBuilder::new(app, MAIN, app_url("/"))
+            .title("NotSo-SmolLM3 Bot")
+            .inner_size(1100.0, 760.0)
+            .min_inner_size(640.0, 480.0)
+            .build()
+    });
+}
+
+/// Opens the main window on chat `chat_id` (from quick chat).
+pub fn show_chat_in_main(app: &AppHandle, chat_id: i64) {
+    open_main(app);
+    if let Some(w) = app.get_webview_window(MAIN) {
+        let url = match app_url(&format!("/chats/{chat_id}")) {
+            WebviewUrl::CustomProtocol(u) => u,
+            _ => return,
+        };
+        if let Err(e) = w.navigate(url) {
+            tracing::warn!(error = %e, "could not open the chat in the main window");
+        }
+    }
+}
+
+pub fn open_settings(app: &AppHandle) {
+    show(app, SETTINGS, || {
+        WebviewWindowBuilder::new(app, SETTINGS, app_url("/settings"))
+            .title("Settings — NotSo-SmolLM3 Bot")
+            .inner_size(680.0, 760.0)
+            .build()
+    });
+}
+
+pub fn open_quick(app: &AppHandle) {
+    show(app, QUICK, || {
+        WebviewWindowBuilder::new(app, QUICK, app_url("/quick"))
+            .title("Quick chat")
+            .inner_size(560.0, 380.0)
+            .always_on_top(true)
+            .skip_taskbar(true)
+            .center()
+            .build()
+    });
+}
+
+/// Quick chat toggles: the shortcut hides it when it is the focused window.
+pub fn toggle_quick(app: &AppHandle) {
+    if let Some(w) = app.get_webview_window(QUICK) {
+        if w.is_visible().unwrap_or(false) && w.is_focused().unwrap_or(false) {
+            let _ = w.hide();
+            return;
+        }
+    }
+    open_quick(app);
+}
+
+/// The tray icon: Quick chat / Open / Settings / Quit. A left click opens the main window.
+pub fn build_tray(app: &AppHandle) -> tauri::Result<()> {
+    let quick = MenuItem::with_id(app, "quick", "Quick chat", true, None::<&str>)?;
+    let open = MenuItem::with_id(app, "open", "Open NotSo-SmolLM3", true, None::<&str>)?;
+    let settings = MenuItem::with_id(app, "settings", "Settings…", true, None::<&str>)?;
+    let sep = PredefinedMenuItem::separator(app)?;
+    let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
+    let menu = Menu::with_items(app, &[&quick, &open, &settings, &sep, &quit])?;
+    let mut tray = TrayIconBuilder::with_id("main")
+        .tooltip("NotSo-SmolLM3 Bot")
+        .menu(&menu)
+        .show_menu_on_left_click(false)
+        .on_menu_event(|app, event| match event.id().as_ref() {
+            "quick" => open_quick(app),
+            "open" => open_main(app),
+            "settings" => open_settings(app),
+            "quit" => app.exit(0),
+            _ => {}
+        })
+        .on_tray_icon_event(|tray, event| {
+            if let TrayIconEvent::Click {
+                button: MouseButton::Left,
+                button_state: MouseButtonState::Up,
+                ..
+            } = event
+            {
+                open_main(tray.app_handle());
+            }
+        });
+    if let Some(icon) = app.default_window_icon() {
+        tray = tray.icon(icon.clone());
+    }
+    tray.build(app)?;
+    Ok(())
+}
+
+/// Registers `shortcut` (e.g. `CommandOrControl+Shift+Space`) for quick chat, replacing the previous one.
+pub fn set_quick_shortcut(app: &AppHandle, shortcut: &str) -> Result<(), String> {
+    let gs = app.global_shortcut();
+    let _ = gs.unregister_all();
+    if shortcut.trim().is_empty() {
+        return Ok(());
+    }
+    gs.on_shortcut(shortcut, |app, _shortcut, event| {
+        if event.state == ShortcutState::Pressed {
+            toggle_quick(app);
+        }
+    })
+    .map_err(|e| format!("the shortcut “{shortcut}” could not be registered: {e}"))
+}

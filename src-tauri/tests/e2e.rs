@@ -1,0 +1,326 @@
+//! End-to-end: the real app in its real webview (WebKitGTK), driven through tauri-driver + WebKitWebDriver
+//! under Xvfb, with the SmolLM2 test model. `make test` installs those tools and fetches the model.
+//!
+//! One test, in two app runs sharing one data directory:
+//! 1. no model: the chat explains why and how to get one, and commands still answer; the onboarding
+//!    downloads the test model from a local stand-in for the hub; then "What is 2+2?" streams an answer
+//!    that is seen growing, token by token;
+//! 2. a restart: the downloaded model loads again, and the chat and its answer are still there.
+//!
+//! Screenshots land in `target/e2e/`.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::webdriver::Session;
+
+const APP: &str = env!("CARGO_BIN_EXE_notso-smollm3");
+
+/// A child process killed when the test ends, however it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{tool}` is not installed: run the tests with `make test`, which installs Xvfb, \
+         WebKitWebDriver (Debian webkit2gtk-driver) and tauri-driver"
+    );
+}
+
+/// Xvfb on a display of its own, unless one is given.
+fn start_display() -> (Option<Guard>, String) {
+    require("Xvfb");
+    for n in 90..120 {
+        if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+            continue;
+        }
+        let display = format!(":{n}");
+        let child = Command::new("Xvfb")
+            .args([&display, "-screen", "0", "1280x860x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Xvfb");
+        let guard = Guard(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                return (Some(guard), display);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("Xvfb did not start");
+}
+
+fn start_driver(display: &str, port: u16) -> Guard {
+    require("tauri-driver");
+    require("WebKitWebDriver");
+    let child = Command::new("tauri-driver")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--native-port",
+            &free_port().to_string(),
+        ])
+        .env("DISPLAY", display)
+        // No accessibility bus under Xvfb; keep GTK quiet and deterministic.
+        .env("NO_AT_BRIDGE", "1")
+        .env("GDK_BACKEND", "x11")
+        .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tauri-driver");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "tauri-driver did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Guard(child)
+}
+
+struct Dirs {
+    _tmp: TempDir,
+    data: PathBuf,
+    config: PathBuf,
+    models: PathBuf,
+}
+
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dirs() -> Dirs {
+    let root = std::env::temp_dir().join(format!("notso-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let d = Dirs {
+        data: root.join("data"),
+        config: root.join("config"),
+        models: root.join("models"),
+        _tmp: TempDir(root.clone()),
+    };
+    for p in [&d.data, &d.config, &d.models] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    d
+}
+
+fn app_args(d: &Dirs, hub: &str) -> Vec<String> {
+    vec![
+        "--hf-endpoint".to_string(),
+        hub.to_string(),
+        "--data-dir".to_string(),
+        d.data.display().to_string(),
+        "--config-dir".into(),
+        d.config.display().to_string(),
+        "--models-dir".into(),
+        d.models.display().to_string(),
+    ]
+}
+
+fn save_screenshot(s: &Session, name: &str) {
+    let dir = workspace_root().join("target/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    match s.screenshot() {
+        Ok(png) => std::fs::write(dir.join(name), png).unwrap(),
+        Err(e) => panic!("screenshot failed: {e}"),
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn type_and_send(s: &Session, text: &str) {
+    // The pane may still be swapping in when the composer is first found: find it again if it went stale.
+    let mut last_err = String::new();
+    for _ in 0..5 {
+        let composer = s
+            .wait_for("textarea[data-composer]", Duration::from_secs(10))
+            .unwrap();
+        match s.send_keys(&composer, &format!("{text}\u{E007}")) {
+            Ok(()) => return,
+            Err(e) => {
+                last_err = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    panic!("could not type into the composer: {last_err}");
+}
+
+/// Text of the last assistant answer in the conversation.
+fn last_answer(s: &Session) -> String {
+    s.execute(
+        "const a = document.querySelectorAll('#messages article.msg.assistant .md'); \
+         return a.length ? a[a.length - 1].textContent : '';",
+        vec![],
+    )
+    .ok()
+    .and_then(|v| v.as_str().map(str::to_string))
+    .unwrap_or_default()
+}
+
+fn last_answer_done(s: &Session) -> bool {
+    s.execute(
+        "const a = document.querySelectorAll('#messages article.msg.assistant'); \
+         return a.length > 0 && !a[a.length - 1].hasAttribute('sse-connect');",
+        vec![],
+    )
+    .ok()
+    .and_then(|v| v.as_bool())
+    .unwrap_or(false)
+}
+
+#[test]
+fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
+    let model = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run `make model`",
+        model.display()
+    );
+    let (_xvfb, display) = start_display();
+    let port = free_port();
+    let _driver = start_driver(&display, port);
+    let base = format!("http://127.0.0.1:{port}");
+    let d = dirs();
+
+    let hub = support::hub::serve(model.clone());
+
+    // 1. No model: the page says why and how to get one; commands still work.
+    let s = Session::start(&base, APP, &app_args(&d, &hub.endpoint))
+        .expect("start the app without a model");
+    let banner = s
+        .wait_for("#model-banner", Duration::from_secs(20))
+        .unwrap();
+    let text = s.text(&banner).unwrap();
+    assert!(text.contains("No model"), "banner: {text}");
+    s.click(&s.find("#new-chat").unwrap()).unwrap();
+    type_and_send(&s, "/help");
+    let help = poll("the /help reply", Duration::from_secs(20), || {
+        let t = last_answer(&s);
+        t.contains("/status").then_some(t)
+    });
+    assert!(help.contains("/reset"), "help: {help}");
+    save_screenshot(&s, "no-model.png");
+
+    // Onboarding: download the small model from the local hub; it loads by itself.
+    let download = s
+        .wait_for(
+            "#catalog-smollm2-135m-instruct-q4_1 button",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    s.click(&download).unwrap();
+    s.wait_for(".model-state.state-ready", Duration::from_secs(120))
+        .expect("the downloaded model loads");
+    assert!(hub.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let installed = d.models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(
+        std::fs::metadata(&installed).map(|m| m.len()).ok(),
+        std::fs::metadata(&model).map(|m| m.len()).ok(),
+        "the model is installed in the models folder"
+    );
+
+    // The answer grows token by token, then completes with stats.
+    s.click(&s.find("#new-chat").unwrap()).unwrap();
+    type_and_send(&s, "What is 2+2?");
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !last_answer_done(&s) {
+        let t = last_answer(&s);
+        if !t.is_empty() && seen.last() != Some(&t) {
+            seen.push(t);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the answer did not complete; seen {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    let answer = last_answer(&s);
+    assert!(!answer.trim().is_empty(), "empty answer");
+    assert!(
+        seen.len() >= 3,
+        "the answer should be seen growing in steps, saw {seen:?}"
+    );
+    for w in seen.windows(2) {
+        assert!(
+            w[1].len() >= w[0].len(),
+            "the answer shrank while streaming: {w:?}"
+        );
+    }
+    let stats = s.find("#messages article.msg.assistant .stats").unwrap();
+    assert!(
+        s.text(&stats).unwrap().contains("tok/s"),
+        "stats under the answer"
+    );
+    save_screenshot(&s, "chat.png");
+    s.quit().unwrap();
+
+    // 2. Restart: the model loads again; the chat is listed, and opening it shows the question and the answer.
+    let s = Session::start(&base, APP, &app_args(&d, &hub.endpoint)).expect("restart the app");
+    s.wait_for(".model-state.state-ready", Duration::from_secs(60))
+        .expect("the model from the last run loads");
+    let item = s
+        .wait_for("#chat-list .chat-link", Duration::from_secs(20))
+        .unwrap();
+    s.click(&item).unwrap();
+    let stored = poll("the stored answer", Duration::from_secs(20), || {
+        let t = last_answer(&s);
+        (!t.is_empty()).then_some(t)
+    });
+    // Compared as words: the page's text of rendered Markdown may differ in blank lines.
+    let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(words(&stored), words(&answer));
+    let question = s.find("#messages article.msg.user").unwrap();
+    assert_eq!(s.text(&question).unwrap().trim(), "What is 2+2?");
+    save_screenshot(&s, "restarted.png");
+    s.quit().unwrap();
+}

@@ -1,0 +1,204 @@
+// Page behaviour that htmx attributes do not cover: Markdown rendering of model output (marked, then
+// DOMPurify with every htmx attribute stripped, so model output can never drive the page), the composer's
+// keys, the command palette, copy buttons and scroll pinning.
+(function () {
+  "use strict";
+
+  // Model text is data. Nothing in it may become an htmx instruction, a script, a form or a style.
+  const PURIFY = {
+    USE_PROFILES: { html: true },
+    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed", "svg", "math"],
+    FORBID_ATTR: ["style", "id", "class", "name"],
+    ALLOW_DATA_ATTR: false,
+    ALLOWED_URI_REGEXP: /^(?:https?|mailto):/i,
+  };
+  DOMPurify.addHook("uponSanitizeAttribute", (_node, data) => {
+    const n = data.attrName.toLowerCase();
+    if (n.startsWith("hx-") || n.startsWith("data-hx-") || n.startsWith("sse-") || n.startsWith("on")) {
+      data.keepAttr = false;
+    }
+  });
+  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A") {
+      node.setAttribute("rel", "noopener noreferrer");
+      node.setAttribute("target", "_blank");
+    }
+  });
+  marked.setOptions({ gfm: true, breaks: false });
+
+  function renderMarkdown(text) {
+    return DOMPurify.sanitize(marked.parse(text), PURIFY);
+  }
+
+  /** Replaces `target`'s children with the sanitized rendering of `text`; htmx never processes it. */
+  function renderMarkdownInto(target, text) {
+    target.setAttribute("hx-disable", "");
+    target.innerHTML = renderMarkdown(text);
+    target.querySelectorAll("pre > code").forEach(addCopyButton);
+  }
+
+  function addCopyButton(code) {
+    const pre = code.parentElement;
+    if (pre.querySelector(".copy-code")) return;
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "copy-code";
+    b.textContent = "Copy";
+    b.addEventListener("click", () => copyText(code.textContent, b));
+    pre.append(b);
+  }
+
+  async function copyText(text, button) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (_) {
+      const area = document.createElement("textarea");
+      area.value = text;
+      document.body.append(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+    }
+    if (button) {
+      const old = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(() => (button.textContent = old), 1200);
+    }
+  }
+
+  /** Stored messages arrive as escaped text in `[data-markdown]`; render them once they are in the page. */
+  function renderStored(root) {
+    root.querySelectorAll("[data-markdown]").forEach((el) => {
+      if (el.dataset.rendered) return;
+      el.dataset.rendered = "1";
+      renderMarkdownInto(el, el.textContent);
+    });
+  }
+
+  // --- composer -------------------------------------------------------------------------------------
+  function onComposerKey(e) {
+    const area = e.target;
+    if (!area.matches("textarea[data-composer]")) return;
+    const palette = document.getElementById("palette");
+    if (palette && !palette.hidden && (e.key === "ArrowDown" || e.key === "ArrowUp" || e.key === "Tab")) {
+      e.preventDefault();
+      movePalette(palette, e.key === "ArrowUp" ? -1 : 1, area, e.key === "Tab");
+      return;
+    }
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      if (palette && !palette.hidden) {
+        const sel = palette.querySelector("[aria-selected=true]");
+        if (sel && area.value.trim() !== sel.dataset.command) {
+          area.value = sel.dataset.command + " ";
+          palette.hidden = true;
+          return;
+        }
+      }
+      if (area.value.trim() === "" || area.form.hasAttribute("data-busy")) return;
+      htmx.trigger(area.form, "submit");
+    } else if (e.key === "Escape" && palette) {
+      palette.hidden = true;
+    }
+  }
+
+  function movePalette(palette, step, area, accept) {
+    const items = [...palette.querySelectorAll("[data-command]")];
+    if (!items.length) return;
+    let i = items.findIndex((x) => x.getAttribute("aria-selected") === "true");
+    if (accept && i >= 0) {
+      area.value = items[i].dataset.command + " ";
+      palette.hidden = true;
+      return;
+    }
+    i = (i + step + items.length) % items.length;
+    items.forEach((x, j) => x.setAttribute("aria-selected", j === i ? "true" : "false"));
+  }
+
+  function autoGrow(area) {
+    area.style.height = "auto";
+    area.style.height = Math.min(area.scrollHeight, 240) + "px";
+  }
+
+  document.addEventListener("keydown", onComposerKey);
+  document.addEventListener("input", (e) => {
+    if (e.target.matches("textarea[data-composer]")) autoGrow(e.target);
+  });
+  document.addEventListener("click", (e) => {
+    const item = e.target.closest("#palette [data-command]");
+    if (item) {
+      const area = document.querySelector("textarea[data-composer]");
+      area.value = item.dataset.command + " ";
+      document.getElementById("palette").hidden = true;
+      area.focus();
+    }
+    const copy = e.target.closest("[data-copy-from]");
+    if (copy) {
+      const src = document.getElementById(copy.dataset.copyFrom);
+      if (src) copyText(src.dataset.raw ?? src.textContent, copy);
+    }
+  });
+
+  // After sending, clear the composer and keep the conversation pinned to the bottom.
+  document.addEventListener("htmx:afterRequest", (e) => {
+    const form = e.detail.elt;
+    if (form.matches && form.matches("form[data-composer-form]") && e.detail.successful) {
+      const area = form.querySelector("textarea");
+      area.value = "";
+      autoGrow(area);
+      const palette = document.getElementById("palette");
+      if (palette) palette.hidden = true;
+    }
+  });
+
+  document.addEventListener("scroll", (e) => {
+    const s = e.target;
+    if (s.dataset && "scroll" in s.dataset) {
+      s.dataset.pinned = String(s.scrollHeight - s.scrollTop - s.clientHeight < 40);
+    }
+  }, true);
+
+  /** The sidebar marks the chat that is open in the conversation pane. */
+  function markActiveChat() {
+    const title = document.querySelector("#conversation [id^=chat-title-]");
+    const id = title ? title.id.slice("chat-title-".length) : null;
+    document.querySelectorAll("#chat-list .chat-item").forEach((item) => {
+      item.classList.toggle("active", id !== null && item.id === "chat-item-" + id);
+    });
+  }
+
+  htmx.onLoad((root) => {
+    renderStored(root);
+    markActiveChat();
+    const scroller = document.querySelector("[data-scroll]");
+    if (scroller && scroller.dataset.pinned !== "false") scroller.scrollTop = scroller.scrollHeight;
+    const area = root.querySelector && root.querySelector("textarea[data-composer][autofocus]");
+    if (area) area.focus();
+  });
+
+  // Page-wide triggers from Rust (`app-state` events): `model-changed`, `chats-changed`, a toast, busy state.
+  function showToast(text, kind) {
+    const box = document.getElementById("toasts");
+    if (!box) return;
+    const t = document.createElement("div");
+    t.className = "toast " + (kind || "");
+    t.setAttribute("role", "status");
+    t.textContent = text;
+    box.append(t);
+    setTimeout(() => t.remove(), 6000);
+  }
+  if (window.__TAURI__ && window.__TAURI__.event) {
+    window.__TAURI__.event.listen("app-state", (e) => {
+      const p = e.payload || {};
+      if (p.toast) showToast(p.toast, p.kind);
+      if (p.busy !== undefined) {
+        document.querySelectorAll("form[data-composer-form]").forEach((f) => {
+          if (String(p.chat) === f.dataset.chat) f.toggleAttribute("data-busy", p.busy);
+        });
+      }
+      if (p.trigger) htmx.trigger(document.body, p.trigger, p);
+    });
+  }
+
+  window.SmolUI = { renderMarkdown, renderMarkdownInto, copyText, showToast };
+})();

@@ -411,6 +411,13 @@ fn send(c: &Ctx, cid: i64, text: &str) -> Result<Reply> {
         .iter()
         .map(|m| c.views.render("message.html", json!({ "m": m })))
         .collect();
+    if let SendOutcome::Command {
+        action: Some(CommandAction::Export(export)),
+        ..
+    } = &out
+    {
+        offer_to_save(c.app, export.file_name.clone(), export.markdown.clone());
+    }
     let mut reply = Reply::html(html);
     if let SendOutcome::Command {
         action: Some(CommandAction::Thinking { .. } | CommandAction::ContextReset),
@@ -420,6 +427,29 @@ fn send(c: &Ctx, cid: i64, text: &str) -> Result<Reply> {
         reply = reply.trigger("chat-changed");
     }
     Ok(reply)
+}
+
+/// `/export`: the Markdown is in the reply; a native save dialog offers to write it to a file too.
+fn offer_to_save(app: &AppHandle, file_name: String, markdown: String) {
+    let app = app.clone();
+    std::thread::spawn(move || {
+        use tauri_plugin_dialog::DialogExt;
+        let picked = app
+            .dialog()
+            .file()
+            .set_title("Save the chat as Markdown")
+            .set_file_name(&file_name)
+            .add_filter("Markdown", &["md"])
+            .blocking_save_file();
+        let Some(path) = picked.and_then(|p| p.into_path().ok()) else {
+            return;
+        };
+        let (text, kind) = match std::fs::write(&path, markdown) {
+            Ok(()) => (format!("Saved {}", path.display()), ""),
+            Err(e) => (format!("Could not save {}: {e}", path.display()), "error"),
+        };
+        let _ = app.emit("app-state", json!({"toast": text, "kind": kind}));
+    });
 }
 
 fn quick_ask(c: &Ctx, text: &str) -> Result<Reply> {

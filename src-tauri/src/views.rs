@@ -85,6 +85,41 @@ mod tests {
     }
 
     #[test]
+    fn settings_and_onboarding_render_their_data() {
+        let views = Views::new();
+        let html = views.render(
+            "settings.html",
+            json!({
+                "s": {"model_path": "/m/a.gguf", "context_len": 8192, "device": "cpu", "threads": 2,
+                      "thinking": true, "shortcut": "CommandOrControl+Shift+Space"},
+                "defaults": {"temperature": 0.6},
+                "devices": [{"id": "cpu", "name": "CPU", "available": true, "explanation": "2 cores"},
+                            {"id": "cuda", "name": "CUDA", "available": false, "explanation": "not in this build"}],
+                "manager": {"models": [{"name": "a.gguf", "path": "/m/a\"b.gguf", "size": "1 MB", "active": false}]},
+                "max_threads": 4,
+            }),
+        );
+        assert!(html.contains("not in this build"), "{html}");
+        assert!(
+            html.contains(r#"value="cuda"  disabled"#) || html.contains("disabled>"),
+            "{html}"
+        );
+        // A path with a quote stays valid JSON inside hx-vals.
+        assert!(
+            html.contains(r#"hx-vals='{"path": "/m/a\"b.gguf"}'"#),
+            "{html}"
+        );
+        let html = views.render(
+            "onboarding.html",
+            json!({"downloads": {"catalog": [{"id": "x", "name": "X", "size": "1 GB", "recommended": true}],
+                                 "download": {"id": "x", "name": "X", "running": true, "percent": "30",
+                                              "state": "downloading", "done": "300 MB", "total": "1 GB"}}}),
+        );
+        assert!(html.contains("300 MB of 1 GB"), "{html}");
+        assert!(html.contains("/models/pause"), "{html}");
+    }
+
+    #[test]
     fn user_text_is_escaped_in_messages() {
         let views = Views::new();
         let html = views.render(

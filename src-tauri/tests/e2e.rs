@@ -80,15 +80,33 @@ fn start_display() -> (Option<Guard>, String) {
     panic!("Xvfb did not start");
 }
 
-fn start_driver(display: &str, port: u16) -> Guard {
+/// tauri-driver and the WebKitWebDriver it starts (which outlives a killed tauri-driver).
+struct Driver {
+    _proxy: Guard,
+    native_port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args([
+                "-f",
+                &format!("WebKitWebDriver --port={}", self.native_port),
+            ])
+            .status();
+    }
+}
+
+fn start_driver(display: &str, port: u16) -> Driver {
     require("tauri-driver");
     require("WebKitWebDriver");
+    let native_port = free_port();
     let child = Command::new("tauri-driver")
         .args([
             "--port",
             &port.to_string(),
             "--native-port",
-            &free_port().to_string(),
+            &native_port.to_string(),
         ])
         .env("DISPLAY", display)
         // No accessibility bus under Xvfb; keep GTK quiet and deterministic.
@@ -108,7 +126,10 @@ fn start_driver(display: &str, port: u16) -> Guard {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Guard(child)
+    Driver {
+        _proxy: Guard(child),
+        native_port,
+    }
 }
 
 struct Dirs {
@@ -176,6 +197,25 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
+/// Opens a new chat and waits until the conversation pane shows it (not the chat that was open before).
+fn open_new_chat(s: &Session) {
+    let current = || {
+        s.execute(
+            "const t = document.querySelector('#conversation [id^=chat-title-]'); return t ? t.id : '';",
+            vec![],
+        )
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+    };
+    let before = current();
+    s.click(&s.find("#new-chat").unwrap()).unwrap();
+    poll("the new chat", Duration::from_secs(20), || {
+        let now = current();
+        (!now.is_empty() && now != before).then_some(())
+    });
+}
+
 fn type_and_send(s: &Session, text: &str) {
     // The pane may still be swapping in when the composer is first found: find it again if it went stale.
     let mut last_err = String::new();
@@ -241,7 +281,7 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         .unwrap();
     let text = s.text(&banner).unwrap();
     assert!(text.contains("No model"), "banner: {text}");
-    s.click(&s.find("#new-chat").unwrap()).unwrap();
+    open_new_chat(&s);
     type_and_send(&s, "/help");
     let help = poll("the /help reply", Duration::from_secs(20), || {
         let t = last_answer(&s);
@@ -269,7 +309,7 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     );
 
     // The answer grows token by token, then completes with stats.
-    s.click(&s.find("#new-chat").unwrap()).unwrap();
+    open_new_chat(&s);
     type_and_send(&s, "What is 2+2?");
     let mut seen = Vec::new();
     let start = Instant::now();
@@ -278,10 +318,10 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         if !t.is_empty() && seen.last() != Some(&t) {
             seen.push(t);
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the answer did not complete; seen {seen:?}"
-        );
+        if start.elapsed() > Duration::from_secs(120) {
+            save_screenshot(&s, "failure.png");
+            panic!("the answer did not complete; seen {seen:?}");
+        }
         std::thread::sleep(Duration::from_millis(15));
     }
     let answer = last_answer(&s);

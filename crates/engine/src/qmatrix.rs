@@ -3,7 +3,8 @@
 //! A [`QMatrix`] is a view of one 2-D weight tensor in the mapped file (never copied, never
 //! dequantized). It multiplies activations as a Candle custom op: the activations are quantized
 //! to the weight type's dot-product partner (Q8_K for k-quants, Q8_0/Q8_1 for the 32-blocks) and
-//! multiplied with Candle's `k_quants` kernels, as ggml does.
+//! multiplied with the engine's own [`kernels`] (Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q6_K: llama.cpp's
+//! arithmetic) or, for the other types, Candle's `k_quants` kernels.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{TensorInfo, TensorType};
+use crate::kernels::{self, Job, QActs, Weights};
 use crate::quantize::quantize_row;
 
 /// Bytes of a weight tensor: a range of the shared memory map, or an owned copy when the mapped
@@ -164,7 +166,7 @@ impl QMatrix {
                 info.name
             )));
         }
-        let bytes = if (map.as_ptr() as usize + start) % align == 0 {
+        let bytes = if (map.as_ptr() as usize + start).is_multiple_of(align) {
             Bytes::Mapped {
                 map: map.clone(),
                 start,
@@ -243,8 +245,25 @@ impl QMatrix {
         Ok(x.apply_op1_no_bwd(self)?)
     }
 
+    /// The matrix for the kernels, when they handle its type.
+    pub fn weights(&self) -> Option<Weights<'_>> {
+        kernels::act_kind(self.dtype)?;
+        Some(Weights {
+            dtype: self.dtype,
+            data: self.bytes.as_slice(),
+            rows: self.rows,
+            cols: self.cols,
+        })
+    }
+
     /// Raw matmul on slices: `dst (m x rows) = lhs (m x cols) @ W^T`.
     pub fn matmul_slices(&self, m: usize, lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
+        if let Some(w) = self.weights() {
+            let mut x = QActs::new(kernels::act_kind(self.dtype).expect("checked"));
+            x.quantize(&lhs[..m * self.cols], self.cols);
+            kernels::matmul(&mut [Job { w, dst }], &x);
+            return Ok(());
+        }
         with_block_type!(self.dtype, T => matmul::<T>(m, self.cols, lhs, self.blocks::<T>(), dst),
             else candle_core::bail!("unsupported weight type {:?}", self.dtype));
         Ok(())

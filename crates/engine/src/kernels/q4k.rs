@@ -1,0 +1,426 @@
+//! Q4_K weights times Q8_K activations.
+//!
+//! On x86 llama.cpp repacks Q4_K matrices whose row count is a multiple of 8 and multiplies them
+//! with `ggml_gemm_q4_K_8x8_q8_K` (four activation rows at a time) or `ggml_gemv_q4_K_8x8_q8_K`
+//! (the `m % 4` leftover rows, and single-token decoding). Both sum integers exactly per output,
+//! but convert to float at different points:
+//! - [`Mode::PerPair`] (GEMM): every 64 elements (a pair of 32-element sub-blocks),
+//!   `acc += float(sum scale * q4 * q8) * (d_w * d_a)`, and likewise for the mins;
+//! - [`Mode::PerSuperBlock`] (GEMV): the same once per 256-element super-block;
+//! - matrices it does not repack go through its tiled K-quant GEMM ([`Mode::Tiled`], batches of
+//!   8 rows or more: per super-block `acc += (float(sum) * d_w - float(mins) * dmin_w) * d_a`)
+//!   or `ggml_vec_dot_q4_K_q8_K` ([`Mode::VecDot`], AVX2: eight float lanes and a four-lane
+//!   mins accumulator).
+//!
+//! The result is `acc - acc_mins`. The AVX-512 kernel transposes 16 weight columns into the 16
+//! lanes of a register (VNNI dot products of four bytes per lane) and is bit-identical to the
+//! scalar definition below.
+
+use super::act::QActs;
+use super::blocks32::hsum8;
+use super::Out;
+
+pub(super) const BYTES: usize = 144;
+
+/// Where llama.cpp converts Q4_K's integer sums to float (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    PerSuperBlock,
+    PerPair,
+    Tiled,
+    VecDot,
+}
+
+/// The mode of activation row `r` for a matrix with `n` weight rows (llama.cpp's choice).
+pub(super) fn mode(a: &QActs, n: usize, r: usize) -> Mode {
+    if !n.is_multiple_of(8) {
+        if a.rows() >= 8 {
+            Mode::Tiled
+        } else {
+            Mode::VecDot
+        }
+    } else if r < a.gemm_rows() {
+        Mode::PerPair
+    } else {
+        Mode::PerSuperBlock
+    }
+}
+
+fn f16_at(blk: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32()
+}
+
+/// The eight 6-bit scales and mins packed in 12 bytes (`get_scale_min_k4`).
+fn scales_mins(s: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
+    for j in 0..4 {
+        sc[j] = (s[j] & 63) as i32;
+        mn[j] = (s[j + 4] & 63) as i32;
+    }
+    for j in 4..8 {
+        sc[j] = ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as i32;
+        mn[j] = ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32;
+    }
+    (sc, mn)
+}
+
+/// One output: weight column `w` (whole super-blocks) against activation row `r`.
+pub(super) fn dot(w: &[u8], a: &QActs, r: usize, mode: Mode) -> f32 {
+    let (qs, d, bsums) = (a.qs(r), a.d(r), a.bsums(r));
+    if mode == Mode::VecDot {
+        return vec_dot(w, qs, d, bsums);
+    }
+    if mode == Mode::Tiled {
+        return tiled(w, qs, d, bsums);
+    }
+    let (mut acc, mut acc_m) = (0f32, 0f32);
+    for (b, blk) in w.chunks_exact(BYTES).enumerate() {
+        let dd = f16_at(blk, 0) * d[b];
+        let dm = f16_at(blk, 2) * d[b];
+        let (sc, mn) = scales_mins(&blk[4..16]);
+        let q = &blk[16..];
+        let y = &qs[256 * b..256 * b + 256];
+        let bs = &bsums[16 * b..16 * b + 16];
+        let (mut isum_b, mut imin_b) = (0i32, 0i32);
+        for p in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                lo += (q[32 * p + l] & 0x0f) as i32 * y[64 * p + l] as i32;
+                hi += (q[32 * p + l] >> 4) as i32 * y[64 * p + 32 + l] as i32;
+            }
+            let isum = sc[2 * p] * lo + sc[2 * p + 1] * hi;
+            let bs_lo = bs[4 * p] as i32 + bs[4 * p + 1] as i32;
+            let bs_hi = bs[4 * p + 2] as i32 + bs[4 * p + 3] as i32;
+            let imin = mn[2 * p] * bs_lo + mn[2 * p + 1] * bs_hi;
+            if mode == Mode::PerPair {
+                acc = (isum as f32).mul_add(dd, acc);
+                acc_m = (imin as f32).mul_add(dm, acc_m);
+            } else {
+                isum_b += isum;
+                imin_b += imin;
+            }
+        }
+        if mode == Mode::PerSuperBlock {
+            acc = (isum_b as f32).mul_add(dd, acc);
+            acc_m = (imin_b as f32).mul_add(dm, acc_m);
+        }
+    }
+    acc - acc_m
+}
+
+/// llama.cpp's tiled GEMM (`tiled_run_micro_vnni_8x16`, as GCC contracts it): per super-block,
+/// `acc = fma(fnmadd(float(mins), dmin_w, float(sum) * d_w), d_a, acc)`.
+fn tiled(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(BYTES).enumerate() {
+        let (sc, mn) = scales_mins(&blk[4..16]);
+        let q = &blk[16..];
+        let y = &qs[256 * b..256 * b + 256];
+        let bs = &bsums[16 * b..16 * b + 16];
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for p in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                lo += (q[32 * p + l] & 0x0f) as i32 * y[64 * p + l] as i32;
+                hi += (q[32 * p + l] >> 4) as i32 * y[64 * p + 32 + l] as i32;
+            }
+            s1 += sc[2 * p] * lo + sc[2 * p + 1] * hi;
+            s2 += mn[2 * p] * (bs[4 * p] as i32 + bs[4 * p + 1] as i32)
+                + mn[2 * p + 1] * (bs[4 * p + 2] as i32 + bs[4 * p + 3] as i32);
+        }
+        let result = (-(s2 as f32)).mul_add(f16_at(blk, 2), s1 as f32 * f16_at(blk, 0));
+        acc = result.mul_add(d[b], acc);
+    }
+    acc
+}
+
+/// `ggml_vec_dot_q4_K_q8_K`, AVX2 path.
+fn vec_dot(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut acc_m = [0f32; 4];
+    for (b, blk) in w.chunks_exact(BYTES).enumerate() {
+        let dd = d[b] * f16_at(blk, 0);
+        let dmin = -d[b] * f16_at(blk, 2);
+        let (sc, mn) = scales_mins(&blk[4..16]);
+        let q = &blk[16..];
+        let y = &qs[256 * b..256 * b + 256];
+        let bs = &bsums[16 * b..16 * b + 16];
+        let q8s: [i32; 8] = std::array::from_fn(|i| bs[2 * i] as i32 + bs[2 * i + 1] as i32);
+        for (i, am) in acc_m.iter_mut().enumerate() {
+            let prod = mn[2 * i] * q8s[2 * i] + mn[2 * i + 1] * q8s[2 * i + 1];
+            *am = dmin.mul_add(prod as f32, *am);
+        }
+        let mut sumi = [0i32; 8];
+        for j in 0..4 {
+            for (l, s) in sumi.iter_mut().enumerate() {
+                let (mut lo, mut hi) = (0i32, 0i32);
+                for e in 4 * l..4 * l + 4 {
+                    lo += (q[32 * j + e] & 0x0f) as i32 * y[64 * j + e] as i32;
+                    hi += (q[32 * j + e] >> 4) as i32 * y[64 * j + 32 + e] as i32;
+                }
+                *s += sc[2 * j] * lo + sc[2 * j + 1] * hi;
+            }
+        }
+        for (a, &s) in acc.iter_mut().zip(&sumi) {
+            *a = dd.mul_add(s as f32, *a);
+        }
+    }
+    hsum8(&acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+}
+
+/// `dst[r * n + c]` for every activation row and `c` in `cols` (`n` = the matrix's row count).
+pub(super) fn matmul_scalar(w: &[u8], n: usize, a: &QActs, cols: std::ops::Range<usize>, dst: Out) {
+    let row_bytes = a.blocks() * BYTES;
+    for c in cols {
+        let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+        for r in 0..a.rows() {
+            dst.put(r, c, dot(wc, a, r, mode(a, n, r)));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use super::{dot, mode, BYTES};
+    use crate::kernels::act::QActs;
+    use crate::kernels::Out;
+    use std::arch::x86_64::*;
+
+    /// Activation rows per register block.
+    const R: usize = 4;
+
+    /// One super-block of 16 weight columns, transposed so that lane i holds column `PERM[i]`.
+    struct Prepared {
+        /// Per pair p: 8 vectors of low nibbles, then 8 of high nibbles (four quants per lane).
+        w: [__m512i; 64],
+        scales: [__m512i; 8],
+        /// Per pair p: the two mins as an i16 pair per lane.
+        mins: [__m512i; 4],
+        d: __m512,
+        dmin: __m512,
+    }
+
+    /// Lane i of a transposed register holds column `PERM[i]` of the tile (an involution).
+    const PERM: [i32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+    /// As [`super::matmul_scalar`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL/DQ/VNNI (see `kernels::Isa`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    pub unsafe fn matmul(w: &[u8], n: usize, a: &QActs, cols: std::ops::Range<usize>, dst: Out) {
+        let nb = a.blocks();
+        let row_bytes = nb * BYTES;
+        assert!(w.len() >= cols.end * row_bytes);
+        let m = a.rows();
+        if !n.is_multiple_of(8) {
+            return super::matmul_scalar(w, n, a, cols, dst);
+        }
+        thread_local! {
+            static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ACC.with(|acc| {
+            let acc = &mut *acc.borrow_mut();
+            acc.clear();
+            acc.resize(2 * 16 * m, 0.0);
+            let mut prep = Prepared {
+                w: [_mm512_setzero_si512(); 64],
+                scales: [_mm512_setzero_si512(); 8],
+                mins: [_mm512_setzero_si512(); 4],
+                d: _mm512_setzero_ps(),
+                dmin: _mm512_setzero_ps(),
+            };
+            let mut c = cols.start;
+            while c + 16 <= cols.end {
+                acc.fill(0.0);
+                let (fa, fm) = acc.split_at_mut(16 * m);
+                for b in 0..nb {
+                    unsafe {
+                        prepare(
+                            w.as_ptr().add(c * row_bytes + b * BYTES),
+                            row_bytes,
+                            &mut prep,
+                        )
+                    };
+                    let mut r0 = 0;
+                    while r0 < m {
+                        let pair = r0 < a.gemm_rows();
+                        let end = if pair { a.gemm_rows() } else { m };
+                        let rows = (end - r0).min(R);
+                        unsafe {
+                            match (rows, pair) {
+                                (4, true) => rows_block::<4, true>(&prep, a, b, r0, fa, fm),
+                                (4, false) => rows_block::<4, false>(&prep, a, b, r0, fa, fm),
+                                (_, true) => rows_block::<1, true>(&prep, a, b, r0, fa, fm),
+                                (_, false) => rows_block::<1, false>(&prep, a, b, r0, fa, fm),
+                            }
+                        }
+                        r0 += if rows == 4 { 4 } else { 1 };
+                    }
+                }
+                let perm = unsafe { _mm512_loadu_si512(PERM.as_ptr() as *const __m512i) };
+                for r in 0..m {
+                    unsafe {
+                        let v = _mm512_sub_ps(
+                            _mm512_loadu_ps(fa.as_ptr().add(16 * r)),
+                            _mm512_loadu_ps(fm.as_ptr().add(16 * r)),
+                        );
+                        _mm512_storeu_ps(dst.row(r).add(c), _mm512_permutexvar_ps(perm, v));
+                    }
+                }
+                c += 16;
+            }
+            for c in c..cols.end {
+                let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+                for r in 0..m {
+                    dst.put(r, c, dot(wc, a, r, mode(a, n, r)));
+                }
+            }
+        });
+    }
+
+    /// Quarter `u` (bytes 16u..16u+16) of the 16 columns' blocks, transposed: register j, lane
+    /// i holds dword j of the quarter of column `PERM[i]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn quarter(p: *const u8, stride: usize, u: usize) -> [__m512i; 4] {
+        let z: [__m512i; 4] = std::array::from_fn(|g| unsafe {
+            let at = |j: usize| p.add((4 * g + j) * stride + 16 * u) as *const __m128i;
+            let v = _mm512_castsi128_si512(_mm_loadu_si128(at(0)));
+            let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(at(1)));
+            let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(at(2)));
+            _mm512_inserti32x4::<3>(v, _mm_loadu_si128(at(3)))
+        });
+        let t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+        let t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+        let t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+        let t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+        [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    /// Transposes and unpacks super-block `p` (pointer to column 0's block) of 16 columns.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn prepare(p: *const u8, stride: usize, out: &mut Prepared) {
+        let [hd, u0, u1, u2] = unsafe { quarter(p, stride, 0) };
+        out.d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd));
+        out.dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(hd)));
+        let m63 = _mm512_set1_epi32(63);
+        let m15 = _mm512_set1_epi32(15);
+        let mut mins = [_mm512_setzero_si512(); 8];
+        for j in 0..4u32 {
+            out.scales[j as usize] = _mm512_and_si512(byte(u0, j), m63);
+            mins[j as usize] = _mm512_and_si512(byte(u1, j), m63);
+            let hi_s = _mm512_slli_epi32::<4>(_mm512_srli_epi32::<6>(byte(u0, j)));
+            let hi_m = _mm512_slli_epi32::<4>(_mm512_srli_epi32::<6>(byte(u1, j)));
+            out.scales[4 + j as usize] = _mm512_or_si512(_mm512_and_si512(byte(u2, j), m15), hi_s);
+            mins[4 + j as usize] = _mm512_or_si512(_mm512_srli_epi32::<4>(byte(u2, j)), hi_m);
+        }
+        for pp in 0..4 {
+            out.mins[pp] = _mm512_or_si512(mins[2 * pp], _mm512_slli_epi32::<16>(mins[2 * pp + 1]));
+        }
+        let nib = _mm512_set1_epi8(0x0f);
+        for u in 1..9 {
+            let v = unsafe { quarter(p, stride, u) };
+            for (j, v) in v.into_iter().enumerate() {
+                let t = 4 * (u - 1) + j;
+                let (pp, tt) = (t / 8, t % 8);
+                out.w[16 * pp + tt] = _mm512_and_si512(v, nib);
+                out.w[16 * pp + 8 + tt] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            }
+        }
+    }
+
+    /// Byte j of every lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    fn byte(v: __m512i, j: u32) -> __m512i {
+        _mm512_and_si512(
+            _mm512_srl_epi32(v, _mm_cvtsi32_si128(8 * j as i32)),
+            _mm512_set1_epi32(0xff),
+        )
+    }
+
+    /// Rows r0..r0+N of super-block `b`: adds into the float accumulators `fa` (main) and `fm`
+    /// (mins), 16 per row, per pair (`PAIR`) or per super-block.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn rows_block<const N: usize, const PAIR: bool>(
+        prep: &Prepared,
+        a: &QActs,
+        b: usize,
+        r0: usize,
+        fa: &mut [f32],
+        fm: &mut [f32],
+    ) {
+        let y: [*const i32; N] =
+            std::array::from_fn(|i| unsafe { (a.qs(r0 + i).as_ptr() as *const i32).add(64 * b) });
+        let dy: [__m512; N] = std::array::from_fn(|i| _mm512_set1_ps(a.d(r0 + i)[b]));
+        let mut acc: [__m512; N] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_ps(fa.as_ptr().add(16 * (r0 + i))) });
+        let mut tot = [_mm512_setzero_si512(); N];
+        for p in 0..4 {
+            let mut lo = [_mm512_setzero_si512(); N];
+            let mut hi = [_mm512_setzero_si512(); N];
+            for t in 0..8 {
+                let wl = prep.w[16 * p + t];
+                let wh = prep.w[16 * p + 8 + t];
+                for i in 0..N {
+                    let (yl, yh) = unsafe { (*y[i].add(16 * p + t), *y[i].add(16 * p + 8 + t)) };
+                    lo[i] = _mm512_dpbusd_epi32(lo[i], wl, _mm512_set1_epi32(yl));
+                    hi[i] = _mm512_dpbusd_epi32(hi[i], wh, _mm512_set1_epi32(yh));
+                }
+            }
+            for i in 0..N {
+                let isum = _mm512_add_epi32(
+                    _mm512_mullo_epi32(lo[i], prep.scales[2 * p]),
+                    _mm512_mullo_epi32(hi[i], prep.scales[2 * p + 1]),
+                );
+                if PAIR {
+                    acc[i] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_mul_ps(prep.d, dy[i]),
+                        acc[i],
+                    );
+                } else {
+                    tot[i] = _mm512_add_epi32(tot[i], isum);
+                }
+            }
+        }
+        for i in 0..N {
+            if !PAIR {
+                acc[i] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(tot[i]),
+                    _mm512_mul_ps(prep.d, dy[i]),
+                    acc[i],
+                );
+            }
+            unsafe { _mm512_storeu_ps(fa.as_mut_ptr().add(16 * (r0 + i)), acc[i]) };
+        }
+        // The mins: sum over pairs of mins . 32-element sums, scaled by dmin.
+        for i in 0..N {
+            let bp = unsafe { a.bpairs(r0 + i).as_ptr().add(4 * b) };
+            let dm = _mm512_mul_ps(prep.dmin, dy[i]);
+            let mut accm = unsafe { _mm512_loadu_ps(fm.as_ptr().add(16 * (r0 + i))) };
+            let mut totm = _mm512_setzero_si512();
+            for p in 0..4 {
+                let imin =
+                    _mm512_madd_epi16(prep.mins[p], _mm512_set1_epi32(unsafe { *bp.add(p) }));
+                if PAIR {
+                    accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), dm, accm);
+                } else {
+                    totm = _mm512_add_epi32(totm, imin);
+                }
+            }
+            if !PAIR {
+                accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totm), dm, accm);
+            }
+            unsafe { _mm512_storeu_ps(fm.as_mut_ptr().add(16 * (r0 + i)), accm) };
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Q6_K weights times Q8_K activations, as llama.cpp computes them on x86 (which does not
+//! repack Q6_K). Two paths, chosen by the number of activation rows:
+//! - 8 rows or more, its tiled K-quant GEMM: per super-block the exact integer
+//!   `s = sum scale * (q - 32) * y`, then `acc = fma(float(s) * d_w, d_a, acc)` (GCC contracts
+//!   the kernel's multiply and add into that FMA);
+//! - fewer, `ggml_vec_dot_q6_K_q8_K` (AVX2): eight integer lanes, lane l summing quants
+//!   4l..4l+3 of every 32-element chunk times that chunk half's scale, minus
+//!   `32 * scale . bsums` for its two 16-element groups; each lane converted and accumulated with
+//!   one FMA by `d_a * d_w`, the lanes added pairwise at the end.
+//!
+//! The AVX-512 kernel keeps two chunks per register (one per half) and folds them into the same
+//! eight lanes; it is bit-identical to the scalar code.
+
+use super::act::QActs;
+use super::blocks32::hsum8;
+use super::Out;
+
+pub(super) const BYTES: usize = 210;
+
+/// The 256 quants of a block (0..63; the value is q - 32) in element order.
+fn unpack(blk: &[u8]) -> [u8; 256] {
+    let mut q = [0u8; 256];
+    for j in 0..2 {
+        let ql = &blk[64 * j..64 * j + 64];
+        let qh = &blk[128 + 32 * j..128 + 32 * j + 32];
+        for l in 0..32 {
+            q[128 * j + l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+            q[128 * j + 32 + l] = (ql[32 + l] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+            q[128 * j + 64 + l] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            q[128 * j + 96 + l] = (ql[32 + l] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    q
+}
+
+/// Whether llama.cpp takes its tiled GEMM path for this many activation rows.
+pub(super) fn tiled(a: &QActs) -> bool {
+    a.rows() >= 8
+}
+
+/// One output: weight column `w` (whole super-blocks) against activation row `r`.
+pub(super) fn dot(w: &[u8], a: &QActs, r: usize) -> f32 {
+    let (qs, d, bsums) = (a.qs(r), a.d(r), a.bsums(r));
+    if tiled(a) {
+        let mut acc = 0f32;
+        for (b, blk) in w.chunks_exact(BYTES).enumerate() {
+            let q = unpack(blk);
+            let xd = half::f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+            let y = &qs[256 * b..256 * b + 256];
+            let mut s = 0i32;
+            for (g, (qq, yy)) in q.chunks_exact(16).zip(y.chunks_exact(16)).enumerate() {
+                let raw: i32 = qq
+                    .iter()
+                    .zip(yy)
+                    .map(|(&q, &y)| (q as i32 - 32) * y as i32)
+                    .sum();
+                s += blk[192 + g] as i8 as i32 * raw;
+            }
+            acc = (s as f32 * xd).mul_add(d[b], acc);
+        }
+        return acc;
+    }
+    let mut acc = [0f32; 8];
+    for (b, blk) in w.chunks_exact(BYTES).enumerate() {
+        let q = unpack(blk);
+        let sc: [i32; 16] = std::array::from_fn(|i| blk[192 + i] as i8 as i32);
+        let xd = half::f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+        let dd = d[b] * xd;
+        let y = &qs[256 * b..256 * b + 256];
+        let bs = &bsums[16 * b..16 * b + 16];
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let mut sumi = 0i32;
+            for chunk in 0..8 {
+                let scale = sc[2 * chunk + usize::from(l >= 4)];
+                let at = 32 * chunk + 4 * l;
+                let s4: i32 = (at..at + 4).map(|e| q[e] as i32 * y[e] as i32).sum();
+                sumi += scale * s4;
+            }
+            sumi -= 32 * (bs[2 * l] as i32 * sc[2 * l] + bs[2 * l + 1] as i32 * sc[2 * l + 1]);
+            *acc = dd.mul_add(sumi as f32, *acc);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// `dst[r * n + c]` for every activation row and `c` in `cols`.
+pub(super) fn matmul_scalar(w: &[u8], a: &QActs, cols: std::ops::Range<usize>, dst: Out) {
+    let row_bytes = a.blocks() * BYTES;
+    for c in cols {
+        let wc = &w[c * row_bytes..(c + 1) * row_bytes];
+        for r in 0..a.rows() {
+            dst.put(r, c, dot(wc, a, r));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use super::BYTES;
+    use crate::kernels::act::QActs;
+    use crate::kernels::blocks32::hsum8;
+    use crate::kernels::Out;
+    use std::arch::x86_64::*;
+
+    /// Weight columns per pass (sharing each activation load).
+    const C: usize = 2;
+
+    /// One super-block of one column, unpacked.
+    #[derive(Clone, Copy)]
+    struct Col {
+        /// Chunk pairs (0,1), (2,3), (4,5), (6,7): quants as bytes.
+        w: [__m512i; 4],
+        /// The matching scales, one per i16 lane (each 16-element group's scale).
+        sc: [__m512i; 4],
+        /// The 16 scales as i16 (for the bsums term).
+        sc16: __m256i,
+        d: f32,
+    }
+
+    /// As [`super::matmul_scalar`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL/DQ/VNNI (see `kernels::Isa`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    pub unsafe fn matmul(w: &[u8], a: &QActs, cols: std::ops::Range<usize>, dst: Out) {
+        let nb = a.blocks();
+        let row_bytes = nb * BYTES;
+        assert!(w.len() >= cols.end * row_bytes);
+        let m = a.rows();
+        let tiled = super::tiled(a);
+        thread_local! {
+            static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ACC.with(|acc| {
+            let acc = &mut *acc.borrow_mut();
+            acc.clear();
+            acc.resize(8 * C * m, 0.0);
+            let mut c = cols.start;
+            while c < cols.end {
+                let nc = (cols.end - c).min(C);
+                acc.fill(0.0);
+                for b in 0..nb {
+                    let col: [Col; C] = std::array::from_fn(|j| unsafe {
+                        unpack(w.as_ptr().add((c + j.min(nc - 1)) * row_bytes + b * BYTES))
+                    });
+                    for r in 0..m {
+                        unsafe { row(&col, nc, a, r, b, acc.as_mut_ptr().add(8 * C * r), tiled) };
+                    }
+                }
+                for r in 0..m {
+                    for j in 0..nc {
+                        let lanes: &[f32; 8] = acc[8 * (C * r + j)..8 * (C * r + j + 1)]
+                            .try_into()
+                            .expect("8");
+                        dst.put(r, c + j, if tiled { lanes[0] } else { hsum8(lanes) });
+                    }
+                }
+                c += nc;
+            }
+        });
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn unpack(blk: *const u8) -> Col {
+        let m0f = _mm512_set1_epi8(0x0f);
+        let m3 = _mm512_set1_epi8(3);
+        // Shift the high copy of qh right by 2: its low bits become each byte's bits 2-3.
+        let shifts = _mm512_set_epi64(
+            0x0002_0002_0002_0002,
+            0x0002_0002_0002_0002,
+            0x0002_0002_0002_0002,
+            0x0002_0002_0002_0002,
+            0,
+            0,
+            0,
+            0,
+        );
+        let mut w = [_mm512_setzero_si512(); 4];
+        for j in 0..2 {
+            unsafe {
+                let ql = _mm512_loadu_si512(blk.add(64 * j) as *const __m512i);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    blk.add(128 + 32 * j) as *const __m256i
+                ));
+                let qh = _mm512_srlv_epi16(qh, shifts);
+                w[2 * j] = _mm512_or_si512(
+                    _mm512_and_si512(ql, m0f),
+                    _mm512_slli_epi16::<4>(_mm512_and_si512(qh, m3)),
+                );
+                w[2 * j + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m0f),
+                    _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh), m3)),
+                );
+            }
+        }
+        let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(blk.add(192) as *const __m128i) });
+        let wide = _mm512_castsi256_si512(sc16);
+        let sc: [__m512i; 4] = std::array::from_fn(|k| {
+            // i16 lane i takes scale 4k + i / 8.
+            let base = 4 * k as i16;
+            let idx = _mm512_set_epi16(
+                base + 3,
+                base + 3,
+                base + 3,
+                base + 3,
+                base + 3,
+                base + 3,
+                base + 3,
+                base + 3,
+                base + 2,
+                base + 2,
+                base + 2,
+                base + 2,
+                base + 2,
+                base + 2,
+                base + 2,
+                base + 2,
+                base + 1,
+                base + 1,
+                base + 1,
+                base + 1,
+                base + 1,
+                base + 1,
+                base + 1,
+                base + 1,
+                base,
+                base,
+                base,
+                base,
+                base,
+                base,
+                base,
+                base,
+            );
+            _mm512_permutexvar_epi16(idx, wide)
+        });
+        let bits = unsafe { (blk.add(208) as *const u16).read_unaligned() };
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+        Col { w, sc, sc16, d }
+    }
+
+    /// Activation row `r`, super-block `b`, against `nc` unpacked columns; adds into the eight
+    /// lanes per column at `acc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn row(
+        col: &[Col; C],
+        nc: usize,
+        a: &QActs,
+        r: usize,
+        b: usize,
+        acc: *mut f32,
+        tiled: bool,
+    ) {
+        let qs = unsafe { a.qs(r).as_ptr().add(256 * b) };
+        let y: [__m512i; 4] = std::array::from_fn(|k| unsafe {
+            _mm512_loadu_si512(qs.add(64 * k) as *const __m512i)
+        });
+        let bs = unsafe { _mm256_loadu_si256(a.bsums(r).as_ptr().add(16 * b) as *const __m256i) };
+        let yd = a.d(r)[b];
+        for (j, col) in col.iter().enumerate().take(nc) {
+            let mut t = _mm512_setzero_si512();
+            for k in 0..4 {
+                let p = _mm512_maddubs_epi16(col.w[k], y[k]);
+                t = _mm512_add_epi32(t, _mm512_madd_epi16(p, col.sc[k]));
+            }
+            let s8 = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64::<1>(t));
+            let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, col.sc16));
+            let s8 = _mm256_sub_epi32(s8, sub);
+            let at = unsafe { acc.add(8 * j) };
+            if tiled {
+                // The whole super-block's integer, then llama.cpp's tiled epilogue (one lane).
+                let s4 = _mm_add_epi32(
+                    _mm256_castsi256_si128(s8),
+                    _mm256_extracti128_si256::<1>(s8),
+                );
+                let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+                let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b01>(s2));
+                let v = _mm_cvtsi128_si32(s1) as f32 * col.d;
+                unsafe { *at = v.mul_add(yd, *at) };
+            } else {
+                let d = _mm256_set1_ps(yd * col.d);
+                unsafe {
+                    _mm256_storeu_ps(
+                        at,
+                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s8), _mm256_loadu_ps(at)),
+                    )
+                };
+            }
+        }
+    }
+}

@@ -130,10 +130,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
         n_head,
         n_head_kv,
         head_dim: hd,
-        scale,
+        ..
     } = s;
     let kv_dim = n_head_kv * hd;
-    let group = n_head / n_head_kv;
     debug_assert_eq!(q.len(), t * n_head * hd);
     debug_assert!(k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim);
     debug_assert_eq!(out.len(), t * n_head * hd);
@@ -146,20 +145,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
     // One work item per (query position, head): each writes its own head_dim slice of `out`.
     barrier_pool().execute_chunked(t * n_head, |items| {
         SCRATCH.with(|scratch| {
-            let (scores, acc) = &mut *scratch.borrow_mut();
+            let scratch = &mut *scratch.borrow_mut();
             for item in items {
                 let (i, h) = (item / n_head, item % n_head);
-                let g = h / group;
-                let n_keys = pos + i + 1;
-                let qh = &q[(i * n_head + h) * hd..][..hd];
-                // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
-                // positions; padding the same way keeps its block-wise softmax sums.
-                scores.clear();
-                scores.extend(
-                    (0..n_keys).map(|j| ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * scale),
-                );
-                scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
-                ops::softmax_in_place(scores);
                 // SAFETY: item (i, h) owns out[(i*n_head + h)*hd ..][..hd]; items are disjoint.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -167,14 +155,43 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
                         hd,
                     )
                 };
-                weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+                head(q, k, v, s, (i, h), scratch, o);
             }
         })
     });
 }
 
+ops::with_fma!(
+    /// Query position `i`, head `h`: scores against every visible key, softmax, weighted values.
+    head,
+    fn(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: AttnShape,
+        ih: (usize, usize),
+        scratch: &mut (Vec<f32>, Vec<f32>),
+        o: &mut [f32]
+    ) {
+        let ((i, h), (scores, acc)) = (ih, scratch);
+        let hd = s.head_dim;
+        let kv_dim = s.n_head_kv * hd;
+        let g = h / (s.n_head / s.n_head_kv);
+        let n_keys = s.pos + i + 1;
+        let qh = &q[(i * s.n_head + h) * hd..][..hd];
+        // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
+        // positions; padding the same way keeps its block-wise softmax sums.
+        scores.clear();
+        scores.extend((0..n_keys).map(|j| ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * s.scale));
+        scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
+        ops::softmax_in_place(scores);
+        weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+    }
+);
+
 /// `o[d] = sum_j p[j] * v[j][off + d]` as llama.cpp's tinyBLAS computes `kqv`: 16 FMA lanes over
 /// the positions, reduced as a tree.
+#[inline(always)]
 fn weighted_sum(
     p: &[f32],
     v: &[f32],

@@ -63,13 +63,20 @@ impl Rope {
     }
 
     /// Rotates adjacent pairs of `x` (t rows of `n` heads of hd) at positions pos..pos+t. GGUF
-    /// stores Q/K rows permuted for this interleaved form. The products are fused as the
-    /// compiler fuses ggml's `x0*cos - x1*sin` (one rounding fewer than plain arithmetic).
+    /// stores Q/K rows permuted for this interleaved form.
     fn apply(&self, x: &mut [f32], t: usize, pos: usize) {
-        let hd = self.half * 2;
+        rope_rows(&self.table, self.half * 2, x, t, pos)
+    }
+}
+
+crate::ops::with_fma!(
+    /// The rotation of [`Rope::apply`]. The products are fused as the compiler fuses ggml's
+    /// `x0*cos - x1*sin` (one rounding fewer than plain arithmetic).
+    rope_rows,
+    fn(table: &[f32], hd: usize, x: &mut [f32], t: usize, pos: usize) {
         let row = x.len() / t;
         for (i, xr) in x.chunks_exact_mut(row).enumerate() {
-            let cs = &self.table[(pos + i) * hd..][..hd];
+            let cs = &table[(pos + i) * hd..][..hd];
             for head in xr.chunks_exact_mut(hd) {
                 for (pair, c) in head.chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
                     let (x0, x1, cos, sin) = (pair[0], pair[1], c[0], c[1]);
@@ -79,7 +86,7 @@ impl Rope {
             }
         }
     }
-}
+);
 
 /// The transformer with its KV cache.
 pub struct Model {

@@ -23,31 +23,63 @@ pub fn ggml_expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // scalef: j * 2^n, rounded once (exact in f64, then one rounding to f32).
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // scalef: j * 2^n, rounded once (exact in f64, then one rounding to f32). 2^n is built from
+    // its exponent bits (|n| <= 192 here), not with `powi`, a library call.
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * pow2) as f32
 }
 
-/// Runs `$body` with FMA enabled where the CPU has it (the results are identical either way:
-/// `mul_add` is always fused; without the feature it is a slower library call).
+/// Defines `pub fn $name` that runs `$body` compiled for AVX-512 or AVX2 with FMA where the CPU
+/// has them. The results are identical either way (`mul_add` is always fused, without the
+/// feature through a slow library call, and vectorising does not reorder Rust float operations).
 macro_rules! with_fma {
-    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* $name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn inner($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "fma")]
-                unsafe fn fma($($arg: $ty),*) {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
                     inner($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports FMA (checked just above).
-                    return unsafe { fma($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    inner($($arg),*)
+                }
+                if crate::ops::simd_level() >= 2 {
+                    // SAFETY: the CPU supports these features (checked by `simd_level`).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if crate::ops::simd_level() == 1 {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             inner($($arg),*)
         }
     };
+}
+pub(crate) use with_fma;
+
+/// 2: AVX-512 F/VL with FMA, 1: AVX2 with FMA, 0: neither (detected once).
+pub(crate) fn simd_level() -> u8 {
+    static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("fma") && has!("avx2") {
+                return if has!("avx512f") && has!("avx512vl") {
+                    2
+                } else {
+                    1
+                };
+            }
+        }
+        0
+    })
 }
 
 with_fma!(swiglu_slices, fn(gate: &[f32], up: &[f32], out: &mut [f32]) {

@@ -181,9 +181,13 @@ ops::with_fma!(
         let qh = &q[(i * s.n_head + h) * hd..][..hd];
         // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
         // positions; padding the same way keeps its block-wise softmax sums.
+        // A plain loop, not an iterator adapter: closures passed to generic std code are not
+        // compiled with this function's target features (`mul_add` would become a libm call).
         scores.clear();
-        scores.extend((0..n_keys).map(|j| ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * s.scale));
         scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
+        for j in 0..n_keys {
+            scores[j] = ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * s.scale;
+        }
         ops::softmax_in_place(scores);
         weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
     }

@@ -114,7 +114,8 @@ impl Model {
         let q_dim = cfg.n_head * cfg.head_dim;
         let kv_dim = cfg.kv_dim();
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            let m = QMatrix::new(map, tensor(name)?)?;
+            let mut m = QMatrix::new(map, tensor(name)?)?;
+            m.pack()?;
             if m.dims() != (rows, cols) {
                 return Err(EngineError::UnsupportedModel(format!(
                     "tensor '{name}' is {}x{}, the model's metadata implies {rows}x{cols}",
@@ -146,7 +147,11 @@ impl Model {
         }
         let lm_head = match gguf.tensor("output.weight") {
             Some(_) => matrix("output.weight", vocab, dim)?,
-            None => embed.clone(),
+            None => {
+                let mut m = embed.clone();
+                m.pack()?;
+                m
+            }
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {

@@ -15,11 +15,11 @@ use candle_core::quantized::k_quants::{
 use candle_core::utils::barrier_pool;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use half::{bf16, f16};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{TensorInfo, TensorType};
-use crate::kernels::{self, Job, QActs, Weights};
+use crate::kernels::{self, Job, Packed, QActs, Weights};
 use crate::quantize::quantize_row;
 
 /// Bytes of a weight tensor: a range of the shared memory map, or an owned copy when the mapped
@@ -53,6 +53,8 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     bytes: Bytes,
+    /// The whole 16-row groups in the kernels' tile layout, after [`QMatrix::pack`].
+    packed: Option<Arc<Packed>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -189,7 +191,33 @@ impl QMatrix {
             rows,
             cols,
             bytes,
+            packed: None,
         })
+    }
+
+    /// Repacks the matrix into the tile layout of the SIMD kernels when the CPU has them and
+    /// the type has one (see [`kernels::repack`]); the kernels then stream one contiguous
+    /// tile sequence. The mapped pages it read are handed back to the kernel page cache, so the
+    /// process holds one copy of the weights, not two.
+    pub fn pack(&mut self) -> Result<()> {
+        if kernels::Isa::detect() != kernels::Isa::Avx512 || self.packed.is_some() {
+            return Ok(());
+        }
+        let Some(packed) = Packed::new(self.dtype, self.bytes.as_slice(), self.rows, self.cols)
+        else {
+            return Ok(());
+        };
+        let packed = packed.map_err(|e| {
+            EngineError::UnsupportedModel(format!("no memory for the repacked weights: {e}"))
+        })?;
+        self.packed = Some(Arc::new(packed));
+        if let Bytes::Mapped { map, start, len } = &self.bytes {
+            // SAFETY: the map is a read-only mapping of a file. MADV_DONTNEED only drops our
+            // page-table entries; a later read refaults the same file contents, so no borrow of
+            // the map observes a change (the tied embedding still reads single rows from it).
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, *start, *len) };
+        }
+        Ok(())
     }
 
     pub fn dtype(&self) -> TensorType {
@@ -251,6 +279,7 @@ impl QMatrix {
         Some(Weights {
             dtype: self.dtype,
             data: self.bytes.as_slice(),
+            packed: self.packed.as_deref(),
             rows: self.rows,
             cols: self.cols,
         })

@@ -22,6 +22,10 @@ pub(super) trait Format {
 
     /// Where the quants are.
     const LAYOUT: Layout;
+    /// Where the quants start in a 16-column tile, and the tile's size (0: no tile layout; see
+    /// `repack`).
+    const PACKED_QS: usize;
+    const TILE: usize;
 
     /// The block's quants as unsigned bytes in element order.
     fn unpack(blk: &[u8]) -> [u8; 32];
@@ -124,6 +128,8 @@ mod simd_unpack {
 }
 
 impl Format for Q4_0 {
+    const TILE: usize = 288;
+    const PACKED_QS: usize = 32;
     const LAYOUT: Layout = Layout::Nibbles(2);
     const BYTES: usize = 18;
     const SHIFT: u32 = 3;
@@ -134,6 +140,8 @@ impl Format for Q4_0 {
 }
 
 impl Format for Q4_1 {
+    const TILE: usize = 320;
+    const PACKED_QS: usize = 64;
     const LAYOUT: Layout = Layout::Nibbles(4);
     const BYTES: usize = 20;
     const SHIFT: u32 = 0;
@@ -144,6 +152,8 @@ impl Format for Q4_1 {
 }
 
 impl Format for Q5_0 {
+    const TILE: usize = 0;
+    const PACKED_QS: usize = 0;
     const LAYOUT: Layout = Layout::Nibbles5(2, 6);
     const BYTES: usize = 22;
     const SHIFT: u32 = 4;
@@ -154,6 +164,8 @@ impl Format for Q5_0 {
 }
 
 impl Format for Q5_1 {
+    const TILE: usize = 0;
+    const PACKED_QS: usize = 0;
     const LAYOUT: Layout = Layout::Nibbles5(4, 8);
     const BYTES: usize = 24;
     const SHIFT: u32 = 0;
@@ -164,6 +176,8 @@ impl Format for Q5_1 {
 }
 
 impl Format for Q8_0 {
+    const TILE: usize = 544;
+    const PACKED_QS: usize = 32;
     const LAYOUT: Layout = Layout::Bytes(2);
     const BYTES: usize = 34;
     const SHIFT: u32 = 7;
@@ -226,7 +240,7 @@ pub(super) fn matmul_scalar<F: Format>(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::{dot, hsum8, Format};
+    use super::{dot, hsum8, Format, Layout};
     use crate::kernels::act::QActs;
     use crate::kernels::Out;
     use std::arch::x86_64::*;
@@ -373,6 +387,119 @@ pub(super) mod avx512 {
                 }
             }
             r0 += rows;
+        }
+    }
+
+    /// Groups `groups` of a repacked matrix (16 columns each, see `repack`) for every row; the
+    /// same lanes and order as [`super::dot`], with each ggml lane in its own register.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL/DQ/VNNI; `p` holds `F`'s tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    pub unsafe fn matmul_packed<F: Format>(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        let m = a.rows();
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(3);
+                unsafe {
+                    match rows {
+                        3 => packed_rows::<F, 3>(tiles, p.blocks(), a, r0, 16 * g, dst),
+                        2 => packed_rows::<F, 2>(tiles, p.blocks(), a, r0, 16 * g, dst),
+                        _ => packed_rows::<F, 1>(tiles, p.blocks(), a, r0, 16 * g, dst),
+                    }
+                }
+                r0 += rows;
+            }
+        }
+    }
+
+    /// Rows r0..r0+R against one group's tiles; writes columns c0..c0+16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn packed_rows<F: Format, const R: usize>(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r0: usize,
+        c0: usize,
+        dst: Out,
+    ) {
+        let tile = F::TILE;
+        let y: [*const i32; R] = std::array::from_fn(|i| a.qs(r0 + i).as_ptr() as *const i32);
+        let ys: [*const i32; R] = std::array::from_fn(|i| {
+            if F::SHIFT == 0 {
+                std::ptr::null()
+            } else {
+                a.ysum(r0 + i).as_ptr()
+            }
+        });
+        let mut acc = [[_mm512_setzero_ps(); 8]; R];
+        let mut sacc = [_mm512_setzero_ps(); R];
+        let nib = _mm512_set1_epi8(0x0f);
+        let shift = _mm_cvtsi32_si128(F::SHIFT as i32);
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * tile) };
+            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t as *const __m256i) });
+            let dd: [__m512; R] =
+                std::array::from_fn(|i| _mm512_mul_ps(d, _mm512_set1_ps(a.d(r0 + i)[b])));
+            for l in 0..8 {
+                let w = unsafe {
+                    match F::LAYOUT {
+                        Layout::Bytes(_) => _mm512_xor_si512(
+                            _mm512_loadu_si512(t.add(F::PACKED_QS + 64 * l) as *const __m512i),
+                            _mm512_set1_epi8(0x80u8 as i8),
+                        ),
+                        _ => {
+                            let v = _mm512_loadu_si512(
+                                t.add(F::PACKED_QS + 64 * (l % 4)) as *const __m512i
+                            );
+                            if l < 4 {
+                                _mm512_and_si512(v, nib)
+                            } else {
+                                _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib)
+                            }
+                        }
+                    }
+                };
+                for i in 0..R {
+                    let init = if F::SHIFT == 0 {
+                        _mm512_setzero_si512()
+                    } else {
+                        _mm512_sll_epi32(_mm512_set1_epi32(unsafe { *ys[i].add(8 * b + l) }), shift)
+                    };
+                    let isum = _mm512_dpbusd_epi32(
+                        init,
+                        w,
+                        _mm512_set1_epi32(unsafe { *y[i].add(8 * b + l) }),
+                    );
+                    acc[i][l] = _mm512_fmadd_ps(dd[i], _mm512_cvtepi32_ps(isum), acc[i][l]);
+                }
+            }
+            if F::HAS_MIN {
+                let mv =
+                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t.add(32) as *const __m256i) });
+                for i in 0..R {
+                    sacc[i] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a.s(r0 + i)[b]), sacc[i]);
+                }
+            }
+        }
+        for i in 0..R {
+            let l = &acc[i];
+            // hsum_float_8 per column: lanes l and l+4, then [0]+[2] and [1]+[3], then those.
+            let (t0, t1) = (_mm512_add_ps(l[4], l[0]), _mm512_add_ps(l[5], l[1]));
+            let (t2, t3) = (_mm512_add_ps(l[6], l[2]), _mm512_add_ps(l[7], l[3]));
+            let mut r = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
+            if F::HAS_MIN {
+                r = _mm512_add_ps(r, sacc[i]);
+            }
+            unsafe { _mm512_storeu_ps(dst.row(r0 + i).add(c0), r) };
         }
     }
 }

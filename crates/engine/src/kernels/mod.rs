@@ -16,12 +16,14 @@ pub mod act;
 mod blocks32;
 mod q4k;
 mod q6k;
+pub mod repack;
 #[cfg(test)]
 mod tests;
 
 use std::sync::OnceLock;
 
 pub use act::{ActKind, QActs};
+pub use repack::Packed;
 
 use crate::gguf::TensorType;
 
@@ -68,11 +70,14 @@ pub fn act_kind(dtype: TensorType) -> Option<ActKind> {
     }
 }
 
-/// A weight matrix: `rows` output features of `cols` inputs, in the GGUF's block format.
+/// A weight matrix: `rows` output features of `cols` inputs, in the GGUF's block format, and
+/// optionally its whole 16-row groups repacked into tiles (used by the AVX-512 kernels; `data`
+/// then still holds the leftover rows).
 #[derive(Clone, Copy, Debug)]
 pub struct Weights<'a> {
     pub dtype: TensorType,
     pub data: &'a [u8],
+    pub packed: Option<&'a Packed>,
     pub rows: usize,
     pub cols: usize,
 }
@@ -163,6 +168,43 @@ pub fn matmul_with(isa: Isa, jobs: &mut [Job], x: &QActs) {
 /// Columns `cols` of one matrix, on this thread.
 fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
     use blocks32::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512, Some(p)) = (isa, w.packed) {
+        let g0 = cols.start.div_ceil(TILE);
+        let g1 = (cols.end / TILE).min(p.groups());
+        if g0 < g1 {
+            // SAFETY: `Isa::Avx512` is only chosen when the CPU has these features.
+            unsafe {
+                match w.dtype {
+                    TensorType::Q4_0 => blocks32::avx512::matmul_packed::<Q4_0>(p, x, g0..g1, out),
+                    TensorType::Q4_1 => blocks32::avx512::matmul_packed::<Q4_1>(p, x, g0..g1, out),
+                    TensorType::Q8_0 => blocks32::avx512::matmul_packed::<Q8_0>(p, x, g0..g1, out),
+                    TensorType::Q4K => q4k::avx512::matmul_packed(p, x, g0..g1, out),
+                    TensorType::Q6K => q6k::avx512::matmul_packed(p, x, g0..g1, out),
+                    t => unreachable!("{t:?} is never packed"),
+                }
+            }
+            if cols.start < g0 * TILE {
+                run_cols(
+                    isa,
+                    &Weights { packed: None, ..*w },
+                    x,
+                    cols.start..g0 * TILE,
+                    out,
+                );
+            }
+            if g1 * TILE < cols.end {
+                run_cols(
+                    isa,
+                    &Weights { packed: None, ..*w },
+                    x,
+                    g1 * TILE..cols.end,
+                    out,
+                );
+            }
+            return;
+        }
+    }
     let d = w.data;
     match isa {
         #[cfg(target_arch = "x86_64")]

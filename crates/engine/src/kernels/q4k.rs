@@ -423,4 +423,132 @@ pub(super) mod avx512 {
             unsafe { _mm512_storeu_ps(fm.as_mut_ptr().add(16 * (r0 + i)), accm) };
         }
     }
+
+    /// Groups `groups` of a repacked Q4_K matrix (16 columns each, see `repack`) for every row;
+    /// bit-identical to [`super::dot`] in the modes llama.cpp uses for repacked matrices.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL/DQ/VNNI; `p` holds Q4_K tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    pub unsafe fn matmul_packed(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        let (m, gemm) = (a.rows(), a.gemm_rows());
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            let mut r0 = 0;
+            while r0 < m {
+                let pair = r0 < gemm;
+                let rows = ((if pair { gemm } else { m }) - r0).min(4);
+                let c0 = 16 * g;
+                unsafe {
+                    match (rows, pair) {
+                        (4, true) => packed_rows::<4, true>(tiles, p.blocks(), a, r0, c0, dst),
+                        (4, false) => packed_rows::<4, false>(tiles, p.blocks(), a, r0, c0, dst),
+                        (_, true) => packed_rows::<1, true>(tiles, p.blocks(), a, r0, c0, dst),
+                        (_, false) => packed_rows::<1, false>(tiles, p.blocks(), a, r0, c0, dst),
+                    }
+                }
+                r0 += if rows == 4 { 4 } else { 1 };
+            }
+        }
+    }
+
+    /// Rows r0..r0+N against one group's tiles (`PAIR`: llama.cpp's GEMM rounding, else GEMV);
+    /// writes columns c0..c0+16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn packed_rows<const N: usize, const PAIR: bool>(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r0: usize,
+        c0: usize,
+        dst: Out,
+    ) {
+        const TILE: usize = 2368;
+        let y: [*const i32; N] = std::array::from_fn(|i| a.qs(r0 + i).as_ptr() as *const i32);
+        let bp: [*const i32; N] = std::array::from_fn(|i| a.bpairs(r0 + i).as_ptr());
+        let mut fa = [_mm512_setzero_ps(); N];
+        let mut fm = [_mm512_setzero_ps(); N];
+        let lo_mask = _mm512_set1_epi8(0x0f);
+        let hi_mask = _mm512_set1_epi8(0xf0u8 as i8);
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t as *const __m256i) });
+            let dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t.add(32) as *const __m256i) });
+            let mut tot = [_mm512_setzero_si512(); N];
+            for p in 0..4 {
+                let mut lo = [_mm512_setzero_si512(); N];
+                let mut hi = [_mm512_setzero_si512(); N];
+                for w in 0..8 {
+                    let v = unsafe {
+                        _mm512_loadu_si512(t.add(320 + 64 * (8 * p + w)) as *const __m512i)
+                    };
+                    let (vl, vh) = (_mm512_and_si512(v, lo_mask), _mm512_and_si512(v, hi_mask));
+                    for i in 0..N {
+                        let (yl, yh) = unsafe {
+                            (
+                                *y[i].add(64 * b + 16 * p + w),
+                                *y[i].add(64 * b + 16 * p + 8 + w),
+                            )
+                        };
+                        lo[i] = _mm512_dpbusd_epi32(lo[i], vl, _mm512_set1_epi32(yl));
+                        hi[i] = _mm512_dpbusd_epi32(hi[i], vh, _mm512_set1_epi32(yh));
+                    }
+                }
+                let s_lo = _mm512_cvtepu8_epi32(unsafe {
+                    _mm_loadu_si128(t.add(64 + 32 * p) as *const __m128i)
+                });
+                let s_hi = _mm512_cvtepu8_epi32(unsafe {
+                    _mm_loadu_si128(t.add(80 + 32 * p) as *const __m128i)
+                });
+                for i in 0..N {
+                    // The high nibbles were multiplied in place (x16); the product is exact.
+                    let isum = _mm512_add_epi32(
+                        _mm512_mullo_epi32(lo[i], s_lo),
+                        _mm512_srai_epi32::<4>(_mm512_mullo_epi32(hi[i], s_hi)),
+                    );
+                    if PAIR {
+                        let dd = _mm512_mul_ps(d, _mm512_set1_ps(a.d(r0 + i)[b]));
+                        fa[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, fa[i]);
+                    } else {
+                        tot[i] = _mm512_add_epi32(tot[i], isum);
+                    }
+                }
+            }
+            for i in 0..N {
+                let dy = _mm512_set1_ps(a.d(r0 + i)[b]);
+                if !PAIR {
+                    fa[i] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[i]), _mm512_mul_ps(d, dy), fa[i]);
+                }
+                let dm = _mm512_mul_ps(dmin, dy);
+                let mut totm = _mm512_setzero_si512();
+                for p in 0..4 {
+                    let mins = _mm512_cvtepu8_epi16(unsafe {
+                        _mm256_loadu_si256(t.add(192 + 32 * p) as *const __m256i)
+                    });
+                    let imin = _mm512_madd_epi16(
+                        mins,
+                        _mm512_set1_epi32(unsafe { *bp[i].add(4 * b + p) }),
+                    );
+                    if PAIR {
+                        fm[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), dm, fm[i]);
+                    } else {
+                        totm = _mm512_add_epi32(totm, imin);
+                    }
+                }
+                if !PAIR {
+                    fm[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totm), dm, fm[i]);
+                }
+            }
+        }
+        for i in 0..N {
+            unsafe { _mm512_storeu_ps(dst.row(r0 + i).add(c0), _mm512_sub_ps(fa[i], fm[i])) };
+        }
+    }
 }

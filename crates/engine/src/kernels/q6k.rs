@@ -290,4 +290,178 @@ pub(super) mod avx512 {
             }
         }
     }
+
+    const TILE: usize = 3360;
+
+    /// Groups `groups` of a repacked Q6_K matrix (16 columns each, see `repack`) for every row;
+    /// bit-identical to [`super::dot`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL/DQ/VNNI; `p` holds Q6_K tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    pub unsafe fn matmul_packed(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        let m = a.rows();
+        let tiled = super::tiled(a);
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            let c0 = 16 * g;
+            let mut r0 = 0;
+            while r0 < m {
+                unsafe {
+                    if !tiled {
+                        vec_dot_row(tiles, p.blocks(), a, r0, c0, dst);
+                        r0 += 1;
+                    } else if m - r0 >= 3 {
+                        tiled_rows::<3>(tiles, p.blocks(), a, r0, c0, dst);
+                        r0 += 3;
+                    } else {
+                        tiled_rows::<1>(tiles, p.blocks(), a, r0, c0, dst);
+                        r0 += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The four chunks' quants (0..63) of dword w of half j, for 16 columns.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn quants(t: *const u8, j: usize, w: usize) -> [__m512i; 4] {
+        let (qla, qlb, qh) = unsafe {
+            (
+                _mm512_loadu_si512(t.add(288 + 64 * (16 * j + w)) as *const __m512i),
+                _mm512_loadu_si512(t.add(288 + 64 * (16 * j + 8 + w)) as *const __m512i),
+                _mm512_loadu_si512(t.add(2336 + 64 * (8 * j + w)) as *const __m512i),
+            )
+        };
+        let m0f = _mm512_set1_epi8(0x0f);
+        let m30 = _mm512_set1_epi8(0x30);
+        let or_masked = |a: __m512i, b: __m512i| {
+            _mm512_or_si512(_mm512_and_si512(a, m0f), _mm512_and_si512(b, m30))
+        };
+        [
+            or_masked(qla, _mm512_slli_epi16::<4>(qh)),
+            or_masked(qlb, _mm512_slli_epi16::<2>(qh)),
+            or_masked(_mm512_srli_epi16::<4>(qla), qh),
+            or_masked(_mm512_srli_epi16::<4>(qlb), _mm512_srli_epi16::<2>(qh)),
+        ]
+    }
+
+    /// Scale s of the 16 columns, sign-extended to i32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn scale(t: *const u8, s: usize) -> __m512i {
+        _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(t.add(32 + 16 * s) as *const __m128i) })
+    }
+
+    /// Two i32 vectors' low halves as i16 pairs (`a` low, `b` high) per lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    fn pairs(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mask_blend_epi16(0xaaaa_aaaa, a, _mm512_slli_epi32::<16>(b))
+    }
+
+    /// One row, `ggml_vec_dot_q6_K_q8_K`'s eight lanes kept in eight registers (16 columns each).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn vec_dot_row(tiles: *const u8, nb: usize, a: &QActs, r: usize, c0: usize, dst: Out) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bs = a.bsums(r).as_ptr() as *const i32;
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let mut isum = [_mm512_setzero_si512(); 8];
+            for j in 0..2 {
+                for w in 0..8 {
+                    let q = unsafe { quants(t, j, w) };
+                    for c in 0..4 {
+                        let sc = unsafe { scale(t, 8 * j + 2 * c + w / 4) };
+                        let y4 = _mm512_set1_epi32(unsafe { *y.add(64 * b + 32 * j + 8 * c + w) });
+                        let p = _mm512_maddubs_epi16(q[c], y4);
+                        isum[w] = _mm512_add_epi32(isum[w], _mm512_madd_epi16(p, pairs(sc, sc)));
+                    }
+                }
+            }
+            let d = _mm512_mul_ps(
+                _mm512_set1_ps(a.d(r)[b]),
+                _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t as *const __m256i) }),
+            );
+            for w in 0..8 {
+                let scp = unsafe { pairs(scale(t, 2 * w), scale(t, 2 * w + 1)) };
+                let sub = _mm512_madd_epi16(scp, _mm512_set1_epi32(unsafe { *bs.add(8 * b + w) }));
+                let s = _mm512_sub_epi32(isum[w], _mm512_slli_epi32::<5>(sub));
+                acc[w] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[w]);
+            }
+        }
+        let (t0, t1) = (_mm512_add_ps(acc[4], acc[0]), _mm512_add_ps(acc[5], acc[1]));
+        let (t2, t3) = (_mm512_add_ps(acc[6], acc[2]), _mm512_add_ps(acc[7], acc[3]));
+        let res = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
+        unsafe { _mm512_storeu_ps(dst.row(r).add(c0), res) };
+    }
+
+    /// Rows r0..r0+N, llama.cpp's tiled GEMM arithmetic: the super-block's exact integer, then
+    /// `acc = fma(float(s) * d_w, d_a, acc)`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
+    unsafe fn tiled_rows<const N: usize>(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r0: usize,
+        c0: usize,
+        dst: Out,
+    ) {
+        let y: [*const i32; N] = std::array::from_fn(|i| a.qs(r0 + i).as_ptr() as *const i32);
+        let bs: [*const i32; N] = std::array::from_fn(|i| a.bsums(r0 + i).as_ptr() as *const i32);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let mut tot = [_mm512_setzero_si512(); N];
+            for j in 0..2 {
+                for h in 0..2 {
+                    // Chunk c's 16-element group 8j + 2c + h: dwords w = 4h..4h+4.
+                    let mut raw = [[_mm512_setzero_si512(); 4]; N];
+                    for w in 4 * h..4 * h + 4 {
+                        let q = unsafe { quants(t, j, w) };
+                        for c in 0..4 {
+                            for i in 0..N {
+                                let y4 = _mm512_set1_epi32(unsafe {
+                                    *y[i].add(64 * b + 32 * j + 8 * c + w)
+                                });
+                                raw[i][c] = _mm512_dpbusd_epi32(raw[i][c], q[c], y4);
+                            }
+                        }
+                    }
+                    for c in 0..4 {
+                        let sc = unsafe { scale(t, 8 * j + 2 * c + h) };
+                        for i in 0..N {
+                            tot[i] = _mm512_add_epi32(tot[i], _mm512_mullo_epi32(raw[i][c], sc));
+                        }
+                    }
+                }
+            }
+            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(t as *const __m256i) });
+            for i in 0..N {
+                let mut bias = _mm512_setzero_si512();
+                for k in 0..8 {
+                    let scp = unsafe { pairs(scale(t, 2 * k), scale(t, 2 * k + 1)) };
+                    bias = _mm512_add_epi32(
+                        bias,
+                        _mm512_madd_epi16(scp, _mm512_set1_epi32(unsafe { *bs[i].add(8 * b + k) })),
+                    );
+                }
+                let s = _mm512_sub_epi32(tot[i], _mm512_slli_epi32::<5>(bias));
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), d);
+                acc[i] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.d(r0 + i)[b]), acc[i]);
+            }
+        }
+        for i in 0..N {
+            unsafe { _mm512_storeu_ps(dst.row(r0 + i).add(c0), acc[i]) };
+        }
+    }
 }

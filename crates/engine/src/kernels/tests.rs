@@ -108,12 +108,27 @@ fn magnitude<T: GgmlType>(w: &[u8], n: usize, x: &[f32], m: usize, k: usize) -> 
 }
 
 fn run(isa: Isa, dtype: TensorType, w: &[u8], n: usize, x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    run_packed(isa, dtype, w, None, n, x, m, k)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_packed(
+    isa: Isa,
+    dtype: TensorType,
+    w: &[u8],
+    packed: Option<&Packed>,
+    n: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut acts = QActs::new(act_kind(dtype).expect("kernel type"));
     acts.quantize(x, k);
     let mut dst = vec![f32::NAN; m * n];
     let w = Weights {
         dtype,
         data: w,
+        packed,
         rows: n,
         cols: k,
     };
@@ -124,7 +139,7 @@ fn run(isa: Isa, dtype: TensorType, w: &[u8], n: usize, x: &[f32], m: usize, k: 
 fn check_type<T: GgmlType>(dtype: TensorType) {
     let mut rng = Rng(0x1234_5678 ^ dtype.id() as u64);
     let k = 512;
-    for &(m, n) in &[(1, 40), (5, 37), (9, 64), (4, 16), (9, 37)] {
+    for &(m, n) in &[(1, 40), (5, 37), (9, 64), (4, 16), (9, 37), (13, 48)] {
         let w = random_weights(dtype, n, k, &mut rng);
         let x = random_acts(m, k, &mut rng);
         let want = candle_reference::<T>(&w, n, &x, m, k);
@@ -143,12 +158,21 @@ fn check_type<T: GgmlType>(dtype: TensorType) {
         }
         if Isa::detect() == Isa::Avx512 {
             let simd = run(Isa::Avx512, dtype, &w, n, &x, m, k);
+            let packed = Packed::new(dtype, &w, n, k).map(|p| p.expect("memory"));
+            let tiled = run_packed(Isa::Avx512, dtype, &w, packed.as_ref(), n, &x, m, k);
             for i in 0..m * n {
                 assert_eq!(
                     simd[i].to_bits(),
                     scalar[i].to_bits(),
                     "{dtype:?} m={m} n={n} out {i}: avx512 {} scalar {}",
                     simd[i],
+                    scalar[i]
+                );
+                assert_eq!(
+                    tiled[i].to_bits(),
+                    scalar[i].to_bits(),
+                    "{dtype:?} m={m} n={n} out {i}: packed {} scalar {}",
+                    tiled[i],
                     scalar[i]
                 );
             }

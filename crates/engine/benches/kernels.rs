@@ -82,7 +82,7 @@ fn main() {
                 for _ in 0..reps {
                     for w in mats {
                         let w = w.weights().expect("kernel type");
-                        kernels::matmul(&mut [Job { w, dst: &mut dst }], &acts);
+                        kernels::matmul([Job { w, dst: &mut dst }], &acts);
                     }
                 }
                 best = best.min(t.elapsed().as_secs_f64() / reps as f64);

@@ -5,8 +5,6 @@
 //! SiLU and softmax with ggml's formulas (its vectorised `expf` approximation, a double-precision
 //! sum of squares, multiplication by the reciprocal) keeps the engine on llama.cpp's numbers.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
-
 /// ggml's `ggml_v_expf`: exp(x) to about 1.5 ulp, lane for lane as its AVX-512/AVX2/NEON code.
 #[inline(always)]
 pub fn ggml_expf(x: f32) -> f32 {
@@ -117,6 +115,31 @@ with_fma!(softmax_in_place, fn(xs: &mut [f32]) {
     }
 });
 
+/// `out = silu(gate) * up` for `t` rows of `n`, rows spread over the compute threads.
+pub fn swiglu_rows(gate: &[f32], up: &[f32], out: &mut [f32], n: usize) {
+    let t = gate.len() / n;
+    if t < 4 {
+        // ggml works row by row: its 16-wide blocks restart at each row.
+        for ((g, u), o) in gate.chunks(n).zip(up.chunks(n)).zip(out.chunks_mut(n)) {
+            swiglu_slices(g, u, o);
+        }
+        return;
+    }
+    let out_ptr = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(t, |rows| {
+        let (a, b) = (rows.start * n, rows.end * n);
+        // SAFETY: each chunk of rows writes only its own rows of `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(a), b - a) };
+        for ((g, u), o) in gate[a..b]
+            .chunks(n)
+            .zip(up[a..b].chunks(n))
+            .zip(o.chunks_mut(n))
+        {
+            swiglu_slices(g, u, o);
+        }
+    });
+}
+
 /// `_mm512_reduce_add_ps`: halves added pairwise down to one lane.
 #[inline(always)]
 pub fn tree_sum16(v: &[f32]) -> f32 {
@@ -170,6 +193,14 @@ impl RmsNorm {
         Self { weight, eps }
     }
 
+    /// Normalises every row of `x` into `y` (both rows of the weight's length).
+    pub fn rows(&self, x: &[f32], y: &mut [f32]) {
+        let n = self.weight.len();
+        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            self.row(xr, yr);
+        }
+    }
+
     fn row(&self, x: &[f32], y: &mut [f32]) {
         // ggml sums the squares in double, in order.
         let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
@@ -178,68 +209,6 @@ impl RmsNorm {
         for ((y, x), w) in y.iter_mut().zip(x).zip(&self.weight) {
             *y = x * scale * w;
         }
-    }
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
-
-impl CustomOp1 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "ggml-rms-norm"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
-        let n = self.weight.len();
-        if l.shape().dims().last() != Some(&n) {
-            candle_core::bail!("rms-norm: {:?} does not end in {n}", l.shape())
-        }
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            self.row(xr, yr);
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-}
-
-/// `silu(gate) * up`, as a Candle op.
-pub struct SwiGlu;
-
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "ggml-swiglu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (gate, up) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "swiglu: shapes {:?} and {:?} differ",
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let mut out = vec![0f32; gate.len()];
-        let row = l1.shape().dims().last().copied().unwrap_or(1).max(1);
-        for ((g, u), o) in gate
-            .chunks(row)
-            .zip(up.chunks(row))
-            .zip(out.chunks_mut(row))
-        {
-            swiglu_slices(g, u, o);
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

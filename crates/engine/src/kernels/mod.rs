@@ -117,40 +117,51 @@ impl Out {
 /// Columns per work item: the AVX-512 Q4_K tile, and a whole cache line of f32 outputs.
 const TILE: usize = 16;
 
-/// Runs every job against `x` on the compute threads.
-pub fn matmul(jobs: &mut [Job], x: &QActs) {
+/// At most this many matrices per [`matmul`] call (Q, K and V share one input).
+pub const MAX_JOBS: usize = 4;
+
+/// Runs every job (at most [`MAX_JOBS`]) against `x` on the compute threads, in one parallel
+/// region; allocates nothing.
+pub fn matmul<'a>(jobs: impl IntoIterator<Item = Job<'a>>, x: &QActs) {
     matmul_with(Isa::detect(), jobs, x)
 }
 
 /// [`matmul`] with a chosen instruction set (tests compare them).
-pub fn matmul_with(isa: Isa, jobs: &mut [Job], x: &QActs) {
+pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QActs) {
     let m = x.rows();
-    let mut starts = Vec::with_capacity(jobs.len() + 1);
+    let mut outs: [Option<(Weights, Out)>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut starts = [0usize; MAX_JOBS + 1];
     let mut total = 0;
-    for job in jobs.iter() {
-        let w = &job.w;
+    for (j, job) in jobs.into_iter().enumerate() {
+        assert!(j < MAX_JOBS, "more than {MAX_JOBS} matrices in one call");
+        let w = job.w;
         assert_eq!(act_kind(w.dtype), Some(x.kind()), "{:?} weights", w.dtype);
         assert_eq!(w.cols, x.cols(), "row length");
         let row_bytes = w.cols / w.dtype.block_size() as usize * w.dtype.type_size() as usize;
-        assert!(w.data.len() >= w.rows * row_bytes, "weight bytes");
+        let packed = w.packed.map_or(0, |p| p.groups() * repack::COLS);
+        assert!(
+            w.data.len() >= w.rows * row_bytes || packed > 0,
+            "weight bytes"
+        );
         assert!(job.dst.len() >= m * w.rows, "output size");
-        starts.push(total);
+        starts[j] = total;
         total += w.rows.div_ceil(TILE);
+        starts[j + 1] = total;
+        outs[j] = Some((
+            w,
+            Out {
+                ptr: job.dst.as_mut_ptr(),
+                n: w.rows,
+            },
+        ));
     }
-    starts.push(total);
-    let outs: Vec<(Weights, Out)> = jobs
-        .iter_mut()
-        .map(|j| {
-            let out = Out {
-                ptr: j.dst.as_mut_ptr(),
-                n: j.w.rows,
-            };
-            (j.w, out)
-        })
-        .collect();
     let run = |items: std::ops::Range<usize>| {
         // Items are consecutive tiles; run each job's share as one column range.
-        for (j, (w, out)) in outs.iter().enumerate() {
+        for (j, (w, out)) in outs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, o)| Some((j, o.as_ref()?)))
+        {
             let (lo, hi) = (items.start.max(starts[j]), items.end.min(starts[j + 1]));
             if lo < hi {
                 let cols = (lo - starts[j]) * TILE..((hi - starts[j]) * TILE).min(w.rows);

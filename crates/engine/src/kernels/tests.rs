@@ -132,7 +132,7 @@ fn run_packed(
         rows: n,
         cols: k,
     };
-    matmul_with(isa, &mut [Job { w, dst: &mut dst }], &acts);
+    matmul_with(isa, [Job { w, dst: &mut dst }], &acts);
     dst
 }
 

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 
-.PHONY: run test model lint chat bench fmt
+.PHONY: run test model lint chat bench bench-compare bench-kernels fmt
 
 ## Fetch the default model and chat with it in the terminal.
 run: model
@@ -26,3 +26,12 @@ fmt:
 ## `make bench MODEL=path.gguf`: this engine's speed as JSON (see doc/benchmarks.md).
 bench: model
 	$(CARGO) run --release --bin smollm3 -- bench --model $(MODEL) --json
+
+## `make bench-compare MODEL=path.gguf`: this engine next to llama.cpp's llama-bench (-t 2, 3 runs,
+## pp128/pp512/tg32), when llama.cpp's tools are in LLAMA_BIN or ~/.cache/llama-ref/bin.
+bench-compare: model
+	$(CARGO) bench -p smollm3-engine --bench compare -- $(abspath $(MODEL)) $(BENCH_ARGS)
+
+## `make bench-kernels MODEL=path.gguf`: GB/s and GMAC/s of each weight kind's kernel.
+bench-kernels: model
+	$(CARGO) bench -p smollm3-engine --bench kernels -- $(abspath $(MODEL))

@@ -172,9 +172,18 @@ fn pack_tile<'a>(dtype: TensorType, blk: impl Fn(usize) -> &'a [u8], dst: &mut [
     for c in 0..COLS {
         let src = blk(c);
         for &(from, len, to, piece) in moves(dtype) {
-            for (i, chunk) in src[from..from + len].chunks_exact(piece).enumerate() {
-                let at = to + i * COLS * piece + c * piece;
-                dst[at..at + piece].copy_from_slice(chunk);
+            let field = &src[from..from + len];
+            if piece == 4 {
+                // The bulk of every tile: 4-byte pieces, moved as words (no per-piece memcpy).
+                for (i, w) in field.chunks_exact(4).enumerate() {
+                    let at = to + (i * COLS + c) * 4;
+                    dst[at..at + 4].copy_from_slice(&[w[0], w[1], w[2], w[3]]);
+                }
+            } else {
+                for (i, chunk) in field.chunks_exact(piece).enumerate() {
+                    let at = to + (i * COLS + c) * piece;
+                    dst[at..at + piece].copy_from_slice(chunk);
+                }
             }
         }
         if dtype == TensorType::Q4K {

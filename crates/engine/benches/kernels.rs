@@ -1,5 +1,6 @@
 //! Throughput of the quantized kernels on a real GGUF's weights, per tensor kind and batch size:
-//! `cargo bench -p smollm3-engine --bench kernels -- MODEL.gguf [THREADS]`.
+//! `cargo bench -p smollm3-engine --bench kernels -- MODEL.gguf [THREADS] [scalar|avx2|avx512]`
+//! (default: the best the CPU has; AVX-512 runs on repacked weights, as the engine does).
 //!
 //! Every layer's matrix of a kind is multiplied in turn (so decoding streams the weights from
 //! memory, as it does in the model); reports GB/s of weights read and GMAC/s.
@@ -21,12 +22,18 @@ fn main() {
         return;
     };
     let threads = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let isa = match args.get(2).map(String::as_str) {
+        Some("scalar") => kernels::Isa::Scalar,
+        Some("avx2") => kernels::Isa::Avx2,
+        Some("avx512") => kernels::Isa::Avx512,
+        _ => kernels::Isa::detect(),
+    };
     let threads = engine::threads::init(threads);
     let file = std::fs::File::open(path).expect("open model");
     // SAFETY: read-only map of a file nobody modifies during the benchmark.
     let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.expect("map model"));
     let gguf = Gguf::parse(&map).expect("parse model");
-    println!("{path}: {threads} threads, {:?}", kernels::Isa::detect());
+    println!("{path}: {threads} threads, {isa:?}");
     let kinds = [
         "attn_q",
         "attn_k",
@@ -43,7 +50,10 @@ fn main() {
             .iter()
             .filter(|t| t.name.ends_with(&format!("{kind}.weight")))
         {
-            let m = QMatrix::new(&map, t).expect("matrix");
+            let mut m = QMatrix::new(&map, t).expect("matrix");
+            if isa == kernels::Isa::Avx512 {
+                m.pack().expect("repack");
+            }
             let label = format!("{kind} {:?} {}x{}", m.dtype(), m.dims().0, m.dims().1);
             match groups.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, v)) => v.push(m),
@@ -55,7 +65,10 @@ fn main() {
         .tensor("output.weight")
         .or_else(|| gguf.tensor("token_embd.weight"))
     {
-        let m = QMatrix::new(&map, t).expect("matrix");
+        let mut m = QMatrix::new(&map, t).expect("matrix");
+        if isa == kernels::Isa::Avx512 {
+            m.pack().expect("repack");
+        }
         groups.push((
             format!("lm_head {:?} {}x{}", m.dtype(), m.dims().0, m.dims().1),
             vec![m],
@@ -82,7 +95,7 @@ fn main() {
                 for _ in 0..reps {
                     for w in mats {
                         let w = w.weights().expect("kernel type");
-                        kernels::matmul([Job { w, dst: &mut dst }], &acts);
+                        kernels::matmul_with(isa, [Job { w, dst: &mut dst }], &acts);
                     }
                 }
                 best = best.min(t.elapsed().as_secs_f64() / reps as f64);

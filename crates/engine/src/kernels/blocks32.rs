@@ -199,6 +199,7 @@ pub(super) fn hsum8(a: &[f32; 8]) -> f32 {
 }
 
 /// One output: weight row `w` (whole blocks) against activation row `r`.
+#[inline(always)]
 pub(super) fn dot<F: Format>(w: &[u8], a: &QActs, r: usize) -> f32 {
     let (qs, d) = (a.qs(r), a.d(r));
     let offset = if F::SHIFT == 0 { 0 } else { 1i32 << F::SHIFT };
@@ -223,6 +224,7 @@ pub(super) fn dot<F: Format>(w: &[u8], a: &QActs, r: usize) -> f32 {
 
 /// `dst[r * n + c] = dot(column c, row r)` for every activation row and `c` in `cols`; `w` is
 /// the whole matrix (`k / 32` blocks per column).
+#[inline(always)]
 pub(super) fn matmul_scalar<F: Format>(
     w: &[u8],
     a: &QActs,

@@ -32,6 +32,9 @@ use crate::gguf::TensorType;
 pub enum Isa {
     /// Portable code (also the reference the SIMD kernels are tested against).
     Scalar,
+    /// The portable code compiled for AVX2 + FMA + F16C (Haswell, Zen 1 and later), which the
+    /// compiler vectorises; the same arithmetic, so the same results.
+    Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI (Ice Lake, Zen 4 and later).
     Avx512,
 }
@@ -53,6 +56,9 @@ impl Isa {
                     && has!("f16c")
                 {
                     return Isa::Avx512;
+                }
+                if has!("avx2") && has!("fma") && has!("f16c") {
+                    return Isa::Avx2;
                 }
             }
             Isa::Scalar
@@ -178,7 +184,7 @@ pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QA
 
 /// Columns `cols` of one matrix, on this thread.
 fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
-    use blocks32::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use blocks32::{Q4_0, Q4_1, Q8_0};
     #[cfg(target_arch = "x86_64")]
     if let (Isa::Avx512, Some(p)) = (isa, w.packed) {
         let g0 = cols.start.div_ceil(TILE);
@@ -216,6 +222,24 @@ fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out:
             return;
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has these features.
+        return unsafe { run_cols_avx2(w, x, cols, out) };
+    }
+    run_cols_portable(isa, w, x, cols, out)
+}
+
+/// [`run_cols_portable`] compiled for AVX2 (the portable kernels are inlined into it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_cols_avx2(w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
+    run_cols_portable(Isa::Scalar, w, x, cols, out)
+}
+
+#[inline(always)]
+fn run_cols_portable(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
+    use blocks32::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
     let d = w.data;
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -65,6 +65,7 @@ fn scales_mins(s: &[u8]) -> ([i32; 8], [i32; 8]) {
 }
 
 /// One output: weight column `w` (whole super-blocks) against activation row `r`.
+#[inline(always)]
 pub(super) fn dot(w: &[u8], a: &QActs, r: usize, mode: Mode) -> f32 {
     let (qs, d, bsums) = (a.qs(r), a.d(r), a.bsums(r));
     if mode == Mode::VecDot {
@@ -110,6 +111,7 @@ pub(super) fn dot(w: &[u8], a: &QActs, r: usize, mode: Mode) -> f32 {
 
 /// llama.cpp's tiled GEMM (`tiled_run_micro_vnni_8x16`, as GCC contracts it): per super-block,
 /// `acc = fma(fnmadd(float(mins), dmin_w, float(sum) * d_w), d_a, acc)`.
+#[inline(always)]
 fn tiled(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in w.chunks_exact(BYTES).enumerate() {
@@ -135,6 +137,7 @@ fn tiled(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
 }
 
 /// `ggml_vec_dot_q4_K_q8_K`, AVX2 path.
+#[inline(always)]
 fn vec_dot(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
     let mut acc = [0f32; 8];
     let mut acc_m = [0f32; 4];
@@ -169,6 +172,7 @@ fn vec_dot(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
 }
 
 /// `dst[r * n + c]` for every activation row and `c` in `cols` (`n` = the matrix's row count).
+#[inline(always)]
 pub(super) fn matmul_scalar(w: &[u8], n: usize, a: &QActs, cols: std::ops::Range<usize>, dst: Out) {
     let row_bytes = a.blocks() * BYTES;
     for c in cols {

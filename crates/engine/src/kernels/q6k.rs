@@ -18,6 +18,7 @@ use super::Out;
 pub(super) const BYTES: usize = 210;
 
 /// The 256 quants of a block (0..63; the value is q - 32) in element order.
+#[inline(always)]
 fn unpack(blk: &[u8]) -> [u8; 256] {
     let mut q = [0u8; 256];
     for j in 0..2 {
@@ -39,6 +40,7 @@ pub(super) fn tiled(a: &QActs) -> bool {
 }
 
 /// One output: weight column `w` (whole super-blocks) against activation row `r`.
+#[inline(always)]
 pub(super) fn dot(w: &[u8], a: &QActs, r: usize) -> f32 {
     let (qs, d, bsums) = (a.qs(r), a.d(r), a.bsums(r));
     if tiled(a) {
@@ -84,6 +86,7 @@ pub(super) fn dot(w: &[u8], a: &QActs, r: usize) -> f32 {
 }
 
 /// `dst[r * n + c]` for every activation row and `c` in `cols`.
+#[inline(always)]
 pub(super) fn matmul_scalar(w: &[u8], a: &QActs, cols: std::ops::Range<usize>, dst: Out) {
     let row_bytes = a.blocks() * BYTES;
     for c in cols {

@@ -156,6 +156,16 @@ fn check_type<T: GgmlType>(dtype: TensorType) {
                 want[i]
             );
         }
+        if Isa::detect() != Isa::Scalar {
+            let avx2 = run(Isa::Avx2, dtype, &w, n, &x, m, k);
+            for i in 0..m * n {
+                assert_eq!(
+                    avx2[i].to_bits(),
+                    scalar[i].to_bits(),
+                    "{dtype:?} m={m} n={n} out {i}: avx2"
+                );
+            }
+        }
         if Isa::detect() == Isa::Avx512 {
             let simd = run(Isa::Avx512, dtype, &w, n, &x, m, k);
             let packed = Packed::new(dtype, &w, n, k).map(|p| p.expect("memory"));

@@ -99,7 +99,7 @@ struct Scratch {
     k: Vec<f32>,      // (t, n_head_kv * hd)
     v: Vec<f32>,      // (t, n_head_kv * hd)
     attn: Vec<f32>,   // (t, n_head * hd)
-    gate: Vec<f32>,   // (t, n_ff)
+    gate: Vec<f32>,   // (t, n_ff) the gate, then silu(gate) * up
     up: Vec<f32>,     // (t, n_ff)
     out: Vec<f32>,    // (t, dim) a block's output, before the residual add
     logits: Vec<f32>, // (rows, vocab)
@@ -345,11 +345,9 @@ impl Model {
                 &mut [(&layer.w_gate, gate), (&layer.w_up, up)],
                 &mut s.acts,
             )?;
-            let act = sized(&mut s.h, t * n_ff); // h is free again: the SwiGLU output
-
-            ops::swiglu_rows(gate, up, act, n_ff);
+            ops::swiglu_rows(gate, up, n_ff);
             let out = sized(&mut s.out, t * dim);
-            matmul_shared(&s.h, t, &mut [(&layer.w_down, out)], &mut s.acts)?;
+            matmul_shared(&s.gate, t, &mut [(&layer.w_down, out)], &mut s.acts)?;
             add_into(&mut s.x[..t * dim], &s.out[..t * dim]);
         }
         if logits == Logits::Last && t > 1 {

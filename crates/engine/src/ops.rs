@@ -80,16 +80,16 @@ pub(crate) fn simd_level() -> u8 {
     })
 }
 
-with_fma!(swiglu_slices, fn(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    // ggml_vec_swiglu_f32: blocks of 16 use ggml_v_silu, the tail uses libm's expf.
+with_fma!(swiglu_slices, fn(gate: &mut [f32], up: &[f32]) {
+    // ggml_vec_swiglu_f32, in place of `gate`: blocks of 16 use ggml_v_silu, the tail libm's expf.
     let n16 = gate.len() / 16 * 16;
     for i in 0..n16 {
         let x = gate[i];
-        out[i] = x / (1.0 + ggml_expf(-x)) * up[i];
+        gate[i] = x / (1.0 + ggml_expf(-x)) * up[i];
     }
     for i in n16..gate.len() {
         let x = gate[i];
-        out[i] = x / (1.0 + (-x).exp()) * up[i];
+        gate[i] = x / (1.0 + (-x).exp()) * up[i];
     }
 });
 
@@ -115,27 +115,23 @@ with_fma!(softmax_in_place, fn(xs: &mut [f32]) {
     }
 });
 
-/// `out = silu(gate) * up` for `t` rows of `n`, rows spread over the compute threads.
-pub fn swiglu_rows(gate: &[f32], up: &[f32], out: &mut [f32], n: usize) {
+/// `gate = silu(gate) * up` for rows of `n`, rows spread over the compute threads.
+pub fn swiglu_rows(gate: &mut [f32], up: &[f32], n: usize) {
     let t = gate.len() / n;
     if t < 4 {
         // ggml works row by row: its 16-wide blocks restart at each row.
-        for ((g, u), o) in gate.chunks(n).zip(up.chunks(n)).zip(out.chunks_mut(n)) {
-            swiglu_slices(g, u, o);
+        for (g, u) in gate.chunks_mut(n).zip(up.chunks(n)) {
+            swiglu_slices(g, u);
         }
         return;
     }
-    let out_ptr = out.as_mut_ptr() as usize;
+    let gate_ptr = gate.as_mut_ptr() as usize;
     candle_core::utils::barrier_pool().execute_chunked(t, |rows| {
         let (a, b) = (rows.start * n, rows.end * n);
-        // SAFETY: each chunk of rows writes only its own rows of `out`.
-        let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(a), b - a) };
-        for ((g, u), o) in gate[a..b]
-            .chunks(n)
-            .zip(up[a..b].chunks(n))
-            .zip(o.chunks_mut(n))
-        {
-            swiglu_slices(g, u, o);
+        // SAFETY: each chunk of rows touches only its own rows of `gate`.
+        let g = unsafe { std::slice::from_raw_parts_mut((gate_ptr as *mut f32).add(a), b - a) };
+        for (g, u) in g.chunks_mut(n).zip(up[a..b].chunks(n)) {
+            swiglu_slices(g, u);
         }
     });
 }

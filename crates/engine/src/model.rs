@@ -160,7 +160,7 @@ impl Model {
             QMatrix::new(map, info)?.rows_f32(&[0], &mut weight)?;
             Ok(RmsNorm::new(weight, cfg.rms_eps))
         };
-        let embed = QMatrix::new(map, tensor("token_embd.weight")?)?;
+        let mut embed = QMatrix::new(map, tensor("token_embd.weight")?)?;
         let vocab = embed.dims().0;
         if embed.dims().1 != dim {
             return Err(EngineError::UnsupportedModel(format!(
@@ -171,9 +171,9 @@ impl Model {
         let lm_head = match gguf.tensor("output.weight") {
             Some(_) => matrix("output.weight", vocab, dim)?,
             None => {
-                let mut m = embed.clone();
-                m.pack()?;
-                m
+                // Tied: one packed copy serves the LM head and the embedding lookups.
+                embed.pack()?;
+                embed.clone()
             }
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);

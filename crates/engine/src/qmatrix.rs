@@ -254,7 +254,25 @@ impl QMatrix {
             let dst = &mut out[i * cols..(i + 1) * cols];
             with_block_type!(self.dtype, T => {
                 let per_row = cols / T::BLCK_SIZE;
-                T::to_float(&self.blocks::<T>()[id * per_row..(id + 1) * per_row], dst);
+                match &self.packed {
+                    // From the tiles: the mapped pages were released after packing, and reading
+                    // them back would fault in far more than one row.
+                    Some(p) if id < p.groups() * kernels::repack::COLS => {
+                        let mut blk = [T::zeros()];
+                        for (b, dst) in dst.chunks_exact_mut(T::BLCK_SIZE).enumerate() {
+                            // SAFETY: one block of plain old data, exactly its size.
+                            let bytes = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    blk.as_mut_ptr() as *mut u8,
+                                    std::mem::size_of::<T>(),
+                                )
+                            };
+                            p.block_into(id, b, bytes);
+                            T::to_float(&blk, dst);
+                        }
+                    }
+                    _ => T::to_float(&self.blocks::<T>()[id * per_row..(id + 1) * per_row], dst),
+                }
             }, else unreachable!("QMatrix::new accepts only supported types"));
         }
         Ok(())

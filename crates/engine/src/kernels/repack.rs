@@ -127,13 +127,18 @@ impl Packed {
         &self.data[g * self.blocks * tile..(g + 1) * self.blocks * tile]
     }
 
-    /// Block `b` of column `c` in file layout (the inverse of packing; for tests).
+    /// Block `b` of column `c` in file layout (the inverse of packing).
     pub fn block(&self, c: usize, b: usize) -> Vec<u8> {
+        let mut out = vec![0u8; self.dtype.type_size() as usize];
+        self.block_into(c, b, &mut out);
+        out
+    }
+
+    /// [`Packed::block`] into `out` (the block's size).
+    pub fn block_into(&self, c: usize, b: usize, out: &mut [u8]) {
         let tile = tile_bytes(self.dtype).expect("packed type");
         let t = &self.group(c / COLS)[b * tile..(b + 1) * tile];
-        let mut out = vec![0u8; self.dtype.type_size() as usize];
-        unpack_tile(self.dtype, t, c % COLS, &mut out);
-        out
+        unpack_tile(self.dtype, t, c % COLS, out);
     }
 }
 

@@ -32,6 +32,7 @@ bench: model
 bench-compare: model
 	$(CARGO) bench -p smollm3-engine --bench compare -- $(abspath $(MODEL)) $(BENCH_ARGS)
 
-## `make bench-kernels MODEL=path.gguf`: GB/s and GMAC/s of each weight kind's kernel.
+## `make bench-kernels MODEL=path.gguf [BENCH_ARGS="2 avx512"]`: GB/s and GMAC/s of each weight kind's
+## kernel (threads, instruction set: scalar|avx2|avx512).
 bench-kernels: model
-	$(CARGO) bench -p smollm3-engine --bench kernels -- $(abspath $(MODEL))
+	$(CARGO) bench -p smollm3-engine --bench kernels -- $(abspath $(MODEL)) $(BENCH_ARGS)

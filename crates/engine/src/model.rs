@@ -95,13 +95,12 @@ crate::ops::with_fma!(
 struct Scratch {
     x: Vec<f32>,      // (t, dim) the residual stream
     h: Vec<f32>,      // (t, dim) a block's normalised input
-    q: Vec<f32>,      // (t, n_head * hd)
+    q: Vec<f32>,      // (t, n_head * hd), then the attention block's output (t, dim)
     k: Vec<f32>,      // (t, n_head_kv * hd)
     v: Vec<f32>,      // (t, n_head_kv * hd)
     attn: Vec<f32>,   // (t, n_head * hd)
     gate: Vec<f32>,   // (t, n_ff) the gate, then silu(gate) * up
-    up: Vec<f32>,     // (t, n_ff)
-    out: Vec<f32>,    // (t, dim) a block's output, before the residual add
+    up: Vec<f32>,     // (t, n_ff), then the feed-forward block's output (t, dim)
     logits: Vec<f32>, // (rows, vocab)
     acts: ActBuffers,
 }
@@ -324,16 +323,17 @@ impl Model {
                 scale: cfg.attention_scale,
             };
             attention(q, kc, vc, shape, sized(&mut s.attn, t * q_dim));
-            let out = sized(&mut s.out, t * dim);
+            // q is spent: it takes the block's output.
+            let out = sized(&mut s.q, t * dim);
             matmul_shared(&s.attn, t, &mut [(&layer.wo, out)], &mut s.acts)?;
             if il + 1 == n_layer && logits == Logits::Last && t > 1 {
                 // As llama.cpp: the last layer's feed-forward runs only for rows whose logits
                 // are wanted.
                 s.x.copy_within((t - 1) * dim..t * dim, 0);
-                s.out.copy_within((t - 1) * dim..t * dim, 0);
+                s.q.copy_within((t - 1) * dim..t * dim, 0);
                 t = 1;
             }
-            add_into(&mut s.x[..t * dim], &s.out[..t * dim]);
+            add_into(&mut s.x[..t * dim], &s.q[..t * dim]);
 
             layer
                 .ffn_norm
@@ -346,9 +346,10 @@ impl Model {
                 &mut s.acts,
             )?;
             ops::swiglu_rows(gate, up, n_ff);
-            let out = sized(&mut s.out, t * dim);
+            // up is spent: it takes the block's output.
+            let out = &mut s.up[..t * dim];
             matmul_shared(&s.gate, t, &mut [(&layer.w_down, out)], &mut s.acts)?;
-            add_into(&mut s.x[..t * dim], &s.out[..t * dim]);
+            add_into(&mut s.x[..t * dim], &s.up[..t * dim]);
         }
         if logits == Logits::Last && t > 1 {
             s.x.copy_within((t - 1) * dim..t * dim, 0);

@@ -18,7 +18,9 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let Some(path) = args.first() else {
-        eprintln!("usage: cargo bench --bench kernels -- MODEL.gguf [THREADS]");
+        eprintln!(
+            "usage: cargo bench --bench kernels -- MODEL.gguf [THREADS] [scalar|avx2|avx512]"
+        );
         return;
     };
     let threads = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(0);

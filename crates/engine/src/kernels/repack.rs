@@ -12,8 +12,6 @@
 //! | Q8_0 | d[16] f16, qs dword t (t < 8) from 32 | 544 |
 //! | Q4_K | d[16], dmin[16] f16; scale s of column c at 64 + 16s + c; mins of sub-block pair p as byte pairs at 192 + 32p + 2c; qs dword t (t < 32) from 320 | 2368 |
 //! | Q6_K | d[16] f16; scale s (i8) of column c at 32 + 16s + c; ql dword t (t < 32) from 288; qh dword u (u < 16) from 2336 | 3360 |
-//!
-//! The anonymous memory is advised to use huge pages (fewer TLB misses while streaming).
 
 use memmap2::{Mmap, MmapMut};
 
@@ -72,12 +70,12 @@ impl Packed {
         let blocks = cols / bs;
         let row_bytes = blocks * ts;
         assert!(src.len() >= rows * row_bytes, "source bytes");
+        // Plain pages, not huge ones: on a fresh (or host-reclaimed) memory region, huge-page
+        // faults made loading a 3B model 2.4 s instead of 0.9 s, for ~3% faster decoding.
         let mut data = match MmapMut::map_anon(groups * blocks * tile) {
             Ok(d) => d,
             Err(e) => return Some(Err(e)),
         };
-        #[cfg(target_os = "linux")]
-        let _ = data.advise(memmap2::Advice::HugePage);
         let out = SendPtr(data.as_mut_ptr());
         let pack_group = |g: usize| {
             for b in 0..blocks {

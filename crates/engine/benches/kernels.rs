@@ -1,6 +1,6 @@
 //! Throughput of the quantized kernels on a real GGUF's weights, per tensor kind and batch size:
 //! `cargo bench -p smollm3-engine --bench kernels -- MODEL.gguf [THREADS] [scalar|avx2|avx512]`
-//! (default: the best the CPU has; AVX-512 runs on repacked weights, as the engine does).
+//! (default: the best the CPU has; the SIMD kernels run on repacked weights, as in the engine).
 //!
 //! Every layer's matrix of a kind is multiplied in turn (so decoding streams the weights from
 //! memory, as it does in the model); reports GB/s of weights read and GMAC/s.
@@ -53,7 +53,7 @@ fn main() {
             .filter(|t| t.name.ends_with(&format!("{kind}.weight")))
         {
             let mut m = QMatrix::new(&map, t).expect("matrix");
-            if isa == kernels::Isa::Avx512 {
+            if isa != kernels::Isa::Scalar {
                 m.pack().expect("repack");
             }
             let label = format!("{kind} {:?} {}x{}", m.dtype(), m.dims().0, m.dims().1);
@@ -68,7 +68,7 @@ fn main() {
         .or_else(|| gguf.tensor("token_embd.weight"))
     {
         let mut m = QMatrix::new(&map, t).expect("matrix");
-        if isa == kernels::Isa::Avx512 {
+        if isa != kernels::Isa::Scalar {
             m.pack().expect("repack");
         }
         groups.push((

@@ -199,7 +199,7 @@ impl QMatrix {
     /// tile sequence. The mapped pages it read are handed back to the kernel page cache, so the
     /// process holds one copy of the weights, not two.
     pub fn pack(&mut self) -> Result<()> {
-        if kernels::Isa::detect() != kernels::Isa::Avx512 || self.packed.is_some() {
+        if kernels::Isa::detect() == kernels::Isa::Scalar || self.packed.is_some() {
             return Ok(());
         }
         let Some(packed) = Packed::new(self.dtype, self.bytes.as_slice(), self.rows, self.cols)

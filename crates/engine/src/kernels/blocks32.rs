@@ -505,3 +505,112 @@ pub(super) mod avx512 {
         }
     }
 }
+
+/// The tile kernel for AVX2 CPUs (no AVX-512): each 16-column tile as two 8-column halves,
+/// VNNI's byte dot products emulated with `maddubs` + `madd` (exact: no pair sum here reaches
+/// the i16 limit; Q8_0's signed bytes use the sign trick as llama.cpp does).
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2 {
+    use super::{Format, Layout};
+    use crate::kernels::act::QActs;
+    use crate::kernels::Out;
+    use std::arch::x86_64::*;
+
+    /// As [`super::avx512::matmul_packed`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C; `p` holds `F`'s tiles.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn matmul_packed<F: Format>(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            for r in 0..a.rows() {
+                for h in 0..2 {
+                    unsafe { half_row::<F>(tiles, p.blocks(), a, r, 16 * g + 8 * h, h, dst) };
+                }
+            }
+        }
+    }
+
+    /// Row r against columns 8h..8h+8 of one group's tiles.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half_row<F: Format>(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r: usize,
+        c0: usize,
+        h: usize,
+        dst: Out,
+    ) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let ys = if F::SHIFT == 0 || matches!(F::LAYOUT, Layout::Bytes(_)) {
+            std::ptr::null()
+        } else {
+            a.ysum(r).as_ptr()
+        };
+        let ones = _mm256_set1_epi16(1);
+        let nib = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut sacc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * F::TILE) };
+            let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(16 * h) as *const __m128i) });
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(a.d(r)[b]));
+            for l in 0..8 {
+                let y4 = _mm256_set1_epi32(unsafe { *y.add(8 * b + l) });
+                let isum = unsafe {
+                    match F::LAYOUT {
+                        Layout::Bytes(_) => {
+                            let w = _mm256_loadu_si256(
+                                t.add(F::PACKED_QS + 64 * l + 32 * h) as *const __m256i
+                            );
+                            let p = _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(w, w),
+                                _mm256_sign_epi8(y4, w),
+                            );
+                            _mm256_madd_epi16(p, ones)
+                        }
+                        _ => {
+                            let v = _mm256_loadu_si256(
+                                t.add(F::PACKED_QS + 64 * (l % 4) + 32 * h) as *const __m256i
+                            );
+                            let w = if l < 4 {
+                                _mm256_and_si256(v, nib)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib)
+                            };
+                            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y4), ones);
+                            if ys.is_null() {
+                                s
+                            } else {
+                                let off = _mm256_set1_epi32(*ys.add(8 * b + l) << F::SHIFT);
+                                _mm256_add_epi32(s, off)
+                            }
+                        }
+                    }
+                };
+                acc[l] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[l]);
+            }
+            if F::HAS_MIN {
+                let m = _mm256_cvtph_ps(unsafe {
+                    _mm_loadu_si128(t.add(32 + 16 * h) as *const __m128i)
+                });
+                sacc = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s(r)[b]), sacc);
+            }
+        }
+        let (t0, t1) = (_mm256_add_ps(acc[4], acc[0]), _mm256_add_ps(acc[5], acc[1]));
+        let (t2, t3) = (_mm256_add_ps(acc[6], acc[2]), _mm256_add_ps(acc[7], acc[3]));
+        let mut res = _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
+        if F::HAS_MIN {
+            res = _mm256_add_ps(res, sacc);
+        }
+        unsafe { _mm256_storeu_ps(dst.row(r).add(c0), res) };
+    }
+}

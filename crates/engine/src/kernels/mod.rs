@@ -4,8 +4,9 @@
 //!   Q8_1 or Q8_K) with llama.cpp's rounding, plus sums the kernels reuse.
 //! - [`blocks32`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), [`q4k`], [`q6k`]: one file per block family,
 //!   each with a scalar definition that follows llama.cpp's x86 accumulation order (so results
-//!   match it bit for bit, not just closely) and an AVX-512 VNNI kernel that is bit-identical
-//!   to it. Other CPUs run the scalar code.
+//!   match it bit for bit, not just closely), AVX-512 VNNI kernels and AVX2 kernels that are
+//!   bit-identical to it. Other CPUs run the scalar code (vectorised by the compiler).
+//! - [`repack`]: weights rearranged at load into 16-row tiles for the SIMD kernels.
 //! - [`matmul`]: several weight matrices against one [`QActs`], their columns spread over the
 //!   compute threads (Candle's barrier pool, which stays hot between calls).
 
@@ -186,38 +187,39 @@ pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QA
 fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
     use blocks32::{Q4_0, Q4_1, Q8_0};
     #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx512, Some(p)) = (isa, w.packed) {
+    if let (Isa::Avx512 | Isa::Avx2, Some(p)) = (isa, w.packed) {
         let g0 = cols.start.div_ceil(TILE);
         let g1 = (cols.end / TILE).min(p.groups());
         if g0 < g1 {
-            // SAFETY: `Isa::Avx512` is only chosen when the CPU has these features.
+            let g = g0..g1;
+            // SAFETY: the ISA is only chosen when the CPU has its features.
             unsafe {
-                match w.dtype {
-                    TensorType::Q4_0 => blocks32::avx512::matmul_packed::<Q4_0>(p, x, g0..g1, out),
-                    TensorType::Q4_1 => blocks32::avx512::matmul_packed::<Q4_1>(p, x, g0..g1, out),
-                    TensorType::Q8_0 => blocks32::avx512::matmul_packed::<Q8_0>(p, x, g0..g1, out),
-                    TensorType::Q4K => q4k::avx512::matmul_packed(p, x, g0..g1, out),
-                    TensorType::Q6K => q6k::avx512::matmul_packed(p, x, g0..g1, out),
-                    t => unreachable!("{t:?} is never packed"),
+                match (isa, w.dtype) {
+                    (Isa::Avx512, TensorType::Q4_0) => {
+                        blocks32::avx512::matmul_packed::<Q4_0>(p, x, g, out)
+                    }
+                    (Isa::Avx512, TensorType::Q4_1) => {
+                        blocks32::avx512::matmul_packed::<Q4_1>(p, x, g, out)
+                    }
+                    (Isa::Avx512, TensorType::Q8_0) => {
+                        blocks32::avx512::matmul_packed::<Q8_0>(p, x, g, out)
+                    }
+                    (Isa::Avx512, TensorType::Q4K) => q4k::avx512::matmul_packed(p, x, g, out),
+                    (Isa::Avx512, TensorType::Q6K) => q6k::avx512::matmul_packed(p, x, g, out),
+                    (_, TensorType::Q4_0) => blocks32::avx2::matmul_packed::<Q4_0>(p, x, g, out),
+                    (_, TensorType::Q4_1) => blocks32::avx2::matmul_packed::<Q4_1>(p, x, g, out),
+                    (_, TensorType::Q8_0) => blocks32::avx2::matmul_packed::<Q8_0>(p, x, g, out),
+                    (_, TensorType::Q4K) => q4k::avx2::matmul_packed(p, x, g, out),
+                    (_, TensorType::Q6K) => q6k::avx2::matmul_packed(p, x, g, out),
+                    (_, t) => unreachable!("{t:?} is never packed"),
                 }
             }
+            let rest = Weights { packed: None, ..*w };
             if cols.start < g0 * TILE {
-                run_cols(
-                    isa,
-                    &Weights { packed: None, ..*w },
-                    x,
-                    cols.start..g0 * TILE,
-                    out,
-                );
+                run_cols(isa, &rest, x, cols.start..g0 * TILE, out);
             }
             if g1 * TILE < cols.end {
-                run_cols(
-                    isa,
-                    &Weights { packed: None, ..*w },
-                    x,
-                    g1 * TILE..cols.end,
-                    out,
-                );
+                run_cols(isa, &rest, x, g1 * TILE..cols.end, out);
             }
             return;
         }

@@ -556,3 +556,121 @@ pub(super) mod avx512 {
         }
     }
 }
+
+/// The tile kernel for AVX2 CPUs: each 16-column tile as two 8-column halves, byte products with
+/// `maddubs` (pair sums at most 2 * 15 * 127; eight of them fit an i16) and the scale applied by
+/// `madd`, as llama.cpp's AVX2 code does; bit-identical to the scalar definition.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2 {
+    use crate::kernels::act::QActs;
+    use crate::kernels::Out;
+    use std::arch::x86_64::*;
+
+    const TILE: usize = 2368;
+
+    /// As [`super::avx512::matmul_packed`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C; `p` holds Q4_K tiles.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn matmul_packed(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            for r in 0..a.rows() {
+                let pair = r < a.gemm_rows();
+                for h in 0..2 {
+                    unsafe { half_row(tiles, p.blocks(), a, r, 16 * g + 8 * h, h, pair, dst) };
+                }
+            }
+        }
+    }
+
+    /// Eight columns' byte values as i16 pairs (the value in both halves of each lane).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pairs(p: *const u8) -> __m256i {
+        let v = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p as *const __m128i) });
+        _mm256_or_si256(v, _mm256_slli_epi32::<16>(v))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn half_row(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r: usize,
+        c0: usize,
+        h: usize,
+        pair: bool,
+        dst: Out,
+    ) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bp = a.bpairs(r).as_ptr();
+        let nib = _mm256_set1_epi8(0x0f);
+        let (mut fa, mut fm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let dy = _mm256_set1_ps(a.d(r)[b]);
+            let dd = _mm256_mul_ps(
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(16 * h) as *const __m128i) }),
+                dy,
+            );
+            let dm = _mm256_mul_ps(
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(32 + 16 * h) as *const __m128i) }),
+                dy,
+            );
+            let (mut tot, mut totm) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for p in 0..4 {
+                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for w in 0..8 {
+                    let v = unsafe {
+                        _mm256_loadu_si256(t.add(320 + 64 * (8 * p + w) + 32 * h) as *const __m256i)
+                    };
+                    let (yl, yh) =
+                        unsafe { (*y.add(64 * b + 16 * p + w), *y.add(64 * b + 16 * p + 8 + w)) };
+                    lo = _mm256_add_epi16(
+                        lo,
+                        _mm256_maddubs_epi16(_mm256_and_si256(v, nib), _mm256_set1_epi32(yl)),
+                    );
+                    hi = _mm256_add_epi16(
+                        hi,
+                        _mm256_maddubs_epi16(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib),
+                            _mm256_set1_epi32(yh),
+                        ),
+                    );
+                }
+                let isum = unsafe {
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(lo, pairs(t.add(64 + 32 * p + 8 * h))),
+                        _mm256_madd_epi16(hi, pairs(t.add(80 + 32 * p + 8 * h))),
+                    )
+                };
+                let mins = _mm256_cvtepu8_epi16(unsafe {
+                    _mm_loadu_si128(t.add(192 + 32 * p + 16 * h) as *const __m128i)
+                });
+                let imin =
+                    _mm256_madd_epi16(mins, _mm256_set1_epi32(unsafe { *bp.add(4 * b + p) }));
+                if pair {
+                    fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, fa);
+                    fm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), dm, fm);
+                } else {
+                    tot = _mm256_add_epi32(tot, isum);
+                    totm = _mm256_add_epi32(totm, imin);
+                }
+            }
+            if !pair {
+                fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), dd, fa);
+                fm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totm), dm, fm);
+            }
+        }
+        unsafe { _mm256_storeu_ps(dst.row(r).add(c0), _mm256_sub_ps(fa, fm)) };
+    }
+}

@@ -468,3 +468,172 @@ pub(super) mod avx512 {
         }
     }
 }
+
+/// The tile kernel for AVX2 CPUs: each 16-column tile as two 8-column halves, byte products with
+/// `maddubs` (quants below 64, so pair sums stay below 2^14) and scales applied by `madd`;
+/// bit-identical to the scalar definition.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2 {
+    use crate::kernels::act::QActs;
+    use crate::kernels::Out;
+    use std::arch::x86_64::*;
+
+    const TILE: usize = 3360;
+
+    /// As [`super::avx512::matmul_packed`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C; `p` holds Q6_K tiles.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn matmul_packed(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        let tiled = super::tiled(a);
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            for r in 0..a.rows() {
+                for h in 0..2 {
+                    let c0 = 16 * g + 8 * h;
+                    unsafe {
+                        if tiled {
+                            tiled_half_row(tiles, p.blocks(), a, r, c0, h, dst)
+                        } else {
+                            vec_dot_half_row(tiles, p.blocks(), a, r, c0, h, dst)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The four chunks' quants of dword w of half j, for columns 8h..8h+8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quants(t: *const u8, j: usize, w: usize, h: usize) -> [__m256i; 4] {
+        let load = |at: usize| unsafe { _mm256_loadu_si256(t.add(at + 32 * h) as *const __m256i) };
+        let (qla, qlb, qh) = (
+            load(288 + 64 * (16 * j + w)),
+            load(288 + 64 * (16 * j + 8 + w)),
+            load(2336 + 64 * (8 * j + w)),
+        );
+        let m0f = _mm256_set1_epi8(0x0f);
+        let m30 = _mm256_set1_epi8(0x30);
+        let or_masked = |a: __m256i, b: __m256i| {
+            _mm256_or_si256(_mm256_and_si256(a, m0f), _mm256_and_si256(b, m30))
+        };
+        [
+            or_masked(qla, _mm256_slli_epi16::<4>(qh)),
+            or_masked(qlb, _mm256_slli_epi16::<2>(qh)),
+            or_masked(_mm256_srli_epi16::<4>(qla), qh),
+            or_masked(_mm256_srli_epi16::<4>(qlb), _mm256_srli_epi16::<2>(qh)),
+        ]
+    }
+
+    /// Scale s of the eight columns, sign-extended to i32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale(t: *const u8, s: usize, h: usize) -> __m256i {
+        _mm256_cvtepi8_epi32(unsafe {
+            _mm_loadl_epi64(t.add(32 + 16 * s + 8 * h) as *const __m128i)
+        })
+    }
+
+    /// Two i32 vectors' low halves as i16 pairs (`a` low, `b` high) per lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn pairs(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_blend_epi16::<0b1010_1010>(a, _mm256_slli_epi32::<16>(b))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_half_row(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r: usize,
+        c0: usize,
+        h: usize,
+        dst: Out,
+    ) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bs = a.bsums(r).as_ptr() as *const i32;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let d = _mm256_mul_ps(
+                _mm256_set1_ps(a.d(r)[b]),
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(16 * h) as *const __m128i) }),
+            );
+            for w in 0..8 {
+                let mut isum = _mm256_setzero_si256();
+                for j in 0..2 {
+                    let q = unsafe { quants(t, j, w, h) };
+                    for c in 0..4 {
+                        let sc = unsafe { scale(t, 8 * j + 2 * c + w / 4, h) };
+                        let y4 = _mm256_set1_epi32(unsafe { *y.add(64 * b + 32 * j + 8 * c + w) });
+                        let p = _mm256_maddubs_epi16(q[c], y4);
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, pairs(sc, sc)));
+                    }
+                }
+                let scp = unsafe { pairs(scale(t, 2 * w, h), scale(t, 2 * w + 1, h)) };
+                let sub = _mm256_madd_epi16(scp, _mm256_set1_epi32(unsafe { *bs.add(8 * b + w) }));
+                let s = _mm256_sub_epi32(isum, _mm256_slli_epi32::<5>(sub));
+                acc[w] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[w]);
+            }
+        }
+        let (t0, t1) = (_mm256_add_ps(acc[4], acc[0]), _mm256_add_ps(acc[5], acc[1]));
+        let (t2, t3) = (_mm256_add_ps(acc[6], acc[2]), _mm256_add_ps(acc[7], acc[3]));
+        let res = _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
+        unsafe { _mm256_storeu_ps(dst.row(r).add(c0), res) };
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tiled_half_row(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r: usize,
+        c0: usize,
+        h: usize,
+        dst: Out,
+    ) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bs = a.bsums(r).as_ptr() as *const i32;
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let mut tot = _mm256_setzero_si256();
+            for j in 0..2 {
+                for w in 0..8 {
+                    let q = unsafe { quants(t, j, w, h) };
+                    for c in 0..4 {
+                        let sc = unsafe { scale(t, 8 * j + 2 * c + w / 4, h) };
+                        let y4 = _mm256_set1_epi32(unsafe { *y.add(64 * b + 32 * j + 8 * c + w) });
+                        tot = _mm256_add_epi32(
+                            tot,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], y4), pairs(sc, sc)),
+                        );
+                    }
+                }
+            }
+            let mut bias = _mm256_setzero_si256();
+            for k in 0..8 {
+                let scp = unsafe { pairs(scale(t, 2 * k, h), scale(t, 2 * k + 1, h)) };
+                bias = _mm256_add_epi32(
+                    bias,
+                    _mm256_madd_epi16(scp, _mm256_set1_epi32(unsafe { *bs.add(8 * b + k) })),
+                );
+            }
+            let s = _mm256_sub_epi32(tot, _mm256_slli_epi32::<5>(bias));
+            let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(16 * h) as *const __m128i) });
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(s), d);
+            acc = _mm256_fmadd_ps(v, _mm256_set1_ps(a.d(r)[b]), acc);
+        }
+        unsafe { _mm256_storeu_ps(dst.row(r).add(c0), acc) };
+    }
+}

@@ -224,9 +224,13 @@ fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out:
             return;
         }
     }
+    // The k-quants' unpacked matrices (tails of tiled ones, Q4_K that llama.cpp does not repack)
+    // run the portable definition, compiled for AVX2.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: `Isa::Avx2` is only chosen when the CPU has these features.
+    if isa == Isa::Avx2
+        || (isa == Isa::Avx512 && matches!(w.dtype, TensorType::Q4K | TensorType::Q6K))
+    {
+        // SAFETY: both ISAs are only chosen on CPUs with AVX2, FMA and F16C.
         return unsafe { run_cols_avx2(w, x, cols, out) };
     }
     run_cols_portable(isa, w, x, cols, out)
@@ -254,9 +258,7 @@ fn run_cols_portable(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usi
                     TensorType::Q5_0 => blocks32::avx512::matmul::<Q5_0>(d, x, cols, out),
                     TensorType::Q5_1 => blocks32::avx512::matmul::<Q5_1>(d, x, cols, out),
                     TensorType::Q8_0 => blocks32::avx512::matmul::<Q8_0>(d, x, cols, out),
-                    TensorType::Q4K => q4k::avx512::matmul(d, w.rows, x, cols, out),
-                    TensorType::Q6K => q6k::avx512::matmul(d, x, cols, out),
-                    t => unreachable!("{t:?} has no kernel"),
+                    t => unreachable!("{t:?} has no AVX-512 kernel on file layout"),
                 }
             }
         }

@@ -8,7 +8,7 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test deps ui model lint fmt chat bench e2e deb tauri-driver
+.PHONY: run test deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
@@ -58,6 +58,16 @@ chat: model
 ## `make bench MODEL=path.gguf`: this engine's speed as JSON (see doc/benchmarks.md).
 bench: model
 	$(CARGO) run --release --bin smollm3 -- bench --model $(MODEL) --json
+
+## `make bench-compare MODEL=path.gguf`: this engine next to llama.cpp's llama-bench (-t 2, 3 runs,
+## pp128/pp512/tg32), when llama.cpp's tools are in LLAMA_BIN or ~/.cache/llama-ref/bin.
+bench-compare: model
+	$(CARGO) bench -p smollm3-engine --bench compare -- $(abspath $(MODEL)) $(BENCH_ARGS)
+
+## `make bench-kernels MODEL=path.gguf [BENCH_ARGS="2 avx512"]`: GB/s and GMAC/s of each weight kind's
+## kernel (threads, instruction set: scalar|avx2|avx512).
+bench-kernels: model
+	$(CARGO) bench -p smollm3-engine --bench kernels -- $(abspath $(MODEL)) $(BENCH_ARGS)
 
 ## The Debian package (target/release/bundle/deb/).
 deb: deps ui

@@ -130,10 +130,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
         n_head,
         n_head_kv,
         head_dim: hd,
-        scale,
+        ..
     } = s;
     let kv_dim = n_head_kv * hd;
-    let group = n_head / n_head_kv;
     debug_assert_eq!(q.len(), t * n_head * hd);
     debug_assert!(k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim);
     debug_assert_eq!(out.len(), t * n_head * hd);
@@ -146,20 +145,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
     // One work item per (query position, head): each writes its own head_dim slice of `out`.
     barrier_pool().execute_chunked(t * n_head, |items| {
         SCRATCH.with(|scratch| {
-            let (scores, acc) = &mut *scratch.borrow_mut();
+            let scratch = &mut *scratch.borrow_mut();
             for item in items {
                 let (i, h) = (item / n_head, item % n_head);
-                let g = h / group;
-                let n_keys = pos + i + 1;
-                let qh = &q[(i * n_head + h) * hd..][..hd];
-                // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
-                // positions; padding the same way keeps its block-wise softmax sums.
-                scores.clear();
-                scores.extend(
-                    (0..n_keys).map(|j| ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * scale),
-                );
-                scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
-                ops::softmax_in_place(scores);
                 // SAFETY: item (i, h) owns out[(i*n_head + h)*hd ..][..hd]; items are disjoint.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -167,14 +155,55 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
                         hd,
                     )
                 };
-                weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+                head(q, k, v, s, (i, h), scratch, o);
             }
         })
     });
 }
 
+ops::with_fma!(
+    /// Query position `i`, head `h`: scores against every visible key, softmax, weighted values.
+    head,
+    fn(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: AttnShape,
+        ih: (usize, usize),
+        scratch: &mut (Vec<f32>, Vec<f32>),
+        o: &mut [f32]
+    ) {
+        let ((i, h), (scores, acc)) = (ih, scratch);
+        let hd = s.head_dim;
+        let kv_dim = s.n_head_kv * hd;
+        let g = h / (s.n_head / s.n_head_kv);
+        let n_keys = s.pos + i + 1;
+        let qh = &q[(i * s.n_head + h) * hd..][..hd];
+        // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
+        // positions; padding the same way keeps its block-wise softmax sums.
+        // A plain loop, not an iterator adapter: closures passed to generic std code are not
+        // compiled with this function's target features (`mul_add` would become a libm call).
+        scores.clear();
+        scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
+        #[cfg(target_arch = "x86_64")]
+        if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
+            // SAFETY: the CPU has AVX-512 F/VL/DQ (simd_level 2); keys 0..n_keys are in `k`.
+            unsafe { simd::scores(qh, k, kv_dim, g * hd, s.scale, &mut scores[..n_keys]) };
+            ops::softmax_in_place(scores);
+            weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+            return;
+        }
+        for j in 0..n_keys {
+            scores[j] = ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * s.scale;
+        }
+        ops::softmax_in_place(scores);
+        weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+    }
+);
+
 /// `o[d] = sum_j p[j] * v[j][off + d]` as llama.cpp's tinyBLAS computes `kqv`: 16 FMA lanes over
 /// the positions, reduced as a tree.
+#[inline(always)]
 fn weighted_sum(
     p: &[f32],
     v: &[f32],
@@ -192,12 +221,90 @@ fn weighted_sum(
             *a = x.mul_add(pj, *a);
         }
     }
-    let mut lanes = [0f32; 16];
-    for (d, od) in o.iter_mut().enumerate() {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane = acc[l * hd + d];
+    // tree_sum16 of the 16 lanes, for every d at once: lanes i and i + 8, then i and i + 4, ...
+    for width in [8, 4, 2] {
+        let (lo, hi) = acc.split_at_mut(width * hd);
+        for (a, b) in lo.iter_mut().zip(&hi[..width * hd]) {
+            *a += b;
         }
-        *od = ops::tree_sum16(&lanes);
+    }
+    for (d, od) in o.iter_mut().enumerate() {
+        *od = acc[d] + acc[hd + d];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// `out[j] = dot(q, k_j) * scale` for keys j (rows of `k` at `off`, stride `kv_dim`), each dot
+    /// exactly as `ops::dot_f32` (ggml's `ggml_vec_dot_f32`): four 16-lane FMA accumulators over
+    /// steps of 64, added as (0+2)+(1+3), then `_mm512_reduce_add_ps`. Sixteen keys share one
+    /// horizontal reduction, done as a transpose: every add is the one the scalar code does.
+    ///
+    /// # Safety
+    /// AVX-512 F/VL/DQ; `q.len()` a multiple of 64; `k` holds the keys.
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,fma")]
+    pub unsafe fn scores(
+        q: &[f32],
+        k: &[f32],
+        kv_dim: usize,
+        off: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        // Lane 4L + e of the reduced vector holds key 4e + L (an involution).
+        let perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        for (g, out) in out.chunks_mut(16).enumerate() {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (jj, v) in v.iter_mut().enumerate().take(out.len()) {
+                let kj = &k[(16 * g + jj) * kv_dim + off..][..hd];
+                let mut a = [_mm512_setzero_ps(); 4];
+                for c in (0..hd).step_by(64) {
+                    for (j, a) in a.iter_mut().enumerate() {
+                        let (x, y) = unsafe {
+                            (
+                                _mm512_loadu_ps(q.as_ptr().add(c + 16 * j)),
+                                _mm512_loadu_ps(kj.as_ptr().add(c + 16 * j)),
+                            )
+                        };
+                        *a = _mm512_fmadd_ps(x, y, *a);
+                    }
+                }
+                *v = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+            }
+            // reduce_add per key: lanes i and i + 8, then i and i + 4, i and i + 2, 0 and 1.
+            let t: [__m512; 8] = std::array::from_fn(|p| {
+                let (a, b) = (v[2 * p], v[2 * p + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                )
+            });
+            let u: [__m512; 4] = std::array::from_fn(|m| {
+                let (a, b) = (t[2 * m], t[2 * m + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                )
+            });
+            let w: [__m512; 2] = std::array::from_fn(|n| {
+                let (a, b) = (u[2 * n], u[2 * n + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+                )
+            });
+            let r = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(w[0], w[1]),
+                _mm512_shuffle_ps::<0b11_01_11_01>(w[0], w[1]),
+            );
+            let r = _mm512_mul_ps(_mm512_permutexvar_ps(perm, r), _mm512_set1_ps(scale));
+            let mut lanes = [0f32; 16];
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), r) };
+            out.copy_from_slice(&lanes[..out.len()]);
+        }
     }
 }
 
@@ -270,6 +377,25 @@ mod tests {
             let want = naive(&q, &k, &v, s);
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_scores_equal_the_scalar_dot() {
+        if ops::simd_level() < 2 {
+            return;
+        }
+        for hd in [64, 128] {
+            let (n, kv_dim, off) = (37, 3 * hd, hd);
+            let q = pseudo(hd, 4);
+            let k = pseudo(n * kv_dim, 5);
+            let mut fast = vec![0f32; n];
+            // SAFETY: checked simd_level above; hd is a multiple of 64.
+            unsafe { simd::scores(&q, &k, kv_dim, off, 0.125, &mut fast) };
+            for (j, f) in fast.iter().enumerate() {
+                let want = ops::dot_f32(&q, &k[j * kv_dim + off..][..hd]) * 0.125;
+                assert_eq!(f.to_bits(), want.to_bits(), "hd {hd} key {j}");
             }
         }
     }

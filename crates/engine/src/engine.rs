@@ -228,15 +228,15 @@ impl Engine {
                 max_prompt: self.context_len(),
             });
         }
+        let vocab = self.model.vocab_size();
         let out = self.model.forward(tokens, Logits::All)?;
-        Ok(out.to_vec2::<f32>()?)
+        Ok(out.chunks_exact(vocab).map(|r| r.to_vec()).collect())
     }
 
     /// Runs `tokens` after the cached ones and returns the last position's logits (benchmarks,
     /// manual decoding).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let out = self.model.forward(tokens, Logits::Last)?;
-        Ok(out.squeeze(0)?.to_vec1::<f32>()?)
+        Ok(self.model.forward(tokens, Logits::Last)?.to_vec())
     }
 
     /// Generates from `prompt` tokens, reusing the cached prefix.

@@ -129,7 +129,8 @@ pub fn generate(
         .min(prompt.len() - 1);
     model.truncate_cache(common);
     let prefill_start = Instant::now();
-    let mut logits = model.forward(&prompt[common..], Logits::Last)?;
+    // The logits of the position being sampled, copied out of the model's buffer (reused).
+    let mut row = model.forward(&prompt[common..], Logits::Last)?.to_vec();
     let prefill_ms = ms(prefill_start);
 
     let mut history = prompt.to_vec();
@@ -162,7 +163,6 @@ pub fn generate(
         if ids.len() >= params.max_tokens {
             break FinishReason::Length;
         }
-        let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
         let next = sampler.sample(&mut row, &history);
         if ids.is_empty() {
             ttft_ms = ms(start);
@@ -186,7 +186,7 @@ pub fn generate(
         if cancelled() {
             break FinishReason::Cancelled;
         }
-        logits = model.forward(&[next], Logits::Last)?;
+        row.copy_from_slice(model.forward(&[next], Logits::Last)?);
     };
     let decode_ms = ms(decode_start);
     if !stream.stopped() {

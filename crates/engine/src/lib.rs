@@ -6,7 +6,9 @@
 //! - [`tokenizer`]: llama.cpp-exact gpt2 BPE from `tokenizer.ggml.*`, streaming detokenizer.
 //! - [`template`]: the model's own chat template rendered with minijinja, as transformers does.
 //! - [`qmatrix`], [`attention`], [`model`]: the quantized transformer with its KV cache;
-//!   weights stay quantized in the memory map.
+//!   weights stay quantized (in the memory map, or repacked into tiles at load).
+//! - [`kernels`]: the quantized matrix products (llama.cpp's arithmetic; AVX-512 VNNI with a
+//!   portable scalar definition), activation quantization, weight repacking.
 //! - [`sampler`], [`textstream`], [`generate`]: sampling, thinking/answer splitting, stop rules,
 //!   and the event stream of one generation.
 //! - [`engine`]: [`Engine`] ties them together: `load` -> `render_chat` -> `encode_prompt` ->
@@ -20,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod qmatrix;

@@ -1,19 +1,20 @@
 //! The quantized Llama/SmolLM3 transformer: weights memory-mapped from the GGUF, an F32 KV cache.
 //!
 //! `forward` reads like the paper: embed -> for each layer { RMSNorm -> attention (RoPE except on
-//! NoPE layers) -> residual -> RMSNorm -> SwiGLU -> residual } -> RMSNorm -> LM head.
+//! NoPE layers) -> residual -> RMSNorm -> SwiGLU -> residual } -> RMSNorm -> LM head. It works on
+//! plain slices in buffers kept between calls; Q/K/V and gate/up each quantize their shared
+//! input once and run in one parallel region.
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
 use memmap2::Mmap;
 
 use crate::attention::{attention, AttnShape, KvCache};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::gguf::{Gguf, TensorType};
-use crate::ops::{RmsNorm, SwiGlu};
-use crate::qmatrix::QMatrix;
+use crate::ops::{self, RmsNorm};
+use crate::qmatrix::{matmul_shared, ActBuffers, QMatrix};
 
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,13 +64,20 @@ impl Rope {
     }
 
     /// Rotates adjacent pairs of `x` (t rows of `n` heads of hd) at positions pos..pos+t. GGUF
-    /// stores Q/K rows permuted for this interleaved form. The products are fused as the
-    /// compiler fuses ggml's `x0*cos - x1*sin` (one rounding fewer than plain arithmetic).
+    /// stores Q/K rows permuted for this interleaved form.
     fn apply(&self, x: &mut [f32], t: usize, pos: usize) {
-        let hd = self.half * 2;
+        rope_rows(&self.table, self.half * 2, x, t, pos)
+    }
+}
+
+crate::ops::with_fma!(
+    /// The rotation of [`Rope::apply`]. The products are fused as the compiler fuses ggml's
+    /// `x0*cos - x1*sin` (one rounding fewer than plain arithmetic).
+    rope_rows,
+    fn(table: &[f32], hd: usize, x: &mut [f32], t: usize, pos: usize) {
         let row = x.len() / t;
         for (i, xr) in x.chunks_exact_mut(row).enumerate() {
-            let cs = &self.table[(pos + i) * hd..][..hd];
+            let cs = &table[(pos + i) * hd..][..hd];
             for head in xr.chunks_exact_mut(hd) {
                 for (pair, c) in head.chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
                     let (x0, x1, cos, sin) = (pair[0], pair[1], c[0], c[1]);
@@ -79,6 +87,28 @@ impl Rope {
             }
         }
     }
+);
+
+/// Activation buffers of one forward pass, kept between passes (grown to the largest batch),
+/// so decoding allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,      // (t, dim) the residual stream
+    h: Vec<f32>,      // (t, dim) a block's normalised input
+    q: Vec<f32>,      // (t, n_head * hd), then the attention block's output (t, dim)
+    k: Vec<f32>,      // (t, n_head_kv * hd)
+    v: Vec<f32>,      // (t, n_head_kv * hd)
+    attn: Vec<f32>,   // (t, n_head * hd)
+    gate: Vec<f32>,   // (t, n_ff) the gate, then silu(gate) * up
+    up: Vec<f32>,     // (t, n_ff), then the feed-forward block's output (t, dim)
+    logits: Vec<f32>, // (rows, vocab)
+    acts: ActBuffers,
+}
+
+/// `buf` as exactly `len` elements (contents unspecified).
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
 }
 
 /// The transformer with its KV cache.
@@ -90,14 +120,13 @@ pub struct Model {
     lm_head: QMatrix, // (vocab, dim); token_embd when the model ties them
     rope: Rope,
     cache: KvCache,
-    device: Device,
+    scratch: Scratch,
     weights_bytes: usize,
 }
 
 impl Model {
     /// Builds the model over the mapped file; `max_len` is the context length (KV cache size).
     pub fn load(gguf: &Gguf, map: &Arc<Mmap>, cfg: ModelConfig, max_len: usize) -> Result<Self> {
-        let device = Device::Cpu;
         let tensor = |name: &str| {
             gguf.tensor(name).ok_or_else(|| {
                 EngineError::UnsupportedModel(format!("the model has no tensor '{name}'"))
@@ -107,7 +136,7 @@ impl Model {
         let q_dim = cfg.n_head * cfg.head_dim;
         let kv_dim = cfg.kv_dim();
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            let m = QMatrix::new(map, tensor(name)?)?;
+            let mut m = QMatrix::new(map, tensor(name)?)?;
             if m.dims() != (rows, cols) {
                 return Err(EngineError::UnsupportedModel(format!(
                     "tensor '{name}' is {}x{}, the model's metadata implies {rows}x{cols}",
@@ -115,6 +144,7 @@ impl Model {
                     m.dims().1
                 )));
             }
+            m.pack()?;
             Ok(m)
         };
         let norm = |name: &str| -> Result<RmsNorm> {
@@ -129,7 +159,7 @@ impl Model {
             QMatrix::new(map, info)?.rows_f32(&[0], &mut weight)?;
             Ok(RmsNorm::new(weight, cfg.rms_eps))
         };
-        let embed = QMatrix::new(map, tensor("token_embd.weight")?)?;
+        let mut embed = QMatrix::new(map, tensor("token_embd.weight")?)?;
         let vocab = embed.dims().0;
         if embed.dims().1 != dim {
             return Err(EngineError::UnsupportedModel(format!(
@@ -139,7 +169,11 @@ impl Model {
         }
         let lm_head = match gguf.tensor("output.weight") {
             Some(_) => matrix("output.weight", vocab, dim)?,
-            None => embed.clone(),
+            None => {
+                // Tied: one packed copy serves the LM head and the embedding lookups.
+                embed.pack()?;
+                embed.clone()
+            }
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
@@ -166,7 +200,7 @@ impl Model {
             layers,
             lm_head,
             cfg,
-            device,
+            scratch: Scratch::default(),
             weights_bytes,
         })
     }
@@ -213,9 +247,10 @@ impl Model {
         counts
     }
 
-    /// Runs `tokens` after the cached positions and caches them. Returns logits, (n, vocab) with
-    /// n = 1 for [`Logits::Last`] or tokens.len() for [`Logits::All`].
-    pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor> {
+    /// Runs `tokens` after the cached positions and caches them. Returns the logits, row-major
+    /// (n, vocab) with n = 1 for [`Logits::Last`] or tokens.len() for [`Logits::All`]; the
+    /// buffer is reused by the next call.
+    pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
         let pos = self.cache.len();
         let t = tokens.len();
         if t == 0 {
@@ -228,35 +263,57 @@ impl Model {
                 max_prompt: self.max_len(),
             });
         }
-        let out = self.forward_uncommitted(tokens, pos, logits);
-        match out {
-            Ok(_) => self.cache.commit(tokens),
-            Err(_) => self.cache.rollback(),
+        match self.forward_uncommitted(tokens, pos, logits) {
+            Ok(rows) => {
+                self.cache.commit(tokens);
+                Ok(&self.scratch.logits[..rows * self.vocab_size()])
+            }
+            Err(e) => {
+                self.cache.rollback();
+                Err(e)
+            }
         }
-        out
     }
 
-    fn forward_uncommitted(
-        &mut self,
-        tokens: &[u32],
-        pos: usize,
-        logits: Logits,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (t, hd) = (tokens.len(), cfg.head_dim);
-        let mut x = self.embed.embed(tokens, &self.device)?; // (t, dim)
-        for (il, layer) in self.layers.iter().enumerate() {
-            let h = x.apply_op1_no_bwd(&layer.attn_norm)?;
-            let mut q = to_vec(&layer.wq.forward(&h)?)?; // (t, n_head * hd)
-            let mut k = to_vec(&layer.wk.forward(&h)?)?; // (t, n_head_kv * hd)
-            let v = to_vec(&layer.wv.forward(&h)?)?; // (t, n_head_kv * hd)
+    /// The forward pass; returns how many rows of logits it wrote.
+    fn forward_uncommitted(&mut self, tokens: &[u32], pos: usize, logits: Logits) -> Result<usize> {
+        let Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cache,
+            scratch: s,
+            ..
+        } = self;
+        let (dim, hd) = (cfg.n_embd, cfg.head_dim);
+        let (q_dim, kv_dim, n_ff) = (cfg.n_head * hd, cfg.kv_dim(), cfg.n_ff);
+        let mut t = tokens.len();
+        embed.rows_f32(tokens, sized(&mut s.x, t * dim))?;
+        let n_layer = layers.len();
+        for (il, layer) in layers.iter().enumerate() {
+            layer
+                .attn_norm
+                .rows(&s.x[..t * dim], sized(&mut s.h, t * dim));
+            let (q, k, v) = (
+                sized(&mut s.q, t * q_dim),
+                sized(&mut s.k, t * kv_dim),
+                sized(&mut s.v, t * kv_dim),
+            );
+            matmul_shared(
+                &s.h,
+                t,
+                &mut [(&layer.wq, q), (&layer.wk, k), (&layer.wv, v)],
+                &mut s.acts,
+            )?;
             if layer.use_rope {
-                self.rope.apply(&mut q, t, pos);
-                self.rope.apply(&mut k, t, pos);
+                rope.apply(q, t, pos);
+                rope.apply(k, t, pos);
             }
-            self.cache.put(il, &k, &v);
-            let (kc, vc) = self.cache.layer(il);
-            let mut attn = vec![0f32; t * cfg.n_head * hd];
+            cache.put(il, k, v);
+            let (kc, vc) = cache.layer(il);
             let shape = AttnShape {
                 t,
                 pos,
@@ -265,26 +322,50 @@ impl Model {
                 head_dim: hd,
                 scale: cfg.attention_scale,
             };
-            attention(&q, kc, vc, shape, &mut attn);
-            let attn = Tensor::from_vec(attn, (t, cfg.n_head * hd), &self.device)?;
-            x = (x + layer.wo.forward(&attn)?)?;
+            attention(q, kc, vc, shape, sized(&mut s.attn, t * q_dim));
+            // q is spent: it takes the block's output.
+            let out = sized(&mut s.q, t * dim);
+            matmul_shared(&s.attn, t, &mut [(&layer.wo, out)], &mut s.acts)?;
+            if il + 1 == n_layer && logits == Logits::Last && t > 1 {
+                // As llama.cpp: the last layer's feed-forward runs only for rows whose logits
+                // are wanted.
+                s.x.copy_within((t - 1) * dim..t * dim, 0);
+                s.q.copy_within((t - 1) * dim..t * dim, 0);
+                t = 1;
+            }
+            add_into(&mut s.x[..t * dim], &s.q[..t * dim]);
 
-            let h = x.apply_op1_no_bwd(&layer.ffn_norm)?;
-            let gate = layer.w_gate.forward(&h)?;
-            let up = layer.w_up.forward(&h)?;
-            x = (x + layer
-                .w_down
-                .forward(&gate.apply_op2_no_bwd(&up, &SwiGlu)?)?)?;
+            layer
+                .ffn_norm
+                .rows(&s.x[..t * dim], sized(&mut s.h, t * dim));
+            let (gate, up) = (sized(&mut s.gate, t * n_ff), sized(&mut s.up, t * n_ff));
+            matmul_shared(
+                &s.h,
+                t,
+                &mut [(&layer.w_gate, gate), (&layer.w_up, up)],
+                &mut s.acts,
+            )?;
+            ops::swiglu_rows(gate, up, n_ff);
+            // up is spent: it takes the block's output.
+            let out = &mut s.up[..t * dim];
+            matmul_shared(&s.gate, t, &mut [(&layer.w_down, out)], &mut s.acts)?;
+            add_into(&mut s.x[..t * dim], &s.up[..t * dim]);
         }
-        if logits == Logits::Last {
-            x = x.narrow(0, t - 1, 1)?.contiguous()?;
+        if logits == Logits::Last && t > 1 {
+            s.x.copy_within((t - 1) * dim..t * dim, 0);
+            t = 1;
         }
-        let x = x.apply_op1_no_bwd(&self.norm)?;
-        self.lm_head.forward(&x)
+        norm.rows(&s.x[..t * dim], sized(&mut s.h, t * dim));
+        let vocab = lm_head.dims().0;
+        let out = sized(&mut s.logits, t * vocab);
+        matmul_shared(&s.h, t, &mut [(&*lm_head, out)], &mut s.acts)?;
+        Ok(t)
     }
 }
 
-/// The elements of a contiguous CPU tensor.
-fn to_vec(x: &Tensor) -> Result<Vec<f32>> {
-    Ok(x.flatten_all()?.to_vec1::<f32>()?)
+/// `x += y`, as ggml's ADD (`ffn_inp = attn_out + residual`; the sum is the same either way).
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
 }

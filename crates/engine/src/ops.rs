@@ -5,8 +5,6 @@
 //! SiLU and softmax with ggml's formulas (its vectorised `expf` approximation, a double-precision
 //! sum of squares, multiplication by the reciprocal) keeps the engine on llama.cpp's numbers.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
-
 /// ggml's `ggml_v_expf`: exp(x) to about 1.5 ulp, lane for lane as its AVX-512/AVX2/NEON code.
 #[inline(always)]
 pub fn ggml_expf(x: f32) -> f32 {
@@ -23,43 +21,75 @@ pub fn ggml_expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // scalef: j * 2^n, rounded once (exact in f64, then one rounding to f32).
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // scalef: j * 2^n, rounded once (exact in f64, then one rounding to f32). 2^n is built from
+    // its exponent bits (|n| <= 192 here), not with `powi`, a library call.
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * pow2) as f32
 }
 
-/// Runs `$body` with FMA enabled where the CPU has it (the results are identical either way:
-/// `mul_add` is always fused; without the feature it is a slower library call).
+/// Defines `pub fn $name` that runs `$body` compiled for AVX-512 or AVX2 with FMA where the CPU
+/// has them. The results are identical either way (`mul_add` is always fused, without the
+/// feature through a slow library call, and vectorising does not reorder Rust float operations).
 macro_rules! with_fma {
-    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* $name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn inner($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "fma")]
-                unsafe fn fma($($arg: $ty),*) {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
                     inner($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports FMA (checked just above).
-                    return unsafe { fma($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    inner($($arg),*)
+                }
+                if crate::ops::simd_level() >= 2 {
+                    // SAFETY: the CPU supports these features (checked by `simd_level`).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if crate::ops::simd_level() == 1 {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             inner($($arg),*)
         }
     };
 }
+pub(crate) use with_fma;
 
-with_fma!(swiglu_slices, fn(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    // ggml_vec_swiglu_f32: blocks of 16 use ggml_v_silu, the tail uses libm's expf.
+/// 2: AVX-512 F/VL with FMA, 1: AVX2 with FMA, 0: neither (detected once).
+pub(crate) fn simd_level() -> u8 {
+    static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("fma") && has!("avx2") {
+                return if has!("avx512f") && has!("avx512vl") {
+                    2
+                } else {
+                    1
+                };
+            }
+        }
+        0
+    })
+}
+
+with_fma!(swiglu_slices, fn(gate: &mut [f32], up: &[f32]) {
+    // ggml_vec_swiglu_f32, in place of `gate`: blocks of 16 use ggml_v_silu, the tail libm's expf.
     let n16 = gate.len() / 16 * 16;
     for i in 0..n16 {
         let x = gate[i];
-        out[i] = x / (1.0 + ggml_expf(-x)) * up[i];
+        gate[i] = x / (1.0 + ggml_expf(-x)) * up[i];
     }
     for i in n16..gate.len() {
         let x = gate[i];
-        out[i] = x / (1.0 + (-x).exp()) * up[i];
+        gate[i] = x / (1.0 + (-x).exp()) * up[i];
     }
 });
 
@@ -84,6 +114,27 @@ with_fma!(softmax_in_place, fn(xs: &mut [f32]) {
         *v *= inv;
     }
 });
+
+/// `gate = silu(gate) * up` for rows of `n`, rows spread over the compute threads.
+pub fn swiglu_rows(gate: &mut [f32], up: &[f32], n: usize) {
+    let t = gate.len() / n;
+    if t < 4 {
+        // ggml works row by row: its 16-wide blocks restart at each row.
+        for (g, u) in gate.chunks_mut(n).zip(up.chunks(n)) {
+            swiglu_slices(g, u);
+        }
+        return;
+    }
+    let gate_ptr = gate.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(t, |rows| {
+        let (a, b) = (rows.start * n, rows.end * n);
+        // SAFETY: each chunk of rows touches only its own rows of `gate`.
+        let g = unsafe { std::slice::from_raw_parts_mut((gate_ptr as *mut f32).add(a), b - a) };
+        for (g, u) in g.chunks_mut(n).zip(up[a..b].chunks(n)) {
+            swiglu_slices(g, u);
+        }
+    });
+}
 
 /// `_mm512_reduce_add_ps`: halves added pairwise down to one lane.
 #[inline(always)]
@@ -138,6 +189,14 @@ impl RmsNorm {
         Self { weight, eps }
     }
 
+    /// Normalises every row of `x` into `y` (both rows of the weight's length).
+    pub fn rows(&self, x: &[f32], y: &mut [f32]) {
+        let n = self.weight.len();
+        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            self.row(xr, yr);
+        }
+    }
+
     fn row(&self, x: &[f32], y: &mut [f32]) {
         // ggml sums the squares in double, in order.
         let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
@@ -146,68 +205,6 @@ impl RmsNorm {
         for ((y, x), w) in y.iter_mut().zip(x).zip(&self.weight) {
             *y = x * scale * w;
         }
-    }
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
-
-impl CustomOp1 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "ggml-rms-norm"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
-        let n = self.weight.len();
-        if l.shape().dims().last() != Some(&n) {
-            candle_core::bail!("rms-norm: {:?} does not end in {n}", l.shape())
-        }
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            self.row(xr, yr);
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-}
-
-/// `silu(gate) * up`, as a Candle op.
-pub struct SwiGlu;
-
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "ggml-swiglu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (gate, up) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "swiglu: shapes {:?} and {:?} differ",
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let mut out = vec![0f32; gate.len()];
-        let row = l1.shape().dims().last().copied().unwrap_or(1).max(1);
-        for ((g, u), o) in gate
-            .chunks(row)
-            .zip(up.chunks(row))
-            .zip(out.chunks_mut(row))
-        {
-            swiglu_slices(g, u, o);
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

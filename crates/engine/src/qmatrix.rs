@@ -1,9 +1,10 @@
 //! Quantized weight matrices that stay in the memory-mapped GGUF file.
 //!
 //! A [`QMatrix`] is a view of one 2-D weight tensor in the mapped file (never copied, never
-//! dequantized). It multiplies activations as a Candle custom op: the activations are quantized
+//! dequantized). It multiplies activations on slices: the activations are quantized
 //! to the weight type's dot-product partner (Q8_K for k-quants, Q8_0/Q8_1 for the 32-blocks) and
-//! multiplied with Candle's `k_quants` kernels, as ggml does.
+//! multiplied with the engine's own [`kernels`] (Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q6_K: llama.cpp's
+//! arithmetic) or, for the other types, Candle's `k_quants` kernels.
 
 use std::sync::Arc;
 
@@ -12,12 +13,12 @@ use candle_core::quantized::k_quants::{
     BlockQ8_0, GgmlType,
 };
 use candle_core::utils::barrier_pool;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use half::{bf16, f16};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{TensorInfo, TensorType};
+use crate::kernels::{self, ActKind, Job, Packed, QActs, Weights};
 use crate::quantize::quantize_row;
 
 /// Bytes of a weight tensor: a range of the shared memory map, or an owned copy when the mapped
@@ -51,6 +52,8 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     bytes: Bytes,
+    /// The whole 16-row groups in the kernels' tile layout, after [`QMatrix::pack`].
+    packed: Option<Arc<Packed>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -164,7 +167,7 @@ impl QMatrix {
                 info.name
             )));
         }
-        let bytes = if (map.as_ptr() as usize + start) % align == 0 {
+        let bytes = if (map.as_ptr() as usize + start).is_multiple_of(align) {
             Bytes::Mapped {
                 map: map.clone(),
                 start,
@@ -187,7 +190,33 @@ impl QMatrix {
             rows,
             cols,
             bytes,
+            packed: None,
         })
+    }
+
+    /// Repacks the matrix into the tile layout of the SIMD kernels when the CPU has them and
+    /// the type has one (see [`kernels::repack`]); the kernels then stream one contiguous
+    /// tile sequence. The mapped pages it read are handed back to the kernel page cache, so the
+    /// process holds one copy of the weights, not two.
+    pub fn pack(&mut self) -> Result<()> {
+        if kernels::Isa::detect() == kernels::Isa::Scalar || self.packed.is_some() {
+            return Ok(());
+        }
+        let Some(packed) = Packed::new(self.dtype, self.bytes.as_slice(), self.rows, self.cols)
+        else {
+            return Ok(());
+        };
+        let packed = packed.map_err(|e| {
+            EngineError::UnsupportedModel(format!("no memory for the repacked weights: {e}"))
+        })?;
+        self.packed = Some(Arc::new(packed));
+        if let Bytes::Mapped { map, start, len } = &self.bytes {
+            // SAFETY: the map is a read-only mapping of a file. MADV_DONTNEED only drops our
+            // page-table entries; a later read refaults the same file contents, so no borrow of
+            // the map observes a change (the tied embedding still reads single rows from it).
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, *start, *len) };
+        }
+        Ok(())
     }
 
     pub fn dtype(&self) -> TensorType {
@@ -225,30 +254,114 @@ impl QMatrix {
             let dst = &mut out[i * cols..(i + 1) * cols];
             with_block_type!(self.dtype, T => {
                 let per_row = cols / T::BLCK_SIZE;
-                T::to_float(&self.blocks::<T>()[id * per_row..(id + 1) * per_row], dst);
+                match &self.packed {
+                    // From the tiles: the mapped pages were released after packing, and reading
+                    // them back would fault in far more than one row.
+                    Some(p) if id < p.groups() * kernels::repack::COLS => {
+                        let mut blk = [T::zeros()];
+                        for (b, dst) in dst.chunks_exact_mut(T::BLCK_SIZE).enumerate() {
+                            // SAFETY: one block of plain old data, exactly its size.
+                            let bytes = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    blk.as_mut_ptr() as *mut u8,
+                                    std::mem::size_of::<T>(),
+                                )
+                            };
+                            p.block_into(id, b, bytes);
+                            T::to_float(&blk, dst);
+                        }
+                    }
+                    _ => T::to_float(&self.blocks::<T>()[id * per_row..(id + 1) * per_row], dst),
+                }
             }, else unreachable!("QMatrix::new accepts only supported types"));
         }
         Ok(())
     }
 
-    /// Embedding lookup as a (ids.len(), cols) tensor.
-    pub fn embed(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
-        let mut out = vec![0f32; ids.len() * self.cols];
-        self.rows_f32(ids, &mut out)?;
-        Ok(Tensor::from_vec(out, (ids.len(), self.cols), device)?)
-    }
-
-    /// `x @ W^T`: x is (..., cols) f32, the result (..., rows).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.apply_op1_no_bwd(self)?)
+    /// The matrix for the kernels, when they handle its type.
+    pub fn weights(&self) -> Option<Weights<'_>> {
+        kernels::act_kind(self.dtype)?;
+        Some(Weights {
+            dtype: self.dtype,
+            data: self.bytes.as_slice(),
+            packed: self.packed.as_deref(),
+            rows: self.rows,
+            cols: self.cols,
+        })
     }
 
     /// Raw matmul on slices: `dst (m x rows) = lhs (m x cols) @ W^T`.
     pub fn matmul_slices(&self, m: usize, lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
+        if let Some(w) = self.weights() {
+            let mut x = QActs::new(kernels::act_kind(self.dtype).expect("checked"));
+            x.quantize(&lhs[..m * self.cols], self.cols);
+            kernels::matmul([Job { w, dst }], &x);
+            return Ok(());
+        }
         with_block_type!(self.dtype, T => matmul::<T>(m, self.cols, lhs, self.blocks::<T>(), dst),
             else candle_core::bail!("unsupported weight type {:?}", self.dtype));
         Ok(())
     }
+}
+
+/// Quantized activations reused between calls, one buffer per format, so that matrices sharing
+/// an input quantize it once and decoding allocates nothing.
+pub struct ActBuffers {
+    q8_0: QActs,
+    q8_1: QActs,
+    q8k: QActs,
+}
+
+impl Default for ActBuffers {
+    fn default() -> Self {
+        Self {
+            q8_0: QActs::new(ActKind::Q8_0),
+            q8_1: QActs::new(ActKind::Q8_1),
+            q8k: QActs::new(ActKind::Q8K),
+        }
+    }
+}
+
+impl ActBuffers {
+    fn get(&mut self, kind: ActKind) -> &mut QActs {
+        match kind {
+            ActKind::Q8_0 => &mut self.q8_0,
+            ActKind::Q8_1 => &mut self.q8_1,
+            ActKind::Q8K => &mut self.q8k,
+        }
+    }
+}
+
+/// `dst_i (t x rows_i) = x (t x cols) @ W_i^T` for matrices that read the same input: `x` is
+/// quantized once per activation format, and the matrices of one format share one parallel
+/// region (one wake-up of the compute threads instead of one per matrix). At most
+/// [`kernels::MAX_JOBS`] matrices.
+pub fn matmul_shared(
+    x: &[f32],
+    t: usize,
+    jobs: &mut [(&QMatrix, &mut [f32])],
+    acts: &mut ActBuffers,
+) -> Result<()> {
+    for kind in [ActKind::Q8_0, ActKind::Q8_1, ActKind::Q8K] {
+        let same = |w: &QMatrix| kernels::act_kind(w.dtype) == Some(kind);
+        let Some(cols) = jobs.iter().find(|(w, _)| same(w)).map(|(w, _)| w.cols) else {
+            continue;
+        };
+        let a = acts.get(kind);
+        a.quantize(&x[..t * cols], cols);
+        let batch = jobs
+            .iter_mut()
+            .filter(|(w, _)| same(w))
+            .map(|(w, dst)| Job {
+                w: w.weights().expect("kernel type"),
+                dst: &mut dst[..t * w.rows],
+            });
+        kernels::matmul(batch, a);
+    }
+    for (w, dst) in jobs.iter_mut().filter(|(w, _)| w.weights().is_none()) {
+        w.matmul_slices(t, &x[..t * w.cols], &mut dst[..t * w.rows])?;
+    }
+    Ok(())
 }
 
 /// `dst (m x n) = lhs (m x k) @ W^T` with W's `n` rows of `k` in blocks of `T`: the activations
@@ -287,34 +400,4 @@ fn matmul<T: GgmlType>(m: usize, k: usize, lhs: &[f32], rhs: &[T], dst: &mut [f3
             }
         }
     });
-}
-
-impl CustomOp1 for QMatrix {
-    fn name(&self) -> &'static str {
-        "qmatrix-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("qmatrix: input must be contiguous")
-        };
-        let lhs = &storage.as_slice::<f32>()?[start..end];
-        let mut dims = layout.shape().dims().to_vec();
-        match dims.last_mut() {
-            Some(k) if *k == self.cols => *k = self.rows,
-            _ => candle_core::bail!(
-                "qmatrix: input {:?} does not end in {}",
-                layout.shape(),
-                self.cols
-            ),
-        }
-        let m = lhs.len() / self.cols;
-        let mut dst = vec![0f32; m * self.rows];
-        self.matmul_slices(m, lhs, &mut dst)?;
-        Ok((CpuStorage::F32(dst), Shape::from(dims)))
-    }
 }

@@ -1,8 +1,9 @@
 //! The engine against llama.cpp: logits and greedy continuations from `shared/reference/`.
 //!
-//! The reference ran llama.cpp on the CPU with an F32 KV cache and plain attention. On the F32
-//! model the engine must agree to ~1e-3; on quantized models activations are quantized slightly
-//! differently, so agreement is statistical (see the bars in each test).
+//! The reference ran llama.cpp on the CPU (x86, AVX-512) with an F32 KV cache and plain
+//! attention. On the F32 model the engine must agree to ~1e-3. On the quantized models the
+//! issue's bars are statistical, but the kernels compute what llama.cpp computes there, so the
+//! logits agree to the reference's printed precision.
 
 mod refdata;
 
@@ -120,9 +121,11 @@ fn f32_model_matches_llama_cpp_exactly() {
     }
 }
 
-/// The bars for quantized models are argmax >= 98% (margin >= 0.1), median <= 0.25 and
-/// p90 <= 0.75. `min_agree` is the argmax bar this test holds today (see each caller).
-fn check_quantized(reference: &Reference, engine: &mut Engine, label: &str, min_agree: f64) {
+/// The bars for quantized models: argmax >= 98% (margin >= 0.1), median <= 0.25 and
+/// p90 <= 0.75. The kernels reproduce llama.cpp's x86 arithmetic (its activation quantization,
+/// accumulation order and per-batch-size kernel choice), so the logits agree to the printed
+/// precision; the last check keeps it that way.
+fn check_quantized(reference: &Reference, engine: &mut Engine, label: &str) {
     let c = compare(engine, reference, 0.1);
     let agree = c.argmax_equal as f64 / c.argmax_checked.max(1) as f64;
     let (median, p90) = (percentile(&c.diffs, 0.5), percentile(&c.diffs, 0.9));
@@ -133,8 +136,8 @@ fn check_quantized(reference: &Reference, engine: &mut Engine, label: &str, min_
         agree * 100.0
     );
     assert!(
-        agree >= min_agree,
-        "{label}: argmax agreement {agree:.3} < {min_agree}: {:?}",
+        agree >= 0.98,
+        "{label}: argmax agreement {agree:.3} < 0.98: {:?}",
         c.mismatches
     );
     assert!(median <= 0.25, "{label}: median top-5 difference {median}");
@@ -142,16 +145,17 @@ fn check_quantized(reference: &Reference, engine: &mut Engine, label: &str, min_
         p90 <= 0.75,
         "{label}: 90th percentile top-5 difference {p90}"
     );
+    assert!(
+        p90 <= 1e-3,
+        "{label}: logits no longer match llama.cpp's arithmetic (p90 {p90})"
+    );
 }
 
 #[test]
 fn q4km_smollm3_matches_llama_cpp() {
     let reference = Reference::load(&reference_dir().join("tiny-smollm3-q4km.llamacpp.json"));
     let mut engine = load(&reference_dir().join("tiny-smollm3-q4km.gguf"));
-    // Open: 95-96% today against the 98% bar. The first positions of every sequence match
-    // llama.cpp to the printed precision; later ones drift after a single rounding flip in an
-    // 8-bit activation, which this random-weight model amplifies.
-    check_quantized(&reference, &mut engine, "tiny smollm3 q4_k_m", 0.95);
+    check_quantized(&reference, &mut engine, "tiny smollm3 q4_k_m");
 }
 
 #[test]
@@ -159,8 +163,7 @@ fn smollm2_q4_1_matches_llama_cpp() {
     let reference =
         Reference::load(&reference_dir().join("SmolLM2-135M-Instruct.Q4_1.llamacpp.json"));
     let mut engine = load(&smollm2_path());
-    check_quantized(&reference, &mut engine, "smollm2 q4_1", 0.98);
-    // Open: the bar is the first 16 tokens; today 'story' agrees on its first 7.
+    check_quantized(&reference, &mut engine, "smollm2 q4_1");
     for g in &reference.greedy {
         let ours = greedy(&mut engine, &g.prompt_tokens, g.generated.len());
         let same = ours
@@ -174,7 +177,7 @@ fn smollm2_q4_1_matches_llama_cpp() {
             g.generated.len()
         );
         assert!(
-            same >= 7,
+            same >= 16,
             "greedy continuation '{}': only {same} tokens agree",
             g.name
         );

@@ -1,0 +1,243 @@
+//! This engine next to llama.cpp's `llama-bench` on the same GGUF, in one run:
+//! `cargo bench -p smollm3-engine --bench compare -- MODEL.gguf [--threads 2] [--reps 3]
+//! [--prompts 128,512] [--gen 32]` (`make bench-compare MODEL=...`).
+//!
+//! Prefill (`ppN`: N tokens from an empty cache) and decode (`tgN`: N tokens one at a time) in
+//! tokens per second, medians over the repetitions as llama-bench reports them; load time and
+//! peak RSS. llama.cpp's tools are found through `LLAMA_BIN` or `~/.cache/llama-ref/bin` (see
+//! `../shared/tools/llama-cpp-reference.sh`); without them only this engine is measured.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use engine::{Engine, EngineOptions};
+
+struct Args {
+    model: PathBuf,
+    threads: usize,
+    reps: usize,
+    prompts: Vec<usize>,
+    gen: usize,
+}
+
+fn parse_args() -> Option<Args> {
+    let mut args = Args {
+        model: PathBuf::new(),
+        threads: 2,
+        reps: 3,
+        prompts: vec![128, 512],
+        gen: 32,
+    };
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--threads" => args.threads = it.next()?.parse().ok()?,
+            "--reps" => args.reps = it.next()?.parse().ok()?,
+            "--gen" => args.gen = it.next()?.parse().ok()?,
+            "--prompts" => {
+                args.prompts = it
+                    .next()?
+                    .split(',')
+                    .map(|p| p.parse().ok())
+                    .collect::<Option<_>>()?
+            }
+            _ if a.starts_with("--") => return None,
+            _ => args.model = PathBuf::from(a),
+        }
+    }
+    (!args.model.as_os_str().is_empty()).then_some(args)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Peak resident memory of process `pid` so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+struct Measured {
+    load_s: Option<f64>,
+    rss_mib: Option<f64>,
+    /// (test name, tokens per second)
+    tests: Vec<(String, f64)>,
+}
+
+fn ours(a: &Args) -> Measured {
+    engine::threads::init(a.threads);
+    let context = a.prompts.iter().copied().chain([a.gen]).max().unwrap_or(1) + 1;
+    let opts = EngineOptions {
+        context_len: context,
+        tokenizer_json: None,
+    };
+    let t0 = Instant::now();
+    let mut engine = Engine::load(&a.model, &opts)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", a.model.display()));
+    let load_s = t0.elapsed().as_secs_f64();
+    let vocab = engine.tokenizer().vocab_size() as u64;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % vocab) as u32
+            })
+            .collect()
+    };
+    let mut tests = Vec::new();
+    for &p in &a.prompts {
+        let mut runs = Vec::new();
+        for _ in 0..a.reps {
+            let toks = tokens(p);
+            engine.reset();
+            let t = Instant::now();
+            engine.feed(&toks).expect("prefill");
+            runs.push(p as f64 / t.elapsed().as_secs_f64());
+        }
+        tests.push((format!("pp{p}"), median(runs)));
+    }
+    if a.gen > 0 {
+        let mut runs = Vec::new();
+        for _ in 0..a.reps {
+            let toks = tokens(a.gen);
+            engine.reset();
+            let t = Instant::now();
+            for &tok in &toks {
+                engine.feed(&[tok]).expect("decode");
+            }
+            runs.push(a.gen as f64 / t.elapsed().as_secs_f64());
+        }
+        tests.push((format!("tg{}", a.gen), median(runs)));
+    }
+    Measured {
+        load_s: Some(load_s),
+        rss_mib: peak_rss_mib("self"),
+        tests,
+    }
+}
+
+fn llama_bench() -> Option<PathBuf> {
+    let dir = std::env::var_os("LLAMA_BIN")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/llama-ref/bin")))?;
+    let bin = dir.join("llama-bench");
+    bin.is_file().then_some(bin)
+}
+
+fn llama(bin: &Path, a: &Args) -> Option<Measured> {
+    let prompts: Vec<String> = a.prompts.iter().map(|p| p.to_string()).collect();
+    let mut child = Command::new(bin)
+        .arg("-m")
+        .arg(&a.model)
+        .args(["-t", &a.threads.to_string(), "-r", &a.reps.to_string()])
+        .args([
+            "-p",
+            &prompts.join(","),
+            "-n",
+            &a.gen.to_string(),
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // Poll the child's peak RSS while it runs (VmHWM only grows).
+    let pid = child.id().to_string();
+    let mut rss = None;
+    while child.try_wait().ok()?.is_none() {
+        rss = peak_rss_mib(&pid).or(rss);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let tests = json
+        .as_array()?
+        .iter()
+        .filter_map(|r| {
+            let (p, n) = (r["n_prompt"].as_u64()?, r["n_gen"].as_u64()?);
+            let name = if n == 0 {
+                format!("pp{p}")
+            } else {
+                format!("tg{n}")
+            };
+            // llama-bench's per-run speeds; take the median like ours.
+            let runs: Vec<f64> = r["samples_ts"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_f64())
+                .collect();
+            Some((name, median(runs)))
+        })
+        .collect();
+    Some(Measured {
+        load_s: None,
+        rss_mib: rss,
+        tests,
+    })
+}
+
+fn main() {
+    let Some(args) = parse_args() else {
+        eprintln!("usage: cargo bench --bench compare -- MODEL.gguf [--threads N] [--reps N] [--prompts 128,512] [--gen 32]");
+        return;
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{} ({} threads, {} reps; load average {})",
+        args.model.display(),
+        args.threads,
+        args.reps,
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let ours = ours(&args);
+    let theirs = match llama_bench() {
+        Some(bin) => llama(&bin, &args),
+        None => {
+            println!("llama-bench not found (set LLAMA_BIN): this engine only");
+            None
+        }
+    };
+    println!(
+        "{:<10} {:>12} {:>12} {:>8}",
+        "test", "smollm3", "llama.cpp", "ratio"
+    );
+    for (name, v) in &ours.tests {
+        let other = theirs
+            .as_ref()
+            .and_then(|t| t.tests.iter().find(|(n, _)| n == name))
+            .map(|(_, v)| *v);
+        match other {
+            Some(o) => println!("{name:<10} {v:>12.2} {o:>12.2} {:>7.2}x", v / o),
+            None => println!("{name:<10} {v:>12.2} {:>12} {:>8}", "-", "-"),
+        }
+    }
+    let fmt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2} {unit}"));
+    println!(
+        "{:<10} {:>12} {:>12}",
+        "load",
+        fmt(ours.load_s, "s"),
+        fmt(theirs.as_ref().and_then(|t| t.load_s), "s")
+    );
+    println!(
+        "{:<10} {:>12} {:>12}",
+        "peak RSS",
+        fmt(ours.rss_mib, "MiB"),
+        fmt(theirs.as_ref().and_then(|t| t.rss_mib), "MiB")
+    );
+}

@@ -1,0 +1,276 @@
+//! Quantized matrix products on the memory-mapped GGUF bytes, computing what llama.cpp computes.
+//!
+//! - [`act`]: activation rows quantized once ([`QActs`]) to the weight type's partner (Q8_0,
+//!   Q8_1 or Q8_K) with llama.cpp's rounding, plus sums the kernels reuse.
+//! - [`blocks32`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), [`q4k`], [`q6k`]: one file per block family,
+//!   each with a scalar definition that follows llama.cpp's x86 accumulation order (so results
+//!   match it bit for bit, not just closely), AVX-512 VNNI kernels and AVX2 kernels that are
+//!   bit-identical to it. Other CPUs run the scalar code (vectorised by the compiler).
+//! - [`repack`]: weights rearranged at load into 16-row tiles for the SIMD kernels.
+//! - [`matmul`]: several weight matrices against one [`QActs`], their columns spread over the
+//!   compute threads (Candle's barrier pool, which stays hot between calls).
+
+// SIMD code indexes arrays of registers by lane, row and column; index loops read best there.
+#![allow(clippy::needless_range_loop)]
+
+pub mod act;
+mod blocks32;
+mod q4k;
+mod q6k;
+pub mod repack;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+pub use act::{ActKind, QActs};
+pub use repack::Packed;
+
+use crate::gguf::TensorType;
+
+/// The instruction set the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable code (also the reference the SIMD kernels are tested against).
+    Scalar,
+    /// The portable code compiled for AVX2 + FMA + F16C (Haswell, Zen 1 and later), which the
+    /// compiler vectorises; the same arithmetic, so the same results.
+    Avx2,
+    /// AVX-512 F/BW/VL/DQ with VNNI (Ice Lake, Zen 4 and later).
+    Avx512,
+}
+
+impl Isa {
+    /// The best the CPU supports (detected once).
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f")
+                    && has!("avx512bw")
+                    && has!("avx512vl")
+                    && has!("avx512dq")
+                    && has!("avx512vnni")
+                    && has!("fma")
+                    && has!("f16c")
+                {
+                    return Isa::Avx512;
+                }
+                if has!("avx2") && has!("fma") && has!("f16c") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Scalar
+        })
+    }
+}
+
+/// The activation format a weight type multiplies with, for the types these kernels handle.
+pub fn act_kind(dtype: TensorType) -> Option<ActKind> {
+    match dtype {
+        TensorType::Q4_0 | TensorType::Q5_0 | TensorType::Q8_0 => Some(ActKind::Q8_0),
+        TensorType::Q4_1 | TensorType::Q5_1 => Some(ActKind::Q8_1),
+        TensorType::Q4K | TensorType::Q6K => Some(ActKind::Q8K),
+        _ => None,
+    }
+}
+
+/// A weight matrix: `rows` output features of `cols` inputs, in the GGUF's block format, and
+/// optionally its whole 16-row groups repacked into tiles (used by the AVX-512 kernels; `data`
+/// then still holds the leftover rows).
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    pub dtype: TensorType,
+    pub data: &'a [u8],
+    pub packed: Option<&'a Packed>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// One product of a [`matmul`] call: `dst (m x w.rows) = x @ w^T`, row-major.
+pub struct Job<'a> {
+    pub w: Weights<'a>,
+    pub dst: &'a mut [f32],
+}
+
+/// Where a kernel writes: `dst[r * n + c]`. Threads write disjoint column ranges.
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    ptr: *mut f32,
+    n: usize,
+}
+
+// SAFETY: every (row, column) is written by exactly one thread while the owner waits.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    #[inline(always)]
+    fn put(self, r: usize, c: usize, v: f32) {
+        // SAFETY: kernels only write rows < m and columns < n of an m x n buffer.
+        unsafe { *self.ptr.add(r * self.n + c) = v }
+    }
+
+    /// Start of row `r`.
+    #[inline(always)]
+    fn row(self, r: usize) -> *mut f32 {
+        // SAFETY: as for `put`.
+        unsafe { self.ptr.add(r * self.n) }
+    }
+}
+
+/// Columns per work item: the AVX-512 Q4_K tile, and a whole cache line of f32 outputs.
+const TILE: usize = 16;
+
+/// At most this many matrices per [`matmul`] call (Q, K and V share one input).
+pub const MAX_JOBS: usize = 4;
+
+/// Runs every job (at most [`MAX_JOBS`]) against `x` on the compute threads, in one parallel
+/// region; allocates nothing.
+pub fn matmul<'a>(jobs: impl IntoIterator<Item = Job<'a>>, x: &QActs) {
+    matmul_with(Isa::detect(), jobs, x)
+}
+
+/// [`matmul`] with a chosen instruction set (tests compare them).
+pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QActs) {
+    let m = x.rows();
+    let mut outs: [Option<(Weights, Out)>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut starts = [0usize; MAX_JOBS + 1];
+    let mut total = 0;
+    for (j, job) in jobs.into_iter().enumerate() {
+        assert!(j < MAX_JOBS, "more than {MAX_JOBS} matrices in one call");
+        let w = job.w;
+        assert_eq!(act_kind(w.dtype), Some(x.kind()), "{:?} weights", w.dtype);
+        assert_eq!(w.cols, x.cols(), "row length");
+        let row_bytes = w.cols / w.dtype.block_size() as usize * w.dtype.type_size() as usize;
+        let packed = w.packed.map_or(0, |p| p.groups() * repack::COLS);
+        assert!(
+            w.data.len() >= w.rows * row_bytes || packed > 0,
+            "weight bytes"
+        );
+        assert!(job.dst.len() >= m * w.rows, "output size");
+        starts[j] = total;
+        total += w.rows.div_ceil(TILE);
+        starts[j + 1] = total;
+        outs[j] = Some((
+            w,
+            Out {
+                ptr: job.dst.as_mut_ptr(),
+                n: w.rows,
+            },
+        ));
+    }
+    let run = |items: std::ops::Range<usize>| {
+        // Items are consecutive tiles; run each job's share as one column range.
+        for (j, (w, out)) in outs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, o)| Some((j, o.as_ref()?)))
+        {
+            let (lo, hi) = (items.start.max(starts[j]), items.end.min(starts[j + 1]));
+            if lo < hi {
+                let cols = (lo - starts[j]) * TILE..((hi - starts[j]) * TILE).min(w.rows);
+                run_cols(isa, w, x, cols, *out);
+            }
+        }
+    };
+    if total <= 1 || m == 0 {
+        run(0..total);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(total, run);
+    }
+}
+
+/// Columns `cols` of one matrix, on this thread.
+fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
+    use blocks32::{Q4_0, Q4_1, Q8_0};
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512 | Isa::Avx2, Some(p)) = (isa, w.packed) {
+        let g0 = cols.start.div_ceil(TILE);
+        let g1 = (cols.end / TILE).min(p.groups());
+        if g0 < g1 {
+            let g = g0..g1;
+            // SAFETY: the ISA is only chosen when the CPU has its features.
+            unsafe {
+                match (isa, w.dtype) {
+                    (Isa::Avx512, TensorType::Q4_0) => {
+                        blocks32::avx512::matmul_packed::<Q4_0>(p, x, g, out)
+                    }
+                    (Isa::Avx512, TensorType::Q4_1) => {
+                        blocks32::avx512::matmul_packed::<Q4_1>(p, x, g, out)
+                    }
+                    (Isa::Avx512, TensorType::Q8_0) => {
+                        blocks32::avx512::matmul_packed::<Q8_0>(p, x, g, out)
+                    }
+                    (Isa::Avx512, TensorType::Q4K) => q4k::avx512::matmul_packed(p, x, g, out),
+                    (Isa::Avx512, TensorType::Q6K) => q6k::avx512::matmul_packed(p, x, g, out),
+                    (_, TensorType::Q4_0) => blocks32::avx2::matmul_packed::<Q4_0>(p, x, g, out),
+                    (_, TensorType::Q4_1) => blocks32::avx2::matmul_packed::<Q4_1>(p, x, g, out),
+                    (_, TensorType::Q8_0) => blocks32::avx2::matmul_packed::<Q8_0>(p, x, g, out),
+                    (_, TensorType::Q4K) => q4k::avx2::matmul_packed(p, x, g, out),
+                    (_, TensorType::Q6K) => q6k::avx2::matmul_packed(p, x, g, out),
+                    (_, t) => unreachable!("{t:?} is never packed"),
+                }
+            }
+            let rest = Weights { packed: None, ..*w };
+            if cols.start < g0 * TILE {
+                run_cols(isa, &rest, x, cols.start..g0 * TILE, out);
+            }
+            if g1 * TILE < cols.end {
+                run_cols(isa, &rest, x, g1 * TILE..cols.end, out);
+            }
+            return;
+        }
+    }
+    // The k-quants' unpacked matrices (tails of tiled ones, Q4_K that llama.cpp does not repack)
+    // run the portable definition, compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2
+        || (isa == Isa::Avx512 && matches!(w.dtype, TensorType::Q4K | TensorType::Q6K))
+    {
+        // SAFETY: both ISAs are only chosen on CPUs with AVX2, FMA and F16C.
+        return unsafe { run_cols_avx2(w, x, cols, out) };
+    }
+    run_cols_portable(isa, w, x, cols, out)
+}
+
+/// [`run_cols_portable`] compiled for AVX2 (the portable kernels are inlined into it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_cols_avx2(w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
+    run_cols_portable(Isa::Scalar, w, x, cols, out)
+}
+
+#[inline(always)]
+fn run_cols_portable(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
+    use blocks32::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    let d = w.data;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: `Isa::Avx512` is only chosen when the CPU has these features.
+            unsafe {
+                match w.dtype {
+                    TensorType::Q4_0 => blocks32::avx512::matmul::<Q4_0>(d, x, cols, out),
+                    TensorType::Q4_1 => blocks32::avx512::matmul::<Q4_1>(d, x, cols, out),
+                    TensorType::Q5_0 => blocks32::avx512::matmul::<Q5_0>(d, x, cols, out),
+                    TensorType::Q5_1 => blocks32::avx512::matmul::<Q5_1>(d, x, cols, out),
+                    TensorType::Q8_0 => blocks32::avx512::matmul::<Q8_0>(d, x, cols, out),
+                    t => unreachable!("{t:?} has no AVX-512 kernel on file layout"),
+                }
+            }
+        }
+        _ => match w.dtype {
+            TensorType::Q4_0 => blocks32::matmul_scalar::<Q4_0>(d, x, cols, out),
+            TensorType::Q4_1 => blocks32::matmul_scalar::<Q4_1>(d, x, cols, out),
+            TensorType::Q5_0 => blocks32::matmul_scalar::<Q5_0>(d, x, cols, out),
+            TensorType::Q5_1 => blocks32::matmul_scalar::<Q5_1>(d, x, cols, out),
+            TensorType::Q8_0 => blocks32::matmul_scalar::<Q8_0>(d, x, cols, out),
+            TensorType::Q4K => q4k::matmul_scalar(d, w.rows, x, cols, out),
+            TensorType::Q6K => q6k::matmul_scalar(d, x, cols, out),
+            t => unreachable!("{t:?} has no kernel"),
+        },
+    }
+}

@@ -95,27 +95,11 @@ fn q8_1(x: &[f32], out: &mut [Q8_1]) {
 /// `nearest_int` (half to even), and 16-element block sums.
 fn q8k(x: &[f32], out: &mut [Q8K]) {
     for (xs, y) in x.chunks_exact(256).zip(out) {
-        let (mut max, mut amax) = (0f32, 0f32);
-        for &v in xs {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
-            y.d = 0.0;
-            y.qs.fill(0);
-            y.bsums.fill(0);
-            continue;
-        }
-        let iscale = -127.0 / max;
-        for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
-        }
+        let xs: &[f32; 256] = xs.try_into().expect("256-element chunk");
+        y.d = crate::kernels::act::q8k_block(xs, &mut y.qs);
         for (s, qs) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
             *s = qs.iter().map(|&q| q as i16).sum();
         }
-        y.d = 1.0 / iscale;
     }
 }
 

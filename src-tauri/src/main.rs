@@ -17,7 +17,6 @@ mod views;
 mod windows;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Parser;
 use tauri::Manager;
@@ -62,14 +61,12 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let views = Arc::new(views::Views::new());
     tauri::Builder::default()
         .plugin(tauri_plugin_global_shortcut::Builder::new().build())
         .plugin(tauri_plugin_dialog::init())
         .register_asynchronous_uri_scheme_protocol("app", move |ctx, request, responder| {
             let app = ctx.app_handle().clone();
-            let label = ctx.webview_label().to_string();
-            std::thread::spawn(move || responder.respond(routes::handle(&app, &label, &request)));
+            std::thread::spawn(move || responder.respond(routes::handle(&app, &request)));
         })
         .setup(move |app| {
             let handle = app.handle().clone();
@@ -82,7 +79,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
             app.manage(core);
             app.manage(models);
-            app.manage(views.clone());
+            app.manage(views::Views::new());
             windows::open_main(&handle);
             if let Err(e) = windows::build_tray(&handle) {
                 tracing::warn!(error = %e, "no tray icon (is a StatusNotifier host running?)");

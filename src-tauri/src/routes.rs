@@ -1,8 +1,6 @@
 //! The router of the `app://` protocol: static files, pages, and the htmx endpoints (table in `doc/app.md`).
 //! Handlers call the chat core and render fragments; errors become a visible toast, never a crash.
 
-use std::sync::Arc;
-
 use chat::{CommandAction, SendOutcome};
 use serde_json::json;
 use tauri::http::{self, Method, StatusCode};
@@ -15,11 +13,7 @@ use crate::pages::{message_views, ChatView, MessageView};
 use crate::views::Views;
 use crate::windows;
 
-pub fn handle(
-    app: &AppHandle,
-    window: &str,
-    req: &http::Request<Vec<u8>>,
-) -> http::Response<Vec<u8>> {
+pub fn handle(app: &AppHandle, req: &http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
     let path = req.uri().path();
     if path.starts_with("/static/") || path.starts_with("/vendor/") {
         return match app.asset_resolver().get(path.to_string()) {
@@ -31,14 +25,13 @@ pub fn handle(
     }
     let req = Request::from_http(req);
     let core = app.state::<Core>();
-    let views = app.state::<Arc<Views>>();
+    let views = app.state::<Views>();
     let models = app.state::<Models>();
     let ctx = Ctx {
         app,
         core: &core,
         models: &models,
         views: &views,
-        window,
     };
     let reply = match route(&ctx, &req) {
         Ok(r) => r,
@@ -49,7 +42,6 @@ pub fn handle(
                 "toast.html",
                 json!({"kind": "error", "text": e.to_string()}),
             ))
-            .status(StatusCode::OK)
             .trigger("request-failed")
             .retarget_toast()
         }
@@ -62,9 +54,6 @@ struct Ctx<'a> {
     core: &'a Core,
     models: &'a Models,
     views: &'a Views,
-    /// The window that asked (`main`, `quick`, `settings`).
-    #[allow(dead_code)]
-    window: &'a str,
 }
 
 type Result<T> = std::result::Result<T, RouteError>;

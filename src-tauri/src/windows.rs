@@ -12,13 +12,17 @@ pub const SETTINGS: &str = "settings";
 pub const QUICK: &str = "quick";
 
 /// The URL of `path` on our protocol: `app://localhost/…` (Linux, macOS) or `http://app.localhost/…`.
-pub fn app_url(path: &str) -> WebviewUrl {
+fn page_url(path: &str) -> tauri::Url {
     let base = if cfg!(any(windows, target_os = "android")) {
         "http://app.localhost"
     } else {
         "app://localhost"
     };
-    WebviewUrl::CustomProtocol(format!("{base}{path}").parse().expect("static URL"))
+    format!("{base}{path}").parse().expect("static URL")
+}
+
+fn app_url(path: &str) -> WebviewUrl {
+    WebviewUrl::CustomProtocol(page_url(path))
 }
 
 /// Shows (creating if needed) and focuses the window `label`.
@@ -51,11 +55,7 @@ pub fn open_main(app: &AppHandle) {
 pub fn show_chat_in_main(app: &AppHandle, chat_id: i64) {
     open_main(app);
     if let Some(w) = app.get_webview_window(MAIN) {
-        let url = match app_url(&format!("/chats/{chat_id}")) {
-            WebviewUrl::CustomProtocol(u) => u,
-            _ => return,
-        };
-        if let Err(e) = w.navigate(url) {
+        if let Err(e) = w.navigate(page_url(&format!("/chats/{chat_id}"))) {
             tracing::warn!(error = %e, "could not open the chat in the main window");
         }
     }

@@ -63,11 +63,11 @@ impl Request {
     }
 }
 
+/// A path segment: `%XX` escapes only (`+` is a plus sign in paths, unlike in forms).
 fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn decode_pairs(s: &str) -> HashMap<String, String> {
@@ -180,6 +180,13 @@ mod tests {
         assert_eq!(r.path(), ["chats", "12", "messages"]);
         assert_eq!(r.param("after"), Some("3"));
         assert_eq!(r.param("text"), Some("hello /world & more"));
+        let plus = Request::from_http(
+            &http::Request::builder()
+                .uri("app://localhost/models/a+b%20c.gguf")
+                .body(Vec::new())
+                .unwrap(),
+        );
+        assert_eq!(plus.path(), ["models", "a+b c.gguf"]);
         assert!(r.htmx);
     }
 

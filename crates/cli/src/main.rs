@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use engine::{ChatMessage, ChatOptions, Engine, EngineOptions, GenerationEvent, GenerationParams};
+use engine::{
+    bench, ChatMessage, ChatOptions, Engine, EngineOptions, GenerationEvent, GenerationParams,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -450,24 +452,6 @@ fn chat(
     Ok(())
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
-}
-
-/// Peak resident memory of this process (VmHWM), in MiB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// Like llama-bench: prefill `prompt_tokens` from an empty cache, then decode `gen_tokens` one at
 /// a time from an empty cache, with pseudo-random token ids.
 fn bench(
@@ -482,36 +466,18 @@ fn bench(
     let t0 = Instant::now();
     let mut engine = args.load()?;
     let load_s = t0.elapsed().as_secs_f64();
-    let vocab = engine.tokenizer().vocab_size() as u64;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rand_tokens = |n: usize| -> Vec<u32> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % vocab) as u32
-            })
-            .collect()
-    };
+    let mut source = bench::TokenSource::new(engine.tokenizer().vocab_size());
     let reps = reps.max(1);
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         if prompt_tokens > 0 {
-            let toks = rand_tokens(prompt_tokens);
-            engine.reset();
-            let t = Instant::now();
-            engine.feed(&toks)?;
-            pp.push(prompt_tokens as f64 / t.elapsed().as_secs_f64());
+            pp.push(bench::prefill_tok_s(
+                &mut engine,
+                &source.take(prompt_tokens),
+            )?);
         }
         if gen_tokens > 0 {
-            let toks = rand_tokens(gen_tokens);
-            engine.reset();
-            let t = Instant::now();
-            for &tok in &toks {
-                engine.feed(&[tok])?;
-            }
-            tg.push(gen_tokens as f64 / t.elapsed().as_secs_f64());
+            tg.push(bench::decode_tok_s(&mut engine, &source.take(gen_tokens))?);
         }
     }
     let out = json!({
@@ -521,9 +487,9 @@ fn bench(
         "gen_tokens": gen_tokens,
         "repetitions": reps,
         "load_s": load_s,
-        "prefill_tok_s": median(pp),
-        "decode_tok_s": median(tg),
-        "peak_rss_mb": peak_rss_mb(),
+        "prefill_tok_s": bench::median(pp),
+        "decode_tok_s": bench::median(tg),
+        "peak_rss_mb": bench::peak_rss_mib("self").unwrap_or(0.0),
     });
     if json {
         println!("{out}");

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use engine::bench::{decode_tok_s, median, peak_rss_mib, prefill_tok_s, TokenSource};
 use engine::{Engine, EngineOptions};
 
 struct Args {
@@ -49,23 +50,6 @@ fn parse_args() -> Option<Args> {
     (!args.model.as_os_str().is_empty()).then_some(args)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Peak resident memory of process `pid` so far (VmHWM), in MiB.
-fn peak_rss_mib(pid: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 struct Measured {
     load_s: Option<f64>,
     rss_mib: Option<f64>,
@@ -84,41 +68,18 @@ fn ours(a: &Args) -> Measured {
     let mut engine = Engine::load(&a.model, &opts)
         .unwrap_or_else(|e| panic!("loading {}: {e}", a.model.display()));
     let load_s = t0.elapsed().as_secs_f64();
-    let vocab = engine.tokenizer().vocab_size() as u64;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut tokens = |n: usize| -> Vec<u32> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % vocab) as u32
-            })
-            .collect()
-    };
+    let mut source = TokenSource::new(engine.tokenizer().vocab_size());
     let mut tests = Vec::new();
     for &p in &a.prompts {
-        let mut runs = Vec::new();
-        for _ in 0..a.reps {
-            let toks = tokens(p);
-            engine.reset();
-            let t = Instant::now();
-            engine.feed(&toks).expect("prefill");
-            runs.push(p as f64 / t.elapsed().as_secs_f64());
-        }
+        let runs = (0..a.reps)
+            .map(|_| prefill_tok_s(&mut engine, &source.take(p)).expect("prefill"))
+            .collect();
         tests.push((format!("pp{p}"), median(runs)));
     }
     if a.gen > 0 {
-        let mut runs = Vec::new();
-        for _ in 0..a.reps {
-            let toks = tokens(a.gen);
-            engine.reset();
-            let t = Instant::now();
-            for &tok in &toks {
-                engine.feed(&[tok]).expect("decode");
-            }
-            runs.push(a.gen as f64 / t.elapsed().as_secs_f64());
-        }
+        let runs = (0..a.reps)
+            .map(|_| decode_tok_s(&mut engine, &source.take(a.gen)).expect("decode"))
+            .collect();
         tests.push((format!("tg{}", a.gen), median(runs)));
     }
     Measured {

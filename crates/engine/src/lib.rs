@@ -17,6 +17,7 @@
 //! The binary `smollm3` is a thin CLI over this library.
 
 pub mod attention;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,90 @@
+//! llama-bench-style measurements, shared by `smollm3 bench` and `benches/compare.rs`: prefill of N
+//! pseudo-random tokens from an empty cache, decode of N tokens one at a time from an empty cache,
+//! medians over repetitions, and the process's peak resident memory.
+
+use std::time::Instant;
+
+use crate::{Engine, Result};
+
+/// Pseudo-random token ids (xorshift64), the same sequence on every run for a given vocabulary.
+pub struct TokenSource {
+    state: u64,
+    vocab: u64,
+}
+
+impl TokenSource {
+    pub fn new(vocab_size: usize) -> Self {
+        Self {
+            state: 0x9E37_79B9_7F4A_7C15,
+            vocab: vocab_size.max(1) as u64,
+        }
+    }
+
+    pub fn take(&mut self, n: usize) -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                let x = &mut self.state;
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                (*x % self.vocab) as u32
+            })
+            .collect()
+    }
+}
+
+/// Tokens per second prefilling `tokens` in one batch from an empty cache.
+pub fn prefill_tok_s(engine: &mut Engine, tokens: &[u32]) -> Result<f64> {
+    engine.reset();
+    let t = Instant::now();
+    engine.feed(tokens)?;
+    Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Tokens per second feeding `tokens` one at a time from an empty cache (decoding).
+pub fn decode_tok_s(engine: &mut Engine, tokens: &[u32]) -> Result<f64> {
+    engine.reset();
+    let t = Instant::now();
+    for &tok in tokens {
+        engine.feed(&[tok])?;
+    }
+    Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The median (the mean of the middle two for an even count); 0 for no values.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Peak resident memory of process `pid` (`"self"` for this one) so far (VmHWM), in MiB; Linux only.
+pub fn peak_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_source_is_repeatable_and_in_range() {
+        let a = TokenSource::new(100).take(50);
+        assert_eq!(a, TokenSource::new(100).take(50));
+        assert!(a.iter().all(|&t| t < 100));
+        assert!(a.iter().any(|&t| t != a[0]));
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+}

@@ -309,10 +309,10 @@ impl ChatApp {
         let (user, answer) = {
             let mut store = core.store.lock().unwrap();
             let user = store.add_message(command_message(chat_id, Role::User, text))?;
-            let answer = store.add_message(NewMessage {
-                status: MessageStatus::Streaming,
-                ..command_message(chat_id, Role::Assistant, "")
-            })?;
+            let answer = store.add_message(NewMessage::answer_placeholder(
+                chat_id,
+                MessageKind::Command,
+            ))?;
             (user, answer)
         };
         core.seed_log(chat_id)?;

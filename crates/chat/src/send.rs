@@ -69,13 +69,8 @@ impl ChatApp {
                 content: text,
                 status: MessageStatus::Complete,
             })?;
-            let answer = store.add_message(NewMessage {
-                chat_id,
-                role: Role::Assistant,
-                kind: MessageKind::Chat,
-                content: "",
-                status: MessageStatus::Streaming,
-            })?;
+            let answer =
+                store.add_message(NewMessage::answer_placeholder(chat_id, MessageKind::Chat))?;
             (user, answer)
         };
         self.start_generation(&mut jobs, chat_id, answer.id)?;
@@ -225,13 +220,10 @@ impl ChatApp {
                 .find(|m| m.role == Role::User)
                 .ok_or_else(|| ChatError::Invalid("there is no question to answer again".into()))?;
             store.delete_messages_from(old.chat_id, message_id)?;
-            let answer = store.add_message(NewMessage {
-                chat_id: old.chat_id,
-                role: Role::Assistant,
-                kind: MessageKind::Chat,
-                content: "",
-                status: MessageStatus::Streaming,
-            })?;
+            let answer = store.add_message(NewMessage::answer_placeholder(
+                old.chat_id,
+                MessageKind::Chat,
+            ))?;
             (question, answer)
         };
         self.start_generation(&mut jobs, old.chat_id, answer.id)?;

@@ -113,6 +113,19 @@ pub struct NewMessage<'a> {
     pub status: MessageStatus,
 }
 
+impl NewMessage<'static> {
+    /// The empty assistant message an answer (or a streamed command reply) is written into.
+    pub fn answer_placeholder(chat_id: ChatId, kind: MessageKind) -> Self {
+        NewMessage {
+            chat_id,
+            role: Role::Assistant,
+            kind,
+            content: "",
+            status: MessageStatus::Streaming,
+        }
+    }
+}
+
 /// The final state of a streamed message.
 #[derive(Clone, Debug, Default)]
 pub struct FinishedMessage {

@@ -206,20 +206,14 @@ mod tests {
     use super::*;
     use crate::protocol::EventLog;
     use crate::settings::Settings;
-    use crate::store::{MessageKind, NewMessage, Role, Store};
+    use crate::store::{MessageKind, NewMessage, Store};
 
     #[test]
     fn thinking_is_stored_with_its_duration_and_streams_before_the_answer() {
         let mut store = Store::open_in_memory().unwrap();
         let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
         let msg = store
-            .add_message(NewMessage {
-                chat_id: chat.id,
-                role: Role::Assistant,
-                kind: MessageKind::Chat,
-                content: "",
-                status: MessageStatus::Streaming,
-            })
+            .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
             .unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let seen = events.clone();

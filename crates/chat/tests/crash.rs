@@ -95,13 +95,7 @@ fn child_store_writer() {
             .unwrap();
         say(format!("{} question {i}", q.id));
         let a = store
-            .add_message(NewMessage {
-                chat_id: chat.id,
-                role: Role::Assistant,
-                kind: MessageKind::Chat,
-                content: "",
-                status: MessageStatus::Streaming,
-            })
+            .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
             .unwrap();
         let answer = format!("answer {i} ").repeat(50);
         for cut in [10, 100, 300] {

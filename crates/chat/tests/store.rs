@@ -76,13 +76,7 @@ fn chats_and_messages_round_trip() {
     assert_eq!(chat.settings["temperature"], 0.5);
     let q = add(&mut store, chat.id, Role::User, "What is 2+2?");
     let a = store
-        .add_message(NewMessage {
-            chat_id: chat.id,
-            role: Role::Assistant,
-            kind: MessageKind::Chat,
-            content: "",
-            status: MessageStatus::Streaming,
-        })
+        .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
         .unwrap();
     store.checkpoint(a.id, "It is", "").unwrap();
     assert_eq!(store.message(a.id).unwrap().content, "It is");
@@ -293,13 +287,7 @@ fn streaming_rows_become_interrupted_on_reopen_with_their_checkpoint() {
         let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
         add(&mut store, chat.id, Role::User, "hello");
         let a = store
-            .add_message(NewMessage {
-                chat_id: chat.id,
-                role: Role::Assistant,
-                kind: MessageKind::Chat,
-                content: "",
-                status: MessageStatus::Streaming,
-            })
+            .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
             .unwrap();
         store.checkpoint(a.id, "Hello! How", "").unwrap();
         a.id
@@ -330,13 +318,7 @@ fn the_model_sees_only_the_conversation_after_the_last_reset() {
         .unwrap();
     let q = add(&mut store, chat.id, Role::User, "new question");
     let failed = store
-        .add_message(NewMessage {
-            chat_id: chat.id,
-            role: Role::Assistant,
-            kind: MessageKind::Chat,
-            content: "",
-            status: MessageStatus::Streaming,
-        })
+        .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
         .unwrap();
     let done = FinishedMessage {
         content: "partial".into(),

@@ -73,13 +73,20 @@ fn forward(app: &AppHandle, event: AppEvent) {
         AppEvent::ChatsChanged => app.emit("app-state", json!({"trigger": "chats-changed"})),
         AppEvent::SettingsChanged(s) => {
             if let Err(e) = windows::set_quick_shortcut(app, &s.quick_chat_shortcut) {
-                let _ = app.emit("app-state", json!({"toast": e, "kind": "error"}));
+                toast(app, &e, "error");
             }
             app.emit("app-state", json!({"trigger": "settings-changed"}))
         }
     };
     if let Err(e) = sent {
         tracing::warn!(event = event.name(), error = %e, "could not emit");
+    }
+}
+
+/// Shows `text` as a toast in every window; `kind` is `""` or `"error"`.
+pub fn toast(app: &AppHandle, text: &str, kind: &str) {
+    if let Err(e) = app.emit("app-state", json!({"toast": text, "kind": kind})) {
+        tracing::warn!(error = %e, "could not show a toast: {text}");
     }
 }
 

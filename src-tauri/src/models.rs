@@ -99,7 +99,7 @@ impl Models {
             if let Some(path) = installed {
                 *active.lock().unwrap() = None;
                 if let Err(e) = app.state::<Core>().app().load_model(path) {
-                    toast(&app, &e.to_string());
+                    crate::bridge::toast(&app, &e.to_string(), "error");
                 }
             }
             notify(&app);
@@ -239,16 +239,12 @@ pub fn import_dropped(app: &AppHandle, path: &Path) {
                 json!({"toast": format!("Imported {}; loading it now.", p.display()), "trigger": "model-changed"}),
             );
         }
-        Err(e) => toast(app, &e),
+        Err(e) => crate::bridge::toast(app, &e, "error"),
     }
 }
 
 fn notify(app: &AppHandle) {
     let _ = app.emit("app-state", json!({"trigger": "download-progress"}));
-}
-
-fn toast(app: &AppHandle, text: &str) {
-    let _ = app.emit("app-state", json!({"toast": text, "kind": "error"}));
 }
 
 #[cfg(test)]

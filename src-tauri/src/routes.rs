@@ -437,7 +437,7 @@ fn offer_to_save(app: &AppHandle, file_name: String, markdown: String) {
             Ok(()) => (format!("Saved {}", path.display()), ""),
             Err(e) => (format!("Could not save {}: {e}", path.display()), "error"),
         };
-        let _ = app.emit("app-state", json!({"toast": text, "kind": kind}));
+        crate::bridge::toast(&app, &text, kind);
     });
 }
 

@@ -44,8 +44,11 @@ pub fn start(handle: &AppHandle, args: &Args) -> anyhow::Result<Core> {
     for notice in app.notices() {
         tracing::warn!("{notice}");
     }
-    if let Some(model) = &args.model {
-        app.load_model(absolute(model))?;
+    // `open` already loads the model the settings name; load again only for a different one.
+    if let Some(model) = args.model.as_deref().map(absolute) {
+        if app.settings().model_path.as_ref() != Some(&model) {
+            app.load_model(model)?;
+        }
     }
     Ok(Core { app })
 }

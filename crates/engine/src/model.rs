@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use crate::attention::{attention, AttnShape, KvCache};
 use crate::config::ModelConfig;
@@ -111,6 +111,28 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
+/// Hands back the mapped pages of every part of the file outside `keep`: the metadata (the
+/// tokenizer and template hold their own copies by now), the norms (copied), the tiled weights
+/// (`QMatrix::pack` released most, but reading the norms faulted in their neighbours too). Only
+/// what the kernels still read from the map stays resident: a process holds one copy of its
+/// weights, and nothing else of the file.
+fn release_unread(map: &Mmap, mut keep: Vec<std::ops::Range<usize>>) {
+    keep.sort_by_key(|r| r.start);
+    let mut from = 0;
+    keep.push(map.len()..map.len());
+    for r in keep {
+        if r.start > from {
+            // SAFETY: a read-only file mapping: MADV_DONTNEED only drops our page-table entries,
+            // and a later read refaults the same file contents (the page holding the end of a
+            // kept range may be dropped with the gap after it, and is refaulted when read).
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, from, r.start - from)
+            };
+        }
+        from = from.max(r.end);
+    }
+}
+
 /// The transformer with its KV cache.
 pub struct Model {
     cfg: ModelConfig,
@@ -192,6 +214,16 @@ impl Model {
             });
         }
         let weights_bytes = gguf.tensors.iter().map(|t| t.n_bytes as usize).sum();
+        let matrices = layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        release_unread(
+            map,
+            matrices
+                .chain([&embed, &lm_head])
+                .filter_map(QMatrix::mapped_range)
+                .collect(),
+        );
         Ok(Self {
             rope: Rope::new(&cfg, max_len),
             cache: KvCache::new(cfg.n_layer, kv_dim, max_len),

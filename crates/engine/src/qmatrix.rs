@@ -219,6 +219,21 @@ impl QMatrix {
         Ok(())
     }
 
+    /// The bytes of the file this matrix still reads: its rows past the last whole tile group,
+    /// or all of it when it has no tiles. `None` once the tiles hold every row (or the bytes are
+    /// an owned copy).
+    pub fn mapped_range(&self) -> Option<std::ops::Range<usize>> {
+        let Bytes::Mapped { start, len, .. } = &self.bytes else {
+            return None;
+        };
+        let tiled = self
+            .packed
+            .as_ref()
+            .map_or(0, |p| p.groups() * kernels::repack::COLS);
+        let row_bytes = len / self.rows;
+        (tiled < self.rows).then(|| start + tiled * row_bytes..start + len)
+    }
+
     pub fn dtype(&self) -> TensorType {
         self.dtype
     }
@@ -400,4 +415,47 @@ fn matmul<T: GgmlType>(m: usize, k: usize, lhs: &[f32], rhs: &[T], dst: &mut [f3
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use memmap2::MmapMut;
+
+    use super::*;
+
+    /// A `rows` x 64 matrix of `dtype` at offset 4096 of an anonymous map (zero blocks).
+    fn matrix(dtype: TensorType, rows: usize) -> (QMatrix, usize) {
+        let len = rows * 64 / dtype.block_size() as usize * dtype.type_size() as usize;
+        let map = MmapMut::map_anon(4096 + len).expect("anonymous map");
+        let map = Arc::new(map.make_read_only().expect("read-only"));
+        let info = TensorInfo {
+            name: "w".into(),
+            dims: vec![64, rows as u64],
+            dtype,
+            offset: 4096,
+            n_bytes: len as u64,
+        };
+        (QMatrix::new(&map, &info).expect("matrix"), len)
+    }
+
+    #[test]
+    fn mapped_range_is_what_the_tiles_do_not_hold() {
+        let tiles = kernels::Isa::detect() != kernels::Isa::Scalar;
+        // 40 rows: two whole groups of 16 in tiles, 8 rows left in the file layout.
+        let (mut m, len) = matrix(TensorType::Q4_0, 40);
+        assert_eq!(m.mapped_range(), Some(4096..4096 + len));
+        m.pack().expect("pack");
+        let tail = if tiles { 4096 + len / 40 * 32 } else { 4096 };
+        assert_eq!(m.mapped_range(), Some(tail..4096 + len));
+
+        let (mut m, len) = matrix(TensorType::Q8_0, 32);
+        m.pack().expect("pack");
+        let expect = (!tiles).then_some(4096..4096 + len);
+        assert_eq!(m.mapped_range(), expect);
+
+        // Q5_0 has no tile layout: the kernels read all of it from the map.
+        let (mut m, len) = matrix(TensorType::Q5_0, 32);
+        m.pack().expect("pack");
+        assert_eq!(m.mapped_range(), Some(4096..4096 + len));
+    }
 }

@@ -61,7 +61,8 @@ macro_rules! with_fma {
 }
 pub(crate) use with_fma;
 
-/// 2: AVX-512 F/VL with FMA, 1: AVX2 with FMA, 0: neither (detected once).
+/// 2: AVX-512 F/VL with FMA, 1: AVX2 with FMA, 0: neither (detected once, at most
+/// [`simd_cap`]).
 pub(crate) fn simd_level() -> u8 {
     static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -69,15 +70,43 @@ pub(crate) fn simd_level() -> u8 {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("fma") && has!("avx2") {
-                return if has!("avx512f") && has!("avx512vl") {
+                let level = if has!("avx512f") && has!("avx512vl") {
                     2
                 } else {
                     1
                 };
+                return level.min(simd_cap());
             }
         }
         0
     })
+}
+
+/// The highest instruction set the engine may use, from `SMOLLM3_ISA` (`avx512`, `avx2` or
+/// `portable`; unset: whatever the CPU has): to measure or check the AVX2 and portable code on a
+/// machine that has more. The results are the same at every level. 2, 1 or 0 as [`simd_level`].
+pub fn simd_cap() -> u8 {
+    static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var("SMOLLM3_ISA").ok();
+        parse_simd_cap(v.as_deref()).unwrap_or_else(|| {
+            tracing::warn!(
+                value = v,
+                "SMOLLM3_ISA is not avx512, avx2 or portable; ignored"
+            );
+            2
+        })
+    })
+}
+
+/// [`simd_cap`] of a `SMOLLM3_ISA` value; `None` for one it does not know.
+fn parse_simd_cap(v: Option<&str>) -> Option<u8> {
+    match v.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "avx512" | "native") => Some(2),
+        Some("avx2") => Some(1),
+        Some("portable" | "scalar") => Some(0),
+        Some(_) => None,
+    }
 }
 
 with_fma!(swiglu_slices, fn(gate: &mut [f32], up: &[f32]) {
@@ -211,6 +240,16 @@ impl RmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smollm3_isa_caps_the_instruction_set() {
+        assert_eq!(parse_simd_cap(None), Some(2));
+        assert_eq!(parse_simd_cap(Some("AVX512")), Some(2));
+        assert_eq!(parse_simd_cap(Some(" avx2 ")), Some(1));
+        assert_eq!(parse_simd_cap(Some("portable")), Some(0));
+        assert_eq!(parse_simd_cap(Some("scalar")), Some(0));
+        assert_eq!(parse_simd_cap(Some("neon")), None);
+    }
 
     #[test]
     fn ggml_expf_is_close_to_exp() {

@@ -41,29 +41,36 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best the CPU supports (detected once).
+    /// The best the CPU supports (detected once), at most what `SMOLLM3_ISA` allows (see
+    /// [`crate::ops::simd_cap`]).
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f")
-                    && has!("avx512bw")
-                    && has!("avx512vl")
-                    && has!("avx512dq")
-                    && has!("avx512vnni")
-                    && has!("fma")
-                    && has!("f16c")
-                {
-                    return Isa::Avx512;
-                }
-                if has!("avx2") && has!("fma") && has!("f16c") {
-                    return Isa::Avx2;
-                }
-            }
-            Isa::Scalar
+        *ISA.get_or_init(|| match (Isa::detect_cpu(), crate::ops::simd_cap()) {
+            (_, 0) => Isa::Scalar,
+            (Isa::Avx512, 1) => Isa::Avx2,
+            (isa, _) => isa,
         })
+    }
+
+    fn detect_cpu() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512vl")
+                && has!("avx512dq")
+                && has!("avx512vnni")
+                && has!("fma")
+                && has!("f16c")
+            {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
     }
 }
 

@@ -344,8 +344,15 @@ pub(super) mod avx2 {
             let tiles = p.group(g).as_ptr();
             for r in 0..a.rows() {
                 let pair = r < a.gemm_rows();
-                for h in 0..2 {
-                    unsafe { half_row(tiles, p.blocks(), a, r, 16 * g + 8 * h, h, pair, dst) };
+                if a.rows() == 1 {
+                    // Decoding: the tiles stream from memory once.
+                    unsafe { row(tiles, p.blocks(), a, r, 16 * g, pair, dst) };
+                } else {
+                    // Several rows: the tiles are in cache after the first; eight columns at a
+                    // time keep every value in a register.
+                    for h in 0..2 {
+                        unsafe { half_row(tiles, p.blocks(), a, r, 16 * g + 8 * h, h, pair, dst) };
+                    }
                 }
             }
         }
@@ -359,6 +366,97 @@ pub(super) mod avx2 {
         _mm256_or_si256(v, _mm256_slli_epi32::<16>(v))
     }
 
+    /// Row `r` against the group's 16 columns, as two 8-column halves (`h`) in one pass over the
+    /// tiles: each 64-byte line is used whole while it streams in from memory.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r: usize,
+        c0: usize,
+        pair: bool,
+        dst: Out,
+    ) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bp = a.bpairs(r).as_ptr();
+        let nib = _mm256_set1_epi8(0x0f);
+        let (mut fa, mut fm) = ([_mm256_setzero_ps(); 2], [_mm256_setzero_ps(); 2]);
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let dy = _mm256_set1_ps(a.d(r)[b]);
+            let f16s = |at: usize| {
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(at) as *const __m128i) })
+            };
+            let dd = [0, 1].map(|h| _mm256_mul_ps(f16s(16 * h), dy));
+            let dm = [0, 1].map(|h| _mm256_mul_ps(f16s(32 + 16 * h), dy));
+            let mut tot = [_mm256_setzero_si256(); 2];
+            let mut totm = [_mm256_setzero_si256(); 2];
+            for p in 0..4 {
+                let mut lo = [_mm256_setzero_si256(); 2];
+                let mut hi = [_mm256_setzero_si256(); 2];
+                for w in 0..8 {
+                    let (yl, yh) = unsafe {
+                        (
+                            _mm256_set1_epi32(*y.add(64 * b + 16 * p + w)),
+                            _mm256_set1_epi32(*y.add(64 * b + 16 * p + 8 + w)),
+                        )
+                    };
+                    for h in 0..2 {
+                        let v = unsafe {
+                            _mm256_loadu_si256(
+                                t.add(320 + 64 * (8 * p + w) + 32 * h) as *const __m256i
+                            )
+                        };
+                        lo[h] = _mm256_add_epi16(
+                            lo[h],
+                            _mm256_maddubs_epi16(_mm256_and_si256(v, nib), yl),
+                        );
+                        hi[h] = _mm256_add_epi16(
+                            hi[h],
+                            _mm256_maddubs_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib),
+                                yh,
+                            ),
+                        );
+                    }
+                }
+                let ymin = _mm256_set1_epi32(unsafe { *bp.add(4 * b + p) });
+                for h in 0..2 {
+                    let isum = unsafe {
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(lo[h], pairs(t.add(64 + 32 * p + 8 * h))),
+                            _mm256_madd_epi16(hi[h], pairs(t.add(80 + 32 * p + 8 * h))),
+                        )
+                    };
+                    let mins = _mm256_cvtepu8_epi16(unsafe {
+                        _mm_loadu_si128(t.add(192 + 32 * p + 16 * h) as *const __m128i)
+                    });
+                    let imin = _mm256_madd_epi16(mins, ymin);
+                    if pair {
+                        fa[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd[h], fa[h]);
+                        fm[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), dm[h], fm[h]);
+                    } else {
+                        tot[h] = _mm256_add_epi32(tot[h], isum);
+                        totm[h] = _mm256_add_epi32(totm[h], imin);
+                    }
+                }
+            }
+            if !pair {
+                for h in 0..2 {
+                    fa[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[h]), dd[h], fa[h]);
+                    fm[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totm[h]), dm[h], fm[h]);
+                }
+            }
+        }
+        for h in 0..2 {
+            let out = unsafe { dst.row(r).add(c0 + 8 * h) };
+            unsafe { _mm256_storeu_ps(out, _mm256_sub_ps(fa[h], fm[h])) };
+        }
+    }
+
+    /// Row `r` against the eight columns of half `h` of the group.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]

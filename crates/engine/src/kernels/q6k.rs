@@ -303,6 +303,11 @@ pub(super) mod avx2 {
         let tiled = super::tiled(a);
         for g in groups {
             let tiles = p.group(g).as_ptr();
+            if a.rows() == 1 {
+                // Decoding: both halves in one pass, so the tiles stream from memory once.
+                unsafe { vec_dot_row(tiles, p.blocks(), a, 0, 16 * g, dst) };
+                continue;
+            }
             for r in 0..a.rows() {
                 for h in 0..2 {
                     let c0 = 16 * g + 8 * h;
@@ -355,6 +360,52 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn pairs(a: __m256i, b: __m256i) -> __m256i {
         _mm256_blend_epi16::<0b1010_1010>(a, _mm256_slli_epi32::<16>(b))
+    }
+
+    /// [`vec_dot_half_row`] for both halves of the group at once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_row(tiles: *const u8, nb: usize, a: &QActs, r: usize, c0: usize, dst: Out) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bs = a.bsums(r).as_ptr() as *const i32;
+        let mut acc = [[_mm256_setzero_ps(); 8]; 2];
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let d = [0, 1].map(|h| {
+                _mm256_mul_ps(
+                    _mm256_set1_ps(a.d(r)[b]),
+                    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(t.add(16 * h) as *const __m128i) }),
+                )
+            });
+            for w in 0..8 {
+                let mut isum = [_mm256_setzero_si256(); 2];
+                for j in 0..2 {
+                    let q = [0, 1].map(|h| unsafe { quants(t, j, w, h) });
+                    for c in 0..4 {
+                        let y4 = _mm256_set1_epi32(unsafe { *y.add(64 * b + 32 * j + 8 * c + w) });
+                        for h in 0..2 {
+                            let sc = unsafe { scale(t, 8 * j + 2 * c + w / 4, h) };
+                            let p = _mm256_maddubs_epi16(q[h][c], y4);
+                            isum[h] =
+                                _mm256_add_epi32(isum[h], _mm256_madd_epi16(p, pairs(sc, sc)));
+                        }
+                    }
+                }
+                let ys = _mm256_set1_epi32(unsafe { *bs.add(8 * b + w) });
+                for h in 0..2 {
+                    let scp = unsafe { pairs(scale(t, 2 * w, h), scale(t, 2 * w + 1, h)) };
+                    let sub = _mm256_madd_epi16(scp, ys);
+                    let s = _mm256_sub_epi32(isum[h], _mm256_slli_epi32::<5>(sub));
+                    acc[h][w] = _mm256_fmadd_ps(d[h], _mm256_cvtepi32_ps(s), acc[h][w]);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            let (t0, t1) = (_mm256_add_ps(acc[4], acc[0]), _mm256_add_ps(acc[5], acc[1]));
+            let (t2, t3) = (_mm256_add_ps(acc[6], acc[2]), _mm256_add_ps(acc[7], acc[3]));
+            let res = _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
+            unsafe { _mm256_storeu_ps(dst.row(r).add(c0 + 8 * h), res) };
+        }
     }
 
     #[inline]

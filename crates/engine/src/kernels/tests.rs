@@ -156,19 +156,27 @@ fn check_type<T: GgmlType>(dtype: TensorType) {
                 want[i]
             );
         }
+        let packed = Packed::new(dtype, &w, n, k).map(|p| p.expect("memory"));
         if Isa::detect() != Isa::Scalar {
             let avx2 = run(Isa::Avx2, dtype, &w, n, &x, m, k);
+            let tiled = run_packed(Isa::Avx2, dtype, &w, packed.as_ref(), n, &x, m, k);
             for i in 0..m * n {
                 assert_eq!(
                     avx2[i].to_bits(),
                     scalar[i].to_bits(),
                     "{dtype:?} m={m} n={n} out {i}: avx2"
                 );
+                assert_eq!(
+                    tiled[i].to_bits(),
+                    scalar[i].to_bits(),
+                    "{dtype:?} m={m} n={n} out {i}: avx2 packed {} scalar {}",
+                    tiled[i],
+                    scalar[i]
+                );
             }
         }
         if Isa::detect() == Isa::Avx512 {
             let simd = run(Isa::Avx512, dtype, &w, n, &x, m, k);
-            let packed = Packed::new(dtype, &w, n, k).map(|p| p.expect("memory"));
             let tiled = run_packed(Isa::Avx512, dtype, &w, packed.as_ref(), n, &x, m, k);
             for i in 0..m * n {
                 assert_eq!(

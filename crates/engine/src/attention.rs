@@ -381,6 +381,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn simd_scores_equal_the_scalar_dot() {
         if ops::simd_level() < 2 {

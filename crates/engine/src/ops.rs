@@ -63,6 +63,7 @@ pub(crate) use with_fma;
 
 /// 2: AVX-512 F/VL with FMA, 1: AVX2 with FMA, 0: neither (detected once, at most
 /// [`simd_cap`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // x86 dispatch only
 pub(crate) fn simd_level() -> u8 {
     static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -83,7 +84,7 @@ pub(crate) fn simd_level() -> u8 {
 }
 
 /// The highest instruction set the engine may use, from `SMOLLM3_ISA` (`avx512`, `avx2` or
-/// `portable`; unset: whatever the CPU has): to measure or check the AVX2 and portable code on a
+/// `portable`; unset, `native` or `neon`: whatever the CPU has): to measure or check the AVX2 and portable code on a
 /// machine that has more. The results are the same at every level. 2, 1 or 0 as [`simd_level`].
 pub fn simd_cap() -> u8 {
     static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
@@ -102,7 +103,7 @@ pub fn simd_cap() -> u8 {
 /// [`simd_cap`] of a `SMOLLM3_ISA` value; `None` for one it does not know.
 fn parse_simd_cap(v: Option<&str>) -> Option<u8> {
     match v.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("" | "avx512" | "native") => Some(2),
+        None | Some("" | "avx512" | "native" | "neon") => Some(2),
         Some("avx2") => Some(1),
         Some("portable" | "scalar") => Some(0),
         Some(_) => None,
@@ -248,7 +249,8 @@ mod tests {
         assert_eq!(parse_simd_cap(Some(" avx2 ")), Some(1));
         assert_eq!(parse_simd_cap(Some("portable")), Some(0));
         assert_eq!(parse_simd_cap(Some("scalar")), Some(0));
-        assert_eq!(parse_simd_cap(Some("neon")), None);
+        assert_eq!(parse_simd_cap(Some("neon")), Some(2));
+        assert_eq!(parse_simd_cap(Some("sse9")), None);
     }
 
     #[test]

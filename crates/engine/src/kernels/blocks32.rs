@@ -33,6 +33,7 @@ pub(super) trait Format {
 
 /// How a block stores its quants.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // offsets read by the x86 code
 pub(super) enum Layout {
     /// 16 bytes of nibbles at this offset.
     Nibbles(usize),
@@ -612,5 +613,95 @@ pub(super) mod avx2 {
             res = _mm256_add_ps(res, sacc);
         }
         unsafe { _mm256_storeu_ps(dst.row(r).add(c0), res) };
+    }
+}
+
+/// The tile kernel for ARM CPUs with the dot-product extension: each 16-column tile as four
+/// quarters of four columns, signed weights (the offset subtracted first) times activation bytes
+/// with `SDOT`; the same lanes and order as [`dot`], bit for bit.
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon {
+    use super::{Format, Layout};
+    use crate::kernels::act::QActs;
+    use crate::kernels::neon::{bcast, f16x16, hsum8, sdot};
+    use crate::kernels::Out;
+    use std::arch::aarch64::*;
+
+    /// Groups `groups` of a repacked matrix (16 columns each, see `repack`) for every row.
+    ///
+    /// # Safety
+    /// The CPU supports NEON with the dot-product extension; `p` holds `F`'s tiles.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn matmul_packed<F: Format>(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            for r in 0..a.rows() {
+                unsafe { packed_row::<F>(tiles, p.blocks(), a, r, 16 * g, dst) };
+            }
+        }
+    }
+
+    /// Row r against one group's tiles; writes columns c0..c0+16.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn packed_row<F: Format>(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r: usize,
+        c0: usize,
+        dst: Out,
+    ) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let mut acc = [[vdupq_n_f32(0.0); 8]; 4];
+        let mut sacc = [vdupq_n_f32(0.0); 4];
+        let nib = vdupq_n_u8(0x0f);
+        let offset = vdupq_n_s8(if F::SHIFT == 0 { 0 } else { 1i8 << F::SHIFT });
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * F::TILE) };
+            let dw = unsafe { f16x16(t) };
+            let dy = a.d(r)[b];
+            for k in 0..4 {
+                let dd = vmulq_n_f32(dw[k], dy);
+                for l in 0..8 {
+                    let w = unsafe {
+                        match F::LAYOUT {
+                            Layout::Bytes(_) => {
+                                vld1q_s8(t.add(F::PACKED_QS + 64 * l + 16 * k) as *const i8)
+                            }
+                            _ => {
+                                let v = vld1q_u8(t.add(F::PACKED_QS + 64 * (l % 4) + 16 * k));
+                                let u = if l < 4 {
+                                    vandq_u8(v, nib)
+                                } else {
+                                    vshrq_n_u8::<4>(v)
+                                };
+                                vsubq_s8(vreinterpretq_s8_u8(u), offset)
+                            }
+                        }
+                    };
+                    let isum = sdot(vdupq_n_s32(0), w, bcast(unsafe { *y.add(8 * b + l) }));
+                    acc[k][l] = vfmaq_f32(acc[k][l], dd, vcvtq_f32_s32(isum));
+                }
+            }
+            if F::HAS_MIN {
+                let mv = unsafe { f16x16(t.add(32)) };
+                for k in 0..4 {
+                    sacc[k] = vfmaq_n_f32(sacc[k], mv[k], a.s(r)[b]);
+                }
+            }
+        }
+        for k in 0..4 {
+            let mut res = hsum8(&acc[k]);
+            if F::HAS_MIN {
+                res = vaddq_f32(res, sacc[k]);
+            }
+            unsafe { vst1q_f32(dst.row(r).add(c0 + 4 * k), res) };
+        }
     }
 }

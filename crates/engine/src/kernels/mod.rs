@@ -4,8 +4,9 @@
 //!   Q8_1 or Q8_K) with llama.cpp's rounding, plus sums the kernels reuse.
 //! - [`blocks32`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), [`q4k`], [`q6k`]: one file per block family,
 //!   each with a scalar definition that follows llama.cpp's x86 accumulation order (so results
-//!   match it bit for bit, not just closely), AVX-512 VNNI kernels and AVX2 kernels that are
-//!   bit-identical to it. Other CPUs run the scalar code (vectorised by the compiler).
+//!   match it bit for bit, not just closely), AVX-512 VNNI, AVX2 and AArch64 NEON (dot-product
+//!   extension) kernels that are bit-identical to it. Other CPUs run the scalar code (vectorised
+//!   by the compiler).
 //! - [`repack`]: weights rearranged at load into 16-row tiles for the SIMD kernels.
 //! - [`matmul`]: several weight matrices against one [`QActs`], their columns spread over the
 //!   compute threads (Candle's barrier pool, which stays hot between calls).
@@ -20,6 +21,86 @@ mod q6k;
 pub mod repack;
 #[cfg(test)]
 mod tests;
+
+/// What the NEON kernels share.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// `acc + a . b` in each 32-bit lane, over that lane's four signed bytes (`SDOT`; stable Rust
+    /// has no intrinsic for it yet, so it is written out).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    pub fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // SAFETY: a register-only instruction of the dotprod extension, which this function
+        // requires of the CPU.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// Four bytes (an i32) in every lane.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub fn bcast(v: i32) -> int8x16_t {
+        vreinterpretq_s8_s32(vdupq_n_s32(v))
+    }
+
+    /// Sixteen halves at `p` as four vectors of four floats.
+    ///
+    /// # Safety
+    /// `p` points at 32 readable bytes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub unsafe fn f16x16(p: *const u8) -> [float32x4_t; 4] {
+        let v: [f32; 16] = std::array::from_fn(|i| {
+            // SAFETY: inside the 32 bytes.
+            let bits = unsafe { (p.add(2 * i) as *const u16).read_unaligned() };
+            half::f16::from_bits(bits).to_f32()
+        });
+        // SAFETY: 16 floats.
+        std::array::from_fn(|k| unsafe { vld1q_f32(v.as_ptr().add(4 * k)) })
+    }
+
+    /// Sixteen bytes at `p` (unsigned, or signed with `SIGNED`) as four vectors of four i32.
+    ///
+    /// # Safety
+    /// `p` points at 16 readable bytes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub unsafe fn widen16<const SIGNED: bool>(p: *const u8) -> [int32x4_t; 4] {
+        let v = unsafe { vld1q_u8(p) };
+        let (lo, hi) = if SIGNED {
+            let v = vreinterpretq_s8_u8(v);
+            (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v))
+        } else {
+            let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_high_u8(v));
+            (vreinterpretq_s16_u16(lo), vreinterpretq_s16_u16(hi))
+        };
+        [
+            vmovl_s16(vget_low_s16(lo)),
+            vmovl_high_s16(lo),
+            vmovl_s16(vget_low_s16(hi)),
+            vmovl_high_s16(hi),
+        ]
+    }
+
+    /// Eight ggml lanes per column added as `hsum_float_8` does, for four columns.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub fn hsum8(l: &[float32x4_t; 8]) -> float32x4_t {
+        let (t0, t1) = (vaddq_f32(l[4], l[0]), vaddq_f32(l[5], l[1]));
+        let (t2, t3) = (vaddq_f32(l[6], l[2]), vaddq_f32(l[7], l[3]));
+        vaddq_f32(vaddq_f32(t0, t2), vaddq_f32(t1, t3))
+    }
+}
 
 use std::sync::OnceLock;
 
@@ -38,6 +119,9 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI (Ice Lake, Zen 4 and later).
     Avx512,
+    /// AArch64 NEON with the dot-product extension (Apple M1, Cortex-A76, Neoverse N1 and
+    /// later).
+    Neon,
 }
 
 impl Isa {
@@ -70,6 +154,10 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Isa::Neon;
+        }
         Isa::Scalar
     }
 }
@@ -85,7 +173,7 @@ pub fn act_kind(dtype: TensorType) -> Option<ActKind> {
 }
 
 /// A weight matrix: `rows` output features of `cols` inputs, in the GGUF's block format, and
-/// optionally its whole 16-row groups repacked into tiles (used by the AVX-512 kernels; `data`
+/// optionally its whole 16-row groups repacked into tiles (used by the SIMD kernels; `data`
 /// then still holds the leftover rows).
 #[derive(Clone, Copy, Debug)]
 pub struct Weights<'a> {
@@ -192,35 +280,12 @@ pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QA
 
 /// Columns `cols` of one matrix, on this thread.
 fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out: Out) {
-    use blocks32::{Q4_0, Q4_1, Q8_0};
-    #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx512 | Isa::Avx2, Some(p)) = (isa, w.packed) {
+    if let (false, Some(p)) = (isa == Isa::Scalar, w.packed) {
         let g0 = cols.start.div_ceil(TILE);
         let g1 = (cols.end / TILE).min(p.groups());
         if g0 < g1 {
-            let g = g0..g1;
-            // SAFETY: the ISA is only chosen when the CPU has its features.
-            unsafe {
-                match (isa, w.dtype) {
-                    (Isa::Avx512, TensorType::Q4_0) => {
-                        blocks32::avx512::matmul_packed::<Q4_0>(p, x, g, out)
-                    }
-                    (Isa::Avx512, TensorType::Q4_1) => {
-                        blocks32::avx512::matmul_packed::<Q4_1>(p, x, g, out)
-                    }
-                    (Isa::Avx512, TensorType::Q8_0) => {
-                        blocks32::avx512::matmul_packed::<Q8_0>(p, x, g, out)
-                    }
-                    (Isa::Avx512, TensorType::Q4K) => q4k::avx512::matmul_packed(p, x, g, out),
-                    (Isa::Avx512, TensorType::Q6K) => q6k::avx512::matmul_packed(p, x, g, out),
-                    (_, TensorType::Q4_0) => blocks32::avx2::matmul_packed::<Q4_0>(p, x, g, out),
-                    (_, TensorType::Q4_1) => blocks32::avx2::matmul_packed::<Q4_1>(p, x, g, out),
-                    (_, TensorType::Q8_0) => blocks32::avx2::matmul_packed::<Q8_0>(p, x, g, out),
-                    (_, TensorType::Q4K) => q4k::avx2::matmul_packed(p, x, g, out),
-                    (_, TensorType::Q6K) => q6k::avx2::matmul_packed(p, x, g, out),
-                    (_, t) => unreachable!("{t:?} is never packed"),
-                }
-            }
+            // SAFETY: an ISA is only chosen when the CPU has its features.
+            unsafe { run_tiles(isa, w.dtype, p, x, g0..g1, out) };
             let rest = Weights { packed: None, ..*w };
             if cols.start < g0 * TILE {
                 run_cols(isa, &rest, x, cols.start..g0 * TILE, out);
@@ -241,6 +306,63 @@ fn run_cols(isa: Isa, w: &Weights, x: &QActs, cols: std::ops::Range<usize>, out:
         return unsafe { run_cols_avx2(w, x, cols, out) };
     }
     run_cols_portable(isa, w, x, cols, out)
+}
+
+/// Groups `g` of a packed matrix with the SIMD kernels of `isa`.
+///
+/// # Safety
+/// The CPU supports `isa` (not `Isa::Scalar`).
+unsafe fn run_tiles(
+    isa: Isa,
+    dtype: TensorType,
+    p: &Packed,
+    x: &QActs,
+    g: std::ops::Range<usize>,
+    out: Out,
+) {
+    use blocks32::{Q4_0, Q4_1, Q8_0};
+    // SAFETY (every arm): the caller guarantees the CPU has the ISA's features.
+    unsafe {
+        match (isa, dtype) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, TensorType::Q4_0) => {
+                blocks32::avx512::matmul_packed::<Q4_0>(p, x, g, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, TensorType::Q4_1) => {
+                blocks32::avx512::matmul_packed::<Q4_1>(p, x, g, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, TensorType::Q8_0) => {
+                blocks32::avx512::matmul_packed::<Q8_0>(p, x, g, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, TensorType::Q4K) => q4k::avx512::matmul_packed(p, x, g, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, TensorType::Q6K) => q6k::avx512::matmul_packed(p, x, g, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, TensorType::Q4_0) => blocks32::avx2::matmul_packed::<Q4_0>(p, x, g, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, TensorType::Q4_1) => blocks32::avx2::matmul_packed::<Q4_1>(p, x, g, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, TensorType::Q8_0) => blocks32::avx2::matmul_packed::<Q8_0>(p, x, g, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, TensorType::Q4K) => q4k::avx2::matmul_packed(p, x, g, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, TensorType::Q6K) => q6k::avx2::matmul_packed(p, x, g, out),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, TensorType::Q4_0) => blocks32::neon::matmul_packed::<Q4_0>(p, x, g, out),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, TensorType::Q4_1) => blocks32::neon::matmul_packed::<Q4_1>(p, x, g, out),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, TensorType::Q8_0) => blocks32::neon::matmul_packed::<Q8_0>(p, x, g, out),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, TensorType::Q4K) => q4k::neon::matmul_packed(p, x, g, out),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, TensorType::Q6K) => q6k::neon::matmul_packed(p, x, g, out),
+            (isa, t) => unreachable!("{t:?} tiles have no {isa:?} kernel"),
+        }
+    }
 }
 
 /// [`run_cols_portable`] compiled for AVX2 (the portable kernels are inlined into it).

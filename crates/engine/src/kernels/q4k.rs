@@ -533,3 +533,140 @@ pub(super) mod avx2 {
         unsafe { _mm256_storeu_ps(dst.row(r).add(c0), _mm256_sub_ps(fa, fm)) };
     }
 }
+
+/// The tile kernel for ARM CPUs with the dot-product extension: each 16-column tile as four
+/// quarters of four columns (one per 32-bit lane), nibbles times activation bytes with `SDOT`;
+/// bit-identical to the scalar definition, like the x86 kernels.
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon {
+    use crate::kernels::act::QActs;
+    use crate::kernels::neon::{bcast, f16x16, sdot, widen16};
+    use crate::kernels::Out;
+    use std::arch::aarch64::*;
+
+    const TILE: usize = 2368;
+
+    /// As [`super::avx512::matmul_packed`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports NEON with the dot-product extension; `p` holds Q4_K tiles.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn matmul_packed(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        let (m, gemm) = (a.rows(), a.gemm_rows());
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            let mut r0 = 0;
+            while r0 < m {
+                let pair = r0 < gemm;
+                let rows = ((if pair { gemm } else { m }) - r0).min(2);
+                let c0 = 16 * g;
+                unsafe {
+                    match (rows, pair) {
+                        (2, true) => packed_rows::<2, true>(tiles, p.blocks(), a, r0, c0, dst),
+                        (2, false) => packed_rows::<2, false>(tiles, p.blocks(), a, r0, c0, dst),
+                        (_, true) => packed_rows::<1, true>(tiles, p.blocks(), a, r0, c0, dst),
+                        (_, false) => packed_rows::<1, false>(tiles, p.blocks(), a, r0, c0, dst),
+                    }
+                }
+                r0 += rows;
+            }
+        }
+    }
+
+    /// Rows r0..r0+N against one group's tiles (`PAIR`: llama.cpp's GEMM rounding, else GEMV);
+    /// writes columns c0..c0+16.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn packed_rows<const N: usize, const PAIR: bool>(
+        tiles: *const u8,
+        nb: usize,
+        a: &QActs,
+        r0: usize,
+        c0: usize,
+        dst: Out,
+    ) {
+        let y: [*const i32; N] = std::array::from_fn(|i| a.qs(r0 + i).as_ptr() as *const i32);
+        let bp: [*const i32; N] = std::array::from_fn(|i| a.bpairs(r0 + i).as_ptr());
+        let mut fa = [[vdupq_n_f32(0.0); 4]; N];
+        let mut fm = [[vdupq_n_f32(0.0); 4]; N];
+        let nib = vdupq_n_u8(0x0f);
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let (d, dmin) = unsafe { (f16x16(t), f16x16(t.add(32))) };
+            let dy: [f32; N] = std::array::from_fn(|i| a.d(r0 + i)[b]);
+            let mut tot = [[vdupq_n_s32(0); 4]; N];
+            let mut totm = [[vdupq_n_s32(0); 4]; N];
+            for p in 0..4 {
+                let (s_lo, s_hi) = unsafe {
+                    (
+                        widen16::<false>(t.add(64 + 32 * p)),
+                        widen16::<false>(t.add(80 + 32 * p)),
+                    )
+                };
+                // The sub-block pair's mins, [mn[2p], mn[2p+1]] per column.
+                let mins = unsafe { vld2q_u8(t.add(192 + 32 * p)) };
+                let (mn_lo, mn_hi) = unsafe {
+                    let (mut e, mut o) = ([0u8; 16], [0u8; 16]);
+                    vst1q_u8(e.as_mut_ptr(), mins.0);
+                    vst1q_u8(o.as_mut_ptr(), mins.1);
+                    (widen16::<false>(e.as_ptr()), widen16::<false>(o.as_ptr()))
+                };
+                for k in 0..4 {
+                    let mut lo = [vdupq_n_s32(0); N];
+                    let mut hi = [vdupq_n_s32(0); N];
+                    for w in 0..8 {
+                        let v = unsafe { vld1q_u8(t.add(320 + 64 * (8 * p + w) + 16 * k)) };
+                        let vl = vreinterpretq_s8_u8(vandq_u8(v, nib));
+                        let vh = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                        for i in 0..N {
+                            let (yl, yh) = unsafe {
+                                (
+                                    *y[i].add(64 * b + 16 * p + w),
+                                    *y[i].add(64 * b + 16 * p + 8 + w),
+                                )
+                            };
+                            lo[i] = sdot(lo[i], vl, bcast(yl));
+                            hi[i] = sdot(hi[i], vh, bcast(yh));
+                        }
+                    }
+                    for i in 0..N {
+                        let isum = vmlaq_s32(vmulq_s32(lo[i], s_lo[k]), hi[i], s_hi[k]);
+                        let pairs = unsafe { *bp[i].add(4 * b + p) };
+                        let (b_lo, b_hi) = (pairs as i16 as i32, pairs >> 16);
+                        let imin = vmlaq_n_s32(vmulq_n_s32(mn_lo[k], b_lo), mn_hi[k], b_hi);
+                        if PAIR {
+                            let dd = vmulq_n_f32(d[k], dy[i]);
+                            let dm = vmulq_n_f32(dmin[k], dy[i]);
+                            fa[i][k] = vfmaq_f32(fa[i][k], vcvtq_f32_s32(isum), dd);
+                            fm[i][k] = vfmaq_f32(fm[i][k], vcvtq_f32_s32(imin), dm);
+                        } else {
+                            tot[i][k] = vaddq_s32(tot[i][k], isum);
+                            totm[i][k] = vaddq_s32(totm[i][k], imin);
+                        }
+                    }
+                }
+            }
+            if !PAIR {
+                for i in 0..N {
+                    for k in 0..4 {
+                        let dd = vmulq_n_f32(d[k], dy[i]);
+                        let dm = vmulq_n_f32(dmin[k], dy[i]);
+                        fa[i][k] = vfmaq_f32(fa[i][k], vcvtq_f32_s32(tot[i][k]), dd);
+                        fm[i][k] = vfmaq_f32(fm[i][k], vcvtq_f32_s32(totm[i][k]), dm);
+                    }
+                }
+            }
+        }
+        for i in 0..N {
+            for k in 0..4 {
+                let out = unsafe { dst.row(r0 + i).add(c0 + 4 * k) };
+                unsafe { vst1q_f32(out, vsubq_f32(fa[i][k], fm[i][k])) };
+            }
+        }
+    }
+}

@@ -497,3 +497,146 @@ pub(super) mod avx2 {
         unsafe { _mm256_storeu_ps(dst.row(r).add(c0), acc) };
     }
 }
+
+/// The tile kernel for ARM CPUs with the dot-product extension: each 16-column tile as four
+/// quarters of four columns, quants times activation bytes with `SDOT` and the scales applied
+/// per product group; bit-identical to the scalar definition.
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon {
+    use crate::kernels::act::QActs;
+    use crate::kernels::neon::{bcast, f16x16, hsum8, sdot, widen16};
+    use crate::kernels::Out;
+    use std::arch::aarch64::*;
+
+    const TILE: usize = 3360;
+
+    /// As [`super::avx512::matmul_packed`], bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports NEON with the dot-product extension; `p` holds Q6_K tiles.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn matmul_packed(
+        p: &crate::kernels::repack::Packed,
+        a: &QActs,
+        groups: std::ops::Range<usize>,
+        dst: Out,
+    ) {
+        let tiled = super::tiled(a);
+        for g in groups {
+            let tiles = p.group(g).as_ptr();
+            for r in 0..a.rows() {
+                unsafe {
+                    if tiled {
+                        tiled_row(tiles, p.blocks(), a, r, 16 * g, dst)
+                    } else {
+                        vec_dot_row(tiles, p.blocks(), a, r, 16 * g, dst)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quarter k (columns 4k..4k+4) of the four chunks' quants (0..63) of dword w of half j.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn quants(t: *const u8, j: usize, w: usize, k: usize) -> [int8x16_t; 4] {
+        let (qla, qlb, qh) = unsafe {
+            (
+                vld1q_u8(t.add(288 + 64 * (16 * j + w) + 16 * k)),
+                vld1q_u8(t.add(288 + 64 * (16 * j + 8 + w) + 16 * k)),
+                vld1q_u8(t.add(2336 + 64 * (8 * j + w) + 16 * k)),
+            )
+        };
+        let (m0f, m30) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x30));
+        let join = |l: uint8x16_t, h: uint8x16_t| {
+            vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l, m0f), vandq_u8(h, m30)))
+        };
+        [
+            join(qla, vshlq_n_u8::<4>(qh)),
+            join(qlb, vshlq_n_u8::<2>(qh)),
+            join(vshrq_n_u8::<4>(qla), qh),
+            join(vshrq_n_u8::<4>(qlb), vshrq_n_u8::<2>(qh)),
+        ]
+    }
+
+    /// The block's sixteen scales of the 16 columns, sign-extended, as [scale][quarter].
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn scales(t: *const u8) -> [[int32x4_t; 4]; 16] {
+        std::array::from_fn(|s| unsafe { widen16::<true>(t.add(32 + 16 * s)) })
+    }
+
+    /// One row, `ggml_vec_dot_q6_K_q8_K`'s eight lanes kept apart (four columns per vector).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn vec_dot_row(tiles: *const u8, nb: usize, a: &QActs, r: usize, c0: usize, dst: Out) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bs = a.bsums(r);
+        let mut acc = [[vdupq_n_f32(0.0); 8]; 4];
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let sc = unsafe { scales(t) };
+            let dw = unsafe { f16x16(t) };
+            let dy = a.d(r)[b];
+            for k in 0..4 {
+                let d = vmulq_n_f32(dw[k], dy);
+                for w in 0..8 {
+                    let mut isum = vdupq_n_s32(0);
+                    for j in 0..2 {
+                        let q = unsafe { quants(t, j, w, k) };
+                        for c in 0..4 {
+                            let y4 = bcast(unsafe { *y.add(64 * b + 32 * j + 8 * c + w) });
+                            let raw = sdot(vdupq_n_s32(0), q[c], y4);
+                            isum = vmlaq_s32(isum, raw, sc[8 * j + 2 * c + w / 4][k]);
+                        }
+                    }
+                    let (b0, b1) = (bs[16 * b + 2 * w] as i32, bs[16 * b + 2 * w + 1] as i32);
+                    let sub = vmlaq_n_s32(vmulq_n_s32(sc[2 * w][k], b0), sc[2 * w + 1][k], b1);
+                    let s = vsubq_s32(isum, vshlq_n_s32::<5>(sub));
+                    acc[k][w] = vfmaq_f32(acc[k][w], d, vcvtq_f32_s32(s));
+                }
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            unsafe { vst1q_f32(dst.row(r).add(c0 + 4 * k), hsum8(acc)) };
+        }
+    }
+
+    /// One row, llama.cpp's tiled GEMM arithmetic: the super-block's exact integer, then
+    /// `acc = fma(float(s) * d_w, d_a, acc)`.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn tiled_row(tiles: *const u8, nb: usize, a: &QActs, r: usize, c0: usize, dst: Out) {
+        let y = a.qs(r).as_ptr() as *const i32;
+        let bs = a.bsums(r);
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for b in 0..nb {
+            let t = unsafe { tiles.add(b * TILE) };
+            let sc = unsafe { scales(t) };
+            let dw = unsafe { f16x16(t) };
+            for k in 0..4 {
+                let mut tot = vdupq_n_s32(0);
+                for j in 0..2 {
+                    for w in 0..8 {
+                        let q = unsafe { quants(t, j, w, k) };
+                        for c in 0..4 {
+                            let y4 = bcast(unsafe { *y.add(64 * b + 32 * j + 8 * c + w) });
+                            let raw = sdot(vdupq_n_s32(0), q[c], y4);
+                            tot = vmlaq_s32(tot, raw, sc[8 * j + 2 * c + w / 4][k]);
+                        }
+                    }
+                }
+                let mut bias = vdupq_n_s32(0);
+                for s in 0..16 {
+                    bias = vmlaq_n_s32(bias, sc[s][k], bs[16 * b + s] as i32);
+                }
+                let s = vsubq_s32(tot, vshlq_n_s32::<5>(bias));
+                let v = vmulq_f32(vcvtq_f32_s32(s), dw[k]);
+                acc[k] = vfmaq_n_f32(acc[k], v, a.d(r)[b]);
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            unsafe { vst1q_f32(dst.row(r).add(c0 + 4 * k), *acc) };
+        }
+    }
+}

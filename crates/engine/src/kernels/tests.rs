@@ -1,5 +1,6 @@
 //! Every kernel against Candle's reference dot products (`vec_dot_unopt`) on random blocks, and
-//! the AVX-512 kernels against the scalar definitions, bit for bit.
+//! every SIMD kernel this CPU can run (AVX2, AVX-512, NEON; flat and tiled) against the scalar
+//! definitions, bit for bit.
 
 use candle_core::quantized::k_quants::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType,
@@ -157,44 +158,36 @@ fn check_type<T: GgmlType>(dtype: TensorType) {
             );
         }
         let packed = Packed::new(dtype, &w, n, k).map(|p| p.expect("memory"));
-        if Isa::detect() != Isa::Scalar {
-            let avx2 = run(Isa::Avx2, dtype, &w, n, &x, m, k);
-            let tiled = run_packed(Isa::Avx2, dtype, &w, packed.as_ref(), n, &x, m, k);
+        for isa in simd_isas() {
+            let flat = run(isa, dtype, &w, n, &x, m, k);
+            let tiled = run_packed(isa, dtype, &w, packed.as_ref(), n, &x, m, k);
             for i in 0..m * n {
                 assert_eq!(
-                    avx2[i].to_bits(),
+                    flat[i].to_bits(),
                     scalar[i].to_bits(),
-                    "{dtype:?} m={m} n={n} out {i}: avx2"
-                );
-                assert_eq!(
-                    tiled[i].to_bits(),
-                    scalar[i].to_bits(),
-                    "{dtype:?} m={m} n={n} out {i}: avx2 packed {} scalar {}",
-                    tiled[i],
-                    scalar[i]
-                );
-            }
-        }
-        if Isa::detect() == Isa::Avx512 {
-            let simd = run(Isa::Avx512, dtype, &w, n, &x, m, k);
-            let tiled = run_packed(Isa::Avx512, dtype, &w, packed.as_ref(), n, &x, m, k);
-            for i in 0..m * n {
-                assert_eq!(
-                    simd[i].to_bits(),
-                    scalar[i].to_bits(),
-                    "{dtype:?} m={m} n={n} out {i}: avx512 {} scalar {}",
-                    simd[i],
+                    "{dtype:?} m={m} n={n} out {i}: {isa:?} {} scalar {}",
+                    flat[i],
                     scalar[i]
                 );
                 assert_eq!(
                     tiled[i].to_bits(),
                     scalar[i].to_bits(),
-                    "{dtype:?} m={m} n={n} out {i}: packed {} scalar {}",
+                    "{dtype:?} m={m} n={n} out {i}: {isa:?} packed {} scalar {}",
                     tiled[i],
                     scalar[i]
                 );
             }
         }
+    }
+}
+
+/// The SIMD instruction sets this CPU can run, each checked against the scalar definitions.
+fn simd_isas() -> Vec<Isa> {
+    match Isa::detect() {
+        Isa::Scalar => vec![],
+        Isa::Avx2 => vec![Isa::Avx2],
+        Isa::Avx512 => vec![Isa::Avx2, Isa::Avx512],
+        Isa::Neon => vec![Isa::Neon],
     }
 }
 

@@ -8,15 +8,38 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver
+.PHONY: run test test-aarch64 deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
 	SMOLLM3_MODEL=$(MODEL) $(CARGO) run -p notso-smollm3
 
-## Everything CI checks: formatting, lints, the whole test suite, the app's end-to-end test.
+## Everything CI checks: formatting, lints, the whole test suite, the app's end-to-end test, and
+## the engine's ARM kernels (test-aarch64).
 test: deps ui model tauri-driver lint
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(MAKE) test-aarch64
+
+## The engine on 64-bit ARM: lints for that target, then its unit tests (every NEON kernel bit for
+## bit against the portable definitions) cross-compiled and run under QEMU. Skipped, with a
+## warning, only where rustup cannot add the target (no rustup, or its server unreachable).
+AARCH64 := aarch64-unknown-linux-gnu
+AARCH64_ENV := CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+test-aarch64:
+	@if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then \
+	  echo "installing qemu-user and the aarch64 cross compiler"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	    qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross; \
+	fi
+	@if ! rustup target list --installed 2>/dev/null | grep -qx $(AARCH64) \
+	    && ! rustup target add $(AARCH64); then \
+	  echo "WARNING: test-aarch64 skipped: rustup could not add $(AARCH64)" >&2; \
+	else \
+	  set -e; \
+	  $(AARCH64_ENV) $(CARGO) clippy -p smollm3-engine --target $(AARCH64) --all-targets -- -D warnings; \
+	  $(AARCH64_ENV) $(CARGO) test -p smollm3-engine --target $(AARCH64) --lib; \
+	fi
 
 ## System packages, installed only when missing.
 deps:

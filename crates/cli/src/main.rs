@@ -5,7 +5,6 @@ mod models;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -463,11 +462,9 @@ fn bench(
 ) -> Result<()> {
     let mut args = model.clone();
     args.context = args.context.min(prompt_tokens.max(gen_tokens) + 1).max(1);
-    let t0 = Instant::now();
-    let mut engine = args.load()?;
-    let load_s = t0.elapsed().as_secs_f64();
-    let mut source = bench::TokenSource::new(engine.tokenizer().vocab_size());
     let reps = reps.max(1);
+    let (mut engine, load_s) = bench::timed_loads(reps, || args.load())?;
+    let mut source = bench::TokenSource::new(engine.tokenizer().vocab_size());
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         if prompt_tokens > 0 {

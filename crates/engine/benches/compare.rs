@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use engine::bench::{decode_tok_s, median, peak_rss_mib, prefill_tok_s, TokenSource};
+use engine::bench::{decode_tok_s, median, peak_rss_mib, prefill_tok_s, timed_loads, TokenSource};
 use engine::{Engine, EngineOptions};
 
 struct Args {
@@ -64,10 +64,8 @@ fn ours(a: &Args) -> Measured {
         context_len: context,
         tokenizer_json: None,
     };
-    let t0 = Instant::now();
-    let mut engine = Engine::load(&a.model, &opts)
+    let (mut engine, load_s) = timed_loads(a.reps, || Engine::load(&a.model, &opts))
         .unwrap_or_else(|e| panic!("loading {}: {e}", a.model.display()));
-    let load_s = t0.elapsed().as_secs_f64();
     let mut source = TokenSource::new(engine.tokenizer().vocab_size());
     let mut tests = Vec::new();
     for &p in &a.prompts {

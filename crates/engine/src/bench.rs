@@ -33,6 +33,24 @@ impl TokenSource {
     }
 }
 
+/// Loads the model `reps` times (at least once), each after the previous engine is dropped, and
+/// returns the last engine with the median load time in seconds. The first load may read the file
+/// from disk; the median is the warm load (file in the page cache) as soon as `reps` >= 3.
+pub fn timed_loads<E>(
+    reps: usize,
+    mut load: impl FnMut() -> std::result::Result<Engine, E>,
+) -> std::result::Result<(Engine, f64), E> {
+    let mut times = Vec::new();
+    let mut engine = None;
+    for _ in 0..reps.max(1) {
+        drop(engine.take());
+        let t = Instant::now();
+        engine = Some(load()?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((engine.expect("loaded at least once"), median(times)))
+}
+
 /// Tokens per second prefilling `tokens` in one batch from an empty cache.
 pub fn prefill_tok_s(engine: &mut Engine, tokens: &[u32]) -> Result<f64> {
     engine.reset();
@@ -79,6 +97,33 @@ mod tests {
         assert_eq!(a, TokenSource::new(100).take(50));
         assert!(a.iter().all(|&t| t < 100));
         assert!(a.iter().any(|&t| t != a[0]));
+    }
+
+    #[test]
+    fn timed_loads_loads_reps_times_and_stops_at_an_error() {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let opts = crate::EngineOptions {
+            context_len: 64,
+            tokenizer_json: None,
+        };
+        let mut calls = 0;
+        let (engine, secs) = timed_loads(3, || {
+            calls += 1;
+            Engine::load(&model, &opts)
+        })
+        .expect("the test model loads (make model)");
+        assert_eq!(calls, 3);
+        assert!(secs > 0.0);
+        assert_eq!(engine.info().context_len, 64);
+
+        let mut calls = 0;
+        let err = timed_loads(3, || {
+            calls += 1;
+            Engine::load(std::path::Path::new("/nonexistent.gguf"), &opts)
+        });
+        assert!(err.is_err());
+        assert_eq!(calls, 1, "the first error ends the loop");
     }
 
     #[test]

@@ -451,8 +451,13 @@ fn chat(
     Ok(())
 }
 
+/// New tokens in the benchmark's second chat turn (a short user message after the history).
+const TURN_TOKENS: usize = 16;
+
 /// Like llama-bench: prefill `prompt_tokens` from an empty cache, then decode `gen_tokens` one at
-/// a time from an empty cache, with pseudo-random token ids.
+/// a time from an empty cache, with pseudo-random token ids; then a chat's second turn, which
+/// reuses the first prompt's keys and values (`second_turn`: time to first token for
+/// `TURN_TOKENS` new tokens after `prompt_tokens`, and for all of them from an empty cache).
 fn bench(
     model: &ModelArgs,
     prompt_tokens: usize,
@@ -461,7 +466,11 @@ fn bench(
     json: bool,
 ) -> Result<()> {
     let mut args = model.clone();
-    args.context = args.context.min(prompt_tokens.max(gen_tokens) + 1).max(1);
+    // Room for the largest test, and for the second chat turn (`TURN_TOKENS` after the prompt).
+    args.context = args
+        .context
+        .min(prompt_tokens.max(gen_tokens) + TURN_TOKENS + 2)
+        .max(1);
     let reps = reps.max(1);
     let (mut engine, load_s) = bench::timed_loads(reps, || args.load())?;
     let mut source = bench::TokenSource::new(engine.tokenizer().vocab_size());
@@ -477,6 +486,21 @@ fn bench(
             tg.push(bench::decode_tok_s(&mut engine, &source.take(gen_tokens))?);
         }
     }
+    // Before the second turn, whose cache is longer than the prompt test's.
+    let peak_rss_mb = bench::peak_rss_mib("self").unwrap_or(0.0);
+    let turn = if prompt_tokens > 0 {
+        let (history, new) = (source.take(prompt_tokens), source.take(TURN_TOKENS));
+        let t = bench::second_turn(&mut engine, &history, &new)?;
+        json!({
+            "history_tokens": prompt_tokens,
+            "new_tokens": TURN_TOKENS,
+            "cached_tokens": t.cached_tokens,
+            "ttft_ms": t.ttft_ms,
+            "cold_ttft_ms": t.cold_ttft_ms,
+        })
+    } else {
+        serde_json::Value::Null
+    };
     let out = json!({
         "model": model.model.display().to_string(),
         "threads": engine::threads::current(),
@@ -486,7 +510,8 @@ fn bench(
         "load_s": load_s,
         "prefill_tok_s": bench::median(pp),
         "decode_tok_s": bench::median(tg),
-        "peak_rss_mb": bench::peak_rss_mib("self").unwrap_or(0.0),
+        "peak_rss_mb": peak_rss_mb,
+        "second_turn": turn,
     });
     if json {
         println!("{out}");

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use engine::bench::{decode_tok_s, median, peak_rss_mib, prefill_tok_s, timed_loads, TokenSource};
+use engine::bench::{
+    decode_tok_s, median, peak_rss_mib, prefill_tok_s, second_turn, timed_loads, SecondTurn,
+    TokenSource,
+};
 use engine::{Engine, EngineOptions};
 
 struct Args {
@@ -50,16 +53,21 @@ fn parse_args() -> Option<Args> {
     (!args.model.as_os_str().is_empty()).then_some(args)
 }
 
+/// New tokens in the second chat turn (a short user message after the longest prompt).
+const TURN_TOKENS: usize = 16;
+
 struct Measured {
     load_s: Option<f64>,
     rss_mib: Option<f64>,
     /// (test name, tokens per second)
     tests: Vec<(String, f64)>,
+    /// History length and the second turn after it (ours only).
+    turn: Option<(usize, SecondTurn)>,
 }
 
 fn ours(a: &Args) -> Measured {
     engine::threads::init(a.threads);
-    let context = a.prompts.iter().copied().chain([a.gen]).max().unwrap_or(1) + 1;
+    let context = a.prompts.iter().copied().chain([a.gen]).max().unwrap_or(1) + TURN_TOKENS + 2;
     let opts = EngineOptions {
         context_len: context,
         tokenizer_json: None,
@@ -80,10 +88,21 @@ fn ours(a: &Args) -> Measured {
             .collect();
         tests.push((format!("tg{}", a.gen), median(runs)));
     }
+    // Before the second turn, whose cache is a few positions longer than any llama-bench test.
+    let rss_mib = peak_rss_mib("self");
+    let history = a.prompts.iter().copied().max().unwrap_or(0);
+    let turn = (history > 0).then(|| {
+        let (h, n) = (source.take(history), source.take(TURN_TOKENS));
+        (
+            history,
+            second_turn(&mut engine, &h, &n).expect("second turn"),
+        )
+    });
     Measured {
         load_s: Some(load_s),
-        rss_mib: peak_rss_mib("self"),
+        rss_mib,
         tests,
+        turn,
     }
 }
 
@@ -145,6 +164,7 @@ fn llama(bin: &Path, a: &Args) -> Option<Measured> {
         load_s: None,
         rss_mib: rss,
         tests,
+        turn: None,
     })
 }
 
@@ -199,4 +219,11 @@ fn main() {
         fmt(ours.rss_mib, "MiB"),
         fmt(theirs.as_ref().and_then(|t| t.rss_mib), "MiB")
     );
+    if let Some((history, t)) = ours.turn {
+        println!(
+            "turn 2: {TURN_TOKENS} new tokens after {history} ({} cached): first token in {:.1} ms, \
+             {:.1} ms from an empty cache",
+            t.cached_tokens, t.ttft_ms, t.cold_ttft_ms
+        );
+    }
 }

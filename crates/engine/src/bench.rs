@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::{Engine, Result};
+use crate::{Engine, GenerationParams, Result, SamplingParams};
 
 /// Pseudo-random token ids (xorshift64), the same sequence on every run for a given vocabulary.
 pub struct TokenSource {
@@ -69,6 +69,47 @@ pub fn decode_tok_s(engine: &mut Engine, tokens: &[u32]) -> Result<f64> {
     Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
 }
 
+/// A chat's second turn: time to first token for `new` tokens after `history` was the previous
+/// request (its keys and values reused), and for the whole `history + new` from an empty cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SecondTurn {
+    /// Prompt tokens the second request found in the cache.
+    pub cached_tokens: usize,
+    pub ttft_ms: f64,
+    pub cold_ttft_ms: f64,
+}
+
+/// Measures [`SecondTurn`] through [`Engine::generate`], the path the chat app takes (one greedy
+/// token per request).
+pub fn second_turn(engine: &mut Engine, history: &[u32], new: &[u32]) -> Result<SecondTurn> {
+    let params = GenerationParams {
+        max_tokens: 1,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..engine.default_sampling()
+        },
+        stop_strings: Vec::new(),
+        ignore_eos: true,
+        start_in_thinking: false,
+    };
+    let ttft = |engine: &mut Engine, prompt: &[u32]| {
+        engine
+            .generate(prompt, &params, &|| false, &mut |_| {})
+            .map(|out| (out.usage.cached_tokens, out.timings.time_to_first_token_ms))
+    };
+    let both: Vec<u32> = history.iter().chain(new).copied().collect();
+    engine.reset();
+    ttft(engine, history)?;
+    let (cached_tokens, ttft_ms) = ttft(engine, &both)?;
+    engine.reset();
+    let (_, cold_ttft_ms) = ttft(engine, &both)?;
+    Ok(SecondTurn {
+        cached_tokens,
+        ttft_ms,
+        cold_ttft_ms,
+    })
+}
+
 /// The median (the mean of the middle two for an even count); 0 for no values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -124,6 +165,22 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(calls, 1, "the first error ends the loop");
+    }
+
+    #[test]
+    fn second_turn_reuses_the_history() {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let opts = crate::EngineOptions {
+            context_len: 256,
+            tokenizer_json: None,
+        };
+        let mut engine = Engine::load(&model, &opts).expect("the test model loads (make model)");
+        let mut source = TokenSource::new(engine.tokenizer().vocab_size());
+        let (history, new) = (source.take(100), source.take(8));
+        let t = second_turn(&mut engine, &history, &new).expect("second turn");
+        assert_eq!(t.cached_tokens, 100, "the whole history is reused");
+        assert!(t.ttft_ms > 0.0 && t.cold_ttft_ms > 0.0);
     }
 
     #[test]

@@ -140,14 +140,20 @@ mod tests {
         assert!(a.iter().any(|&t| t != a[0]));
     }
 
-    #[test]
-    fn timed_loads_loads_reps_times_and_stops_at_an_error() {
+    /// The test model (`make model`) and options with a `context_len` context.
+    fn test_model(context_len: usize) -> (std::path::PathBuf, crate::EngineOptions) {
         let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
         let opts = crate::EngineOptions {
-            context_len: 64,
+            context_len,
             tokenizer_json: None,
         };
+        (model, opts)
+    }
+
+    #[test]
+    fn timed_loads_loads_reps_times_and_stops_at_an_error() {
+        let (model, opts) = test_model(64);
         let mut calls = 0;
         let (engine, secs) = timed_loads(3, || {
             calls += 1;
@@ -169,12 +175,7 @@ mod tests {
 
     #[test]
     fn second_turn_reuses_the_history() {
-        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let opts = crate::EngineOptions {
-            context_len: 256,
-            tokenizer_json: None,
-        };
+        let (model, opts) = test_model(256);
         let mut engine = Engine::load(&model, &opts).expect("the test model loads (make model)");
         let mut source = TokenSource::new(engine.tokenizer().vocab_size());
         let (history, new) = (source.take(100), source.take(8));

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::Mmap;
 
 use crate::attention::{attention, AttnShape, KvCache};
 use crate::config::ModelConfig;
@@ -116,6 +116,7 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// (`QMatrix::pack` released most, but reading the norms faulted in their neighbours too). Only
 /// what the kernels still read from the map stays resident: a process holds one copy of its
 /// weights, and nothing else of the file.
+#[cfg(unix)]
 fn release_unread(map: &Mmap, mut keep: Vec<std::ops::Range<usize>>) {
     keep.sort_by_key(|r| r.start);
     let mut from = 0;
@@ -126,12 +127,16 @@ fn release_unread(map: &Mmap, mut keep: Vec<std::ops::Range<usize>>) {
             // and a later read refaults the same file contents (the page holding the end of a
             // kept range may be dropped with the gap after it, and is refaulted when read).
             let _ = unsafe {
-                map.unchecked_advise_range(UncheckedAdvice::DontNeed, from, r.start - from)
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, r.start - from)
             };
         }
         from = from.max(r.end);
     }
 }
+
+/// Without `madvise` the pages stay mapped until the operating system wants them back.
+#[cfg(not(unix))]
+fn release_unread(_map: &Mmap, _keep: Vec<std::ops::Range<usize>>) {}
 
 /// The transformer with its KV cache.
 pub struct Model {

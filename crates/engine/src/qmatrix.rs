@@ -14,7 +14,7 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::utils::barrier_pool;
 use half::{bf16, f16};
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{TensorInfo, TensorType};
@@ -210,11 +210,13 @@ impl QMatrix {
             EngineError::UnsupportedModel(format!("no memory for the repacked weights: {e}"))
         })?;
         self.packed = Some(Arc::new(packed));
+        #[cfg(unix)]
         if let Bytes::Mapped { map, start, len } = &self.bytes {
             // SAFETY: the map is a read-only mapping of a file. MADV_DONTNEED only drops our
             // page-table entries; a later read refaults the same file contents, so no borrow of
             // the map observes a change (the tied embedding still reads single rows from it).
-            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, *start, *len) };
+            let advice = memmap2::UncheckedAdvice::DontNeed;
+            let _ = unsafe { map.unchecked_advise_range(advice, *start, *len) };
         }
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! | Q4_K | d[16], dmin[16] f16; scale s of column c at 64 + 16s + c; mins of sub-block pair p as byte pairs at 192 + 32p + 2c; qs dword t (t < 32) from 320 | 2368 |
 //! | Q6_K | d[16] f16; scale s (i8) of column c at 32 + 16s + c; ql dword t (t < 32) from 288; qh dword u (u < 16) from 2336 | 3360 |
 
-use memmap2::{Advice, Mmap, MmapMut};
+use memmap2::{Mmap, MmapMut};
 
 use crate::gguf::TensorType;
 
@@ -92,8 +92,14 @@ impl Packed {
         // 5.14, refuses it, and the faults happen as before).
         let map = &data;
         let populate = |gs: &std::ops::Range<usize>| {
-            let bytes = blocks * tile;
-            let _ = map.advise_range(Advice::PopulateWrite, gs.start * bytes, gs.len() * bytes);
+            #[cfg(target_os = "linux")]
+            {
+                let bytes = blocks * tile;
+                let advice = memmap2::Advice::PopulateWrite;
+                let _ = map.advise_range(advice, gs.start * bytes, gs.len() * bytes);
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = (map, gs);
         };
         if groups >= 4 {
             candle_core::utils::barrier_pool().execute_chunked(groups, |gs| {

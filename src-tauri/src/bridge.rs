@@ -24,6 +24,9 @@ pub struct ModelView {
     pub state: &'static str,
     pub label: String,
     pub detail: String,
+    /// Whether to offer thinking mode: the loaded model's template has one (assumed until a model
+    /// is ready, so the chat header does not flicker while one loads).
+    pub thinking: bool,
 }
 
 /// Opens the chat core with the paths from `args` (or the OS defaults) and starts loading the model.
@@ -114,11 +117,13 @@ impl Core {
                 state: "none",
                 label: "No model".into(),
                 detail,
+                thinking: true,
             },
             ModelState::Loading { path, .. } => ModelView {
                 state: "loading",
                 label: file_name(&path),
                 detail,
+                thinking: true,
             },
             ModelState::Ready { info, threads, .. } => ModelView {
                 state: "ready",
@@ -127,11 +132,13 @@ impl Core {
                     chat::worker::model_name(&info)
                 ),
                 detail,
+                thinking: info.supports_thinking,
             },
             ModelState::Failed { path, .. } => ModelView {
                 state: "failed",
                 label: format!("{} failed to load", file_name(&path)),
                 detail,
+                thinking: true,
             },
         }
     }

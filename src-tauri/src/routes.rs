@@ -101,6 +101,11 @@ fn route(c: &Ctx, r: &Request) -> Result<Reply> {
                 json!({"chat": ChatView::new(&chat.chat)}),
             )))
         }
+        (&Method::GET, ["chats", cid, "thinking"]) => {
+            let view = c.core.app().chat(id(cid)?)?;
+            let ctx = with(base_ctx(c), json!({"chat": ChatView::new(&view.chat)}));
+            Ok(Reply::html(c.views.render("thinking_pill.html", ctx)))
+        }
         (&Method::GET, ["chats", cid, "title"]) => {
             let view = c.core.app().chat(id(cid)?)?;
             Ok(Reply::html(c.views.render(

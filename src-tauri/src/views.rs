@@ -20,6 +20,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "model_banner.html",
     "empty.html",
     "chat.html",
+    "thinking_pill.html",
     "rename.html",
     "title.html",
     "composer.html",
@@ -117,6 +118,23 @@ mod tests {
         );
         assert!(html.contains("300 MB of 1 GB"), "{html}");
         assert!(html.contains("/models/pause"), "{html}");
+    }
+
+    #[test]
+    fn the_thinking_pill_shows_only_for_a_model_with_thinking_mode() {
+        let views = Views::new();
+        let pill = |model_thinking: bool, chat_thinking: bool| {
+            views.render(
+                "thinking_pill.html",
+                json!({"model": {"thinking": model_thinking}, "chat": {"id": 3, "thinking": chat_thinking}}),
+            )
+        };
+        assert!(pill(true, true).contains("thinking on"));
+        assert!(pill(true, false).contains("thinking off"));
+        let hidden = pill(false, true);
+        assert!(!hidden.contains("thinking o"), "{hidden}");
+        // The slot stays, to come back when a model with thinking mode loads.
+        assert!(hidden.contains(r#"hx-get="/chats/3/thinking""#), "{hidden}");
     }
 
     #[test]

@@ -361,6 +361,15 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     assert_eq!(words(&stored), words(&answer));
     let question = s.find("#messages article.msg.user").unwrap();
     assert_eq!(s.text(&question).unwrap().trim(), "What is 2+2?");
+    // SmolLM2's template has no thinking mode, so the chat header offers none.
+    assert!(
+        s.find(".chat-head .thinking-slot").is_ok(),
+        "the pill's slot"
+    );
+    assert!(
+        s.find(".chat-head .thinking-slot .pill").is_err(),
+        "no thinking pill for SmolLM2"
+    );
     save_screenshot(&s, "restarted.png");
     s.quit().unwrap();
 }

@@ -48,6 +48,8 @@ pub struct ModelInfo {
     /// (type name, tensor count) over the matrices.
     pub weight_types: Vec<(String, usize)>,
     pub has_chat_template: bool,
+    /// The chat template has a thinking mode (SmolLM3's `enable_thinking`, `/think`, `/no_think`).
+    pub supports_thinking: bool,
     pub nope_layers: Vec<usize>,
     pub context_len: usize,
     pub load_ms: f64,
@@ -107,6 +109,10 @@ impl Engine {
             Ok(None) => None,
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
+        let supports_thinking = matches!(
+            gguf.opt_str("tokenizer.chat_template"),
+            Ok(Some(src)) if src.contains("enable_thinking")
+        );
         let context_len = opts.context_len.clamp(1, cfg.context_length);
         let model = Model::load(&gguf, &map, cfg.clone(), context_len)?;
         if tokenizer.vocab_size() != model.vocab_size() {
@@ -128,6 +134,7 @@ impl Engine {
                 .map(|(t, n)| (format!("{t:?}"), n))
                 .collect(),
             has_chat_template: template.is_some(),
+            supports_thinking,
             nope_layers: cfg.nope_layers(),
             context_len,
             config: cfg,

@@ -349,3 +349,20 @@ const PYTHON_CASES: &str = r##"[
 ]"##;
 
 const PYTHON_CONTEXT: &str = r##"{"d": {"a": "it's", "b": [1, 2.5, null, true, false], "c": {"q": "say \"hi\"\n\t\\"}, "e": "both ' and \""}, "l": ["x", 1], "n": null, "t": true, "f": 0.1, "big": 1e+20, "tiny": 1e-05, "whole": 2.0, "u": "café <b>&'", "messages": [{"role": "user", "content": "<|im_end|>"}]}"##;
+
+#[test]
+fn thinking_mode_is_detected_from_the_template() {
+    let opts = engine::EngineOptions {
+        context_len: 64,
+        tokenizer_json: None,
+    };
+    let load = |path: PathBuf| engine::Engine::load(&path, &opts).expect("model loads");
+    let smollm3 = load(reference_dir().join("tiny-smollm3-q4km.gguf"));
+    assert!(smollm3.info().supports_thinking, "SmolLM3's template");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let smollm2 = load(manifest.join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        !smollm2.info().supports_thinking,
+        "SmolLM2 has no thinking mode"
+    );
+}

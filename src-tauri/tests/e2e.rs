@@ -118,13 +118,18 @@ fn start_driver(display: &str, port: u16) -> Driver {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start tauri-driver");
+    // Both must listen before a session is asked for: tauri-driver forwards it to WebKitWebDriver,
+    // which it starts itself and which takes longer on a busy machine (a session requested
+    // before it listens fails with "peer disconnected").
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "tauri-driver did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    for (p, who) in [(port, "tauri-driver"), (native_port, "WebKitWebDriver")] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{who} did not listen on port {p}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     Driver {
         _proxy: Guard(child),

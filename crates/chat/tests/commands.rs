@@ -3,33 +3,8 @@
 mod common;
 
 use chat::store::NewMessage;
-use chat::{
-    ChatApp, ChatError, CommandAction, MessageKind, MessageStatus, ModelState, Role, SendOutcome,
-    Store,
-};
-use common::open;
-
-/// Runs a command; returns its name, reply text and action.
-fn run(app: &ChatApp, chat_id: i64, text: &str) -> (String, String, Option<CommandAction>) {
-    match app.send(chat_id, text).unwrap() {
-        SendOutcome::Command {
-            command,
-            reply_message_id,
-            streaming: false,
-            action,
-            ..
-        } => {
-            let view = app.chat(chat_id).unwrap();
-            let reply = view
-                .messages
-                .iter()
-                .find(|m| m.id == reply_message_id)
-                .unwrap();
-            (command, reply.content.clone(), action)
-        }
-        other => panic!("{text}: {other:?}"),
-    }
-}
+use chat::{ChatError, CommandAction, MessageKind, MessageStatus, ModelState, Role, Store};
+use common::{open, run};
 
 #[test]
 fn without_a_model_the_app_explains_how_to_get_one_and_commands_still_work() {

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chat::{ChatError, EventKind, MessageStatus, ModelState, SendOutcome, Settings};
-use common::{model_settings, open, tokens};
+use common::{model_settings, open, run, tokens};
 
 const LOAD: Duration = Duration::from_secs(60);
 const ANSWER: Duration = Duration::from_secs(60);
@@ -84,38 +84,14 @@ fn a_chat_round_trip_streams_tokens_then_stats_and_complete_and_stores_the_answe
     assert_eq!(view.last_event_id, events.last().unwrap().id);
 
     // /status and /model now describe the loaded model.
-    let SendOutcome::Command {
-        reply_message_id, ..
-    } = app.send(chat.id, "/status").unwrap()
-    else {
-        panic!()
-    };
-    let view = app.chat(chat.id).unwrap();
-    let status = &view
-        .messages
-        .iter()
-        .find(|m| m.id == reply_message_id)
-        .unwrap()
-        .content;
+    let (_, status, _) = run(&app, chat.id, "/status");
     assert!(
         status.contains("ready")
             && status.contains("tokens/s")
             && status.contains("of 2048 tokens"),
         "{status}"
     );
-    let SendOutcome::Command {
-        reply_message_id, ..
-    } = app.send(chat.id, "/model").unwrap()
-    else {
-        panic!()
-    };
-    let view = app.chat(chat.id).unwrap();
-    let model = &view
-        .messages
-        .iter()
-        .find(|m| m.id == reply_message_id)
-        .unwrap()
-        .content;
+    let (_, model, _) = run(&app, chat.id, "/model");
     assert!(
         model.contains("| Architecture | llama |") && model.contains("| Layers | 30 |"),
         "{model}"

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use chat::{AppEvent, AppPaths, ChatApp, EventKind, MessageId, ModelState, Settings, StreamEvent};
+use chat::{
+    AppEvent, AppPaths, ChatApp, CommandAction, EventKind, MessageId, ModelState, SendOutcome,
+    Settings, StreamEvent,
+};
 
 /// The real test model (fetched by `bash models/fetch.sh`).
 pub fn model_path() -> PathBuf {
@@ -152,5 +155,27 @@ pub fn model_settings(max_tokens: usize) -> Settings {
         max_tokens,
         context_len: 2048,
         ..Settings::default()
+    }
+}
+
+/// Runs a command; returns its name, reply text and action.
+pub fn run(app: &ChatApp, chat_id: i64, text: &str) -> (String, String, Option<CommandAction>) {
+    match app.send(chat_id, text).unwrap() {
+        SendOutcome::Command {
+            command,
+            reply_message_id,
+            streaming: false,
+            action,
+            ..
+        } => {
+            let view = app.chat(chat_id).unwrap();
+            let reply = view
+                .messages
+                .iter()
+                .find(|m| m.id == reply_message_id)
+                .unwrap();
+            (command, reply.content.clone(), action)
+        }
+        other => panic!("{text}: {other:?}"),
     }
 }

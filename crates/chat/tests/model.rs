@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chat::{ChatError, EventKind, MessageStatus, ModelState, SendOutcome, Settings};
-use common::{model_settings, open, run, tokens};
+use common::{final_status, model_settings, open, run, tokens};
 
 const LOAD: Duration = Duration::from_secs(60);
 const ANSWER: Duration = Duration::from_secs(60);
@@ -140,15 +140,11 @@ fn stop_interrupts_within_a_token_and_keeps_the_partial_answer() {
     assert_eq!(stats.finish, Some(chat::protocol::Finish::Cancelled));
     assert!(stats.completion_tokens < 400, "{stats:?}");
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
-    let last = &events.last().unwrap().kind;
-    assert!(
-        matches!(
-            last,
-            EventKind::Complete {
-                status: MessageStatus::Interrupted
-            }
-        ),
-        "{last:?}"
+    assert_eq!(
+        final_status(&events),
+        Some(MessageStatus::Interrupted),
+        "{:?}",
+        events.last()
     );
     let view = app.chat(chat.id).unwrap();
     let answer = view.messages.iter().find(|m| m.id == id).unwrap();

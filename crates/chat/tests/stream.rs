@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chat::quote::{pieces, PASSAGE};
 use chat::{EventKind, MessageStatus, SendOutcome, Settings};
-use common::{open, tokens};
+use common::{final_status, open, tokens};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -40,12 +40,7 @@ fn quote_streams_in_order_coalesced_and_complete() {
         .all(|e| e.chat_id == chat.id && e.message_id == id));
     // Frames, then stats, then complete.
     let n = events.len();
-    assert!(matches!(
-        events[n - 1].kind,
-        EventKind::Complete {
-            status: MessageStatus::Complete
-        }
-    ));
+    assert_eq!(final_status(&events), Some(MessageStatus::Complete));
     let EventKind::Stats { stats } = &events[n - 2].kind else {
         panic!("{:?}", events[n - 2])
     };
@@ -159,15 +154,11 @@ fn stop_keeps_the_partial_quote_as_interrupted() {
     ));
     assert!(app.stop(chat.id));
     let events = rec.wait_done(id, LONG);
-    let last = &events.last().unwrap().kind;
-    assert!(
-        matches!(
-            last,
-            EventKind::Complete {
-                status: MessageStatus::Interrupted
-            }
-        ),
-        "{last:?}"
+    assert_eq!(
+        final_status(&events),
+        Some(MessageStatus::Interrupted),
+        "{:?}",
+        events.last()
     );
     let stored = app.chat(chat.id).unwrap();
     let reply = stored.messages.iter().find(|m| m.id == id).unwrap();

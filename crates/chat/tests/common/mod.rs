@@ -118,6 +118,14 @@ fn streams(events: &[AppEvent], message_id: MessageId) -> Vec<StreamEvent> {
 }
 
 /// The answer text the token events carry.
+/// The status the stream ended with: its last event's, when that is `complete`.
+pub fn final_status(events: &[StreamEvent]) -> Option<chat::MessageStatus> {
+    match &events.last()?.kind {
+        EventKind::Complete { status } => Some(*status),
+        _ => None,
+    }
+}
+
 pub fn tokens(events: &[StreamEvent]) -> String {
     events
         .iter()

@@ -183,6 +183,28 @@ pub(super) fn matmul_scalar(w: &[u8], n: usize, a: &QActs, cols: std::ops::Range
     }
 }
 
+/// Activation rows as the tile kernels take them: the GEMM rows (`gemm_rows`, llama.cpp's
+/// per-pair rounding) apart from the rest, each part in runs of `n` rows, then single rows.
+/// Yields (first row, rows: `n` or 1, GEMM rounding).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) fn row_runs(a: &QActs, n: usize) -> impl Iterator<Item = (usize, usize, bool)> {
+    let (m, gemm) = (a.rows(), a.gemm_rows());
+    let mut r0 = 0;
+    std::iter::from_fn(move || {
+        (r0 < m).then(|| {
+            let pair = r0 < gemm;
+            let rows = if (if pair { gemm } else { m }) - r0 >= n {
+                n
+            } else {
+                1
+            };
+            let run = (r0, rows, pair);
+            r0 += rows;
+            run
+        })
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
     use crate::kernels::act::QActs;
@@ -201,14 +223,9 @@ pub(super) mod avx512 {
         groups: std::ops::Range<usize>,
         dst: Out,
     ) {
-        let (m, gemm) = (a.rows(), a.gemm_rows());
         for g in groups {
-            let tiles = p.group(g).as_ptr();
-            let mut r0 = 0;
-            while r0 < m {
-                let pair = r0 < gemm;
-                let rows = ((if pair { gemm } else { m }) - r0).min(4);
-                let c0 = 16 * g;
+            let (tiles, c0) = (p.group(g).as_ptr(), 16 * g);
+            for (r0, rows, pair) in super::row_runs(a, 4) {
                 unsafe {
                     match (rows, pair) {
                         (4, true) => packed_rows::<4, true>(tiles, p.blocks(), a, r0, c0, dst),
@@ -217,7 +234,6 @@ pub(super) mod avx512 {
                         (_, false) => packed_rows::<1, false>(tiles, p.blocks(), a, r0, c0, dst),
                     }
                 }
-                r0 += if rows == 4 { 4 } else { 1 };
             }
         }
     }
@@ -557,14 +573,9 @@ pub(super) mod neon {
         groups: std::ops::Range<usize>,
         dst: Out,
     ) {
-        let (m, gemm) = (a.rows(), a.gemm_rows());
         for g in groups {
-            let tiles = p.group(g).as_ptr();
-            let mut r0 = 0;
-            while r0 < m {
-                let pair = r0 < gemm;
-                let rows = ((if pair { gemm } else { m }) - r0).min(2);
-                let c0 = 16 * g;
+            let (tiles, c0) = (p.group(g).as_ptr(), 16 * g);
+            for (r0, rows, pair) in super::row_runs(a, 2) {
                 unsafe {
                     match (rows, pair) {
                         (2, true) => packed_rows::<2, true>(tiles, p.blocks(), a, r0, c0, dst),
@@ -573,7 +584,6 @@ pub(super) mod neon {
                         (_, false) => packed_rows::<1, false>(tiles, p.blocks(), a, r0, c0, dst),
                     }
                 }
-                r0 += rows;
             }
         }
     }

@@ -38,6 +38,14 @@ struct Layer {
     use_rope: bool,
 }
 
+impl Layer {
+    /// The layer's weight matrices.
+    fn matrices(&self) -> [&QMatrix; 7] {
+        let l = self;
+        [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+    }
+}
+
 /// Rotary embedding tables, computed as ggml does (F32 angle, multiplied per pair index).
 struct Rope {
     /// (max_len, hd / 2) interleaved as (cos, sin) pairs.
@@ -219,12 +227,11 @@ impl Model {
             });
         }
         let weights_bytes = gguf.tensors.iter().map(|t| t.n_bytes as usize).sum();
-        let matrices = layers
-            .iter()
-            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
         release_unread(
             map,
-            matrices
+            layers
+                .iter()
+                .flat_map(Layer::matrices)
                 .chain([&embed, &lm_head])
                 .filter_map(QMatrix::mapped_range)
                 .collect(),
@@ -271,10 +278,7 @@ impl Model {
     /// Weight types used, with how many tensors of each (for `inspect`).
     pub fn weight_types(&self) -> Vec<(TensorType, usize)> {
         let mut counts: Vec<(TensorType, usize)> = Vec::new();
-        let all = self
-            .layers
-            .iter()
-            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        let all = self.layers.iter().flat_map(Layer::matrices);
         for m in all.chain([&self.embed, &self.lm_head]) {
             match counts.iter_mut().find(|(t, _)| *t == m.dtype()) {
                 Some((_, c)) => *c += 1,

@@ -97,22 +97,20 @@ impl Engine {
         let gguf = Gguf::parse(&map).map_err(gguf_err(path))?;
         let cfg = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = load_tokenizer(&gguf, opts)?;
-        let template = match gguf.opt_str("tokenizer.chat_template") {
+        // The template, and whether it has a thinking mode (SmolLM3's `enable_thinking`).
+        let (template, supports_thinking) = match gguf.opt_str("tokenizer.chat_template") {
             Ok(Some(src)) => {
                 let piece = |id: Option<u32>| {
                     id.map(|i| String::from_utf8_lossy(tokenizer.token_bytes(i)).into_owned())
                         .unwrap_or_default()
                 };
                 let s = tokenizer.special();
-                Some(ChatTemplate::new(src, &piece(s.bos), &piece(s.eos))?)
+                let template = ChatTemplate::new(src, &piece(s.bos), &piece(s.eos))?;
+                (Some(template), src.contains("enable_thinking"))
             }
-            Ok(None) => None,
+            Ok(None) => (None, false),
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
-        let supports_thinking = matches!(
-            gguf.opt_str("tokenizer.chat_template"),
-            Ok(Some(src)) if src.contains("enable_thinking")
-        );
         let context_len = opts.context_len.clamp(1, cfg.context_length);
         let model = Model::load(&gguf, &map, cfg.clone(), context_len)?;
         if tokenizer.vocab_size() != model.vocab_size() {

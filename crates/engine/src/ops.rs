@@ -84,8 +84,9 @@ pub(crate) fn simd_level() -> u8 {
 }
 
 /// The highest instruction set the engine may use, from `SMOLLM3_ISA` (`avx512`, `avx2` or
-/// `portable`; unset, `native` or `neon`: whatever the CPU has): to measure or check the AVX2 and portable code on a
-/// machine that has more. The results are the same at every level. 2, 1 or 0 as [`simd_level`].
+/// `portable`; unset, `native` or `neon`: whatever the CPU has): to measure or check the AVX2
+/// and portable code on a machine that has more. The results are the same at every level.
+/// 2, 1 or 0 as [`simd_level`].
 pub fn simd_cap() -> u8 {
     static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {

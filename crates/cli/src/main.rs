@@ -451,13 +451,11 @@ fn chat(
     Ok(())
 }
 
-/// New tokens in the benchmark's second chat turn (a short user message after the history).
-const TURN_TOKENS: usize = 16;
-
 /// Like llama-bench: prefill `prompt_tokens` from an empty cache, then decode `gen_tokens` one at
 /// a time from an empty cache, with pseudo-random token ids; then a chat's second turn, which
 /// reuses the first prompt's keys and values (`second_turn`: time to first token for
-/// `TURN_TOKENS` new tokens after `prompt_tokens`, and for all of them from an empty cache).
+/// `bench::TURN_TOKENS` new tokens after `prompt_tokens`, and for all of them from an empty
+/// cache).
 fn bench(
     model: &ModelArgs,
     prompt_tokens: usize,
@@ -466,10 +464,9 @@ fn bench(
     json: bool,
 ) -> Result<()> {
     let mut args = model.clone();
-    // Room for the largest test, and for the second chat turn (`TURN_TOKENS` after the prompt).
     args.context = args
         .context
-        .min(prompt_tokens.max(gen_tokens) + TURN_TOKENS + 2)
+        .min(bench::context_for(prompt_tokens.max(gen_tokens)))
         .max(1);
     let reps = reps.max(1);
     let (mut engine, load_s) = bench::timed_loads(reps, || args.load())?;
@@ -489,11 +486,11 @@ fn bench(
     // Before the second turn, whose cache is longer than the prompt test's.
     let peak_rss_mb = bench::peak_rss_mib("self").unwrap_or(0.0);
     let turn = if prompt_tokens > 0 {
-        let (history, new) = (source.take(prompt_tokens), source.take(TURN_TOKENS));
+        let (history, new) = (source.take(prompt_tokens), source.take(bench::TURN_TOKENS));
         let t = bench::second_turn(&mut engine, &history, &new)?;
         json!({
             "history_tokens": prompt_tokens,
-            "new_tokens": TURN_TOKENS,
+            "new_tokens": bench::TURN_TOKENS,
             "cached_tokens": t.cached_tokens,
             "ttft_ms": t.ttft_ms,
             "cold_ttft_ms": t.cold_ttft_ms,

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use engine::bench::{
-    decode_tok_s, median, peak_rss_mib, prefill_tok_s, second_turn, timed_loads, SecondTurn,
-    TokenSource,
+    context_for, decode_tok_s, median, peak_rss_mib, prefill_tok_s, second_turn, timed_loads,
+    SecondTurn, TokenSource, TURN_TOKENS,
 };
 use engine::{Engine, EngineOptions};
 
@@ -53,9 +53,6 @@ fn parse_args() -> Option<Args> {
     (!args.model.as_os_str().is_empty()).then_some(args)
 }
 
-/// New tokens in the second chat turn (a short user message after the longest prompt).
-const TURN_TOKENS: usize = 16;
-
 struct Measured {
     load_s: Option<f64>,
     rss_mib: Option<f64>,
@@ -67,7 +64,7 @@ struct Measured {
 
 fn ours(a: &Args) -> Measured {
     engine::threads::init(a.threads);
-    let context = a.prompts.iter().copied().chain([a.gen]).max().unwrap_or(1) + TURN_TOKENS + 2;
+    let context = context_for(a.prompts.iter().copied().chain([a.gen]).max().unwrap_or(1));
     let opts = EngineOptions {
         context_len: context,
         tokenizer_json: None,

@@ -69,6 +69,15 @@ pub fn decode_tok_s(engine: &mut Engine, tokens: &[u32]) -> Result<f64> {
     Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
 }
 
+/// New tokens in the benchmarks' second chat turn (a short user message after the history).
+pub const TURN_TOKENS: usize = 16;
+
+/// The context a benchmark needs: its longest test, then the second turn's [`TURN_TOKENS`] and
+/// the token each request generates.
+pub fn context_for(longest: usize) -> usize {
+    longest + TURN_TOKENS + 2
+}
+
 /// A chat's second turn: time to first token for `new` tokens after `history` was the previous
 /// request (its keys and values reused), and for the whole `history + new` from an empty cache.
 #[derive(Clone, Copy, Debug, PartialEq)]

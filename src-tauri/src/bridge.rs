@@ -112,18 +112,22 @@ impl Core {
     pub fn model_view(&self) -> ModelView {
         let state = self.app.model_state();
         let detail = state.describe();
+        let thinking = match &state {
+            ModelState::Ready { info, .. } => info.supports_thinking,
+            _ => true,
+        };
         match state {
             ModelState::NoModel { .. } => ModelView {
                 state: "none",
                 label: "No model".into(),
                 detail,
-                thinking: true,
+                thinking,
             },
             ModelState::Loading { path, .. } => ModelView {
                 state: "loading",
                 label: file_name(&path),
                 detail,
-                thinking: true,
+                thinking,
             },
             ModelState::Ready { info, threads, .. } => ModelView {
                 state: "ready",
@@ -132,13 +136,13 @@ impl Core {
                     chat::worker::model_name(&info)
                 ),
                 detail,
-                thinking: info.supports_thinking,
+                thinking,
             },
             ModelState::Failed { path, .. } => ModelView {
                 state: "failed",
                 label: format!("{} failed to load", file_name(&path)),
                 detail,
-                thinking: true,
+                thinking,
             },
         }
     }

@@ -69,14 +69,10 @@ mod neon {
         std::array::from_fn(|k| unsafe { vld1q_f32(v.as_ptr().add(4 * k)) })
     }
 
-    /// Sixteen bytes at `p` (unsigned, or signed with `SIGNED`) as four vectors of four i32.
-    ///
-    /// # Safety
-    /// `p` points at 16 readable bytes.
+    /// Sixteen bytes (unsigned, or signed with `SIGNED`) as four vectors of four i32.
     #[inline]
     #[target_feature(enable = "neon")]
-    pub unsafe fn widen16<const SIGNED: bool>(p: *const u8) -> [int32x4_t; 4] {
-        let v = unsafe { vld1q_u8(p) };
+    pub fn widen16<const SIGNED: bool>(v: uint8x16_t) -> [int32x4_t; 4] {
         let (lo, hi) = if SIGNED {
             let v = vreinterpretq_s8_u8(v);
             (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v))

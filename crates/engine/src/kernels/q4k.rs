@@ -614,18 +614,13 @@ pub(super) mod neon {
             for p in 0..4 {
                 let (s_lo, s_hi) = unsafe {
                     (
-                        widen16::<false>(t.add(64 + 32 * p)),
-                        widen16::<false>(t.add(80 + 32 * p)),
+                        widen16::<false>(vld1q_u8(t.add(64 + 32 * p))),
+                        widen16::<false>(vld1q_u8(t.add(80 + 32 * p))),
                     )
                 };
-                // The sub-block pair's mins, [mn[2p], mn[2p+1]] per column.
+                // The sub-block pair's mins, [mn[2p], mn[2p+1]] per column, deinterleaved.
                 let mins = unsafe { vld2q_u8(t.add(192 + 32 * p)) };
-                let (mn_lo, mn_hi) = unsafe {
-                    let (mut e, mut o) = ([0u8; 16], [0u8; 16]);
-                    vst1q_u8(e.as_mut_ptr(), mins.0);
-                    vst1q_u8(o.as_mut_ptr(), mins.1);
-                    (widen16::<false>(e.as_ptr()), widen16::<false>(o.as_ptr()))
-                };
+                let (mn_lo, mn_hi) = (widen16::<false>(mins.0), widen16::<false>(mins.1));
                 for k in 0..4 {
                     let mut lo = [vdupq_n_s32(0); N];
                     let mut hi = [vdupq_n_s32(0); N];

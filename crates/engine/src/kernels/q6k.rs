@@ -563,7 +563,7 @@ pub(super) mod neon {
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn scales(t: *const u8) -> [[int32x4_t; 4]; 16] {
-        std::array::from_fn(|s| unsafe { widen16::<true>(t.add(32 + 16 * s)) })
+        std::array::from_fn(|s| widen16::<true>(unsafe { vld1q_u8(t.add(32 + 16 * s)) }))
     }
 
     /// One row, `ggml_vec_dot_q6_K_q8_K`'s eight lanes kept apart (four columns per vector).

@@ -22,10 +22,12 @@ test: deps ui model tauri-driver lint
 
 ## The engine (its SIMD dispatch and memory mapping differ per platform) passes clippy for macOS on ARM
 ## and for Windows; skipped, with a warning, where rustup cannot add those targets.
+# Succeeds when rustup has target $(1), adding it if need be.
+HAS_RUST_TARGET = { rustup target list --installed 2>/dev/null | grep -qx $(1) || rustup target add $(1); }
 OTHER_OS := aarch64-apple-darwin x86_64-pc-windows-msvc
 check-other-os:
 	@for t in $(OTHER_OS); do \
-	  if ! rustup target list --installed 2>/dev/null | grep -qx $$t && ! rustup target add $$t; then \
+	  if ! $(call HAS_RUST_TARGET,$$t); then \
 	    echo "WARNING: $$t not checked: rustup could not add it" >&2; \
 	  else \
 	    $(CARGO) clippy -p smollm3-engine --target $$t --all-targets -- -D warnings || exit 1; \
@@ -44,8 +46,7 @@ test-aarch64: model
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
 	    qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross; \
 	fi
-	@if ! rustup target list --installed 2>/dev/null | grep -qx $(AARCH64) \
-	    && ! rustup target add $(AARCH64); then \
+	@if ! $(call HAS_RUST_TARGET,$(AARCH64)); then \
 	  echo "WARNING: test-aarch64 skipped: rustup could not add $(AARCH64)" >&2; \
 	else \
 	  set -e; \

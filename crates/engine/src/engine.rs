@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use memmap2::Mmap;
 use serde::Serialize;
 
+use crate::backend::{Backend, Logits, Session};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams};
 use crate::gguf::{Gguf, GgufError};
-use crate::model::{Logits, Model};
+use crate::model::Model;
 use crate::sampler::SamplingParams;
 use crate::template::{ChatMessage, ChatOptions, ChatTemplate};
 use crate::tokenizer::Tokenizer;
@@ -57,7 +58,7 @@ pub struct ModelInfo {
 
 /// A model ready to run: weights, tokenizer, template and KV cache.
 pub struct Engine {
-    model: Model,
+    session: Session,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     stop_tokens: Vec<u32>,
@@ -112,7 +113,7 @@ impl Engine {
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
         let context_len = opts.context_len.clamp(1, cfg.context_length);
-        let model = Model::load(&gguf, &map, cfg.clone(), context_len)?;
+        let model: Box<dyn Backend> = Box::new(Model::load(&gguf, &map, cfg.clone(), context_len)?);
         if tokenizer.vocab_size() != model.vocab_size() {
             return Err(EngineError::UnsupportedModel(format!(
                 "the tokenizer has {} tokens but the embedding matrix has {} rows",
@@ -140,7 +141,7 @@ impl Engine {
         };
         tracing::info!(path = %path.display(), load_ms = info.load_ms, "model loaded");
         Ok(Self {
-            model,
+            session: Session::new(model),
             tokenizer,
             template,
             stop_tokens,
@@ -153,7 +154,7 @@ impl Engine {
     }
 
     pub fn config(&self) -> &ModelConfig {
-        self.model.config()
+        &self.info.config
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -166,22 +167,22 @@ impl Engine {
 
     /// Context length in tokens (the KV cache size).
     pub fn context_len(&self) -> usize {
-        self.model.max_len()
+        self.session.max_len()
     }
 
     /// Positions currently held in the KV cache.
     pub fn cached_tokens(&self) -> usize {
-        self.model.cache().len()
+        self.session.len()
     }
 
     /// Bytes of the KV cache buffers.
     pub fn cache_bytes(&self) -> usize {
-        self.model.cache().size_in_bytes()
+        self.session.backend().cache_bytes()
     }
 
     /// Forgets the KV cache (the next prompt is prefilled from scratch).
     pub fn reset(&mut self) {
-        self.model.truncate_cache(0);
+        self.session.truncate(0);
     }
 
     /// Tokens that end a generation: end-of-sequence and end-of-turn tokens.
@@ -233,15 +234,15 @@ impl Engine {
                 max_prompt: self.context_len(),
             });
         }
-        let vocab = self.model.vocab_size();
-        let out = self.model.forward(tokens, Logits::All)?;
+        let vocab = self.session.vocab_size();
+        let out = self.session.forward(tokens, Logits::All)?;
         Ok(out.chunks_exact(vocab).map(|r| r.to_vec()).collect())
     }
 
     /// Runs `tokens` after the cached ones and returns the last position's logits (benchmarks,
     /// manual decoding).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.model.forward(tokens, Logits::Last)?.to_vec())
+        Ok(self.session.forward(tokens, Logits::Last)?.to_vec())
     }
 
     /// Generates from `prompt` tokens, reusing the cached prefix.
@@ -253,7 +254,7 @@ impl Engine {
         on_event: &mut dyn FnMut(GenerationEvent),
     ) -> Result<GenerationOutput> {
         generate::generate(
-            &mut self.model,
+            &mut self.session,
             &self.tokenizer,
             &self.stop_tokens,
             prompt,

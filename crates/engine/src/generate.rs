@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backend::{Logits, Session};
 use crate::error::{EngineError, Result};
-use crate::model::{Logits, Model};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::textstream::{Delta, TextStream};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -93,10 +93,10 @@ fn per_s(n: usize, ms: f64) -> f64 {
     }
 }
 
-/// Runs one generation on `model`. `stop_tokens` end it unless `ignore_eos`; `cancelled` is polled
+/// Runs one generation on `session`. `stop_tokens` end it unless `ignore_eos`; `cancelled` is polled
 /// between tokens; `on_event` receives every event, the `Done` one included.
 pub fn generate(
-    model: &mut Model,
+    session: &mut Session,
     tokenizer: &Tokenizer,
     stop_tokens: &[u32],
     prompt: &[u32],
@@ -105,7 +105,7 @@ pub fn generate(
     on_event: &mut dyn FnMut(GenerationEvent),
 ) -> Result<GenerationOutput> {
     let start = Instant::now();
-    let ctx = model.max_len();
+    let ctx = session.max_len();
     if prompt.is_empty() {
         return Err(EngineError::Sampling("the prompt is empty".into()));
     }
@@ -119,18 +119,17 @@ pub fn generate(
     let mut sampler = Sampler::new(params.sampling.clone())?;
 
     // Reuse the longest cached prefix, but always run at least one token to get logits.
-    let common = model
-        .cache()
+    let common = session
         .tokens()
         .iter()
         .zip(prompt)
         .take_while(|(a, b)| a == b)
         .count()
         .min(prompt.len() - 1);
-    model.truncate_cache(common);
+    session.truncate(common);
     let prefill_start = Instant::now();
     // The logits of the position being sampled, copied out of the model's buffer (reused).
-    let mut row = model.forward(&prompt[common..], Logits::Last)?.to_vec();
+    let mut row = session.forward(&prompt[common..], Logits::Last)?.to_vec();
     let prefill_ms = ms(prefill_start);
 
     let mut history = prompt.to_vec();
@@ -180,13 +179,13 @@ pub fn generate(
         if ids.len() >= params.max_tokens {
             break FinishReason::Length;
         }
-        if model.cache().len() + 1 > ctx {
+        if session.len() + 1 > ctx {
             break FinishReason::Length;
         }
         if cancelled() {
             break FinishReason::Cancelled;
         }
-        row.copy_from_slice(model.forward(&[next], Logits::Last)?);
+        row.copy_from_slice(session.forward(&[next], Logits::Last)?);
     };
     let decode_ms = ms(decode_start);
     if !stream.stopped() {

@@ -5,8 +5,11 @@
 //! - [`config`]: [`ModelConfig`] from the metadata (`llama` and `smollm3`, NoPE layers).
 //! - [`tokenizer`]: llama.cpp-exact gpt2 BPE from `tokenizer.ggml.*`, streaming detokenizer.
 //! - [`template`]: the model's own chat template rendered with minijinja, as transformers does.
-//! - [`qmatrix`], [`attention`], [`model`]: the quantized transformer with its KV cache;
-//!   weights stay quantized (in the memory map, or repacked into tiles at load).
+//! - [`backend`]: the model interface ([`backend::Backend`]: tokens at positions -> logits, with
+//!   a KV cache) and the [`backend::Session`] that tracks what the cache holds (prefix reuse,
+//!   commit, rollback) for every backend.
+//! - [`qmatrix`], [`attention`], [`model`]: the native CPU backend, the quantized transformer
+//!   with its KV cache; weights stay quantized (in the memory map, or repacked into tiles at load).
 //! - [`kernels`]: the quantized matrix products (llama.cpp's arithmetic; AVX-512 VNNI with a
 //!   portable scalar definition), activation quantization, weight repacking.
 //! - [`sampler`], [`textstream`], [`generate`]: sampling, thinking/answer splitting, stop rules,
@@ -17,6 +20,7 @@
 //! The binary `smollm3` is a thin CLI over this library.
 
 pub mod attention;
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod engine;

@@ -1,4 +1,5 @@
-//! The quantized Llama/SmolLM3 transformer: weights memory-mapped from the GGUF, an F32 KV cache.
+//! The native CPU backend: the quantized Llama/SmolLM3 transformer on our own kernels, weights
+//! memory-mapped from the GGUF (or repacked into tiles), an F32 KV cache.
 //!
 //! `forward` reads like the paper: embed -> for each layer { RMSNorm -> attention (RoPE except on
 //! NoPE layers) -> residual -> RMSNorm -> SwiGLU -> residual } -> RMSNorm -> LM head. It works on
@@ -10,20 +11,12 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::attention::{attention, AttnShape, KvCache};
+use crate::backend::{Backend, Logits};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::gguf::{Gguf, TensorType};
 use crate::ops::{self, RmsNorm};
 use crate::qmatrix::{matmul_shared, ActBuffers, QMatrix};
-
-/// Which positions' logits a forward pass returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last position (generation).
-    Last,
-    /// Every new position (teacher-forced scoring).
-    All,
-}
 
 struct Layer {
     attn_norm: RmsNorm, // (dim)
@@ -249,71 +242,8 @@ impl Model {
         })
     }
 
-    pub fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.embed.dims().0
-    }
-
-    /// The context length: how many positions the KV cache holds.
-    pub fn max_len(&self) -> usize {
-        self.cache.max_len()
-    }
-
-    pub fn cache(&self) -> &KvCache {
-        &self.cache
-    }
-
-    /// Forgets cached positions from `len` on.
-    pub fn truncate_cache(&mut self, len: usize) {
-        self.cache.truncate(len)
-    }
-
     pub fn weights_bytes(&self) -> usize {
         self.weights_bytes
-    }
-
-    /// Weight types used, with how many tensors of each (for `inspect`).
-    pub fn weight_types(&self) -> Vec<(TensorType, usize)> {
-        let mut counts: Vec<(TensorType, usize)> = Vec::new();
-        let all = self.layers.iter().flat_map(Layer::matrices);
-        for m in all.chain([&self.embed, &self.lm_head]) {
-            match counts.iter_mut().find(|(t, _)| *t == m.dtype()) {
-                Some((_, c)) => *c += 1,
-                None => counts.push((m.dtype(), 1)),
-            }
-        }
-        counts
-    }
-
-    /// Runs `tokens` after the cached positions and caches them. Returns the logits, row-major
-    /// (n, vocab) with n = 1 for [`Logits::Last`] or tokens.len() for [`Logits::All`]; the
-    /// buffer is reused by the next call.
-    pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
-        let pos = self.cache.len();
-        let t = tokens.len();
-        if t == 0 {
-            return Err(EngineError::Sampling("nothing to run: no tokens".into()));
-        }
-        if pos + t > self.max_len() {
-            return Err(EngineError::ContextOverflow {
-                prompt_tokens: pos + t,
-                context_len: self.max_len(),
-                max_prompt: self.max_len(),
-            });
-        }
-        match self.forward_uncommitted(tokens, pos, logits) {
-            Ok(rows) => {
-                self.cache.commit(tokens);
-                Ok(&self.scratch.logits[..rows * self.vocab_size()])
-            }
-            Err(e) => {
-                self.cache.rollback();
-                Err(e)
-            }
-        }
     }
 
     /// The forward pass; returns how many rows of logits it wrote.
@@ -401,6 +331,46 @@ impl Model {
         let out = sized(&mut s.logits, t * vocab);
         matmul_shared(&s.h, t, &mut [(&*lm_head, out)], &mut s.acts)?;
         Ok(t)
+    }
+}
+
+impl Backend for Model {
+    fn forward(&mut self, pos: usize, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
+        self.cache.truncate(pos);
+        match self.forward_uncommitted(tokens, pos, logits) {
+            Ok(rows) => {
+                self.cache.commit(tokens);
+                Ok(&self.scratch.logits[..rows * self.vocab_size()])
+            }
+            Err(e) => {
+                self.cache.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.embed.dims().0
+    }
+
+    fn max_len(&self) -> usize {
+        self.cache.max_len()
+    }
+
+    fn cache_bytes(&self) -> usize {
+        self.cache.size_in_bytes()
+    }
+
+    fn weight_types(&self) -> Vec<(TensorType, usize)> {
+        let mut counts: Vec<(TensorType, usize)> = Vec::new();
+        let all = self.layers.iter().flat_map(Layer::matrices);
+        for m in all.chain([&self.embed, &self.lm_head]) {
+            match counts.iter_mut().find(|(t, _)| *t == m.dtype()) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((m.dtype(), 1)),
+            }
+        }
+        counts
     }
 }
 

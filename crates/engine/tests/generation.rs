@@ -1,0 +1,218 @@
+//! Generation through [`Engine::generate`] on every backend, with the real test model: prefix
+//! reuse, rollback of a diverged conversation, cancellation, the context limit and stop strings.
+//! Each check compares a backend with itself (cached against fresh), so it holds on any device.
+
+mod refdata;
+
+use engine::{
+    Engine, EngineError, EngineOptions, FinishReason, GenerationOutput, GenerationParams,
+    SamplingParams,
+};
+use refdata::smollm2_path;
+
+/// The backends these tests run on.
+fn backends() -> Vec<(&'static str, EngineOptions)> {
+    vec![("native", EngineOptions::default())]
+}
+
+fn load(opts: &EngineOptions, context_len: usize) -> Engine {
+    engine::threads::init(0);
+    let opts = EngineOptions {
+        context_len,
+        ..opts.clone()
+    };
+    Engine::load(&smollm2_path(), &opts).expect("the test model loads")
+}
+
+fn greedy(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::for_family(engine::ModelFamily::Llama)
+        },
+        stop_strings: Vec::new(),
+        ignore_eos: true,
+        start_in_thinking: false,
+    }
+}
+
+fn run(engine: &mut Engine, prompt: &[u32], params: &GenerationParams) -> GenerationOutput {
+    engine
+        .generate(prompt, params, &|| false, &mut |_| {})
+        .expect("generation")
+}
+
+fn prompt(engine: &Engine, text: &str) -> Vec<u32> {
+    engine.encode_prompt(text)
+}
+
+/// Largest |difference| between two rows of logits, and whether their argmax agrees.
+fn close(a: &[f32], b: &[f32]) -> (f32, bool) {
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    (max, argmax(a) == argmax(b))
+}
+
+/// The logits after `cached` (in the cache) then `new` (fed now) against the same tokens from
+/// an empty cache in one pass.
+fn assert_same_as_fresh(name: &str, engine: &mut Engine, all: &[u32], reused: &[f32]) {
+    let fresh = engine.logits(all).expect("fresh pass");
+    let (max, same_argmax) = close(reused, fresh.last().unwrap());
+    assert!(
+        same_argmax && max < 0.05,
+        "{name}: the logits after a reused prefix differ from a fresh pass by up to {max}"
+    );
+}
+
+#[test]
+fn the_second_request_reuses_the_cached_prefix() {
+    for (name, opts) in backends() {
+        let mut engine = load(&opts, 256);
+        let first = prompt(&engine, "The capital of France is");
+        let out = run(&mut engine, &first, &greedy(6));
+        assert_eq!(out.usage.cached_tokens, 0, "{name}");
+        // The cache holds the prompt and every generated token but the last (never fed).
+        assert_eq!(
+            engine.cached_tokens(),
+            first.len() + out.ids.len() - 1,
+            "{name}"
+        );
+        let mut second: Vec<u32> = first.iter().chain(&out.ids).copied().collect();
+        second.extend(engine.tokenizer().encode(" and of Spain", false));
+        let again = run(&mut engine, &second, &greedy(1));
+        assert_eq!(
+            again.usage.cached_tokens,
+            first.len() + out.ids.len() - 1,
+            "{name}: the whole first request is reused"
+        );
+        let reused = engine
+            .feed(&[])
+            .expect_err("an empty feed is refused")
+            .to_string();
+        assert!(reused.contains("no tokens"), "{name}: {reused}");
+
+        // What the reused cache computes equals a fresh pass.
+        engine.reset();
+        let half = second.len() / 2;
+        engine.feed(&second[..half]).expect("prefix");
+        let row = engine.feed(&second[half..]).expect("rest");
+        assert_same_as_fresh(name, &mut engine, &second, &row);
+    }
+}
+
+#[test]
+fn a_diverged_conversation_rolls_back_to_the_common_prefix() {
+    for (name, opts) in backends() {
+        let mut engine = load(&opts, 256);
+        let a = prompt(&engine, "One two three four five six seven");
+        run(&mut engine, &a, &greedy(4));
+        // Same start, different end: only the common prefix is reused, the rest recomputed.
+        let b = prompt(&engine, "One two three four nine ten");
+        let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        assert!(common > 1 && common < b.len(), "{name}: test prompts");
+        let out = run(&mut engine, &b, &greedy(3));
+        assert_eq!(out.usage.cached_tokens, common, "{name}");
+        engine.reset();
+        let fresh = run(&mut engine, &b, &greedy(3));
+        assert_eq!(out.ids, fresh.ids, "{name}: rolled back = fresh");
+
+        // A failed pass caches nothing: the cache still holds what it held.
+        engine.reset();
+        engine.feed(&a).expect("feed");
+        let vocab = engine.info().vocab_size as u32;
+        let err = engine
+            .feed(&[a[0], vocab])
+            .expect_err("token outside the vocabulary");
+        assert!(
+            err.to_string().contains("outside the vocabulary"),
+            "{name}: {err}"
+        );
+        assert_eq!(engine.cached_tokens(), a.len(), "{name}: nothing committed");
+        let row = engine.feed(&b[..3]).expect("after the error");
+        let all: Vec<u32> = a.iter().chain(&b[..3]).copied().collect();
+        assert_same_as_fresh(name, &mut engine, &all, &row);
+    }
+}
+
+#[test]
+fn cancelling_stops_between_tokens_and_keeps_the_engine_usable() {
+    for (name, opts) in backends() {
+        let mut engine = load(&opts, 256);
+        let p = prompt(&engine, "Count: one, two, three,");
+        let polls = std::cell::Cell::new(0);
+        // The loop polls before sampling and before each decode step: stop after 3 tokens.
+        let cancelled = || {
+            polls.set(polls.get() + 1);
+            polls.get() > 6
+        };
+        let mut events = 0;
+        let out = engine
+            .generate(&p, &greedy(50), &cancelled, &mut |_| events += 1)
+            .expect("generation");
+        assert_eq!(out.finish_reason, FinishReason::Cancelled, "{name}");
+        assert_eq!(out.ids.len(), 3, "{name}");
+        assert!(events >= 1, "{name}: the Done event is sent");
+        let again = run(&mut engine, &p, &greedy(3));
+        assert_eq!(again.ids, out.ids, "{name}: the same tokens after a cancel");
+        assert_eq!(again.usage.cached_tokens, p.len() - 1, "{name}");
+    }
+}
+
+#[test]
+fn the_context_limit_refuses_long_prompts_and_ends_long_answers() {
+    for (name, opts) in backends() {
+        let mut engine = load(&opts, 32);
+        let long: Vec<u32> = (0..32).map(|i| 100 + i).collect();
+        match engine.generate(&long, &greedy(4), &|| false, &mut |_| {}) {
+            Err(EngineError::ContextOverflow {
+                prompt_tokens: 32,
+                context_len: 32,
+                max_prompt: 31,
+            }) => {}
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(
+            matches!(
+                engine.logits(&[1; 33]),
+                Err(EngineError::ContextOverflow { .. })
+            ),
+            "{name}"
+        );
+        // 30 prompt tokens leave room for 2 answer tokens (the last one is never fed).
+        let out = run(&mut engine, &long[..30], &greedy(10));
+        assert_eq!(out.finish_reason, FinishReason::Length, "{name}");
+        assert_eq!(out.ids.len(), 3, "{name}");
+        assert_eq!(engine.cached_tokens(), 32, "{name}: the context is full");
+        assert!(
+            matches!(engine.feed(&[1]), Err(EngineError::ContextOverflow { .. })),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_stop_string_ends_the_answer_before_it() {
+    for (name, opts) in backends() {
+        let mut engine = load(&opts, 256);
+        let p = prompt(&engine, "The days of the week are Monday, Tuesday,");
+        let full = run(&mut engine, &p, &greedy(12));
+        assert!(full.text.len() > 8, "{name}: {:?}", full.text);
+        // A stop string from the middle of what it generates unprompted.
+        let at = full.text.len() / 2;
+        let at = (at..full.text.len())
+            .find(|&i| full.text.is_char_boundary(i) && full.text.is_char_boundary(i + 3))
+            .unwrap();
+        let stop = full.text[at..at + 3].to_string();
+        let mut params = greedy(12);
+        params.stop_strings = vec![stop.clone()];
+        let out = run(&mut engine, &p, &params);
+        assert_eq!(out.finish_reason, FinishReason::Stop, "{name}");
+        let cut = full.text.find(&stop).unwrap();
+        assert_eq!(out.text, full.text[..cut], "{name}: stop {stop:?}");
+    }
+}

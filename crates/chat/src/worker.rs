@@ -365,7 +365,7 @@ fn prompt_for(
         let open = text
             .rfind("<think>")
             .is_some_and(|i| !text[i..].contains("</think>"));
-        let ids = engine.encode_prompt(&text);
+        let ids = engine.encode_prompt(&text)?;
         if ids.len() + reserve <= engine.context_len() || !drop_oldest_turn(messages) {
             return Ok((ids, open));
         }

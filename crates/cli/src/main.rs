@@ -343,7 +343,7 @@ fn chat_prompt(engine: &Engine, messages: &[ChatMessage], think: bool) -> Result
     let open = text
         .rfind("<think>")
         .is_some_and(|i| !text[i..].contains("</think>"));
-    Ok((engine.encode_prompt(&text), open))
+    Ok((engine.encode_prompt(&text)?, open))
 }
 
 fn print_event(ev: &GenerationEvent) {

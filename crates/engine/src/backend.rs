@@ -87,11 +87,12 @@ impl Session {
     }
 
     /// Runs `tokens` after the cached positions and caches them (see [`Backend::forward`]). On an
-    /// error nothing new is cached.
+    /// error nothing new is cached; logits with a NaN are an error
+    /// ([`EngineError::NanLogits`]), whichever backend computed them.
     pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
         let pos = self.tokens.len();
         if tokens.is_empty() {
-            return Err(EngineError::Sampling("nothing to run: no tokens".into()));
+            return Err(EngineError::EmptyPrompt);
         }
         let max_len = self.backend.max_len();
         if pos + tokens.len() > max_len {
@@ -108,9 +109,34 @@ impl Session {
             )));
         }
         let out = self.backend.forward(pos, tokens, logits)?;
+        // The position of the first row returned.
+        let first = match logits {
+            Logits::Last => pos + tokens.len() - 1,
+            Logits::All => pos,
+        };
+        for (i, row) in out.chunks(vocab.max(1)).enumerate() {
+            check_logits(row, first + i)?;
+        }
         self.tokens.extend_from_slice(tokens);
         Ok(out)
     }
+}
+
+/// Refuses a row of logits with a NaN in it (`position`: where it was computed): a model whose
+/// arithmetic breaks down must say so, not sample garbage or stop silently.
+fn check_logits(row: &[f32], position: usize) -> Result<()> {
+    // Lane-wise, so the scan vectorises: it runs once per generated token.
+    let mut lanes = [false; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane |= x.is_nan();
+        }
+    }
+    if lanes.contains(&true) || chunks.remainder().iter().any(|x| x.is_nan()) {
+        return Err(EngineError::NanLogits { position });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams};
 use crate::gguf::{Gguf, GgufError};
+use crate::memory::{self, MemoryEstimate};
 use crate::model::Model;
 use crate::sampler::SamplingParams;
 use crate::template::{ChatMessage, ChatOptions, ChatTemplate};
@@ -53,6 +54,8 @@ pub struct ModelInfo {
     pub supports_thinking: bool,
     pub nope_layers: Vec<usize>,
     pub context_len: usize,
+    /// What the model was estimated to need at `context_len`, checked before loading.
+    pub memory: MemoryEstimate,
     pub load_ms: f64,
 }
 
@@ -83,10 +86,23 @@ fn load_tokenizer(gguf: &Gguf, opts: &EngineOptions) -> Result<Tokenizer> {
     Tokenizer::from_tokenizer_json_for(gguf, &json)
 }
 
-impl Engine {
-    /// Memory-maps and validates `path`, then builds the model. Never panics on a bad file.
-    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
-        let start = Instant::now();
+/// A model file checked up to its weights: metadata, tokenizer, template and the memory it
+/// needs. What [`Engine::load`] builds the model from, and all [`validate`] reads.
+struct Checked {
+    map: Arc<Mmap>,
+    gguf: Gguf,
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    supports_thinking: bool,
+    context_len: usize,
+    memory: MemoryEstimate,
+}
+
+impl Checked {
+    /// Maps and parses `path` and validates everything but the weights' values. Never panics on
+    /// a bad file and allocates nothing sized by it beyond the parsed metadata.
+    fn new(path: &Path, opts: &EngineOptions) -> Result<Self> {
         let io_err = |error| EngineError::Io {
             path: path.to_owned(),
             error,
@@ -98,6 +114,13 @@ impl Engine {
         let gguf = Gguf::parse(&map).map_err(gguf_err(path))?;
         let cfg = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = load_tokenizer(&gguf, opts)?;
+        if tokenizer.vocab_size() != cfg.n_vocab {
+            return Err(EngineError::InvalidModel(format!(
+                "the tokenizer has {} tokens but the embedding matrix has {} rows",
+                tokenizer.vocab_size(),
+                cfg.n_vocab
+            )));
+        }
         // The template, and whether it has a thinking mode (SmolLM3's `enable_thinking`).
         let (template, supports_thinking) = match gguf.opt_str("tokenizer.chat_template") {
             Ok(Some(src)) => {
@@ -107,20 +130,67 @@ impl Engine {
                 };
                 let s = tokenizer.special();
                 let template = ChatTemplate::new(src, &piece(s.bos), &piece(s.eos))?;
+                template.probe()?;
                 (Some(template), src.contains("enable_thinking"))
             }
             Ok(None) => (None, false),
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
         let context_len = opts.context_len.clamp(1, cfg.context_length);
-        let model: Box<dyn Backend> = Box::new(Model::load(&gguf, &map, cfg.clone(), context_len)?);
-        if tokenizer.vocab_size() != model.vocab_size() {
-            return Err(EngineError::UnsupportedModel(format!(
-                "the tokenizer has {} tokens but the embedding matrix has {} rows",
-                tokenizer.vocab_size(),
-                model.vocab_size()
-            )));
+        let weights = gguf.tensors.iter().map(|t| t.n_bytes).sum();
+        let memory = MemoryEstimate::new(
+            &cfg,
+            weights,
+            gguf.data_offset,
+            context_len,
+            4,
+            crate::threads::current(),
+        )?;
+        Ok(Self {
+            map,
+            gguf,
+            cfg,
+            tokenizer,
+            template,
+            supports_thinking,
+            context_len,
+            memory,
+        })
+    }
+}
+
+/// Checks a model file as [`Engine::load`] would (GGUF structure, metadata, tensor shapes,
+/// tokenizer, chat template) without reading its weights or allocating the model: for vetting a
+/// file while another model is loaded. The memory check is left to the load, when the memory in
+/// use is known. Returns the model's configuration.
+pub fn validate(path: &Path, opts: &EngineOptions) -> Result<ModelConfig> {
+    Ok(Checked::new(path, opts)?.cfg)
+}
+
+impl Engine {
+    /// Memory-maps and validates `path`, checks that the model fits in the available memory at
+    /// the chosen context, then builds the model. Never panics on a bad file.
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Self> {
+        let start = Instant::now();
+        let Checked {
+            map,
+            gguf,
+            cfg,
+            tokenizer,
+            template,
+            supports_thinking,
+            context_len,
+            memory,
+        } = Checked::new(path, opts)?;
+        match memory::host_available() {
+            Some(available) => memory.check(&available)?,
+            None => tracing::warn!(
+                needed = %memory::gb(memory.total()),
+                "cannot tell the available memory on this system: the model's need is not checked"
+            ),
         }
+        let model: Box<dyn Backend> =
+            Box::new(Model::load(&gguf, &map, cfg.clone(), context_len)?);
         let stop_tokens = stop_tokens(&tokenizer);
         let info = ModelInfo {
             path: path.to_owned(),
@@ -137,6 +207,7 @@ impl Engine {
             nope_layers: cfg.nope_layers(),
             context_len,
             config: cfg,
+            memory,
             load_ms: start.elapsed().as_secs_f64() * 1e3,
         };
         tracing::info!(path = %path.display(), load_ms = info.load_ms, "model loaded");
@@ -213,15 +284,22 @@ impl Engine {
     }
 
     /// Tokens of a rendered prompt: special tokens parsed, BOS added when the model asks for it.
-    pub fn encode_prompt(&self, rendered: &str) -> Vec<u32> {
+    /// Text of which the vocabulary can encode nothing is an error naming that cause.
+    pub fn encode_prompt(&self, rendered: &str) -> Result<Vec<u32>> {
         let mut ids = self.tokenizer.encode(rendered, true);
+        if ids.is_empty() && !rendered.is_empty() {
+            return Err(EngineError::Tokenizer(format!(
+                "the prompt ({} bytes of text) encodes to no tokens: the vocabulary has a token for none of its characters",
+                rendered.len()
+            )));
+        }
         let s = self.tokenizer.special();
         if let (true, Some(bos)) = (s.add_bos, s.bos) {
             if ids.first() != Some(&bos) {
                 ids.insert(0, bos);
             }
         }
-        ids
+        Ok(ids)
     }
 
     /// Teacher-forced logits for every position of `tokens`, from an empty cache.

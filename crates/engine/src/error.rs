@@ -18,15 +18,33 @@ pub enum EngineError {
         path: PathBuf,
         error: crate::gguf::GgufError,
     },
-    /// The GGUF is well-formed but describes a model this engine cannot run, or is inconsistent.
+    /// The GGUF is well-formed but describes a model this engine cannot run.
     #[error("unsupported model: {0}")]
     UnsupportedModel(String),
+    /// The GGUF is well-formed but its metadata or tensors are wrong: a value out of its domain
+    /// (NaN epsilon, zero heads), or tensors that disagree with the metadata.
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// The model would not fit in the memory available for it.
+    #[error("{}", crate::memory::refusal(estimate, *needed, *available, place))]
+    InsufficientMemory {
+        needed: u64,
+        available: u64,
+        place: String,
+        estimate: crate::memory::MemoryEstimate,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
     #[error("invalid sampling settings: {0}")]
     Sampling(String),
+    /// Nothing to run: the prompt has no tokens.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The forward pass produced NaN: the model's weights or metadata are broken.
+    #[error("the model computed NaN logits (at position {position}): its weights or metadata are broken")]
+    NanLogits { position: usize },
     #[error("the prompt has {prompt_tokens} tokens but the context holds {context_len} (at most {max_prompt} prompt tokens leave room for an answer); shorten the conversation or raise the context length")]
     ContextOverflow {
         prompt_tokens: usize,

@@ -107,7 +107,7 @@ pub fn generate(
     let start = Instant::now();
     let ctx = session.max_len();
     if prompt.is_empty() {
-        return Err(EngineError::Sampling("the prompt is empty".into()));
+        return Err(EngineError::EmptyPrompt);
     }
     if prompt.len() >= ctx {
         return Err(EngineError::ContextOverflow {

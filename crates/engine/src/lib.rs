@@ -2,7 +2,10 @@
 //!
 //! The flow, file by file:
 //! - [`gguf`]: validating parser of the memory-mapped GGUF file (metadata + tensor index).
-//! - [`config`]: [`ModelConfig`] from the metadata (`llama` and `smollm3`, NoPE layers).
+//! - [`config`]: [`ModelConfig`] from the metadata (`llama` and `smollm3`, NoPE layers), every
+//!   value and tensor shape validated.
+//! - [`memory`]: what a model needs at a context length (weights, KV cache, buffers), checked
+//!   against the available memory before loading.
 //! - [`tokenizer`]: llama.cpp-exact gpt2 BPE from `tokenizer.ggml.*`, streaming detokenizer.
 //! - [`template`]: the model's own chat template rendered with minijinja, as transformers does.
 //! - [`backend`]: the model interface ([`backend::Backend`]: tokens at positions -> logits, with
@@ -15,7 +18,7 @@
 //! - [`sampler`], [`textstream`], [`generate`]: sampling, thinking/answer splitting, stop rules,
 //!   and the event stream of one generation.
 //! - [`engine`]: [`Engine`] ties them together: `load` -> `render_chat` -> `encode_prompt` ->
-//!   `generate` (events) / `logits`.
+//!   `generate` (events) / `logits`; [`validate`] checks a file without loading its weights.
 //!
 //! The binary `smollm3` is a thin CLI over this library.
 
@@ -28,6 +31,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod qmatrix;
@@ -39,7 +43,7 @@ pub mod threads;
 pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};
-pub use engine::{Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN};
+pub use engine::{validate, Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN};
 pub use error::{EngineError, Result};
 pub use generate::{
     FinishReason, GenerationDone, GenerationEvent, GenerationOutput, GenerationParams, Timings,

@@ -96,12 +96,12 @@ crate::ops::with_fma!(
 struct Scratch {
     x: Vec<f32>,      // (t, dim) the residual stream
     h: Vec<f32>,      // (t, dim) a block's normalised input
-    q: Vec<f32>,      // (t, n_head * hd), then the attention block's output (t, dim)
+    q: Vec<f32>,      // (t, max(n_head * hd, dim)): q, then the attention block's output (t, dim)
     k: Vec<f32>,      // (t, n_head_kv * hd)
     v: Vec<f32>,      // (t, n_head_kv * hd)
     attn: Vec<f32>,   // (t, n_head * hd)
     gate: Vec<f32>,   // (t, n_ff) the gate, then silu(gate) * up
-    up: Vec<f32>,     // (t, n_ff), then the feed-forward block's output (t, dim)
+    up: Vec<f32>,     // (t, max(n_ff, dim)): up, then the feed-forward block's output (t, dim)
     logits: Vec<f32>, // (rows, vocab)
     acts: ActBuffers,
 }
@@ -269,7 +269,7 @@ impl Model {
                 .attn_norm
                 .rows(&s.x[..t * dim], sized(&mut s.h, t * dim));
             let (q, k, v) = (
-                sized(&mut s.q, t * q_dim),
+                &mut sized(&mut s.q, t * q_dim.max(dim))[..t * q_dim],
                 sized(&mut s.k, t * kv_dim),
                 sized(&mut s.v, t * kv_dim),
             );
@@ -294,8 +294,9 @@ impl Model {
                 scale: cfg.attention_scale,
             };
             attention(q, kc, vc, shape, sized(&mut s.attn, t * q_dim));
-            // q is spent: it takes the block's output.
-            let out = sized(&mut s.q, t * dim);
+            // q is spent: it takes the block's output (q_dim may be smaller than dim).
+            let out = sized(&mut s.q, t * q_dim.max(dim));
+            let out = &mut out[..t * dim];
             matmul_shared(&s.attn, t, &mut [(&layer.wo, out)], &mut s.acts)?;
             if il + 1 == n_layer && logits == Logits::Last && t > 1 {
                 // As llama.cpp: the last layer's feed-forward runs only for rows whose logits
@@ -309,7 +310,10 @@ impl Model {
             layer
                 .ffn_norm
                 .rows(&s.x[..t * dim], sized(&mut s.h, t * dim));
-            let (gate, up) = (sized(&mut s.gate, t * n_ff), sized(&mut s.up, t * n_ff));
+            // up is sized for the block's output too, which it takes below (n_ff may be
+            // smaller than dim).
+            let gate = sized(&mut s.gate, t * n_ff);
+            let up = &mut sized(&mut s.up, t * n_ff.max(dim))[..t * n_ff];
             matmul_shared(
                 &s.h,
                 t,

@@ -178,6 +178,27 @@ impl ChatTemplate {
     }
 }
 
+impl ChatTemplate {
+    /// Renders a one-message conversation, so that a template that cannot (an error raised at
+    /// run time, a loop that runs out of fuel, output past the cap) is refused when the model is
+    /// loaded, naming its cause, rather than failing every message after.
+    pub fn probe(&self) -> Result<()> {
+        let messages = [ChatMessage::new("user", "Hello")];
+        let opts = ChatOptions {
+            add_generation_prompt: true,
+            ..ChatOptions::default()
+        };
+        let today = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default();
+        match self.render(&messages, &opts, today) {
+            Ok(_) => Ok(()),
+            Err(EngineError::Template(m)) => Err(EngineError::Template(format!(
+                "it cannot render a one-message conversation: {m}"
+            ))),
+            Err(other) => Err(other),
+        }
+    }
+}
+
 /// Turns a minijinja error (with its cause chain) into the engine's error.
 fn template_error(err: Error) -> EngineError {
     let mut message = err.to_string();

@@ -174,7 +174,12 @@ impl Tokenizer {
                     tokens.len()
                 )))
             }
-            Some(codes) => codes.into_iter().map(TokenType::from_code).collect(),
+            // Extra codes are ignored, as llama.cpp ignores them.
+            Some(codes) => codes
+                .into_iter()
+                .take(tokens.len())
+                .map(TokenType::from_code)
+                .collect(),
         };
         let merges = merges.iter().map(|m| split_merge(m));
         Self::build(tokens, types, merges, pre, special)
@@ -207,6 +212,19 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
+        if tokens.iter().all(String::is_empty) {
+            return Err(EngineError::Tokenizer(format!(
+                "all {} tokens of the vocabulary are empty strings: no text can be encoded",
+                tokens.len()
+            )));
+        }
+        if types.len() != tokens.len() {
+            return Err(EngineError::Tokenizer(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
         let mut token_to_id = HashMap::with_capacity(tokens.len());
         for (id, text) in (0u32..).zip(tokens.iter_mut()) {
             if text.is_empty() {
@@ -227,12 +245,29 @@ impl Tokenizer {
                 eog.push(id);
             }
         }
-        for id in [&mut special.bos, &mut special.eos, &mut special.eot]
-            .into_iter()
-            .chain([&mut special.pad, &mut special.unk])
-        {
-            // llama.cpp ignores special ids outside the vocabulary.
-            *id = id.filter(|&i| (i as usize) < tokens.len());
+        // The ids the engine relies on (BOS for the prompt and template, EOS/EOT to stop) must
+        // name tokens; llama.cpp would substitute an arbitrary default id. Padding and unknown
+        // ids are unused here and, as in llama.cpp, ignored when out of range.
+        for (name, id) in [
+            ("bos", special.bos),
+            ("eos", special.eos),
+            ("eot", special.eot),
+        ] {
+            if let Some(id) = id.filter(|&i| i as usize >= tokens.len()) {
+                return Err(EngineError::Tokenizer(format!(
+                    "tokenizer.ggml.{name}_token_id is {id}, outside the vocabulary of {} tokens",
+                    tokens.len()
+                )));
+            }
+        }
+        for (name, id) in [("padding", &mut special.pad), ("unknown", &mut special.unk)] {
+            if let Some(bad) = id.filter(|&i| i as usize >= tokens.len()) {
+                tracing::warn!(
+                    id = bad,
+                    "tokenizer.ggml.{name}_token_id is outside the vocabulary; ignored"
+                );
+                *id = None;
+            }
         }
         eog.extend(special.eos.iter().chain(special.eot.iter()));
         eog.sort_unstable();

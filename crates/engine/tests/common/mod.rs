@@ -3,3 +3,4 @@
 #![allow(dead_code)]
 
 pub mod gguf_writer;
+pub mod tiny_model;

@@ -132,14 +132,11 @@ impl Models {
         notify(app);
     }
 
-    /// Validates `path` with the engine's loader and copies it into the models folder; it becomes the model.
+    /// Validates `path` with the engine's checks (structure, metadata, tokenizer, template; not a
+    /// second model in memory) and copies it into the models folder; it becomes the model.
     pub fn import(&self, core: &Core, path: &Path) -> Result<PathBuf, String> {
         let imported = download::import(&self.config, path, download::ImportMode::Copy, |p| {
-            let opts = engine::EngineOptions {
-                context_len: 64,
-                tokenizer_json: None,
-            };
-            engine::Engine::load(p, &opts).map(drop)
+            engine::validate(p, &engine::EngineOptions::default()).map(drop)
         })
         .map_err(|e| e.to_string())?;
         core.app()

@@ -1,5 +1,6 @@
 //! Adding a model file the user already has (file dialog, drag and drop). The caller supplies the
-//! validator, normally the engine's GGUF loader, so this crate needs neither the engine nor a runtime.
+//! validator, normally `engine::validate` (the loader's checks without loading the weights, so a
+//! model in use is not joined by a second one), so this crate needs neither the engine nor a runtime.
 
 use std::fmt::Display;
 use std::fs::{self, File, OpenOptions};

@@ -189,8 +189,7 @@ impl Engine {
                 "cannot tell the available memory on this system: the model's need is not checked"
             ),
         }
-        let model: Box<dyn Backend> =
-            Box::new(Model::load(&gguf, &map, cfg.clone(), context_len)?);
+        let model: Box<dyn Backend> = Box::new(Model::load(&gguf, &map, cfg.clone(), context_len)?);
         let stop_tokens = stop_tokens(&tokenizer);
         let info = ModelInfo {
             path: path.to_owned(),

@@ -40,7 +40,7 @@ pub enum EngineError {
     #[error("invalid sampling settings: {0}")]
     Sampling(String),
     /// Nothing to run: the prompt has no tokens.
-    #[error("the prompt is empty")]
+    #[error("nothing to run: the prompt has no tokens")]
     EmptyPrompt,
     /// The forward pass produced NaN: the model's weights or metadata are broken.
     #[error("the model computed NaN logits (at position {position}): its weights or metadata are broken")]

@@ -44,7 +44,7 @@ fn run(engine: &mut Engine, prompt: &[u32], params: &GenerationParams) -> Genera
 }
 
 fn prompt(engine: &Engine, text: &str) -> Vec<u32> {
-    engine.encode_prompt(text)
+    engine.encode_prompt(text).expect("the prompt encodes")
 }
 
 /// Largest |difference| between two rows of logits, and whether their argmax agrees.

@@ -48,6 +48,12 @@ pub enum Error {
     #[error("secure connection to {host} failed: {reason}")]
     Tls { host: String, reason: String },
 
+    #[error(
+        "{from} redirected to {to}, which is not encrypted (https -> http); the download was refused. \
+         Check the download endpoint or the proxy"
+    )]
+    InsecureRedirect { from: String, to: String },
+
     #[error("too many redirects starting from {url}")]
     TooManyRedirects { url: String },
 

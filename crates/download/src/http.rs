@@ -1,6 +1,8 @@
 //! One GET of a hub file, redirects followed by hand. The hub answers `resolve` with a redirect to a
-//! CDN; the first answer carries `X-Linked-ETag` (the file's SHA-256) and `X-Linked-Size`, which the
-//! CDN's answer does not, and the token must not travel to the CDN's host.
+//! CDN; the hub's answer carries `X-Linked-ETag` (the file's SHA-256) and `X-Linked-Size`, which the
+//! CDN's answer does not. Only the endpoint's own origin is trusted with the token and believed about
+//! the checksum: a later hop (a CDN, or whatever a redirect points at) could name any hash. A redirect
+//! from `https` to `http` is refused, so no hop can move the download off an encrypted connection.
 
 use std::io;
 
@@ -70,7 +72,7 @@ impl Client {
                 }
             }
             if let Some(token) = &self.token {
-                if origin(&current) == start_origin {
+                if same_origin(&current, start_origin) {
                     req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
                 }
             }
@@ -78,12 +80,17 @@ impl Client {
             let resp = req.call().map_err(|e| transport_error(&current, e))?;
             let status = resp.status().as_u16();
             let headers = resp.headers();
-            // The first hop that names the file's hash wins: later hops are a CDN that does not.
-            if linked_sha256.is_none() {
-                linked_sha256 = text(headers, "x-linked-etag").and_then(|v| parse_sha256(&v).ok());
-            }
-            if linked_size.is_none() {
-                linked_size = text(headers, "x-linked-size").and_then(|v| v.trim().parse().ok());
+            // The checksum and size count only from the endpoint's origin (its redirects within
+            // itself included, e.g. a renamed repository); the first such hop that names them wins.
+            if same_origin(&current, start_origin) {
+                if linked_sha256.is_none() {
+                    linked_sha256 =
+                        text(headers, "x-linked-etag").and_then(|v| parse_sha256(&v).ok());
+                }
+                if linked_size.is_none() {
+                    linked_size =
+                        text(headers, "x-linked-size").and_then(|v| v.trim().parse().ok());
+                }
             }
             match status {
                 200 | 206 | 416 => {
@@ -106,7 +113,7 @@ impl Client {
                             status,
                             url: current.clone(),
                         })?;
-                    current = join(&current, &location);
+                    current = next_hop(&current, &location)?;
                 }
                 401 => return Err(Error::Unauthorized { url: url.into() }),
                 403 => return Err(Error::Forbidden { url: url.into() }),
@@ -212,9 +219,41 @@ pub(crate) fn host(url: &str) -> &str {
     o.split_once("://").map_or(o, |(_, h)| h)
 }
 
+/// Where a redirect from `current` to `location` leads; an `https` -> `http` downgrade is refused
+/// (the bytes, and the checksum check's premise, would travel in the clear).
+fn next_hop(current: &str, location: &str) -> Result<String> {
+    let next = join(current, location);
+    if is_scheme(current, "https") && !is_scheme(&next, "https") {
+        return Err(Error::InsecureRedirect {
+            from: current.to_string(),
+            to: next,
+        });
+    }
+    Ok(next)
+}
+
+fn is_scheme(url: &str, scheme: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(s, _)| s.eq_ignore_ascii_case(scheme))
+}
+
+/// An absolute URL (`scheme://…`), as opposed to a path or a scheme-relative `//host/…`.
+fn has_scheme(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(s, _)| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+/// Scheme and host compare without regard to case, as URLs do.
+fn same_origin(a: &str, b: &str) -> bool {
+    origin(a).eq_ignore_ascii_case(origin(b))
+}
+
 /// Resolves a `Location` header against the URL that sent it.
 fn join(base: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
+    if has_scheme(location) {
         location.to_string()
     } else if let Some(rest) = location.strip_prefix("//") {
         let scheme = base.split_once("://").map_or("https", |(s, _)| s);
@@ -256,6 +295,58 @@ mod tests {
             join(base, "g.gguf"),
             "https://hub.example/org/repo/resolve/main/g.gguf"
         );
+    }
+
+    #[test]
+    fn an_https_to_http_redirect_is_refused() {
+        let from = "https://hub.example/org/repo/resolve/main/f.gguf";
+        for location in [
+            "http://cdn.example/x",
+            "HTTP://cdn.example/x",
+            "ftp://cdn.example/x",
+        ] {
+            let err = next_hop(from, location).unwrap_err();
+            assert!(
+                matches!(&err, Error::InsecureRedirect { from: f, .. } if f == from),
+                "{location}: {err}"
+            );
+        }
+        // Staying on https, relative locations and scheme-relative ones are followed.
+        assert_eq!(
+            next_hop(from, "https://cdn.example/x").unwrap(),
+            "https://cdn.example/x"
+        );
+        assert_eq!(
+            next_hop(from, "//cdn.example/x").unwrap(),
+            "https://cdn.example/x"
+        );
+        assert_eq!(next_hop(from, "/x").unwrap(), "https://hub.example/x");
+        // A local http mirror may redirect anywhere, https included.
+        let mirror = "http://127.0.0.1:8080/o/r/resolve/main/f.gguf";
+        assert_eq!(
+            next_hop(mirror, "http://127.0.0.1:8081/x").unwrap(),
+            "http://127.0.0.1:8081/x"
+        );
+        assert_eq!(
+            next_hop(mirror, "https://cdn.example/x").unwrap(),
+            "https://cdn.example/x"
+        );
+    }
+
+    #[test]
+    fn origins_compare_without_case() {
+        assert!(same_origin(
+            "https://Hub.Example/a",
+            "HTTPS://hub.example/b"
+        ));
+        assert!(!same_origin(
+            "https://hub.example/a",
+            "http://hub.example/a"
+        ));
+        assert!(!same_origin(
+            "https://hub.example/a",
+            "https://hub.example.evil/a"
+        ));
     }
 
     #[test]

@@ -127,6 +127,49 @@ fn without_any_checksum_the_file_is_installed_as_unverified() {
 }
 
 #[test]
+fn a_checksum_named_by_a_later_hop_is_not_believed() {
+    // The hub names none; the CDN names a (wrong) one. Only the endpoint's origin is trusted, so the
+    // file is installed unverified rather than checked against, or rejected by, the CDN's word.
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    srv.faults().linked_etag = LinkedEtag::Absent;
+    srv.faults().cdn_linked_etag = Some(LinkedEtag::Wrong);
+    let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
+    let got = installed(d.download(&source(), &Control::new(), |_| {}).unwrap());
+    assert_eq!(got.verification, Verification::Unverified);
+    assert_eq!(fs::read(&got.path).unwrap(), srv.data());
+
+    // Nor does a later hop's checksum override the hub's.
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    srv.faults().cdn_linked_etag = Some(LinkedEtag::Wrong);
+    let d = Downloader::new(test_config(dir.path(), &srv.endpoint()));
+    let got = installed(d.download(&source(), &Control::new(), |_| {}).unwrap());
+    assert_eq!(got.verification, Verification::Hub);
+}
+
+#[test]
+fn a_redirect_within_the_hub_keeps_its_checksum_and_token() {
+    let srv = server();
+    let dir = tempfile::tempdir().unwrap();
+    srv.faults().moved_on_hub = true;
+    srv.faults().linked_etag = LinkedEtag::Wrong;
+    srv.faults().require_token = Some("hf_secret".into());
+    let config = test_config(dir.path(), &srv.endpoint()).with_token(Some("hf_secret".into()));
+    let err = Downloader::new(config)
+        .download(&source(), &Control::new(), |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ChecksumMismatch { .. }),
+        "the hub's second hop names the checksum, which must be checked: {err}"
+    );
+    let seen = srv.seen();
+    assert_eq!(seen[0].status, 307);
+    assert!(seen[1].path.starts_with("/moved/"), "{seen:?}");
+    assert_eq!(seen[1].authorization.as_deref(), Some("Bearer hf_secret"));
+}
+
+#[test]
 fn token_goes_to_the_hub_but_not_to_the_cdn() {
     let srv = server();
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,11 @@ pub struct Faults {
     /// Sleep this long before sending the body (a stalled connection).
     pub stall: Option<Duration>,
     pub linked_etag: LinkedEtag,
+    /// The CDN's answer also carries `X-Linked-ETag` (a later hop naming a hash of its own).
+    pub cdn_linked_etag: Option<LinkedEtag>,
+    /// `resolve` first answers 307 to `/moved{path}` on the hub itself (a renamed repository),
+    /// which then answers as `resolve` does.
+    pub moved_on_hub: bool,
     /// `resolve` answers 401 unless it gets `Authorization: Bearer <token>`.
     pub require_token: Option<String>,
 }
@@ -206,6 +211,16 @@ fn handle(mut conn: TcpStream, shared: &Shared) {
         authorization: req.header("authorization"),
         status: 0,
     };
+    if faults.moved_on_hub && !req.path.starts_with("/moved/") && req.path.contains("/resolve/") {
+        seen.status = 307;
+        shared.seen.lock().unwrap().push(seen);
+        let _ = write!(
+            conn,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: /moved{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            req.path
+        );
+        return;
+    }
     if req.path.contains("/resolve/") {
         let status = resolve_status(shared, &faults, &req);
         seen.status = status;
@@ -222,11 +237,7 @@ fn handle(mut conn: TcpStream, shared: &Shared) {
             "HTTP/1.1 302 Found\r\nLocation: http://{}/blob/{file}\r\nContent-Length: 0\r\nConnection: close\r\n",
             shared.cdn
         );
-        match faults.linked_etag {
-            LinkedEtag::Real => head += &format!("X-Linked-ETag: \"{}\"\r\n", shared.sha256),
-            LinkedEtag::Wrong => head += &format!("X-Linked-ETag: \"{}\"\r\n", "0".repeat(64)),
-            LinkedEtag::Absent => {}
-        }
+        head += &linked_etag(shared, &faults.linked_etag);
         head += &format!("X-Linked-Size: {}\r\n\r\n", shared.data.len());
         let _ = conn.write_all(head.as_bytes());
     } else if req.path.starts_with("/blob/") {
@@ -238,6 +249,15 @@ fn handle(mut conn: TcpStream, shared: &Shared) {
             conn,
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
+    }
+}
+
+/// The `X-Linked-ETag` header line (empty for `Absent`).
+fn linked_etag(shared: &Shared, which: &LinkedEtag) -> String {
+    match which {
+        LinkedEtag::Real => format!("X-Linked-ETag: \"{}\"\r\n", shared.sha256),
+        LinkedEtag::Wrong => format!("X-Linked-ETag: \"{}\"\r\n", "0".repeat(64)),
+        LinkedEtag::Absent => String::new(),
     }
 }
 
@@ -297,7 +317,12 @@ fn serve_blob(
         }
     };
     shared.seen.lock().unwrap().push(seen);
-    let head = format!("{head}ETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n");
+    let linked = faults
+        .cdn_linked_etag
+        .as_ref()
+        .map_or(String::new(), |l| linked_etag(shared, l));
+    let head =
+        format!("{head}{linked}ETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n");
     if conn.write_all(head.as_bytes()).is_err() {
         return;
     }

@@ -1,8 +1,9 @@
 //! View models: the chat core's types turned into what the templates show (titles, formatted stats, the
 //! context meter), and stream events turned into the page's frame shape (see `doc/app.md`).
 
-use chat::protocol::{EventKind, MessageStats, StreamEvent};
+use chat::protocol::{EventKind, StreamEvent};
 use chat::store::{Chat, Message, MessageKind, MessageStatus, Role};
+use chat::MessageStats;
 use serde::Serialize;
 
 #[derive(Serialize)]

@@ -5,68 +5,29 @@
 //! settings, shutdown), [`crate::send`] (send, stop, regenerate), [`crate::replies`] (slash
 //! commands).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::commands::{self, CommandSuggestion};
+use crate::core::Core;
 use crate::device::{self, DeviceInfo};
-use crate::error::{ChatError, Result};
+use crate::error::Result;
 use crate::events::{AppEvent, EventSink};
 use crate::export::{self, Export};
 use crate::paths::{find_model, how_to_get_a_model, AppPaths};
-use crate::protocol::{EventId, EventLog, EventsAfter, FrameConfig};
+use crate::protocol::{EventId, EventsAfter};
 use crate::search::SearchHit;
 use crate::settings::{Settings, SettingsDiff};
-use crate::store::{Chat, ChatId, MessageId, MessageStatus, Store};
-use crate::stream::{self, StreamInput};
+use crate::store::{Chat, ChatId, Store};
+use crate::stream;
 use crate::views::{AppStatus, ChatView};
 use crate::worker::{LoadRequest, ModelState, StateSink, Worker};
-
-pub(crate) struct Job {
-    pub chat_id: ChatId,
-    pub cancelled: Arc<AtomicBool>,
-}
-
-/// State shared by the facade, the stream thread and the worker's callbacks.
-///
-/// Lock order: `jobs` before `log` before `store`; none is held while calling the sink.
-pub(crate) struct Core {
-    pub store: Mutex<Store>,
-    pub log: Mutex<EventLog>,
-    pub sink: EventSink,
-    pub jobs: Mutex<HashMap<MessageId, Job>>,
-    pub settings: Mutex<Settings>,
-}
-
-impl Core {
-    pub fn frame_config(&self) -> FrameConfig {
-        self.settings.lock().unwrap().frame_config()
-    }
-
-    /// Starts the chat's event ids after the stored ones (once per chat and process).
-    pub fn seed_log(&self, chat_id: ChatId) -> Result<()> {
-        if self.log.lock().unwrap().knows(chat_id) {
-            return Ok(());
-        }
-        let last = self.store.lock().unwrap().chat(chat_id)?.last_event_id;
-        self.log.lock().unwrap().seed(chat_id, last);
-        Ok(())
-    }
-
-    pub fn busy(jobs: &HashMap<MessageId, Job>, chat_id: ChatId) -> bool {
-        jobs.values().any(|j| j.chat_id == chat_id)
-    }
-}
 
 pub(crate) struct Inner {
     pub core: Arc<Core>,
     pub worker: Worker,
     pub paths: AppPaths,
-    pub stream_tx: Mutex<Option<Sender<StreamInput>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     notices: Vec<String>,
 }
@@ -100,15 +61,9 @@ impl ChatApp {
                 store.recovered()
             ));
         }
-        let core = Arc::new(Core {
-            store: Mutex::new(store),
-            log: Mutex::new(EventLog::new()),
-            sink,
-            jobs: Mutex::new(HashMap::new()),
-            settings: Mutex::new(settings),
-        });
+        let core = Arc::new(Core::new(store, settings, sink.clone()));
         let (stream_tx, streamer) = stream::spawn(core.clone());
-        let sink = core.sink.clone();
+        core.set_stream(stream_tx);
         let on_state: StateSink =
             Arc::new(move |s: &ModelState| sink(AppEvent::ModelState(s.clone())));
         let initial = ModelState::NoModel {
@@ -121,7 +76,6 @@ impl ChatApp {
                 core,
                 worker,
                 paths,
-                stream_tx: Mutex::new(Some(stream_tx)),
                 threads: Mutex::new(vec![worker_thread, streamer]),
                 notices,
             }),
@@ -144,17 +98,8 @@ impl ChatApp {
         &self.inner.core
     }
 
-    pub(crate) fn stream_sender(&self) -> Result<Sender<StreamInput>> {
-        self.inner
-            .stream_tx
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or(ChatError::WorkerGone)
-    }
-
     pub(crate) fn emit(&self, event: AppEvent) {
-        (self.core().sink)(event)
+        self.core().emit(event)
     }
 
     // ---- model ---------------------------------------------------------------------------
@@ -182,7 +127,7 @@ impl ChatApp {
         let mut settings = self.settings();
         settings.model_path = Some(path);
         settings.save(&self.inner.paths.settings_file())?;
-        *self.core().settings.lock().unwrap() = settings.clone();
+        self.core().set_settings(settings.clone());
         self.emit(AppEvent::SettingsChanged(settings));
         self.reload_model()
     }
@@ -222,7 +167,7 @@ impl ChatApp {
     // ---- chats ---------------------------------------------------------------------------
 
     pub fn list_chats(&self) -> Result<Vec<Chat>> {
-        self.core().store.lock().unwrap().list_chats()
+        self.core().store(|s| s.list_chats())
     }
 
     /// A new, empty chat with the default thinking mode.
@@ -230,21 +175,13 @@ impl ChatApp {
         let thinking = self.settings().thinking_default;
         let chat = self
             .core()
-            .store
-            .lock()
-            .unwrap()
-            .create_chat(thinking, &serde_json::json!({}))?;
+            .store(|s| s.create_chat(thinking, &serde_json::json!({})))?;
         self.emit(AppEvent::ChatsChanged);
         Ok(chat)
     }
 
     pub fn rename_chat(&self, chat_id: ChatId, title: &str) -> Result<Chat> {
-        let chat = self
-            .core()
-            .store
-            .lock()
-            .unwrap()
-            .rename_chat(chat_id, title)?;
+        let chat = self.core().store(|s| s.rename_chat(chat_id, title))?;
         self.emit(AppEvent::ChatsChanged);
         Ok(chat)
     }
@@ -252,61 +189,32 @@ impl ChatApp {
     /// Stops the chat's answers and deletes it with its messages.
     pub fn delete_chat(&self, chat_id: ChatId) -> Result<()> {
         self.stop(chat_id);
-        self.core().store.lock().unwrap().delete_chat(chat_id)?;
-        self.core().log.lock().unwrap().forget(chat_id);
+        self.core().store(|s| s.delete_chat(chat_id))?;
+        self.core().forget(chat_id);
         self.emit(AppEvent::ChatsChanged);
         Ok(())
     }
 
     /// The chat and its messages; an answer in progress shows its text so far.
     pub fn chat(&self, chat_id: ChatId) -> Result<ChatView> {
-        let core = self.core();
-        core.seed_log(chat_id)?;
-        let busy = Core::busy(&core.jobs.lock().unwrap(), chat_id);
-        // The log is held while reading the store: see `stream::finish`.
-        let log = core.log.lock().unwrap();
-        let store = core.store.lock().unwrap();
-        let chat = store.chat(chat_id)?;
-        let mut messages = store.messages(chat_id)?;
-        drop(store);
-        for m in &mut messages {
-            if m.status == MessageStatus::Streaming {
-                if let Some(p) = log.partial(chat_id, m.id) {
-                    m.content.clone_from(&p.content);
-                    m.thinking.clone_from(&p.thinking);
-                }
-            }
-        }
-        let last_event_id = log.last_id(chat_id).unwrap_or(chat.last_event_id);
-        Ok(ChatView {
-            chat,
-            messages,
-            last_event_id,
-            busy,
-        })
+        self.core().chat_view(chat_id)
     }
 
     /// Stream events of the chat after id `after` (see [`crate::protocol`]).
     pub fn events_after(&self, chat_id: ChatId, after: EventId) -> EventsAfter {
-        if self.core().seed_log(chat_id).is_err() {
-            return EventsAfter {
-                reload: true,
-                ..EventsAfter::default()
-            };
-        }
-        self.core().log.lock().unwrap().after(chat_id, after)
+        self.core().events_after(chat_id, after)
     }
 
     /// Full-text search over every chat's conversation.
     pub fn search(&self, query: &str) -> Result<Vec<SearchHit>> {
-        self.core().store.lock().unwrap().search(query)
+        self.core().store(|s| s.search(query))
     }
 
     /// The chat as Markdown, with a file name to suggest.
     pub fn export(&self, chat_id: ChatId) -> Result<Export> {
-        let store = self.core().store.lock().unwrap();
-        let chat = store.chat(chat_id)?;
-        let messages = store.messages(chat_id)?;
+        let (chat, messages) = self
+            .core()
+            .store(|s| Ok((s.chat(chat_id)?, s.messages(chat_id)?)))?;
         Ok(Export {
             file_name: export::file_name(&chat),
             markdown: export::chat_markdown(&chat, &messages),
@@ -321,7 +229,7 @@ impl ChatApp {
     // ---- settings ------------------------------------------------------------------------
 
     pub fn settings(&self) -> Settings {
-        self.core().settings.lock().unwrap().clone()
+        self.core().settings()
     }
 
     /// Validates and saves `new`, applies it, and reloads the model when a change needs it
@@ -334,7 +242,7 @@ impl ChatApp {
             return Ok(diff);
         }
         new.save(&self.inner.paths.settings_file())?;
-        *self.core().settings.lock().unwrap() = new.clone();
+        self.core().set_settings(new.clone());
         self.emit(AppEvent::SettingsChanged(new));
         if diff.needs_reload() {
             self.reload_model()?;
@@ -353,9 +261,7 @@ impl ChatApp {
 
 impl Inner {
     fn shutdown(&self) {
-        for job in self.core.jobs.lock().unwrap().values() {
-            job.cancelled.store(true, Ordering::SeqCst);
-        }
+        self.core.stop_all();
         self.worker.shutdown();
         let threads: Vec<_> = self.threads.lock().unwrap().drain(..).collect();
         let mut threads = threads.into_iter();
@@ -364,7 +270,7 @@ impl Inner {
             let _ = worker.join();
         }
         // ...then the stream drains, stores what is left, and ends with its last sender.
-        self.stream_tx.lock().unwrap().take();
+        self.core.close_stream();
         for t in threads {
             let _ = t.join();
         }

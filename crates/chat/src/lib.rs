@@ -5,13 +5,14 @@
 //! - [`app`]: [`ChatApp`], the facade, opened on [`AppPaths`] with an [`EventSink`] for
 //!   [`AppEvent`]s; it returns [`views`]. [`send`]: the composer text is parsed ([`commands`]);
 //!   a message is stored ([`store`]) with a `streaming` placeholder for the answer, and a
-//!   [`worker::GenerationJob`] is queued.
+//!   [`worker::GenerationJob`] is queued. `core` (private) holds the shared state behind
+//!   operations that own their locking, "begin an answer" among them.
 //! - [`worker`]: one thread owns the [`engine::Engine`] and its KV cache, loads models in the
 //!   background ([`ModelState`]), renders the conversation with the model's template and
 //!   generates; deltas go to the stream thread.
 //! - `stream` (private) + [`protocol`]: deltas become coalesced, numbered [`StreamEvent`]s
 //!   (`thinking`, `token`, `stats`, `complete`, `error`) kept in a per-chat [`EventLog`] until
-//!   the answer is stored; `events_after` replays them.
+//!   the answer is stored; `events_after` replays them. [`stats`]: the numbers of an answer.
 //! - [`store`] (+ [`migrations`], [`search`], [`export`]): SQLite with WAL, FTS5 search over
 //!   messages, Markdown export.
 //! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
@@ -24,6 +25,7 @@
 
 pub mod app;
 pub mod commands;
+mod core;
 pub mod device;
 pub mod error;
 pub mod events;
@@ -36,6 +38,7 @@ pub mod replies;
 pub mod search;
 pub mod send;
 pub mod settings;
+pub mod stats;
 pub mod store;
 mod stream;
 pub mod views;
@@ -48,9 +51,10 @@ pub use error::{ChatError, Result};
 pub use events::{AppEvent, EventSink};
 pub use export::Export;
 pub use paths::{default_database_path, AppPaths};
-pub use protocol::{EventId, EventKind, EventLog, EventsAfter, MessageStats, StreamEvent};
+pub use protocol::{EventId, EventKind, EventLog, EventsAfter, StreamEvent};
 pub use search::{SearchHit, SnippetPart};
 pub use settings::{Apply, Settings, SettingsDiff};
+pub use stats::{Finish, MessageStats};
 pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
 pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};
 pub use worker::{EngineStatus, ModelState};

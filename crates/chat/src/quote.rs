@@ -7,9 +7,9 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{DeltaKind, Finish, MessageStats};
+use crate::protocol::{DeltaKind, End, StreamInput};
+use crate::stats::{Finish, MessageStats};
 use crate::store::{ChatId, MessageId};
-use crate::stream::{End, StreamInput};
 
 /// The pause between two pieces: quick, but slow enough to watch.
 pub const PIECE_DELAY: Duration = Duration::from_millis(8);

@@ -4,10 +4,8 @@
 //! both of kind `command`: they survive a reload, the model never sees them, search skips them.
 
 use std::fmt::Write as _;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
-use crate::app::{ChatApp, Core, Job};
+use crate::app::ChatApp;
 use crate::commands::{self, Command};
 use crate::error::{ChatError, Result};
 use crate::events::AppEvent;
@@ -46,11 +44,7 @@ impl ChatApp {
             }
             Command::Think | Command::NoThink => {
                 let on = command == Command::Think;
-                self.core()
-                    .store
-                    .lock()
-                    .unwrap()
-                    .set_thinking(chat_id, on)?;
+                self.core().store(|s| s.set_thinking(chat_id, on))?;
                 let mut reply = match on {
                     true => {
                         "Thinking is **on** for this chat: the model reasons before it answers."
@@ -107,12 +101,11 @@ impl ChatApp {
         reply: &str,
         action: Option<CommandAction>,
     ) -> Result<SendOutcome> {
-        let (user, answer) = {
-            let mut store = self.core().store.lock().unwrap();
+        let (user, answer) = self.core().store(|store| {
             let user = store.add_message(command_message(chat_id, Role::User, text))?;
             let answer = store.add_message(command_message(chat_id, Role::Assistant, reply))?;
-            (user, answer)
-        };
+            Ok((user, answer))
+        })?;
         self.emit(AppEvent::ChatsChanged);
         Ok(SendOutcome::Command {
             command: command.into(),
@@ -125,7 +118,7 @@ impl ChatApp {
 
     fn status_text(&self, chat_id: ChatId) -> Result<String> {
         let status = self.status();
-        let chat = self.core().store.lock().unwrap().chat(chat_id)?;
+        let chat = self.core().store(|s| s.chat(chat_id))?;
         let mut out = String::from("**Status**\n\n");
         let _ = match &status.model {
             ModelState::Ready { info, device, .. } => writeln!(
@@ -270,13 +263,7 @@ impl ChatApp {
     }
 
     fn reset_context(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
-        let core = self.core();
-        let jobs = core.jobs.lock().unwrap();
-        if Core::busy(&jobs, chat_id) {
-            return Err(ChatError::Busy(chat_id));
-        }
-        let (user, marker) = {
-            let mut store = core.store.lock().unwrap();
+        let (user, marker) = self.core().while_idle(chat_id, |store| {
             let user = store.add_message(command_message(chat_id, Role::User, text))?;
             let marker = store.add_message(NewMessage {
                 chat_id,
@@ -285,9 +272,8 @@ impl ChatApp {
                 content: RESET_TEXT,
                 status: MessageStatus::Complete,
             })?;
-            (user, marker)
-        };
-        drop(jobs);
+            Ok((user, marker))
+        })?;
         self.inner.worker.reset()?;
         self.emit(AppEvent::ChatsChanged);
         Ok(SendOutcome::Command {
@@ -300,37 +286,20 @@ impl ChatApp {
     }
 
     fn quote(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
-        let core = self.core();
-        let tx = self.stream_sender()?;
-        let mut jobs = core.jobs.lock().unwrap();
-        if Core::busy(&jobs, chat_id) {
-            return Err(ChatError::Busy(chat_id));
-        }
-        let (user, answer) = {
-            let mut store = core.store.lock().unwrap();
+        let tx = self.core().stream_sender()?;
+        let turn = self.core().begin_answer(chat_id, |store| {
             let user = store.add_message(command_message(chat_id, Role::User, text))?;
             let answer = store.add_message(NewMessage::answer_placeholder(
                 chat_id,
                 MessageKind::Command,
             ))?;
-            (user, answer)
-        };
-        core.seed_log(chat_id)?;
-        let cancelled = Arc::new(AtomicBool::new(false));
-        jobs.insert(
-            answer.id,
-            Job {
-                chat_id,
-                cancelled: cancelled.clone(),
-            },
-        );
-        drop(jobs);
-        quote::spawn(tx, chat_id, answer.id, cancelled);
-        self.emit(AppEvent::ChatsChanged);
+            Ok((user, answer))
+        })?;
+        quote::spawn(tx, chat_id, turn.answer.id, turn.cancelled);
         Ok(SendOutcome::Command {
             command: "quote".into(),
-            user_message_id: user.id,
-            reply_message_id: answer.id,
+            user_message_id: turn.question.id,
+            reply_message_id: turn.answer.id,
             streaming: true,
             action: None,
         })

@@ -1,19 +1,12 @@
 //! Sending: the composer's text becomes a slash command (see [`crate::replies`]) or a stored
 //! message with a queued answer; `stop` and `regenerate`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use crate::app::{ChatApp, Core, Job};
+use crate::app::ChatApp;
 use crate::commands::{self, Parsed};
+use crate::core::Turn;
 use crate::error::{ChatError, Result};
-use crate::events::AppEvent;
-use crate::protocol::DeltaKind;
-use crate::store::{
-    ChatId, FinishedMessage, MessageId, MessageKind, MessageStatus, NewMessage, Role,
-};
-use crate::stream::{End, StreamInput};
+use crate::protocol::{DeltaKind, End, StreamInput};
+use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::views::SendOutcome;
 use crate::worker::{GenerationJob, JobEvent, ModelState};
 
@@ -53,15 +46,8 @@ impl ChatApp {
     }
 
     fn send_message(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
-        let core = self.core();
-        let mut jobs = core.jobs.lock().unwrap();
-        core.store.lock().unwrap().chat(chat_id)?;
-        if Core::busy(&jobs, chat_id) {
-            return Err(ChatError::Busy(chat_id));
-        }
-        self.ensure_model_usable()?;
-        let (user, answer) = {
-            let mut store = core.store.lock().unwrap();
+        let turn = self.core().begin_answer(chat_id, |store| {
+            self.ensure_model_usable()?;
             let user = store.add_message(NewMessage {
                 chat_id,
                 role: Role::User,
@@ -71,69 +57,46 @@ impl ChatApp {
             })?;
             let answer =
                 store.add_message(NewMessage::answer_placeholder(chat_id, MessageKind::Chat))?;
-            (user, answer)
-        };
-        self.start_generation(&mut jobs, chat_id, answer.id)?;
-        drop(jobs);
-        self.emit(AppEvent::ChatsChanged);
+            Ok((user, answer))
+        })?;
+        self.queue_answer(chat_id, turn)
+    }
+
+    /// Queues the generation of `turn`'s answer to the conversation before it; if that fails,
+    /// the answer is stored as `failed` with the reason.
+    fn queue_answer(&self, chat_id: ChatId, turn: Turn) -> Result<SendOutcome> {
+        let answer_id = turn.answer.id;
+        self.generation_job(chat_id, &turn)
+            .and_then(|job| self.inner.worker.generate(job))
+            .inspect_err(|e| self.core().abandon_answer(answer_id, e))?;
         Ok(SendOutcome::Generating {
-            user_message_id: user.id,
-            assistant_message_id: answer.id,
+            user_message_id: turn.question.id,
+            assistant_message_id: answer_id,
         })
     }
 
-    /// Queues the answer `answer_id` (a `streaming` placeholder) to the conversation before it;
-    /// if that fails, the placeholder is stored as `failed` with the reason.
-    fn start_generation(
-        &self,
-        jobs: &mut HashMap<MessageId, Job>,
-        chat_id: ChatId,
-        answer_id: MessageId,
-    ) -> Result<()> {
-        self.queue_answer(jobs, chat_id, answer_id)
-            .inspect_err(|e| {
-                let failed = FinishedMessage {
-                    status: Some(MessageStatus::Failed),
-                    error: Some(e.to_string()),
-                    ..FinishedMessage::default()
-                };
-                let _ = self
-                    .core()
-                    .store
-                    .lock()
-                    .unwrap()
-                    .finish_message(answer_id, &failed, 0);
-            })
-    }
-
-    fn queue_answer(
-        &self,
-        jobs: &mut HashMap<MessageId, Job>,
-        chat_id: ChatId,
-        answer_id: MessageId,
-    ) -> Result<()> {
-        let core = self.core();
+    fn generation_job(&self, chat_id: ChatId, turn: &Turn) -> Result<GenerationJob> {
+        let answer_id = turn.answer.id;
         let settings = self.settings();
-        let (chat, context) = {
-            let store = core.store.lock().unwrap();
-            let snapshot = serde_json::json!({
-                "model": self.model_state_path(),
-                "system_prompt": settings.system_prompt,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "top_k": settings.top_k,
-                "min_p": settings.min_p,
-                "repeat_penalty": settings.repeat_penalty,
-                "seed": settings.seed,
-                "max_tokens": settings.max_tokens,
-                "context_len": settings.context_len,
-            });
+        let snapshot = serde_json::json!({
+            "model": self.model_state_path(),
+            "system_prompt": settings.system_prompt,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "top_k": settings.top_k,
+            "min_p": settings.min_p,
+            "repeat_penalty": settings.repeat_penalty,
+            "seed": settings.seed,
+            "max_tokens": settings.max_tokens,
+            "context_len": settings.context_len,
+        });
+        let (chat, context) = self.core().store(|store| {
             store.set_chat_settings(chat_id, &snapshot)?;
-            (
+            Ok((
                 store.chat(chat_id)?,
                 store.context(chat_id, Some(answer_id))?,
-            )
-        };
+            ))
+        })?;
         let mut messages = Vec::new();
         if !settings.system_prompt.trim().is_empty() {
             messages.push(engine::ChatMessage::new(
@@ -146,16 +109,7 @@ impl ChatApp {
                 .into_iter()
                 .map(|m| engine::ChatMessage::new(m.role.as_str(), m.content)),
         );
-        core.seed_log(chat_id)?;
-        let tx = self.stream_sender()?;
-        let cancelled = Arc::new(AtomicBool::new(false));
-        jobs.insert(
-            answer_id,
-            Job {
-                chat_id,
-                cancelled: cancelled.clone(),
-            },
-        );
+        let tx = self.core().stream_sender()?;
         let sink = Box::new(move |event: JobEvent| {
             let input = match event {
                 JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
@@ -165,15 +119,12 @@ impl ChatApp {
             };
             let _ = tx.send(input);
         });
-        let job = GenerationJob {
+        Ok(GenerationJob {
             messages,
             thinking: chat.thinking,
             settings,
-            cancelled,
+            cancelled: turn.cancelled.clone(),
             sink,
-        };
-        self.inner.worker.generate(job).inspect_err(|_| {
-            jobs.remove(&answer_id);
         })
     }
 
@@ -188,51 +139,32 @@ impl ChatApp {
     /// Stops every answer in progress or queued in the chat; each is kept as `interrupted`
     /// with the text it had. Returns whether there was one.
     pub fn stop(&self, chat_id: ChatId) -> bool {
-        let jobs = self.core().jobs.lock().unwrap();
-        let mut any = false;
-        for job in jobs.values().filter(|j| j.chat_id == chat_id) {
-            job.cancelled.store(true, Ordering::SeqCst);
-            any = true;
-        }
-        any
+        self.core().stop(chat_id)
     }
 
     /// Replaces an answer (and every later message of its chat) with a new one.
     pub fn regenerate(&self, message_id: MessageId) -> Result<SendOutcome> {
-        let core = self.core();
-        let mut jobs = core.jobs.lock().unwrap();
-        let old = core.store.lock().unwrap().message(message_id)?;
-        if old.role != Role::Assistant || old.kind != MessageKind::Chat {
-            return Err(ChatError::Invalid(
-                "only a model's answer can be regenerated".into(),
-            ));
-        }
-        if Core::busy(&jobs, old.chat_id) {
-            return Err(ChatError::Busy(old.chat_id));
-        }
-        self.ensure_model_usable()?;
-        let (user, answer) = {
-            let mut store = core.store.lock().unwrap();
+        let chat_id = self.core().store(|s| s.message(message_id))?.chat_id;
+        let turn = self.core().begin_answer(chat_id, |store| {
+            let old = store.message(message_id)?;
+            if old.role != Role::Assistant || old.kind != MessageKind::Chat {
+                return Err(ChatError::Invalid(
+                    "only a model's answer can be regenerated".into(),
+                ));
+            }
+            self.ensure_model_usable()?;
             let question = store
-                .context(old.chat_id, Some(message_id))?
+                .context(chat_id, Some(message_id))?
                 .into_iter()
                 .rev()
                 .find(|m| m.role == Role::User)
                 .ok_or_else(|| ChatError::Invalid("there is no question to answer again".into()))?;
-            store.delete_messages_from(old.chat_id, message_id)?;
-            let answer = store.add_message(NewMessage::answer_placeholder(
-                old.chat_id,
-                MessageKind::Chat,
-            ))?;
-            (question, answer)
-        };
-        self.start_generation(&mut jobs, old.chat_id, answer.id)?;
-        drop(jobs);
-        self.emit(AppEvent::ChatsChanged);
-        Ok(SendOutcome::Generating {
-            user_message_id: user.id,
-            assistant_message_id: answer.id,
-        })
+            store.delete_messages_from(chat_id, message_id)?;
+            let answer =
+                store.add_message(NewMessage::answer_placeholder(chat_id, MessageKind::Chat))?;
+            Ok((question, answer))
+        })?;
+        self.queue_answer(chat_id, turn)
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ChatError, Result};
 use crate::migrations;
-use crate::protocol::MessageStats;
+use crate::stats::MessageStats;
 
 pub type ChatId = i64;
 pub type MessageId = i64;

@@ -11,35 +11,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::app::Core;
-use crate::error::ChatError;
-use crate::events::AppEvent;
-use crate::protocol::{Coalescer, DeltaKind, EventKind, Finish, Frame, MessageStats};
+use crate::core::Core;
+use crate::protocol::{Coalescer, DeltaKind, End, EventKind, Frame, StreamInput};
+use crate::stats::{Finish, MessageStats};
 use crate::store::{ChatId, FinishedMessage, MessageId, MessageStatus};
 
 /// How often the text of an answer in progress is saved (crash recovery).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// How an answer ended.
-#[derive(Clone, Debug)]
-pub(crate) enum End {
-    Finished(MessageStats),
-    Failed(String),
-}
-
-pub(crate) enum StreamInput {
-    Delta {
-        chat_id: ChatId,
-        message_id: MessageId,
-        kind: DeltaKind,
-        text: String,
-    },
-    Finish {
-        chat_id: ChatId,
-        message_id: MessageId,
-        end: End,
-    },
-}
 
 /// An answer in progress.
 struct Active {
@@ -62,12 +40,7 @@ pub(crate) fn spawn(core: Arc<Core>) -> (Sender<StreamInput>, JoinHandle<()>) {
 }
 
 fn emit_frame(core: &Core, chat_id: ChatId, message_id: MessageId, frame: Frame) {
-    let event = core
-        .log
-        .lock()
-        .unwrap()
-        .append(chat_id, message_id, frame.into_event());
-    (core.sink)(AppEvent::Stream(event));
+    core.publish(chat_id, message_id, frame.into_event());
 }
 
 fn run(core: &Core, rx: Receiver<StreamInput>) {
@@ -112,8 +85,8 @@ fn run(core: &Core, rx: Receiver<StreamInput>) {
                 }
                 if now.duration_since(a.saved_at) >= CHECKPOINT_EVERY {
                     a.saved_at = now;
-                    let store = core.store.lock().unwrap();
-                    if let Err(e) = store.checkpoint(message_id, &a.content, &a.thinking) {
+                    let saved = core.store(|s| s.checkpoint(message_id, &a.content, &a.thinking));
+                    if let Err(e) = saved {
                         tracing::warn!(message_id, error = %e, "checkpoint failed");
                     }
                 }
@@ -172,31 +145,7 @@ fn finish(core: &Core, chat_id: ChatId, message_id: MessageId, a: Option<Active>
             EventKind::Error { message }
         }
     };
-    // The log stays locked until the message is stored and its events released, so a reader
-    // of the chat sees either the answer in progress with its events, or the stored answer.
-    let mut log = core.log.lock().unwrap();
-    let mut tail = Vec::new();
-    if let Some(stats) = done.stats.clone() {
-        tail.push(log.append(chat_id, message_id, EventKind::Stats { stats }));
-    }
-    tail.push(log.append(chat_id, message_id, terminal));
-    let last_id = tail.last().map(|e| e.id).unwrap_or(0);
-    let stored = core
-        .store
-        .lock()
-        .unwrap()
-        .finish_message(message_id, &done, last_id);
-    match stored {
-        Ok(_) | Err(ChatError::NoSuchMessage(_)) => {} // deleted meanwhile: nothing to keep
-        Err(e) => tracing::error!(message_id, error = %e, "cannot store a finished answer"),
-    }
-    log.release(chat_id, message_id);
-    drop(log);
-    core.jobs.lock().unwrap().remove(&message_id);
-    for event in tail {
-        (core.sink)(AppEvent::Stream(event));
-    }
-    (core.sink)(AppEvent::ChatsChanged);
+    core.end_answer(chat_id, message_id, &done, terminal);
 }
 
 #[cfg(test)]
@@ -204,7 +153,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::protocol::EventLog;
+    use crate::events::AppEvent;
     use crate::settings::Settings;
     use crate::store::{MessageKind, NewMessage, Store};
 
@@ -217,13 +166,11 @@ mod tests {
             .unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let seen = events.clone();
-        let core = Arc::new(Core {
-            store: Mutex::new(store),
-            log: Mutex::new(EventLog::new()),
-            sink: Arc::new(move |e| seen.lock().unwrap().push(e)),
-            jobs: Mutex::new(HashMap::new()),
-            settings: Mutex::new(Settings::default()),
-        });
+        let core = Arc::new(Core::new(
+            store,
+            Settings::default(),
+            Arc::new(move |e| seen.lock().unwrap().push(e)),
+        ));
         let (tx, thread) = spawn(core.clone());
         let send = |kind, text: &str| {
             let input = StreamInput::Delta {
@@ -236,6 +183,21 @@ mod tests {
         };
         send(DeltaKind::Thinking, "Two plus ");
         send(DeltaKind::Thinking, "two.");
+        // Thinking has begun once its first frame is out (within one frame interval); the
+        // answer starts at least 50 ms later.
+        let start = Instant::now();
+        while !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, AppEvent::Stream(s) if s.kind.name() == "thinking"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no thinking frame"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(50));
         send(DeltaKind::Answer, "4");
         let stats = MessageStats {
@@ -251,12 +213,12 @@ mod tests {
         drop(tx);
         thread.join().unwrap();
 
-        let stored = core.store.lock().unwrap().message(msg.id).unwrap();
+        let stored = core.store(|s| s.message(msg.id)).unwrap();
         assert_eq!(stored.thinking, "Two plus two.");
         assert_eq!(stored.content, "4");
         assert_eq!(stored.status, MessageStatus::Complete);
         assert!(stored.thinking_ms.is_some_and(|ms| ms >= 50), "{stored:?}");
-        let names: Vec<&str> = events
+        let mut names: Vec<&str> = events
             .lock()
             .unwrap()
             .iter()
@@ -265,6 +227,8 @@ mod tests {
                 _ => None,
             })
             .collect();
+        // On a busy machine the two thinking deltas may land in two frames.
+        names.dedup();
         assert_eq!(names, ["thinking", "token", "stats", "complete"]);
     }
 }

@@ -23,8 +23,8 @@ use serde::Serialize;
 
 use crate::device::{self, Device};
 use crate::error::{ChatError, Result};
-use crate::protocol::{Finish, MessageStats};
 use crate::settings::Settings;
+use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
 
 /// Where the model stands. JSON: `{"state":"ready","info":{...},"device":"cpu","threads":8}`.

@@ -137,7 +137,7 @@ fn stop_interrupts_within_a_token_and_keeps_the_partial_answer() {
     let events = rec.wait_done(id, ANSWER);
     let took = stopped_at.elapsed();
     let stats = stats_of(&events);
-    assert_eq!(stats.finish, Some(chat::protocol::Finish::Cancelled));
+    assert_eq!(stats.finish, Some(chat::Finish::Cancelled));
     assert!(stats.completion_tokens < 400, "{stats:?}");
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     assert_eq!(

@@ -17,7 +17,8 @@
 //!   messages, Markdown export.
 //! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
 //!   streams the built-in passage without a model.
-//! - [`settings`]: the settings file, validation and what a change needs; [`device`]: which
+//! - [`settings`]: the settings file, validation and what a change needs; [`sampling`]: an
+//!   answer's sampling choices, validated once for the worker; [`device`]: which
 //!   devices this build can use, and why not.
 //!
 //! Stages are named by their types: composer text -> [`commands::Parsed`] ->
@@ -35,6 +36,7 @@ pub mod paths;
 pub mod protocol;
 pub mod quote;
 pub mod replies;
+pub mod sampling;
 pub mod search;
 pub mod send;
 pub mod settings;
@@ -52,6 +54,7 @@ pub use events::{AppEvent, EventSink};
 pub use export::Export;
 pub use paths::{default_database_path, AppPaths};
 pub use protocol::{EventId, EventKind, EventLog, EventsAfter, StreamEvent};
+pub use sampling::{AnswerParams, Sampling};
 pub use search::{SearchHit, SnippetPart};
 pub use settings::{Apply, Settings, SettingsDiff};
 pub use stats::{Finish, MessageStats};

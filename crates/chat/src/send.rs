@@ -122,7 +122,7 @@ impl ChatApp {
         Ok(GenerationJob {
             messages,
             thinking: chat.thinking,
-            settings,
+            params: settings.answer_params()?,
             cancelled: turn.cancelled.clone(),
             sink,
         })

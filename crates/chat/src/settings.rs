@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::Device;
 use crate::error::{ChatError, Result};
 use crate::protocol::FrameConfig;
+use crate::sampling::{check_range, invalid, AnswerParams, Sampling};
 
 /// The settings file's name inside the config dir.
 pub const SETTINGS_FILE: &str = "settings.json";
@@ -114,28 +115,6 @@ impl SettingsDiff {
     }
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ChatError {
-    ChatError::InvalidSetting {
-        field,
-        reason: reason.into(),
-    }
-}
-
-fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
-    field: &'static str,
-    value: Option<T>,
-    lo: T,
-    hi: T,
-) -> Result<()> {
-    match value {
-        Some(v) if !(lo..=hi).contains(&v) => Err(invalid(
-            field,
-            format!("must be between {lo} and {hi}, got {v}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl Settings {
     /// Reads `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self> {
@@ -201,22 +180,7 @@ impl Settings {
             ));
         }
         check_range("context_len", Some(self.context_len), 256, 1 << 20)?;
-        check_range("max_tokens", Some(self.max_tokens), 1, 1 << 20)?;
-        check_range("temperature", self.temperature, 0.0, 5.0)?;
-        check_range("top_p", self.top_p, 0.0, 1.0)?;
-        check_range("top_k", self.top_k, 0, 1_000_000)?;
-        check_range("min_p", self.min_p, 0.0, 1.0)?;
-        check_range("repeat_penalty", self.repeat_penalty, 0.1, 5.0)?;
-        for (field, v) in [
-            ("temperature", self.temperature),
-            ("top_p", self.top_p),
-            ("min_p", self.min_p),
-            ("repeat_penalty", self.repeat_penalty),
-        ] {
-            if v.is_some_and(|v| !v.is_finite()) {
-                return Err(invalid(field, "must be a number"));
-            }
-        }
+        self.sampling().validate()?;
         check_range("frame_interval_ms", Some(self.frame_interval_ms), 0, 1000)?;
         check_range("frame_max_tokens", Some(self.frame_max_tokens), 1, 1024)?;
         if self.quick_chat_shortcut.trim().is_empty() {
@@ -233,16 +197,23 @@ impl Settings {
         Ok(())
     }
 
-    /// The family's sampling defaults with this user's overrides.
-    pub fn sampling(&self, base: engine::SamplingParams) -> engine::SamplingParams {
-        engine::SamplingParams {
-            temperature: self.temperature.unwrap_or(base.temperature),
-            top_p: self.top_p.unwrap_or(base.top_p),
-            top_k: self.top_k.unwrap_or(base.top_k),
-            min_p: self.min_p.unwrap_or(base.min_p),
-            repeat_penalty: self.repeat_penalty.unwrap_or(base.repeat_penalty),
-            ..base
+    /// How the chat's answers are sampled (checked by [`Settings::validate`]).
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+            stop: Vec::new(),
         }
+    }
+
+    /// [`Settings::sampling`], validated, for the engine worker.
+    pub fn answer_params(&self) -> Result<AnswerParams> {
+        self.sampling().validate()
     }
 
     pub fn frame_config(&self) -> FrameConfig {
@@ -410,7 +381,7 @@ mod tests {
             top_k: Some(7),
             ..Settings::default()
         };
-        let p = s.sampling(base.clone());
+        let p = s.answer_params().unwrap().engine_sampling(base.clone(), || 1);
         assert_eq!(p.top_k, 7);
         assert_eq!(p.temperature, base.temperature);
     }

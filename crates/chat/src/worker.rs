@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::device::{self, Device};
 use crate::error::{ChatError, Result};
-use crate::settings::Settings;
+use crate::sampling::AnswerParams;
 use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
 
@@ -116,8 +116,7 @@ pub struct GenerationJob {
     /// The conversation (system prompt first, if any), ending with the user's turn.
     pub messages: Vec<ChatMessage>,
     pub thinking: bool,
-    /// Sampling overrides, seed and answer length come from here.
-    pub settings: Settings,
+    pub params: AnswerParams,
     pub cancelled: Arc<AtomicBool>,
     pub sink: Box<dyn FnMut(JobEvent) + Send>,
 }
@@ -395,16 +394,14 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
             ..MessageStats::default()
         });
     }
-    let s = &job.settings;
-    let reserve = s.max_tokens.min(engine.context_len() / 4).max(1);
+    let p = &job.params;
+    let reserve = p.max_tokens().min(engine.context_len() / 4).max(1);
     let (prompt, open) =
         prompt_for(engine, &mut job.messages, job.thinking, reserve).map_err(|e| e.to_string())?;
-    let mut sampling = s.sampling(engine.default_sampling());
-    sampling.seed = s.seed.unwrap_or_else(random_seed);
     let params = GenerationParams {
-        max_tokens: s.max_tokens,
-        sampling,
-        stop_strings: Vec::new(),
+        max_tokens: p.max_tokens(),
+        sampling: p.engine_sampling(engine.default_sampling(), random_seed),
+        stop_strings: p.stop().to_vec(),
         ignore_eos: false,
         start_in_thinking: open,
     };

@@ -1,0 +1,206 @@
+//! How one answer is sampled and how long it may grow: [`Sampling`] holds the choices (`None` =
+//! the model family's default), from the settings or from an API request; [`Sampling::validate`]
+//! checks them once and gives [`AnswerParams`], the only form the engine worker accepts.
+
+use crate::error::{ChatError, Result};
+
+/// Longest answer anyone may ask for, in tokens.
+pub const MAX_TOKENS_LIMIT: usize = 1 << 20;
+/// Stop strings per answer, and the length of each (OpenAI's API allows four).
+pub const MAX_STOP_STRINGS: usize = 4;
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// Sampling choices for one answer, not yet checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    /// `None`: a new seed for every answer (so regenerate differs).
+    pub seed: Option<u64>,
+    /// Longest answer, in tokens.
+    pub max_tokens: usize,
+    /// Text that ends the answer (not included in it).
+    pub stop: Vec<String>,
+}
+
+/// Validated [`Sampling`]: only [`Sampling::validate`] makes one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnswerParams(Sampling);
+
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ChatError {
+    ChatError::InvalidSetting {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `value`, when set, lies in `lo..=hi` (NaN does not).
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &'static str,
+    value: Option<T>,
+    lo: T,
+    hi: T,
+) -> Result<()> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(invalid(
+            field,
+            format!("must be between {lo} and {hi}, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Sampling {
+    /// Rejects values that cannot work, naming the field and the accepted range.
+    pub fn validate(self) -> Result<AnswerParams> {
+        check_range("max_tokens", Some(self.max_tokens), 1, MAX_TOKENS_LIMIT)?;
+        for (field, v) in [
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("min_p", self.min_p),
+            ("repeat_penalty", self.repeat_penalty),
+        ] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(invalid(field, "must be a number"));
+            }
+        }
+        check_range("temperature", self.temperature, 0.0, 5.0)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("top_k", self.top_k, 0, 1_000_000)?;
+        check_range("min_p", self.min_p, 0.0, 1.0)?;
+        check_range("repeat_penalty", self.repeat_penalty, 0.1, 5.0)?;
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "at most {MAX_STOP_STRINGS} strings, got {}",
+                    self.stop.len()
+                ),
+            ));
+        }
+        if let Some(s) = self
+            .stop
+            .iter()
+            .find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "each string must have 1 to {MAX_STOP_BYTES} bytes, got {}",
+                    s.len()
+                ),
+            ));
+        }
+        Ok(AnswerParams(self))
+    }
+}
+
+impl AnswerParams {
+    pub fn max_tokens(&self) -> usize {
+        self.0.max_tokens
+    }
+
+    pub fn stop(&self) -> &[String] {
+        &self.0.stop
+    }
+
+    /// The engine's sampler settings: `defaults` (the model family's) with these overrides, and
+    /// the fixed seed or else `fresh_seed()`.
+    pub fn engine_sampling(
+        &self,
+        defaults: engine::SamplingParams,
+        fresh_seed: impl FnOnce() -> u64,
+    ) -> engine::SamplingParams {
+        let s = &self.0;
+        engine::SamplingParams {
+            temperature: s.temperature.unwrap_or(defaults.temperature),
+            top_p: s.top_p.unwrap_or(defaults.top_p),
+            top_k: s.top_k.unwrap_or(defaults.top_k),
+            min_p: s.min_p.unwrap_or(defaults.min_p),
+            repeat_penalty: s.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            seed: s.seed.unwrap_or_else(fresh_seed),
+            ..defaults
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Sampling {
+        Sampling {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repeat_penalty: None,
+            seed: None,
+            max_tokens: 16,
+            stop: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn overrides_replace_the_family_defaults_and_a_fixed_seed_wins() {
+        let defaults = engine::SamplingParams::for_family(engine::ModelFamily::Llama);
+        let p = Sampling {
+            temperature: Some(0.0),
+            seed: Some(7),
+            ..base()
+        }
+        .validate()
+        .unwrap();
+        let s = p.engine_sampling(defaults.clone(), || unreachable!("the seed is fixed"));
+        assert_eq!((s.temperature, s.seed), (0.0, 7));
+        assert_eq!((s.top_k, s.top_p), (defaults.top_k, defaults.top_p));
+        let fresh = base().validate().unwrap().engine_sampling(defaults, || 99);
+        assert_eq!(fresh.seed, 99);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let field = |s: Sampling| match s.validate() {
+            Err(ChatError::InvalidSetting { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(Sampling {
+                max_tokens: 0,
+                ..base()
+            }),
+            "max_tokens"
+        );
+        assert_eq!(
+            field(Sampling {
+                temperature: Some(f32::NAN),
+                ..base()
+            }),
+            "temperature"
+        );
+        assert_eq!(
+            field(Sampling {
+                top_p: Some(1.5),
+                ..base()
+            }),
+            "top_p"
+        );
+        assert_eq!(
+            field(Sampling {
+                stop: vec!["a".into(); 5],
+                ..base()
+            }),
+            "stop"
+        );
+        assert_eq!(
+            field(Sampling {
+                stop: vec![String::new()],
+                ..base()
+            }),
+            "stop"
+        );
+    }
+}

@@ -1,19 +1,17 @@
-//! NotSo-SmolLM3 Bot, the desktop app: a Tauri 2 shell over the transport-free chat core (`crates/chat`).
+//! NotSo-SmolLM3 Bot, the desktop app: a Tauri 2 shell over the chat core (`crates/chat`) and the
+//! server's Router (`crates/server`), which answers every page and htmx request.
 //!
+//! - [`bridge`]: opens the chat core and the server; the `app://` protocol every window loads from
+//!   calls the Router as a tower `Service` per request; page events -> Tauri events (`chat-stream`
+//!   frames, `app-state` news).
+//! - [`shell`]: what the Router asks of the desktop (native dialogs, windows), behind `server::Shell`.
 //! - [`windows`]: the main, settings and quick-chat windows, the tray icon, the global shortcut.
-//! - [`http`], [`routes`]: the `app://` protocol every window loads from; htmx requests land in `routes`,
-//!   which calls the chat core and answers with HTML fragments rendered by [`views`] from [`pages`]' views.
-//! - [`bridge`]: chat core events -> Tauri events (`chat-stream` frames, `app-state` triggers).
 //!
 //! See `doc/app.md` for the request and stream protocols.
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 mod bridge;
-mod http;
-mod models;
-mod pages;
-mod routes;
-mod views;
+mod shell;
 mod windows;
 
 use std::path::PathBuf;
@@ -66,20 +64,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         .plugin(tauri_plugin_dialog::init())
         .register_asynchronous_uri_scheme_protocol("app", move |ctx, request, responder| {
             let app = ctx.app_handle().clone();
-            std::thread::spawn(move || responder.respond(routes::handle(&app, &request)));
+            tauri::async_runtime::spawn(async move {
+                responder.respond(bridge::respond(app, request).await)
+            });
         })
         .setup(move |app| {
             let handle = app.handle().clone();
-            let core = bridge::start(&handle, &args)?;
-            bridge::apply_shortcut(&handle, &core);
-            let models = models::Models::new(
-                core.app().paths().models_dir.clone(),
-                args.hf_endpoint.clone(),
-                args.hf_token.clone(),
-            );
-            app.manage(core);
-            app.manage(models);
-            app.manage(views::Views::new());
+            let server = bridge::start(&handle, &args)?;
+            bridge::apply_shortcut(&handle, &server);
+            app.manage(server.router());
+            app.manage(server);
             windows::open_main(&handle);
             if let Err(e) = windows::build_tray(&handle) {
                 tracing::warn!(error = %e, "no tray icon (is a StatusNotifier host running?)");
@@ -93,9 +87,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                     .iter()
                     .find(|p| p.extension().is_some_and(|e| e == "gguf"))
                 {
-                    let app = window.app_handle().clone();
+                    let server = window
+                        .app_handle()
+                        .state::<server::Server>()
+                        .inner()
+                        .clone();
                     let path = path.clone();
-                    std::thread::spawn(move || models::import_dropped(&app, &path));
+                    std::thread::spawn(move || server.import_dropped(&path));
                 }
             }
         })

@@ -187,18 +187,16 @@
     box.append(t);
     setTimeout(() => t.remove(), 6000);
   }
-  if (window.__TAURI__ && window.__TAURI__.event) {
-    window.__TAURI__.event.listen("app-state", (e) => {
-      const p = e.payload || {};
-      if (p.toast) showToast(p.toast, p.kind);
-      if (p.busy !== undefined) {
-        document.querySelectorAll("form[data-composer-form]").forEach((f) => {
-          if (String(p.chat) === f.dataset.chat) f.toggleAttribute("data-busy", p.busy);
-        });
-      }
-      if (p.trigger) htmx.trigger(document.body, p.trigger, p);
-    });
-  }
+  // Page-wide news reaches us over the page's transport (Tauri events in the app, SSE in a browser).
+  window.SmolStream.onAppState((p) => {
+    if (p.toast) showToast(p.toast, p.kind);
+    if (p.busy !== undefined) {
+      document.querySelectorAll("form[data-composer-form]").forEach((f) => {
+        if (String(p.chat) === f.dataset.chat) f.toggleAttribute("data-busy", p.busy);
+      });
+    }
+    if (p.trigger) htmx.trigger(document.body, p.trigger, p);
+  });
 
   window.SmolUI = { renderMarkdown, renderMarkdownInto, copyText, showToast };
 })();

@@ -381,7 +381,10 @@ mod tests {
             top_k: Some(7),
             ..Settings::default()
         };
-        let p = s.answer_params().unwrap().engine_sampling(base.clone(), || 1);
+        let p = s
+            .answer_params()
+            .unwrap()
+            .engine_sampling(base.clone(), || 1);
         assert_eq!(p.top_k, 7);
         assert_eq!(p.temperature, base.temperature);
     }

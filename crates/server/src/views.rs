@@ -8,7 +8,7 @@ use serde::Serialize;
 
 macro_rules! templates {
     ($($name:literal),* $(,)?) => {
-        &[$(($name, include_str!(concat!("../../ui/templates/", $name)))),*]
+        &[$(($name, include_str!(concat!("../../../ui/templates/", $name)))),*]
     };
 }
 

@@ -1,9 +1,8 @@
 //! View models: the chat core's types turned into what the templates show (titles, formatted stats, the
-//! context meter), and stream events turned into the page's frame shape (see `doc/app.md`).
+//! context meter, the model's state).
 
-use chat::protocol::{EventKind, StreamEvent};
 use chat::store::{Chat, Message, MessageKind, MessageStatus, Role};
-use chat::MessageStats;
+use chat::{MessageStats, ModelState};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -140,33 +139,52 @@ fn stats_detail(s: &MessageStats) -> String {
     )
 }
 
-/// A stream event as the page's extension reads it (`ui/static/tauri-sse.js`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Frame {
-    pub id: u64,
-    pub chat: i64,
-    /// `None` on the `complete` frame that replaces events already dropped (see `Core::frames_after`).
-    pub message: Option<i64>,
-    pub event: &'static str,
-    pub data: String,
+/// The model's state for the status line and the banner.
+#[derive(Serialize)]
+pub struct ModelView {
+    /// `none`, `loading`, `ready` or `failed`.
+    pub state: &'static str,
+    pub label: String,
+    pub detail: String,
+    /// Whether to offer thinking mode: the loaded model's template has one (assumed until a model
+    /// is ready, so the chat header does not flicker while one loads).
+    pub thinking: bool,
 }
 
-impl Frame {
-    pub fn new(ev: &StreamEvent) -> Self {
-        let data = match &ev.kind {
-            EventKind::Thinking { text } | EventKind::Token { text } => text.clone(),
-            EventKind::Stats { stats } => stats_line(stats),
-            EventKind::Complete { status } => status.as_str().to_string(),
-            EventKind::Error { message } => message.clone(),
+impl ModelView {
+    pub fn new(state: ModelState) -> Self {
+        let detail = state.describe();
+        let thinking = match &state {
+            ModelState::Ready { info, .. } => info.supports_thinking,
+            _ => true,
         };
-        Self {
-            id: ev.id,
-            chat: ev.chat_id,
-            message: Some(ev.message_id),
-            event: ev.kind.name(),
-            data,
+        let (state, label) = match state {
+            ModelState::NoModel { .. } => ("none", "No model".into()),
+            ModelState::Loading { path, .. } => ("loading", file_name(&path)),
+            ModelState::Ready { info, threads, .. } => (
+                "ready",
+                format!(
+                    "{} · CPU · {threads} threads",
+                    chat::worker::model_name(&info)
+                ),
+            ),
+            ModelState::Failed { path, .. } => {
+                ("failed", format!("{} failed to load", file_name(&path)))
+            }
+        };
+        ModelView {
+            state,
+            label,
+            detail,
+            thinking,
         }
     }
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 #[cfg(test)]
@@ -184,28 +202,6 @@ mod tests {
         assert_eq!(
             stats_line(&s),
             "42 tokens · 35.1 tok/s · first token 120 ms"
-        );
-    }
-
-    #[test]
-    fn frames_carry_text_and_names() {
-        let ev = StreamEvent {
-            id: 5,
-            chat_id: 2,
-            message_id: 9,
-            kind: EventKind::Token {
-                text: "Paris".into(),
-            },
-        };
-        assert_eq!(
-            Frame::new(&ev),
-            Frame {
-                id: 5,
-                chat: 2,
-                message: Some(9),
-                event: "token",
-                data: "Paris".into()
-            }
         );
     }
 }

@@ -2,16 +2,17 @@
 //! local import (validated by the engine's loader) and the model manager in the settings window.
 //!
 //! One download runs at a time, on its own thread; its progress reaches the page as `app-state`
-//! `download-progress` triggers, and the onboarding fragment re-renders from [`Models::view`].
+//! `download-progress` triggers (through the [`Hub`]), and the onboarding fragment re-renders
+//! from [`Models::view`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use chat::ChatApp;
 use download::{Catalog, Config, Control, Downloader, Outcome, Progress, State};
 use serde_json::{json, Value};
-use tauri::{AppHandle, Emitter, Manager};
 
-use crate::bridge::Core;
+use crate::hub::{Hub, StateEvent};
 
 /// Where downloads come from and go to.
 pub struct Models {
@@ -48,7 +49,7 @@ impl Models {
     }
 
     /// Starts (or resumes) downloading catalog entry `id`; when it is installed, it becomes the model.
-    pub fn download(&self, app: &AppHandle, id: &str) -> Result<(), String> {
+    pub fn download(&self, chat: &ChatApp, hub: &Hub, id: &str) -> Result<(), String> {
         let entry = self.catalog.get(id).map_err(|e| e.to_string())?.clone();
         let control = {
             let mut active = self.active.lock().unwrap();
@@ -68,15 +69,14 @@ impl Models {
         };
         let downloader = Downloader::new(self.config.clone());
         let active = self.active.clone();
-        let handle = app.clone();
+        let (loader, news) = (chat.clone(), hub.clone());
         std::thread::spawn(move || {
-            let app = handle;
             let source = entry.source();
             let result = downloader.download(&source, &control, |p| {
                 if let Some(a) = active.lock().unwrap().as_mut() {
                     a.progress = Some(*p);
                 }
-                notify(&app);
+                notify(&news);
             });
             let installed = {
                 let mut guard = active.lock().unwrap();
@@ -98,13 +98,13 @@ impl Models {
             };
             if let Some(path) = installed {
                 *active.lock().unwrap() = None;
-                if let Err(e) = app.state::<Core>().app().load_model(path) {
-                    crate::bridge::toast(&app, &e.to_string(), "error");
+                if let Err(e) = loader.load_model(path) {
+                    news.state(StateEvent::toast(e.to_string(), true));
                 }
             }
-            notify(&app);
+            notify(&news);
         });
-        notify(app);
+        notify(hub);
         Ok(())
     }
 
@@ -114,7 +114,7 @@ impl Models {
         }
     }
 
-    pub fn cancel(&self, app: &AppHandle) {
+    pub fn cancel(&self, hub: &Hub) {
         let mut active = self.active.lock().unwrap();
         match active.as_ref() {
             Some(a) if a.running => a.control.cancel(),
@@ -129,18 +129,17 @@ impl Models {
             None => {}
         }
         drop(active);
-        notify(app);
+        notify(hub);
     }
 
     /// Validates `path` with the engine's checks (structure, metadata, tokenizer, template; not a
     /// second model in memory) and copies it into the models folder; it becomes the model.
-    pub fn import(&self, core: &Core, path: &Path) -> Result<PathBuf, String> {
+    pub fn import(&self, chat: &ChatApp, path: &Path) -> Result<PathBuf, String> {
         let imported = download::import(&self.config, path, download::ImportMode::Copy, |p| {
             engine::validate(p, &engine::EngineOptions::default()).map(drop)
         })
         .map_err(|e| e.to_string())?;
-        core.app()
-            .load_model(imported.path.clone())
+        chat.load_model(imported.path.clone())
             .map_err(|e| e.to_string())?;
         Ok(imported.path)
     }
@@ -225,23 +224,8 @@ fn format_eta(secs: u64) -> String {
     }
 }
 
-/// Imports a file dropped on a window, telling the user how it went.
-pub fn import_dropped(app: &AppHandle, path: &Path) {
-    let models = app.state::<Models>();
-    let core = app.state::<Core>();
-    match models.import(&core, path) {
-        Ok(p) => {
-            let _ = app.emit(
-                "app-state",
-                json!({"toast": format!("Imported {}; loading it now.", p.display()), "trigger": "model-changed"}),
-            );
-        }
-        Err(e) => crate::bridge::toast(app, &e, "error"),
-    }
-}
-
-fn notify(app: &AppHandle) {
-    let _ = app.emit("app-state", json!({"trigger": "download-progress"}));
+fn notify(hub: &Hub) {
+    hub.state(StateEvent::trigger("download-progress"));
 }
 
 #[cfg(test)]

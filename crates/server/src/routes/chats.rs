@@ -1,0 +1,363 @@
+//! The main page, the chat list, a chat and its messages, sending, stopping, the replay of a chat's
+//! stream, the command palette, and the quick-chat window.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use chat::{ChatId, CommandAction, EventId, MessageId, SendOutcome};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{base_ctx, field, run, with, Fields, Result, RouteError};
+use crate::hub::StateEvent;
+use crate::pages::{message_views, ChatView, MessageView};
+use crate::reply::Reply;
+use crate::shell::MaybeShell;
+use crate::Server;
+
+pub(super) fn routes() -> Router<Server> {
+    Router::new()
+        .route("/", get(index))
+        .route("/chats", get(list).post(create))
+        .route("/chats/{cid}", get(open).delete(delete))
+        .route("/chats/{cid}/rename", get(rename_form).post(rename))
+        .route("/chats/{cid}/thinking", get(thinking_pill))
+        .route("/chats/{cid}/title", get(title))
+        .route("/chats/{cid}/messages", post(send))
+        .route("/chats/{cid}/stop", post(stop))
+        .route("/chats/{cid}/events", get(events))
+        .route("/chats/{cid}/messages/{mid}", get(message))
+        .route("/chats/{cid}/messages/{mid}/regenerate", post(regenerate))
+        .route("/commands/suggest", get(suggest))
+        .route("/quick", get(quick_page).post(quick_ask))
+        .route("/quick/open/{cid}", post(quick_open))
+}
+
+async fn index(State(s): State<Server>) -> Response {
+    run(s, |s| main_page(s, None)).await
+}
+
+#[derive(Deserialize)]
+struct Search {
+    #[serde(default)]
+    q: String,
+}
+
+async fn list(State(s): State<Server>, Query(q): Query<Search>) -> Response {
+    run(s, move |s| chat_list(s, &q.q)).await
+}
+
+async fn create(State(s): State<Server>) -> Response {
+    run(s, |s| {
+        let chat = s.chat().create_chat()?;
+        Ok(chat_pane(s, chat.id)?.trigger("chats-changed"))
+    })
+    .await
+}
+
+/// A chat: the conversation pane for htmx, the whole page for a browser's address bar.
+async fn open(State(s): State<Server>, Path(cid): Path<ChatId>, headers: HeaderMap) -> Response {
+    let htmx = headers.contains_key("hx-request");
+    run(s, move |s| match htmx {
+        true => chat_pane(s, cid),
+        false => main_page(s, Some(cid)),
+    })
+    .await
+}
+
+async fn delete(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| {
+        s.chat().delete_chat(cid)?;
+        Ok(Reply::html(s.views().render("empty.html", base_ctx(s))).trigger("chats-changed"))
+    })
+    .await
+}
+
+async fn rename_form(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| chat_fragment(s, cid, "rename.html")).await
+}
+
+async fn rename(State(s): State<Server>, Path(cid): Path<ChatId>, Form(f): Fields) -> Response {
+    run(s, move |s| {
+        let chat = s.chat().rename_chat(cid, field(&f, "title"))?;
+        Ok(Reply::html(
+            s.views()
+                .render("title.html", json!({"chat": ChatView::new(&chat)})),
+        )
+        .trigger("chats-changed"))
+    })
+    .await
+}
+
+async fn thinking_pill(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| {
+        let view = s.chat().chat(cid)?;
+        let ctx = with(base_ctx(s), json!({"chat": ChatView::new(&view.chat)}));
+        Ok(Reply::html(s.views().render("thinking_pill.html", ctx)))
+    })
+    .await
+}
+
+async fn title(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| chat_fragment(s, cid, "title.html")).await
+}
+
+/// A fragment about the chat itself (its title, the rename form).
+fn chat_fragment(s: &Server, cid: ChatId, template: &str) -> Result<Reply> {
+    let view = s.chat().chat(cid)?;
+    Ok(Reply::html(s.views().render(
+        template,
+        json!({"chat": ChatView::new(&view.chat)}),
+    )))
+}
+
+async fn send(
+    State(s): State<Server>,
+    Path(cid): Path<ChatId>,
+    shell: MaybeShell,
+    Form(f): Fields,
+) -> Response {
+    run(s, move |s| send_text(s, &shell, cid, field(&f, "text"))).await
+}
+
+async fn stop(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| {
+        s.chat().stop(cid);
+        Ok(Reply::empty())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: EventId,
+}
+
+/// JSON: the stream frames after `after`, for a page that attaches late (the desktop transport).
+async fn events(
+    State(s): State<Server>,
+    Path(cid): Path<ChatId>,
+    Query(q): Query<After>,
+) -> Response {
+    run(s, move |s| Ok(Reply::json(&s.frames_after(cid, q.after)))).await
+}
+
+async fn message(State(s): State<Server>, Path((cid, mid)): Path<(ChatId, MessageId)>) -> Response {
+    run(s, move |s| {
+        let view = s.chat().chat(cid)?;
+        let m = message_views(&view.messages, view.last_event_id)
+            .into_iter()
+            .find(|v| v.id == mid)
+            .ok_or_else(|| RouteError::NotFound(format!("message {mid}")))?;
+        Ok(Reply::html(
+            s.views().render("message.html", json!({ "m": m })),
+        ))
+    })
+    .await
+}
+
+async fn regenerate(
+    State(s): State<Server>,
+    Path((cid, mid)): Path<(ChatId, MessageId)>,
+) -> Response {
+    run(s, move |s| {
+        s.chat().regenerate(mid)?;
+        s.hub().state(StateEvent::busy(cid, true));
+        chat_pane(s, cid)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct Typed {
+    #[serde(default)]
+    text: String,
+}
+
+async fn suggest(State(s): State<Server>, Query(q): Query<Typed>) -> Response {
+    run(s, move |s| {
+        let text = q.text.as_str();
+        let items = if text.starts_with('/') && !text.contains(char::is_whitespace) {
+            s.chat().suggest_commands(text)
+        } else {
+            Vec::new()
+        };
+        let items: Vec<_> = items
+            .iter()
+            .map(|c| json!({"name": c.name, "usage": c.usage, "help": c.description}))
+            .collect();
+        Ok(Reply::html(
+            s.views().render("palette.html", json!({ "items": items })),
+        ))
+    })
+    .await
+}
+
+async fn quick_page(State(s): State<Server>) -> Response {
+    run(s, |s| {
+        Ok(Reply::html(s.views().render("quick.html", base_ctx(s))))
+    })
+    .await
+}
+
+async fn quick_ask(State(s): State<Server>, Form(f): Fields) -> Response {
+    run(s, move |s| {
+        let text = field(&f, "text");
+        if text.trim().is_empty() {
+            return Ok(Reply::empty());
+        }
+        let chat = s.chat().create_chat()?;
+        let out = s.chat().send(chat.id, text)?;
+        let views = outcome_views(s, chat.id, &out)?;
+        Ok(Reply::html(s.views().render(
+            "quick_answer.html",
+            json!({ "messages": views, "chat": ChatView::new(&chat) }),
+        )))
+    })
+    .await
+}
+
+/// "Open in main window": the desktop app shows the chat there; a browser goes to the chat's page.
+async fn quick_open(
+    State(s): State<Server>,
+    Path(cid): Path<ChatId>,
+    MaybeShell(shell): MaybeShell,
+) -> Response {
+    run(s, move |_| match shell {
+        Some(shell) => {
+            shell.show_chat(cid);
+            Ok(Reply::empty())
+        }
+        None => Ok(Reply::redirect(format!("/chats/{cid}"))),
+    })
+    .await
+}
+
+fn chat_list_views(s: &Server) -> Result<Vec<ChatView>> {
+    Ok(s.chat().list_chats()?.iter().map(ChatView::new).collect())
+}
+
+fn main_page(s: &Server, open: Option<ChatId>) -> Result<Reply> {
+    let chats = chat_list_views(s)?;
+    let mut ctx = with(base_ctx(s), json!({ "chats": chats }));
+    if let Some(cid) = open {
+        ctx = with(ctx, chat_ctx(s, cid)?);
+    }
+    Ok(Reply::html(s.views().render("main.html", ctx)))
+}
+
+fn chat_ctx(s: &Server, cid: ChatId) -> Result<serde_json::Value> {
+    let view = s.chat().chat(cid)?;
+    Ok(json!({
+        "chat": ChatView::new(&view.chat),
+        "messages": message_views(&view.messages, view.last_event_id),
+        "busy": view.busy,
+    }))
+}
+
+fn chat_pane(s: &Server, cid: ChatId) -> Result<Reply> {
+    let ctx = with(base_ctx(s), chat_ctx(s, cid)?);
+    Ok(Reply::html(s.views().render("chat.html", ctx)))
+}
+
+fn chat_list(s: &Server, query: &str) -> Result<Reply> {
+    let query = query.trim();
+    if query.is_empty() {
+        let chats = chat_list_views(s)?;
+        return Ok(Reply::html(
+            s.views()
+                .render("chat_list.html", json!({ "chats": chats })),
+        ));
+    }
+    match s.chat().search(query) {
+        Ok(hits) => {
+            let chats: Vec<ChatView> = hits
+                .iter()
+                .map(|h| ChatView {
+                    id: h.chat_id,
+                    title: h.chat_title.clone(),
+                    thinking: false,
+                    snippet: Some(h.snippet_marked("", "")),
+                })
+                .collect();
+            Ok(Reply::html(s.views().render(
+                "chat_list.html",
+                json!({ "chats": chats, "query": query }),
+            )))
+        }
+        Err(e) => Ok(Reply::html(s.views().render(
+            "chat_list.html",
+            json!({ "chats": [], "query": query, "search_error": e.to_string() }),
+        ))),
+    }
+}
+
+/// The messages `out` created, as the page shows them; a streaming answer connects to its stream
+/// after the chat's last event id as of now (its text so far is in the view).
+fn outcome_views(s: &Server, cid: ChatId, out: &SendOutcome) -> Result<Vec<MessageView>> {
+    let ids = match out {
+        SendOutcome::Generating {
+            user_message_id,
+            assistant_message_id,
+        } => [*user_message_id, *assistant_message_id],
+        SendOutcome::Command {
+            user_message_id,
+            reply_message_id,
+            ..
+        } => [*user_message_id, *reply_message_id],
+    };
+    let view = s.chat().chat(cid)?;
+    Ok(view
+        .messages
+        .iter()
+        .filter(|m| ids.contains(&m.id))
+        .map(|m| MessageView::new(m, false, view.last_event_id))
+        .collect())
+}
+
+/// Stores the user's message (or runs the command) and answers with the new messages; the answer's
+/// tokens then stream in (Tauri events in the app, SSE in a browser).
+fn send_text(s: &Server, shell: &MaybeShell, cid: ChatId, text: &str) -> Result<Reply> {
+    if text.trim().is_empty() {
+        return Ok(Reply::empty());
+    }
+    let out = s.chat().send(cid, text)?;
+    let streaming = matches!(
+        out,
+        SendOutcome::Generating { .. }
+            | SendOutcome::Command {
+                streaming: true,
+                ..
+            }
+    );
+    if streaming {
+        s.hub().state(StateEvent::busy(cid, true));
+    }
+    let html: String = outcome_views(s, cid, &out)?
+        .iter()
+        .map(|m| s.views().render("message.html", json!({ "m": m })))
+        .collect();
+    if let (
+        SendOutcome::Command {
+            action: Some(CommandAction::Export(export)),
+            ..
+        },
+        MaybeShell(Some(shell)),
+    ) = (&out, shell)
+    {
+        // The Markdown is in the reply; the desktop app offers to save it as a file too.
+        shell.offer_to_save(export.file_name.clone(), export.markdown.clone());
+    }
+    let mut reply = Reply::html(html);
+    if let SendOutcome::Command {
+        action: Some(CommandAction::Thinking { .. } | CommandAction::ContextReset),
+        ..
+    } = out
+    {
+        reply = reply.trigger("chat-changed");
+    }
+    Ok(reply)
+}

@@ -1,0 +1,219 @@
+//! The settings window: the form (the settings as fields, and back), saving it, and opening it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use chat::{Device, ModelState, Settings};
+use serde_json::json;
+
+use super::model::manager_ctx;
+use super::{run, Fields, RouteError};
+use crate::reply::Reply;
+use crate::shell::MaybeShell;
+use crate::Server;
+
+pub(super) fn routes() -> Router<Server> {
+    Router::new().route("/settings", get(page).post(save))
+}
+
+/// "Settings": the desktop app opens its settings window; a browser goes to the page.
+pub(super) async fn open_window(
+    State(s): State<Server>,
+    MaybeShell(shell): MaybeShell,
+) -> Response {
+    run(s, move |_| match shell {
+        Some(shell) => {
+            shell.open_settings();
+            Ok(Reply::empty())
+        }
+        None => Ok(Reply::redirect("/settings")),
+    })
+    .await
+}
+
+async fn page(State(s): State<Server>) -> Response {
+    run(s, |s| {
+        let settings = s.chat().settings();
+        let ctx = json!({
+            "manager": manager_ctx(s),
+            "s": settings_form(&settings),
+            "defaults": sampling_defaults(&s.chat().model_state()),
+            "devices": s.chat().devices().iter().map(|d| json!({
+                "id": d.device.name(),
+                "name": d.device.name().to_uppercase(),
+                "available": d.usable,
+                "explanation": d.explanation,
+            })).collect::<Vec<_>>(),
+            "max_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) * 2,
+        });
+        Ok(Reply::html(s.views().render("settings.html", ctx)))
+    })
+    .await
+}
+
+async fn save(State(s): State<Server>, axum::Form(form): Fields) -> Response {
+    run(s, move |s| {
+        let current = s.chat().settings();
+        let new = settings_from_form(&current, &form).map_err(RouteError::BadRequest)?;
+        let diff = s.chat().update_settings(new)?;
+        let text = if diff.is_empty() {
+            "Nothing changed."
+        } else if diff.needs_restart() {
+            "Saved. The thread count applies after a restart."
+        } else if diff.needs_reload() {
+            "Saved. The model is reloading with the new settings."
+        } else {
+            "Saved. The next answer uses the new settings."
+        };
+        Ok(Reply::html(format!(
+            "<span class=\"hint\">{}</span>",
+            minijinja::HtmlEscape(text)
+        )))
+    })
+    .await
+}
+
+/// The model family's sampling defaults, shown as placeholders in the settings form.
+fn sampling_defaults(state: &ModelState) -> serde_json::Value {
+    let family = match state {
+        ModelState::Ready { info, .. } if info.config.arch == engine::Arch::Llama => {
+            engine::ModelFamily::Llama
+        }
+        _ => engine::ModelFamily::SmolLM3,
+    };
+    let d = engine::SamplingParams::for_family(family);
+    json!({
+        "temperature": d.temperature,
+        "top_p": d.top_p,
+        "top_k": d.top_k,
+        "repeat_penalty": d.repeat_penalty,
+    })
+}
+
+/// The settings as the form shows them (`None` = empty field = the model's default).
+pub fn settings_form(s: &Settings) -> serde_json::Value {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    json!({
+        "model_path": s.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        "context_len": s.context_len,
+        "device": s.device.name(),
+        "threads": s.threads,
+        "temperature": opt(s.temperature.map(|v| v.to_string())),
+        "top_p": opt(s.top_p.map(|v| v.to_string())),
+        "top_k": opt(s.top_k.map(|v| v.to_string())),
+        "repeat_penalty": opt(s.repeat_penalty.map(|v| v.to_string())),
+        "thinking": s.thinking_default,
+        "system_prompt": s.system_prompt,
+        "shortcut": s.quick_chat_shortcut,
+    })
+}
+
+/// The submitted form over `current`; a field that does not parse is an error naming it.
+pub fn settings_from_form(
+    current: &Settings,
+    form: &HashMap<String, String>,
+) -> Result<Settings, String> {
+    fn field<T: std::str::FromStr>(
+        form: &HashMap<String, String>,
+        name: &str,
+        label: &str,
+    ) -> Result<Option<T>, String> {
+        match form.get(name).map(|v| v.trim()) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{label}: “{v}” is not a valid number")),
+        }
+    }
+    let mut s = current.clone();
+    s.model_path = form
+        .get("model_path")
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Some(n) = field(form, "context_len", "Context length")? {
+        s.context_len = n;
+    }
+    if let Some(n) = field(form, "threads", "Threads")? {
+        s.threads = n;
+    }
+    s.device = match form.get("device").map(String::as_str) {
+        Some("cuda") => Device::Cuda,
+        Some("metal") => Device::Metal,
+        _ => Device::Cpu,
+    };
+    s.temperature = field(form, "temperature", "Temperature")?;
+    s.top_p = field(form, "top_p", "Top-p")?;
+    s.top_k = field(form, "top_k", "Top-k")?;
+    s.repeat_penalty = field(form, "repeat_penalty", "Repetition penalty")?;
+    s.thinking_default = form.get("thinking").is_some_and(|v| v == "on");
+    if let Some(p) = form.get("system_prompt") {
+        s.system_prompt = p.trim().to_string();
+    }
+    if let Some(k) = form.get("shortcut") {
+        s.quick_chat_shortcut = k.trim().to_string();
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_sampling_fields_mean_the_model_default() {
+        let current = Settings {
+            temperature: Some(0.9),
+            ..Settings::default()
+        };
+        let s = settings_from_form(
+            &current,
+            &form(&[("temperature", ""), ("top_k", "40"), ("thinking", "on")]),
+        )
+        .unwrap();
+        assert_eq!(s.temperature, None);
+        assert_eq!(s.top_k, Some(40));
+        assert!(s.thinking_default);
+    }
+
+    #[test]
+    fn a_bad_number_names_its_field() {
+        let err =
+            settings_from_form(&Settings::default(), &form(&[("top_p", "lots")])).unwrap_err();
+        assert!(err.contains("Top-p"), "{err}");
+    }
+
+    #[test]
+    fn form_round_trips_the_settings() {
+        let s = Settings {
+            top_p: Some(0.5),
+            system_prompt: "Be brief.".into(),
+            ..Settings::default()
+        };
+        // What the browser submits: every text field, checkboxes only when checked.
+        let f: HashMap<String, String> = settings_form(&s)
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(t) => Some((k.clone(), t.clone())),
+                serde_json::Value::Bool(true) => Some((k.clone(), "on".into())),
+                serde_json::Value::Bool(false) => None,
+                other => Some((k.clone(), other.to_string())),
+            })
+            .collect();
+        assert_eq!(settings_from_form(&Settings::default(), &f).unwrap(), s);
+    }
+}

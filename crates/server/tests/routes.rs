@@ -1,0 +1,175 @@
+//! The Router's pages and fragments, without a model: what both transports serve.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{fixture, text, unescape};
+use server::{Shell, WithShell};
+
+#[tokio::test]
+async fn the_main_page_explains_the_missing_model_and_loads_our_files() {
+    let f = fixture();
+    let resp = f.get("/").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'self'"));
+    let html = text(resp).await;
+    assert!(html.contains("No model"), "{html}");
+    for file in ["/static/sse.js", "/static/app.js", "/vendor/htmx.min.js"] {
+        assert!(html.contains(file), "{file} not linked");
+        let resp = f.get(file).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{file}");
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript"));
+    }
+    assert_eq!(
+        f.get("/static/missing.js").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_route_or_chat_is_a_404_with_a_toast() {
+    let f = fixture();
+    let (status, html) = f.htmx("GET", "/nowhere", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("not found: GET /nowhere"), "{html}");
+    let (status, html) = f.htmx("GET", "/chats/999", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("chat 999 does not exist"), "{html}");
+}
+
+#[tokio::test]
+async fn a_chat_is_created_sent_to_listed_and_opened_as_a_page() {
+    let f = fixture();
+    let cid = f.new_chat().await;
+    let (status, html) = f
+        .htmx("POST", &format!("/chats/{cid}/messages"), "text=%2Fhelp")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("/status"), "the /help reply: {html}");
+    let (_, list) = f.htmx("GET", "/chats", "").await;
+    assert!(list.contains(&format!("chat-item-{cid}")), "{list}");
+    // Without HX-Request (a browser's address bar), the chat is a whole page.
+    let page = unescape(&text(f.get(&format!("/chats/{cid}")).await).await);
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("/status"));
+    let (_, pane) = f.htmx("GET", &format!("/chats/{cid}"), "").await;
+    assert!(!pane.contains("<!doctype html>"));
+}
+
+#[tokio::test]
+async fn sending_without_a_model_is_refused_with_a_toast_and_stores_nothing() {
+    let f = fixture();
+    let cid = f.new_chat().await;
+    let (status, html) = f
+        .htmx("POST", &format!("/chats/{cid}/messages"), "text=Hello")
+        .await;
+    assert_eq!(status, StatusCode::OK, "htmx swaps the toast only on 2xx");
+    assert!(html.contains("No model is loaded"), "{html}");
+    let view = f.server.chat().chat(cid).unwrap();
+    assert!(view.messages.is_empty(), "{:?}", view.messages);
+}
+
+/// A shell that records what the Router asked of it.
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Shell for Recorder {
+    fn open_settings(&self) {
+        self.calls.lock().unwrap().push("settings".into());
+    }
+    fn show_chat(&self, chat_id: i64) {
+        self.calls.lock().unwrap().push(format!("chat {chat_id}"));
+    }
+    fn pick_model_file(&self) -> Option<PathBuf> {
+        self.calls.lock().unwrap().push("pick".into());
+        None
+    }
+    fn offer_to_save(&self, file_name: String, _markdown: String) {
+        self.calls.lock().unwrap().push(format!("save {file_name}"));
+    }
+}
+
+#[tokio::test]
+async fn window_actions_go_to_the_shell_in_the_app_and_navigate_in_a_browser() {
+    let f = fixture();
+    let shell = Arc::new(Recorder::default());
+    let with_shell = |uri: &str| {
+        let mut req = Request::post(uri)
+            .header("hx-request", "true")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(WithShell(shell.clone()));
+        req
+    };
+    for (uri, redirect) in [
+        ("/windows/settings", "/settings"),
+        ("/quick/open/7", "/chats/7"),
+    ] {
+        let resp = f.send(with_shell(uri)).await;
+        assert!(resp.headers().get("hx-redirect").is_none(), "{uri}");
+        let resp = f
+            .send(
+                Request::post(uri)
+                    .header("hx-request", "true")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(resp.headers()["hx-redirect"], redirect, "{uri}");
+    }
+    f.send(with_shell("/models/import/pick")).await;
+    let (_, html) = f.htmx("POST", "/models/import/pick", "").await;
+    assert!(html.contains("needs the desktop app"), "{html}");
+    assert_eq!(*shell.calls.lock().unwrap(), ["settings", "chat 7", "pick"]);
+}
+
+#[tokio::test]
+async fn export_offers_a_save_dialog_only_in_the_app() {
+    let f = fixture();
+    let cid = f.new_chat().await;
+    let shell = Arc::new(Recorder::default());
+    let mut req = Request::post(format!("/chats/{cid}/messages"))
+        .header("hx-request", "true")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("text=%2Fexport"))
+        .unwrap();
+    req.extensions_mut().insert(WithShell(shell.clone()));
+    let html = unescape(&text(f.send(req).await).await);
+    assert!(html.contains("This chat as Markdown"), "{html}");
+    let calls = shell.calls.lock().unwrap().clone();
+    assert!(
+        calls.len() == 1 && calls[0].starts_with("save ") && calls[0].ends_with(".md"),
+        "{calls:?}"
+    );
+    let (_, html) = f
+        .htmx("POST", &format!("/chats/{cid}/messages"), "text=%2Fexport")
+        .await;
+    assert!(html.contains("This chat as Markdown"), "{html}");
+}
+
+#[tokio::test]
+async fn settings_render_and_save_from_the_form() {
+    let f = fixture();
+    let (status, html) = f.htmx("GET", "/settings", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("name=\"temperature\""), "{html}");
+    let (_, saved) = f
+        .htmx("POST", "/settings", "temperature=0.3&thinking=on")
+        .await;
+    assert!(saved.contains("Saved."), "{saved}");
+    assert_eq!(f.server.chat().settings().temperature, Some(0.3));
+    let (_, bad) = f.htmx("POST", "/settings", "top_p=lots").await;
+    assert!(bad.contains("Top-p"), "{bad}");
+}

@@ -1,0 +1,62 @@
+//! [`TauriShell`]: what the Router asks of the desktop shell (see `server::Shell`): windows and
+//! native dialogs.
+
+use std::path::PathBuf;
+
+use server::Server;
+use tauri::AppHandle;
+use tauri_plugin_dialog::DialogExt;
+
+use crate::windows;
+
+pub struct TauriShell {
+    app: AppHandle,
+    server: Server,
+}
+
+impl TauriShell {
+    pub fn new(app: AppHandle, server: Server) -> Self {
+        TauriShell { app, server }
+    }
+}
+
+impl server::Shell for TauriShell {
+    fn open_settings(&self) {
+        windows::open_settings(&self.app);
+    }
+
+    fn show_chat(&self, chat_id: chat::ChatId) {
+        windows::show_chat_in_main(&self.app, chat_id);
+    }
+
+    fn pick_model_file(&self) -> Option<PathBuf> {
+        self.app
+            .dialog()
+            .file()
+            .set_title("Choose a GGUF model")
+            .add_filter("GGUF model", &["gguf"])
+            .blocking_pick_file()
+            .and_then(|p| p.into_path().ok())
+    }
+
+    /// `/export`: the Markdown is in the reply; a native save dialog offers to write it to a file too.
+    fn offer_to_save(&self, file_name: String, markdown: String) {
+        let (app, server) = (self.app.clone(), self.server.clone());
+        std::thread::spawn(move || {
+            let picked = app
+                .dialog()
+                .file()
+                .set_title("Save the chat as Markdown")
+                .set_file_name(&file_name)
+                .add_filter("Markdown", &["md"])
+                .blocking_save_file();
+            let Some(path) = picked.and_then(|p| p.into_path().ok()) else {
+                return;
+            };
+            match std::fs::write(&path, markdown) {
+                Ok(()) => server.toast(format!("Saved {}", path.display()), false),
+                Err(e) => server.toast(format!("Could not save {}: {e}", path.display()), true),
+            }
+        });
+    }
+}

@@ -1,0 +1,209 @@
+// smol-sse: an htmx extension with the semantics of htmx's SSE extension, over either transport:
+// - in the desktop app, Tauri events: `chat-stream` frames, and `app-state` news;
+// - in a browser, Server-Sent Events: `EventSource("/chats/CHAT/stream?after=N")` per connected element (named
+//   events, `id:` per frame, the browser's own reconnect resumes with `Last-Event-ID`), and `/events` for news.
+// A frame is { id, chat, message, event: "thinking"|"token"|"stats"|"complete"|"error", data }; `id` grows by one
+// per frame within a chat. On the page:
+//   <article sse-connect="CHAT_ID" sse-message="MSG_ID" sse-last-id="N">
+//     <div sse-swap="thinking" sse-render="text"></div>      named events swapped into targets
+//     <div sse-swap="token" sse-render="markdown"></div>
+//     <span sse-swap="stats"></span>
+//     <div hx-get="/messages/MSG_ID" hx-trigger="sse:complete" hx-swap="outerHTML" hx-target="closest article">
+//   </article>
+// Whatever the transport, frames go through one path (`deliver`): applied in id order, each exactly once, and
+// `sse:NAME` fired on the connected element for every frame, so `hx-trigger="sse:complete"` works as with SSE.
+(function () {
+  "use strict";
+
+  const EVENTS = ["thinking", "token", "stats", "complete", "error"];
+
+  // --- transports -----------------------------------------------------------------------------------
+  // Each has `attach(elt, chat, after, onFrame)`, which starts delivering the chat's frames after id `after`
+  // (what was missed first) and returns a function that stops it, and `onAppState(handler)`.
+
+  /** Desktop: one Tauri listener serves every connected element; missed frames come from the replay endpoint. */
+  const tauriTransport = (function () {
+    const byChat = new Map(); // chat id -> Set of frame handlers
+    let listening = null;
+
+    function listen() {
+      if (!listening) {
+        listening = window.__TAURI__.event
+          .listen("chat-stream", (e) => {
+            const handlers = byChat.get(String(e.payload.chat));
+            if (handlers) handlers.forEach((h) => h(e.payload));
+          })
+          .catch((err) => {
+            listening = null;
+            throw err;
+          });
+      }
+      return listening;
+    }
+
+    return {
+      attach(elt, chat, after, onFrame) {
+        // Frames that arrive while the missed ones are fetched wait, then all go in id order.
+        let pending = [];
+        const handler = (frame) => (pending ? pending.push(frame) : onFrame(frame));
+        if (!byChat.has(chat)) byChat.set(chat, new Set());
+        byChat.get(chat).add(handler);
+        listen()
+          .then(() => fetch("/chats/" + encodeURIComponent(chat) + "/events?after=" + after))
+          .then((res) => (res.ok ? res.json() : []))
+          .catch((err) => {
+            console.error("smol-sse: resume failed", err);
+            htmx.trigger(elt, "sse:error", { error: String(err) });
+            return [];
+          })
+          .then((missed) => {
+            const all = missed.concat(pending).sort((a, b) => a.id - b.id);
+            pending = null;
+            all.forEach(onFrame);
+          });
+        return () => {
+          const set = byChat.get(chat);
+          if (!set) return;
+          set.delete(handler);
+          if (set.size === 0) byChat.delete(chat);
+        };
+      },
+      onAppState(handler) {
+        window.__TAURI__.event.listen("app-state", (e) => handler(e.payload || {}));
+      },
+    };
+  })();
+
+  /** Browser: the server replays what was missed, then streams; EventSource reconnects by itself. */
+  const httpTransport = {
+    attach(elt, chat, after, onFrame) {
+      const source = new EventSource("/chats/" + encodeURIComponent(chat) + "/stream?after=" + after);
+      const onEvent = (e) => onFrame(JSON.parse(e.data));
+      EVENTS.forEach((name) => source.addEventListener(name, onEvent));
+      source.onerror = () => {
+        // CLOSED means the server refused (e.g. the chat is gone); otherwise the browser retries itself.
+        if (source.readyState === EventSource.CLOSED) {
+          htmx.trigger(elt, "sse:error", { error: "the stream closed" });
+        }
+      };
+      return () => source.close();
+    },
+    onAppState(handler) {
+      const source = new EventSource("/events");
+      source.addEventListener("app-state", (e) => handler(JSON.parse(e.data)));
+    },
+  };
+
+  const transport = window.__TAURI__ && window.__TAURI__.event ? tauriTransport : httpTransport;
+
+  // --- applying frames ------------------------------------------------------------------------------
+
+  function state(elt) {
+    if (!elt._smolSse) elt._smolSse = { lastId: 0, text: new Map(), raf: 0, detach: null };
+    return elt._smolSse;
+  }
+
+  /** Applies one frame to a connected element unless it has seen that id already. */
+  function deliver(elt, frame) {
+    const st = state(elt);
+    const only = elt.getAttribute("sse-message");
+    if (only && frame.message != null && String(frame.message) !== only) return;
+    if (frame.id <= st.lastId) return;
+    st.lastId = frame.id;
+    elt.setAttribute("sse-last-id", String(frame.id));
+    swapInto(elt, frame);
+    if (frame.event === "complete" || frame.event === "error") disconnect(elt);
+    htmx.trigger(elt, "sse:" + frame.event, frame);
+  }
+
+  function targetsFor(elt, name) {
+    const out = [];
+    elt.querySelectorAll("[sse-swap]").forEach((t) => {
+      const names = t.getAttribute("sse-swap").split(",").map((s) => s.trim());
+      if (names.includes(name)) out.push(t);
+    });
+    return out;
+  }
+
+  function swapInto(elt, frame) {
+    const st = state(elt);
+    for (const target of targetsFor(elt, frame.event)) {
+      const mode = target.getAttribute("sse-render") || "text";
+      if (frame.event === "stats" || mode === "replace") {
+        target.textContent = frame.data;
+      } else {
+        const prev = st.text.get(target) || "";
+        st.text.set(target, prev + frame.data);
+        if (mode === "markdown") scheduleMarkdown(elt, target);
+        else target.append(document.createTextNode(frame.data));
+      }
+      target.closest("[data-reveal]")?.removeAttribute("hidden");
+    }
+    if (frame.event === "complete" || frame.event === "error") {
+      elt.classList.remove("streaming");
+      elt.classList.add(frame.event === "error" ? "failed" : "done");
+    }
+  }
+
+  /** Markdown is re-rendered at most once per animation frame, however many tokens arrive. */
+  function scheduleMarkdown(elt, target) {
+    const st = state(elt);
+    st.dirty = st.dirty || new Set();
+    st.dirty.add(target);
+    if (st.raf) return;
+    st.raf = requestAnimationFrame(() => {
+      st.raf = 0;
+      st.dirty.forEach((t) => window.SmolUI.renderMarkdownInto(t, st.text.get(t) || ""));
+      st.dirty.clear();
+      keepScrolled(elt);
+    });
+  }
+
+  function keepScrolled(elt) {
+    const scroller = elt.closest("[data-scroll]");
+    if (scroller && scroller.dataset.pinned !== "false") scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  /** A page rendered mid-answer carries the text so far in `data-seed`; later frames extend it. */
+  function seed(elt) {
+    const st = state(elt);
+    elt.querySelectorAll("[sse-swap][data-seed]").forEach((t) => {
+      const text = t.getAttribute("data-seed");
+      if (!text) return;
+      st.text.set(t, text);
+      if (t.getAttribute("sse-render") === "markdown") window.SmolUI.renderMarkdownInto(t, text);
+      else t.textContent = text;
+    });
+  }
+
+  function connect(elt) {
+    const st = state(elt);
+    seed(elt);
+    st.lastId = parseInt(elt.getAttribute("sse-last-id") || "0", 10) || 0;
+    const chat = elt.getAttribute("sse-connect");
+    st.detach = transport.attach(elt, chat, st.lastId, (frame) => deliver(elt, frame));
+  }
+
+  function disconnect(elt) {
+    const st = elt._smolSse;
+    if (st && st.detach) {
+      st.detach();
+      st.detach = null;
+    }
+  }
+
+  htmx.defineExtension("smol-sse", {
+    onEvent: function (name, evt) {
+      const elt = evt.target || evt.detail.elt;
+      if (name === "htmx:beforeCleanupElement" && elt && elt._smolSse) {
+        disconnect(elt);
+      } else if (name === "htmx:afterProcessNode" && elt && elt.hasAttribute && elt.hasAttribute("sse-connect")) {
+        if (!elt._smolSse) connect(elt);
+      }
+      return true;
+    },
+  });
+
+  /** Page-wide news (`app-state`): `{trigger, busy, chat, toast, kind}`; `app.js` applies it. */
+  window.SmolStream = { onAppState: (handler) => transport.onAppState(handler) };
+})();

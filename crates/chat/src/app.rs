@@ -15,6 +15,7 @@ use crate::device::{self, DeviceInfo};
 use crate::error::Result;
 use crate::events::{AppEvent, EventSink};
 use crate::export::{self, Export};
+use crate::local_server::ServerStatus;
 use crate::paths::{find_model, how_to_get_a_model, AppPaths};
 use crate::protocol::{EventId, EventsAfter};
 use crate::search::SearchHit;
@@ -28,8 +29,48 @@ pub(crate) struct Inner {
     pub core: Arc<Core>,
     pub worker: Worker,
     pub paths: AppPaths,
+    overrides: RunOverrides,
+    server: Mutex<ServerStatus>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     notices: Vec<String>,
+}
+
+/// Settings for this run only (`smollm3 serve --model --context --threads`): in effect while the
+/// app runs and never written to the settings file, whatever else is saved meanwhile.
+#[derive(Clone, Debug, Default)]
+pub struct RunOverrides {
+    pub model_path: Option<PathBuf>,
+    pub context_len: Option<usize>,
+    pub threads: Option<usize>,
+}
+
+impl RunOverrides {
+    fn apply(&self, s: &mut Settings) {
+        if let Some(p) = &self.model_path {
+            s.model_path = Some(p.clone());
+        }
+        if let Some(n) = self.context_len {
+            s.context_len = n;
+        }
+        if let Some(n) = self.threads {
+            s.threads = n;
+        }
+    }
+
+    /// `effective` as it is saved: the overridden fields keep the file's values.
+    fn unapply(&self, effective: &Settings, on_disk: &Settings) -> Settings {
+        let mut s = effective.clone();
+        if self.model_path.is_some() {
+            s.model_path.clone_from(&on_disk.model_path);
+        }
+        if self.context_len.is_some() {
+            s.context_len = on_disk.context_len;
+        }
+        if self.threads.is_some() {
+            s.threads = on_disk.threads;
+        }
+        s
+    }
 }
 
 /// The app core. Cheap to clone (one shared state); all methods are quick and thread-safe.
@@ -42,6 +83,11 @@ impl ChatApp {
     /// Opens the store and settings, starts the worker and, when there is a model, its load
     /// (in the background). Fails only when the chat database cannot be opened.
     pub fn open(paths: AppPaths, sink: EventSink) -> Result<ChatApp> {
+        Self::open_with(paths, sink, RunOverrides::default())
+    }
+
+    /// [`ChatApp::open`] with settings for this run only; invalid ones are refused.
+    pub fn open_with(paths: AppPaths, sink: EventSink, overrides: RunOverrides) -> Result<ChatApp> {
         let mut notices = Vec::new();
         let settings_path = paths.settings_file();
         let settings = Settings::load(&settings_path).unwrap_or_else(|e| {
@@ -53,6 +99,9 @@ impl ChatApp {
             ));
             Settings::default()
         });
+        let mut settings = settings;
+        overrides.apply(&mut settings);
+        settings.validate()?;
         engine::threads::init(settings.threads);
         let store = Store::open(&paths.database())?;
         if store.recovered() > 0 {
@@ -76,6 +125,8 @@ impl ChatApp {
                 core,
                 worker,
                 paths,
+                overrides,
+                server: Mutex::new(ServerStatus::Off),
                 threads: Mutex::new(vec![worker_thread, streamer]),
                 notices,
             }),
@@ -118,18 +169,31 @@ impl ChatApp {
             model: self.model_state(),
             engine: self.inner.worker.status(),
             threads: engine::threads::current(),
+            server: self.inner.server.lock().unwrap().clone(),
             devices: device::devices(),
         }
+    }
+
+    /// Where the local server is serving, for `/status` (set by whoever runs it).
+    pub fn set_server_status(&self, status: ServerStatus) {
+        *self.inner.server.lock().unwrap() = status;
     }
 
     /// Makes `path` the model (saved in the settings) and loads it in the background.
     pub fn load_model(&self, path: PathBuf) -> Result<()> {
         let mut settings = self.settings();
         settings.model_path = Some(path);
-        settings.save(&self.inner.paths.settings_file())?;
+        self.save_settings(&settings)?;
         self.core().set_settings(settings.clone());
         self.emit(AppEvent::SettingsChanged(settings));
         self.reload_model()
+    }
+
+    /// Writes `settings` to the file, less this run's overrides.
+    fn save_settings(&self, settings: &Settings) -> Result<()> {
+        let file = self.inner.paths.settings_file();
+        let on_disk = Settings::load(&file).unwrap_or_default();
+        self.inner.overrides.unapply(settings, &on_disk).save(&file)
     }
 
     /// (Re)loads the model the settings name, or the first `.gguf` in the models dir; with
@@ -241,7 +305,7 @@ impl ChatApp {
         if diff.is_empty() {
             return Ok(diff);
         }
-        new.save(&self.inner.paths.settings_file())?;
+        self.save_settings(&new)?;
         self.core().set_settings(new.clone());
         self.emit(AppEvent::SettingsChanged(new));
         if diff.needs_reload() {

@@ -18,8 +18,9 @@
 //! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
 //!   streams the built-in passage without a model.
 //! - [`settings`]: the settings file, validation and what a change needs; [`sampling`]: an
-//!   answer's sampling choices, validated once for the worker; [`device`]: which
-//!   devices this build can use, and why not.
+//!   answer's sampling choices, validated once for the worker; [`local_server`]: where the app
+//!   may serve over HTTP, and its status; [`device`]: which devices this build can use, and why
+//!   not.
 //!
 //! Stages are named by their types: composer text -> [`commands::Parsed`] ->
 //! [`worker::GenerationJob`] -> [`worker::JobEvent`] -> [`StreamEvent`] -> [`AppEvent`].
@@ -31,6 +32,7 @@ pub mod device;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod local_server;
 pub mod migrations;
 pub mod paths;
 pub mod protocol;
@@ -46,12 +48,13 @@ mod stream;
 pub mod views;
 pub mod worker;
 
-pub use app::ChatApp;
+pub use app::{ChatApp, RunOverrides};
 pub use commands::CommandSuggestion;
 pub use device::{Device, DeviceInfo};
 pub use error::{ChatError, Result};
 pub use events::{AppEvent, EventSink};
 pub use export::Export;
+pub use local_server::{LocalServer, ServerStatus};
 pub use paths::{default_database_path, AppPaths};
 pub use protocol::{EventId, EventKind, EventLog, EventsAfter, StreamEvent};
 pub use sampling::{AnswerParams, Sampling};

@@ -157,6 +157,7 @@ impl ChatApp {
             None => out.push_str("- Last answer: none yet\n"),
         }
         let _ = writeln!(out, "- Queue: {} answer(s) waiting or running", e.queued);
+        let _ = writeln!(out, "- Local server: {}", status.server.describe());
         let _ = write!(
             out,
             "- This chat: thinking {}",

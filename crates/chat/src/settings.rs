@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::Device;
 use crate::error::{ChatError, Result};
+use crate::local_server::LocalServer;
 use crate::protocol::FrameConfig;
 use crate::sampling::{check_range, invalid, AnswerParams, Sampling};
 
@@ -51,6 +52,8 @@ pub struct Settings {
     pub frame_interval_ms: u64,
     /// ... or every this many tokens.
     pub frame_max_tokens: usize,
+    /// The chat UI and the OpenAI-compatible API over HTTP (off by default).
+    pub local_server: LocalServer,
 }
 
 impl Default for Settings {
@@ -72,6 +75,7 @@ impl Default for Settings {
             quick_chat_shortcut: DEFAULT_QUICK_CHAT_SHORTCUT.into(),
             frame_interval_ms: 30,
             frame_max_tokens: 16,
+            local_server: LocalServer::default(),
         }
     }
 }
@@ -194,6 +198,10 @@ impl Settings {
                 return Err(invalid("model_path", "is empty (leave it unset instead)"));
             }
         }
+        // Checked when it is on: a server switched off with half-typed values still loads.
+        if self.local_server.enabled {
+            self.local_server.validate()?;
+        }
         Ok(())
     }
 
@@ -276,6 +284,7 @@ impl Settings {
             "frame_max_tokens",
             Live,
         );
+        note(self.local_server != new.local_server, "local_server", Live);
         SettingsDiff { changes }
     }
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceInfo;
 use crate::export::Export;
+use crate::local_server::ServerStatus;
 use crate::protocol::EventId;
 use crate::search::SearchHit;
 use crate::store::{Chat, Message, MessageId};
@@ -63,4 +64,5 @@ pub struct AppStatus {
     pub engine: EngineStatus,
     pub threads: usize,
     pub devices: Vec<DeviceInfo>,
+    pub server: ServerStatus,
 }

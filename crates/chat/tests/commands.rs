@@ -322,3 +322,50 @@ fn a_broken_settings_file_is_set_aside_and_the_app_starts() {
         .exists());
     assert_eq!(app.settings(), chat::Settings::default());
 }
+
+#[test]
+fn run_overrides_are_in_effect_but_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = common::paths(dir.path());
+    let rec = std::sync::Arc::new(common::Recorder::default());
+    let overrides = chat::RunOverrides {
+        context_len: Some(512),
+        ..chat::RunOverrides::default()
+    };
+    let app = chat::ChatApp::open_with(paths.clone(), rec.sink(), overrides).unwrap();
+    assert_eq!(app.settings().context_len, 512);
+    let mut s = app.settings();
+    s.temperature = Some(0.3);
+    app.update_settings(s).unwrap();
+    let saved = chat::Settings::load(&paths.settings_file()).unwrap();
+    assert_eq!(saved.temperature, Some(0.3), "the change is saved");
+    assert_eq!(
+        saved.context_len,
+        chat::Settings::default().context_len,
+        "the override is not"
+    );
+    assert_eq!(app.settings().context_len, 512, "and stays in effect");
+    let bad = chat::RunOverrides {
+        threads: Some(0),
+        ..chat::RunOverrides::default()
+    };
+    let dir2 = tempfile::tempdir().unwrap();
+    let err = chat::ChatApp::open_with(common::paths(dir2.path()), rec.sink(), bad)
+        .err()
+        .expect("0 threads is refused");
+    assert!(err.to_string().contains("threads"), "{err}");
+}
+
+#[test]
+fn status_says_where_the_local_server_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _rec) = open(dir.path(), None);
+    let chat = app.create_chat().unwrap().id;
+    let status = |app: &chat::ChatApp| run(app, chat, "/status").1;
+    assert!(status(&app).contains("- Local server: off"));
+    app.set_server_status(chat::ServerStatus::Listening {
+        url: "http://127.0.0.1:8080".into(),
+        key_required: false,
+    });
+    assert!(status(&app).contains("- Local server: http://127.0.0.1:8080 (chat in a browser"));
+}

@@ -3,7 +3,7 @@
 //! answers every `app://` request by calling the server's Router as a tower `Service`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::Router;
@@ -34,10 +34,16 @@ pub fn start(handle: &AppHandle, args: &Args) -> anyhow::Result<Server> {
     hub.listen(move |event| forward(&emitter, event));
     let pages = hub.sink();
     let (shortcuts, news) = (handle.clone(), hub.clone());
+    // The server is made from the chat core this sink is given to: it is filled in below.
+    let slot: Arc<OnceLock<Server>> = Arc::default();
+    let serving = slot.clone();
     let sink: chat::EventSink = Arc::new(move |event| {
         if let AppEvent::SettingsChanged(s) = &event {
             if let Err(e) = windows::set_quick_shortcut(&shortcuts, &s.quick_chat_shortcut) {
                 news.state(StateEvent::toast(e, true));
+            }
+            if let Some(server) = serving.get() {
+                apply_local_server(server, s.local_server.clone());
             }
         }
         pages(event)
@@ -56,7 +62,16 @@ pub fn start(handle: &AppHandle, args: &Args) -> anyhow::Result<Server> {
         endpoint: args.hf_endpoint.clone(),
         token: args.hf_token.clone(),
     };
-    Ok(Server::new(app, hub, downloads))
+    let server = Server::new(app, hub, downloads);
+    let _ = slot.set(server.clone());
+    apply_local_server(&server, server.chat().settings().local_server);
+    Ok(server)
+}
+
+/// The "Local server" setting: the same Router over HTTP, started, moved or stopped to match.
+fn apply_local_server(server: &Server, config: chat::LocalServer) {
+    let server = server.clone();
+    tauri::async_runtime::spawn(async move { server.apply_local_server(config).await });
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -1,7 +1,9 @@
-//! `smollm3`: a command-line front end to the engine and the model downloader, for scripts, checks and
-//! benchmarks. Machine-readable output goes to stdout; progress and errors go to stderr.
+//! `smollm3`: a command-line front end to the engine, the model downloader and the server, for
+//! scripts, checks and benchmarks. Machine-readable output goes to stdout; progress and errors go to
+//! stderr.
 
 mod models;
+mod serve;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -178,6 +180,8 @@ enum Command {
     Pull(models::PullArgs),
     /// List installed models, partial downloads and the catalog.
     Models(models::ModelsArgs),
+    /// Serve the chat UI to browsers and an OpenAI-compatible API (`/v1`) over HTTP.
+    Serve(serve::ServeArgs),
     /// Render a chat template with a context file (the shape of templates.json's `context`).
     Template {
         #[arg(long, required_unless_present = "template")]
@@ -211,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Pull(args) => models::pull(args)?,
         Command::Models(args) => models::models(args)?,
+        Command::Serve(args) => serve::serve(args)?,
         Command::Tokenize {
             model,
             parse_special,

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use chat::protocol::{EventKind, StreamEvent};
 use chat::{AppEvent, ChatId, EventSink};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::pages::stats_line;
 
@@ -105,7 +105,6 @@ type Listener = Arc<dyn Fn(&PageEvent) + Send + Sync>;
 struct Inner {
     tx: broadcast::Sender<PageEvent>,
     listeners: RwLock<Vec<Listener>>,
-    closing: watch::Sender<bool>,
 }
 
 /// Fans page events out to the desktop shell and to HTTP clients. Cheap to clone.
@@ -129,7 +128,6 @@ impl Hub {
             inner: Arc::new(Inner {
                 tx: broadcast::channel(BACKLOG).0,
                 listeners: RwLock::new(Vec::new()),
-                closing: watch::channel(false).0,
             }),
         }
     }
@@ -177,17 +175,6 @@ impl Hub {
     /// Every event from now on (a receiver that falls [`BACKLOG`] behind is told it lagged).
     pub fn subscribe(&self) -> broadcast::Receiver<PageEvent> {
         self.inner.tx.subscribe()
-    }
-
-    /// Ends every open event stream (the server is shutting down).
-    pub fn close(&self) {
-        self.inner.closing.send_replace(true);
-    }
-
-    /// Resolves once [`Hub::close`] was called.
-    pub async fn closed(&self) {
-        let mut rx = self.inner.closing.subscribe();
-        let _ = rx.wait_for(|closing| *closing).await;
     }
 }
 

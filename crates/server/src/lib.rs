@@ -1,6 +1,6 @@
 //! One axum [`Router`] over the chat core, for every transport: the desktop app calls it as a tower
-//! `Service` per `app://` request, and [`serve`](crate::serve) answers HTTP with it (the chat UI in
-//! any browser).
+//! `Service` per `app://` request, and [`http::serve`] answers HTTP with it (the chat UI in any
+//! browser, the OpenAI-compatible [`api`]).
 //!
 //! - [`Server`]: the state every route shares: the chat core ([`chat::ChatApp`]), the [`Hub`] of
 //!   page events, the templates ([`views`]), the model downloads ([`models`]).
@@ -16,6 +16,8 @@
 //! [`chat::AppEvent::Stream`] -> [`Hub`] -> Tauri `chat-stream` event or SSE on
 //! `/chats/{id}/stream` -> `ui/static/sse.js` swaps the frame into the page.
 
+pub mod api;
+pub mod http;
 pub mod hub;
 pub mod models;
 pub mod pages;
@@ -49,6 +51,8 @@ struct Inner {
     hub: Hub,
     views: Views,
     models: Models,
+    /// The desktop app's HTTP listener ("Local server").
+    listener: tokio::sync::Mutex<Option<http::Running>>,
 }
 
 /// The state of the routes. Cheap to clone.
@@ -71,6 +75,7 @@ impl Server {
                 hub,
                 views: Views::new(),
                 models,
+                listener: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -94,6 +99,10 @@ impl Server {
 
     pub(crate) fn models(&self) -> &Models {
         &self.inner.models
+    }
+
+    pub(crate) fn listener(&self) -> &tokio::sync::Mutex<Option<http::Running>> {
+        &self.inner.listener
     }
 
     /// Shows `text` as a toast in every page.

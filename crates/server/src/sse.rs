@@ -16,12 +16,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chat::{ChatId, EventId};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 
+use crate::http::Closing;
 use crate::hub::{Frame, PageEvent};
 use crate::routes::RouteError;
 use crate::Server;
@@ -49,9 +51,18 @@ fn frame_event(f: &Frame) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable frame"))
 }
 
+/// Resolves when the HTTP server shuts down; never on a transport without one.
+async fn closed(closing: &Option<Extension<Closing>>) {
+    match closing {
+        Some(Extension(c)) => c.clone().wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One client's view of a chat's stream.
 struct ChatFeed {
     server: Server,
+    closing: Option<Extension<Closing>>,
     chat_id: ChatId,
     /// The id of the last frame sent.
     last: EventId,
@@ -69,9 +80,8 @@ impl ChatFeed {
                 }
                 continue;
             }
-            let hub = self.server.hub().clone();
             tokio::select! {
-                _ = hub.closed() => return None,
+                _ = closed(&self.closing) => return None,
                 got = self.rx.recv() => match got {
                     Ok(PageEvent::Frame(f)) if f.chat == self.chat_id => self.pending.push_back(f),
                     Ok(_) => {}
@@ -89,6 +99,7 @@ pub async fn chat_stream(
     State(server): State<Server>,
     Path(chat_id): Path<ChatId>,
     Query(q): Query<After>,
+    closing: Option<Extension<Closing>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(e) = server.chat().chat(chat_id) {
@@ -100,6 +111,7 @@ pub async fn chat_stream(
     let pending = server.frames_after(chat_id, after).into();
     let feed = ChatFeed {
         server,
+        closing,
         chat_id,
         last: after,
         pending,
@@ -108,20 +120,22 @@ pub async fn chat_stream(
     sse(stream::unfold(feed, ChatFeed::next))
 }
 
-pub async fn app_events(State(server): State<Server>) -> Response {
+pub async fn app_events(
+    State(server): State<Server>,
+    closing: Option<Extension<Closing>>,
+) -> Response {
     let rx = server.hub().subscribe();
-    let feed = stream::unfold((server, rx), |(server, mut rx)| async move {
+    let feed = stream::unfold((closing, rx), |(closing, mut rx)| async move {
         loop {
-            let hub = server.hub().clone();
             tokio::select! {
-                _ = hub.closed() => return None,
+                _ = closed(&closing) => return None,
                 got = rx.recv() => match got {
                     Ok(PageEvent::State(s)) => {
                         let event = Event::default()
                             .event("app-state")
                             .json_data(&s)
                             .unwrap_or_else(|_| Event::default().comment("unserializable"));
-                        return Some((Ok::<_, Infallible>(event), (server, rx)));
+                        return Some((Ok::<_, Infallible>(event), (closing, rx)));
                     }
                     Ok(PageEvent::Frame(_)) | Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return None,

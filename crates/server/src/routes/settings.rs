@@ -49,6 +49,7 @@ async fn page(State(s): State<Server>) -> Response {
                 "explanation": d.explanation,
             })).collect::<Vec<_>>(),
             "max_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) * 2,
+            "server_status": s.chat().status().server.describe(),
         });
         Ok(Reply::html(s.views().render("settings.html", ctx)))
     })
@@ -109,6 +110,10 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "thinking": s.thinking_default,
         "system_prompt": s.system_prompt,
         "shortcut": s.quick_chat_shortcut,
+        "server_enabled": s.local_server.enabled,
+        "server_host": s.local_server.host,
+        "server_port": s.local_server.port,
+        "server_api_key": s.local_server.api_key,
     })
 }
 
@@ -158,6 +163,17 @@ pub fn settings_from_form(
     if let Some(k) = form.get("shortcut") {
         s.quick_chat_shortcut = k.trim().to_string();
     }
+    // The checkbox is absent when off: read the section only from a form that has it.
+    if let Some(host) = form.get("server_host") {
+        s.local_server.enabled = form.get("server_enabled").is_some_and(|v| v == "on");
+        s.local_server.host = host.trim().to_string();
+        if let Some(port) = field(form, "server_port", "Local server port")? {
+            s.local_server.port = port;
+        }
+        if let Some(key) = form.get("server_api_key") {
+            s.local_server.api_key = key.trim().to_string();
+        }
+    }
     Ok(s)
 }
 
@@ -200,6 +216,12 @@ mod tests {
         let s = Settings {
             top_p: Some(0.5),
             system_prompt: "Be brief.".into(),
+            local_server: chat::LocalServer {
+                enabled: true,
+                host: "0.0.0.0".into(),
+                port: 9000,
+                api_key: "k".into(),
+            },
             ..Settings::default()
         };
         // What the browser submits: every text field, checkboxes only when checked.
@@ -215,5 +237,9 @@ mod tests {
             })
             .collect();
         assert_eq!(settings_from_form(&Settings::default(), &f).unwrap(), s);
+        let mut off = f.clone();
+        off.remove("server_enabled");
+        let saved = settings_from_form(&s, &off).unwrap();
+        assert!(!saved.local_server.enabled, "an unchecked box turns it off");
     }
 }

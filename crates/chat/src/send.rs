@@ -8,7 +8,7 @@ use crate::error::{ChatError, Result};
 use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::views::SendOutcome;
-use crate::worker::{GenerationJob, JobEvent, ModelState};
+use crate::worker::{GenerationJob, JobEvent, ModelState, Prompt};
 
 /// Longest message accepted from the composer.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -112,17 +112,25 @@ impl ChatApp {
         let tx = self.core().stream_sender()?;
         let sink = Box::new(move |event: JobEvent| {
             let input = match event {
+                // The chat shows its answer as waiting until the first token.
+                JobEvent::Queued(_) => return,
                 JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
                 JobEvent::Token(text) => delta(chat_id, answer_id, false, text),
                 JobEvent::Finished(stats) => finish(chat_id, answer_id, End::Finished(stats)),
-                JobEvent::Failed(error) => finish(chat_id, answer_id, End::Failed(error)),
+                JobEvent::Refused(error) | JobEvent::Failed(error) => {
+                    finish(chat_id, answer_id, End::Failed(error))
+                }
             };
             let _ = tx.send(input);
         });
         Ok(GenerationJob {
-            messages,
-            thinking: chat.thinking,
+            prompt: Prompt::Chat {
+                messages,
+                thinking: chat.thinking,
+                drop_oldest: true,
+            },
             params: settings.answer_params()?,
+            source: format!("chat {chat_id}"),
             cancelled: turn.cancelled.clone(),
             sink,
         })
@@ -133,6 +141,15 @@ impl ChatApp {
             ModelState::Ready { info, .. } => Some(info.path.display().to_string()),
             ModelState::Loading { path, .. } => Some(path.display().to_string()),
             _ => None,
+        }
+    }
+
+    /// Queues a generation that belongs to no chat (an API request): nothing is stored, and its
+    /// events go to `job.sink`. Refused with `ModelNotReady` unless a model is ready.
+    pub fn submit(&self, job: GenerationJob) -> Result<()> {
+        match self.model_state() {
+            ModelState::Ready { .. } => self.inner.worker.generate(job),
+            other => Err(ChatError::ModelNotReady(other.describe())),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The engine worker: one thread owns the [`Engine`] and its KV cache; a cloneable [`Worker`]
 //! handle sends it requests over a channel, and they run in order (loads and generations
-//! queue behind each other).
+//! queue behind each other). Generations wait in a [`FairQueue`]: whose turn it is decides which
+//! one runs next (each desktop chat, each API client takes turns), not who asked first.
 //!
 //! Two things do not wait in the queue, because the worker is busy for seconds at a time:
 //! - stopping: each job has an `AtomicBool` the engine polls between tokens, set directly;
@@ -11,7 +12,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 use crate::device::{self, Device};
 use crate::error::{ChatError, Result};
+use crate::queue::FairQueue;
 use crate::sampling::AnswerParams;
 use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
@@ -102,21 +104,42 @@ pub struct LoadRequest {
     pub device: Device,
 }
 
-/// What a job reports, in order: deltas, then exactly one `Finished` or `Failed`.
+/// What a job reports: `Queued` while it waits (the answers ahead of it, whenever that changes),
+/// then deltas, then exactly one `Finished`, `Refused` or `Failed`.
 #[derive(Clone, Debug)]
 pub enum JobEvent {
+    Queued(usize),
     Thinking(String),
     Token(String),
     Finished(MessageStats),
+    /// The request cannot be answered as asked (a prompt longer than the context, messages the
+    /// template rejects); nothing was generated.
+    Refused(String),
+    /// The engine failed.
     Failed(String),
+}
+
+/// What to answer.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// A conversation (system prompt first, if any, ending with the user's turn), rendered with
+    /// the model's template. When it does not fit the context with room for the answer, the
+    /// oldest turns are dropped (`drop_oldest`: a desktop chat) or it is refused (an API request).
+    Chat {
+        messages: Vec<ChatMessage>,
+        thinking: bool,
+        drop_oldest: bool,
+    },
+    /// Text fed as it is (a raw completion).
+    Text(String),
 }
 
 /// One answer to produce.
 pub struct GenerationJob {
-    /// The conversation (system prompt first, if any), ending with the user's turn.
-    pub messages: Vec<ChatMessage>,
-    pub thinking: bool,
+    pub prompt: Prompt,
     pub params: AnswerParams,
+    /// Who asked (`chat 3`, `api 127.0.0.1:5123`): sources take turns on the worker.
+    pub source: String,
     pub cancelled: Arc<AtomicBool>,
     pub sink: Box<dyn FnMut(JobEvent) + Send>,
 }
@@ -124,7 +147,8 @@ pub struct GenerationJob {
 enum Request {
     Load(LoadRequest, u64),
     Unload,
-    Generate(GenerationJob),
+    /// Run the next generation of the queue (one per queued generation).
+    Next,
     Reset,
     Shutdown,
 }
@@ -137,7 +161,7 @@ struct Shared {
     status: Mutex<EngineStatus>,
     /// Bumped by every load/unload: a load finishing after a newer request is discarded.
     load_seq: AtomicU64,
-    queued: AtomicUsize,
+    queue: Mutex<FairQueue>,
     on_state: StateSink,
 }
 
@@ -162,7 +186,7 @@ impl Worker {
             state: Mutex::new(initial),
             status: Mutex::new(EngineStatus::default()),
             load_seq: AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
+            queue: Mutex::new(FairQueue::default()),
             on_state,
         });
         let (tx, rx) = channel();
@@ -180,7 +204,7 @@ impl Worker {
 
     pub fn status(&self) -> EngineStatus {
         let mut status = self.shared.status.lock().unwrap().clone();
-        status.queued = self.shared.queued.load(Ordering::SeqCst);
+        status.queued = self.shared.queue.lock().unwrap().len();
         status
     }
 
@@ -204,12 +228,13 @@ impl Worker {
         self.send(Request::Unload)
     }
 
-    /// Queues a generation. Its events go to `job.sink`, on the worker thread.
+    /// Queues a generation. Its events go to `job.sink`: `Queued` on the caller's thread (and
+    /// whichever moves the queue), the rest on the worker thread.
     pub fn generate(&self, job: GenerationJob) -> Result<()> {
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        self.send(Request::Generate(job)).inspect_err(|_| {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-        })
+        self.shared.queue.lock().unwrap().push(job);
+        // Without a worker the job never runs; the thread is gone only at shutdown, which ends
+        // every queued job as stopped.
+        self.send(Request::Next)
     }
 
     /// Empties the KV cache (after the requests already queued).
@@ -281,12 +306,18 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                     shared.status.lock().unwrap().cached_tokens = 0;
                 }
             }
-            Request::Generate(mut job) => {
+            Request::Next => {
+                let Some(mut job) = shared.queue.lock().unwrap().pop() else {
+                    continue;
+                };
                 let outcome = match engine.as_mut() {
-                    None => Err(shared.state.lock().unwrap().describe()),
+                    None => Err(Failure::Failed(shared.state.lock().unwrap().describe())),
                     Some(e) => catch_unwind(AssertUnwindSafe(|| generate(e, &mut job)))
                         .unwrap_or_else(|panic| {
-                            Err(format!("the engine crashed: {}", panic_text(panic)))
+                            Err(Failure::Failed(format!(
+                                "the engine crashed: {}",
+                                panic_text(panic)
+                            )))
                         }),
                 };
                 match outcome {
@@ -297,22 +328,21 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                         drop(status);
                         (job.sink)(JobEvent::Finished(stats));
                     }
-                    Err(error) => (job.sink)(JobEvent::Failed(error)),
+                    Err(Failure::Refused(why)) => (job.sink)(JobEvent::Refused(why)),
+                    Err(Failure::Failed(error)) => (job.sink)(JobEvent::Failed(error)),
                 }
-                shared.queued.fetch_sub(1, Ordering::SeqCst);
+                shared.queue.lock().unwrap().done();
             }
             Request::Shutdown => break,
         }
     }
     // Answers still queued will not run: end them as stopped, so they are stored as such.
-    for req in rx.try_iter() {
-        if let Request::Generate(mut job) = req {
-            (job.sink)(JobEvent::Finished(MessageStats {
-                finish: Some(Finish::Cancelled),
-                ..MessageStats::default()
-            }));
-            shared.queued.fetch_sub(1, Ordering::SeqCst);
-        }
+    let waiting = shared.queue.lock().unwrap().drain();
+    for mut job in waiting {
+        (job.sink)(JobEvent::Finished(MessageStats {
+            finish: Some(Finish::Cancelled),
+            ..MessageStats::default()
+        }));
     }
 }
 
@@ -345,13 +375,15 @@ fn drop_oldest_turn(messages: &mut Vec<ChatMessage>) -> bool {
     true
 }
 
-/// Renders and tokenizes the conversation, dropping the oldest turns until the prompt leaves
-/// `reserve` tokens for the answer. Returns the tokens and whether the prompt opened `<think>`.
+/// Renders and tokenizes the conversation; with `drop_oldest`, drops the oldest turns until the
+/// prompt leaves `reserve` tokens for the answer. Returns the tokens and whether the prompt
+/// opened `<think>`.
 fn prompt_for(
     engine: &Engine,
     messages: &mut Vec<ChatMessage>,
     thinking: bool,
     reserve: usize,
+    drop_oldest: bool,
 ) -> engine::Result<(Vec<u32>, bool)> {
     let opts = ChatOptions {
         add_generation_prompt: true,
@@ -365,7 +397,8 @@ fn prompt_for(
             .rfind("<think>")
             .is_some_and(|i| !text[i..].contains("</think>"));
         let ids = engine.encode_prompt(&text)?;
-        if ids.len() + reserve <= engine.context_len() || !drop_oldest_turn(messages) {
+        let fits = ids.len() + reserve <= engine.context_len();
+        if fits || !drop_oldest || !drop_oldest_turn(messages) {
             return Ok((ids, open));
         }
     }
@@ -383,7 +416,13 @@ fn random_seed() -> u64 {
     z ^ (z >> 31)
 }
 
-fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats, String> {
+/// Why a job produced no complete answer.
+enum Failure {
+    Refused(String),
+    Failed(String),
+}
+
+fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats, Failure> {
     let cancelled = job.cancelled.clone();
     if cancelled.load(Ordering::SeqCst) {
         return Ok(MessageStats {
@@ -396,8 +435,23 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
     }
     let p = &job.params;
     let reserve = p.max_tokens().min(engine.context_len() / 4).max(1);
-    let (prompt, open) =
-        prompt_for(engine, &mut job.messages, job.thinking, reserve).map_err(|e| e.to_string())?;
+    let refused = |e: engine::EngineError| Failure::Refused(e.to_string());
+    let (prompt, open) = match &mut job.prompt {
+        Prompt::Chat {
+            messages,
+            thinking,
+            drop_oldest,
+        } => prompt_for(engine, messages, *thinking, reserve, *drop_oldest).map_err(refused)?,
+        Prompt::Text(text) => (engine.encode_prompt(text).map_err(refused)?, false),
+    };
+    // At least one token of answer must fit (the desktop's chats have dropped turns for more).
+    if prompt.len() >= engine.context_len() {
+        return Err(Failure::Refused(format!(
+            "the prompt has {} tokens but the context holds {} (with room for the answer)",
+            prompt.len(),
+            engine.context_len()
+        )));
+    }
     let params = GenerationParams {
         max_tokens: p.max_tokens(),
         sampling: p.engine_sampling(engine.default_sampling(), random_seed),
@@ -417,7 +471,7 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
                 GenerationEvent::Done(_) => {}
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Failed(e.to_string()))?;
     let t = &out.timings;
     Ok(MessageStats {
         finish: Some(out.finish_reason.into()),

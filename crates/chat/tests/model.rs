@@ -264,3 +264,87 @@ fn a_malformed_model_file_fails_cleanly() {
     };
     assert!(error.contains("Choose CPU"), "{error}");
 }
+
+/// A job outside any chat (an API request) with its events on a channel.
+fn api_job(
+    prompt: chat::Prompt,
+    max_tokens: usize,
+) -> (
+    chat::GenerationJob,
+    std::sync::mpsc::Receiver<chat::JobEvent>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let params = chat::Sampling {
+        temperature: Some(0.0),
+        top_p: None,
+        top_k: None,
+        min_p: None,
+        repeat_penalty: None,
+        seed: Some(1),
+        max_tokens,
+        stop: Vec::new(),
+    }
+    .validate()
+    .unwrap();
+    let job = chat::GenerationJob {
+        prompt,
+        params,
+        source: "api test".into(),
+        cancelled: Default::default(),
+        sink: Box::new(move |e| {
+            let _ = tx.send(e);
+        }),
+    };
+    (job, rx)
+}
+
+/// Every event until the job's end.
+fn until_end(rx: &std::sync::mpsc::Receiver<chat::JobEvent>) -> Vec<chat::JobEvent> {
+    let mut out = Vec::new();
+    loop {
+        let e = rx.recv_timeout(ANSWER).expect("the job ends");
+        let end = matches!(
+            e,
+            chat::JobEvent::Finished(_) | chat::JobEvent::Refused(_) | chat::JobEvent::Failed(_)
+        );
+        out.push(e);
+        if end {
+            return out;
+        }
+    }
+}
+
+#[test]
+fn a_job_outside_any_chat_is_answered_and_stores_nothing_and_a_prompt_too_long_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(8)));
+    assert!(rec.wait_model(LOAD).is_ready());
+    let messages = vec![engine::ChatMessage::new("user", "What is 2+2?")];
+    let (job, rx) = api_job(
+        chat::Prompt::Chat {
+            messages,
+            thinking: false,
+            drop_oldest: false,
+        },
+        8,
+    );
+    app.submit(job).unwrap();
+    let events = until_end(&rx);
+    assert!(
+        matches!(events[0], chat::JobEvent::Queued(0)),
+        "told its place first: {events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, chat::JobEvent::Token(_))));
+    match events.last().unwrap() {
+        chat::JobEvent::Finished(stats) => assert!(stats.completion_tokens <= 8, "{stats:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(app.list_chats().unwrap().is_empty(), "no chat was made");
+
+    let (job, rx) = api_job(chat::Prompt::Text("hello ".repeat(20_000)), 8);
+    app.submit(job).unwrap();
+    match until_end(&rx).last().unwrap() {
+        chat::JobEvent::Refused(why) => assert!(why.contains("context"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

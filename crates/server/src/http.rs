@@ -85,6 +85,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (tx, rx) = watch::channel(false);
     let app = guarded(&server, config, Closing(rx));
+    // The client's address names it for fair turns on the worker.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

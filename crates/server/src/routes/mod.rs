@@ -131,6 +131,7 @@ pub fn router(server: Server) -> Router {
         .merge(chats::routes())
         .merge(model::routes())
         .merge(settings::routes())
+        .merge(crate::api::routes())
         .route("/chats/{cid}/stream", get(sse::chat_stream))
         .route("/events", get(sse::app_events))
         .route("/static/{*path}", get(static_file))

@@ -1,0 +1,217 @@
+//! Running an API request on the engine worker: queue it beside the desktop's chats, then either
+//! collect the whole answer or stream it as OpenAI's `data:` chunks. A client that goes away
+//! (its response dropped) stops its answer at the next token.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chat::{AnswerParams, ChatError, Finish, GenerationJob, JobEvent, MessageStats, Prompt};
+use futures_util::stream;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::ApiError;
+use crate::Server;
+
+/// Sets the answer's Stop flag when dropped: the client is gone, or the answer is over.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An answer queued for a client.
+pub(crate) struct Running {
+    rx: UnboundedReceiver<JobEvent>,
+    _stop: StopOnDrop,
+    /// What the refusal of this request names (`messages`, `prompt`).
+    input: &'static str,
+}
+
+/// Queues `prompt` for `source` (fair turns with the desktop's chats and other clients).
+pub(crate) fn start(
+    s: &Server,
+    prompt: Prompt,
+    params: AnswerParams,
+    source: String,
+    input: &'static str,
+) -> Result<Running, ApiError> {
+    let (tx, rx) = unbounded_channel();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let job = GenerationJob {
+        prompt,
+        params,
+        source,
+        cancelled: cancelled.clone(),
+        sink: Box::new(move |e| {
+            let _ = tx.send(e);
+        }),
+    };
+    s.chat().submit(job).map_err(|e| match e {
+        ChatError::ModelNotReady(why) => ApiError::unavailable(why),
+        other => ApiError::internal(other.to_string()),
+    })?;
+    Ok(Running {
+        rx,
+        _stop: StopOnDrop(cancelled),
+        input,
+    })
+}
+
+/// A whole answer.
+pub(crate) struct Answer {
+    pub thinking: String,
+    pub text: String,
+    pub stats: MessageStats,
+}
+
+impl Running {
+    fn refusal(&self, why: String) -> ApiError {
+        ApiError::invalid(format!("{}{}", upper_first(&why), "."), Some(self.input))
+    }
+
+    /// Waits for the whole answer.
+    pub async fn collect(mut self) -> Result<Answer, ApiError> {
+        let (mut thinking, mut text) = (String::new(), String::new());
+        loop {
+            match self.rx.recv().await {
+                Some(JobEvent::Queued(_)) => {}
+                Some(JobEvent::Thinking(t)) => thinking.push_str(&t),
+                Some(JobEvent::Token(t)) => text.push_str(&t),
+                Some(JobEvent::Finished(stats)) => {
+                    return Ok(Answer {
+                        thinking,
+                        text,
+                        stats,
+                    })
+                }
+                Some(JobEvent::Refused(why)) => return Err(self.refusal(why)),
+                Some(JobEvent::Failed(why)) => return Err(ApiError::internal(why)),
+                None => return Err(ApiError::internal("the engine worker stopped")),
+            }
+        }
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// OpenAI's `finish_reason`.
+pub(crate) fn finish_reason(stats: &MessageStats) -> &'static str {
+    match stats.finish {
+        Some(Finish::Length) => "length",
+        _ => "stop",
+    }
+}
+
+pub(crate) fn usage(stats: &MessageStats) -> Value {
+    json!({
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+    })
+}
+
+/// How an endpoint's stream chunks look.
+pub(crate) trait Chunks: Send + 'static {
+    /// Sent at once, before the answer (the chat's `role` chunk).
+    fn opening(&self) -> Option<Value>;
+    fn delta(&mut self, thinking: bool, text: String) -> Value;
+    fn finish(&mut self, stats: &MessageStats) -> Value;
+    /// The extra chunk that carries `usage` (`stream_options.include_usage`).
+    fn usage(&self, stats: &MessageStats) -> Value;
+}
+
+enum Step {
+    Open,
+    Events,
+    Usage(MessageStats),
+    Done,
+    Over,
+}
+
+struct Feed<C> {
+    run: Running,
+    chunks: C,
+    include_usage: bool,
+    step: Step,
+}
+
+fn data(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+impl<C: Chunks> Feed<C> {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            let event = match std::mem::replace(&mut self.step, Step::Events) {
+                Step::Open => match self.chunks.opening() {
+                    Some(v) => data(&v),
+                    None => continue,
+                },
+                Step::Events => match self.run.rx.recv().await {
+                    Some(JobEvent::Queued(n)) => {
+                        Event::default().comment(format!("queued: {n} answer(s) ahead"))
+                    }
+                    Some(JobEvent::Thinking(t)) => data(&self.chunks.delta(true, t)),
+                    Some(JobEvent::Token(t)) => data(&self.chunks.delta(false, t)),
+                    Some(JobEvent::Finished(stats)) => {
+                        let last = data(&self.chunks.finish(&stats));
+                        self.step = match self.include_usage {
+                            true => Step::Usage(stats),
+                            false => Step::Done,
+                        };
+                        last
+                    }
+                    Some(JobEvent::Refused(why)) => {
+                        self.step = Step::Done;
+                        data(&self.run.refusal(why).body())
+                    }
+                    Some(JobEvent::Failed(why)) => {
+                        self.step = Step::Done;
+                        data(&ApiError::internal(why).body())
+                    }
+                    None => {
+                        self.step = Step::Done;
+                        data(&ApiError::internal("the engine worker stopped").body())
+                    }
+                },
+                Step::Usage(stats) => {
+                    self.step = Step::Done;
+                    data(&self.chunks.usage(&stats))
+                }
+                Step::Done => {
+                    self.step = Step::Over;
+                    Event::default().data("[DONE]")
+                }
+                Step::Over => return None,
+            };
+            return Some((Ok(event), self));
+        }
+    }
+}
+
+/// The answer as Server-Sent Events of `data:` chunks, ending with `data: [DONE]`; while it
+/// waits its turn, comments say how many answers are ahead.
+pub(crate) fn stream(run: Running, chunks: impl Chunks, include_usage: bool) -> Response {
+    let feed = Feed {
+        run,
+        chunks,
+        include_usage,
+        step: Step::Open,
+    };
+    Sse::new(stream::unfold(feed, Feed::next))
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}

@@ -1,0 +1,437 @@
+//! The OpenAI-compatible API over real HTTP, with the SmolLM2 test model: shapes, errors and their
+//! statuses, streaming, a client that goes away, two clients at once, and the chat list untouched.
+//! (`make test` also drives it with the official `openai` Python client: `tests/openai/`.)
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chat::{Finish, LocalServer};
+use common::{fixture, Fixture};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+fn model_path() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run `make model`", p.display());
+    p
+}
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// A server with the test model loaded, listening on a free loopback port (and `key`).
+async fn ready_server(key: &str) -> (Fixture, String) {
+    let f = fixture();
+    f.server.chat().load_model(model_path()).unwrap();
+    let start = Instant::now();
+    while !f.server.chat().model_state().is_ready() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the model loads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = serve(&f, key).await;
+    (f, url)
+}
+
+async fn serve(f: &Fixture, key: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = LocalServer {
+        enabled: true,
+        port,
+        api_key: key.into(),
+        ..LocalServer::default()
+    };
+    let server = f.server.clone();
+    tokio::spawn(async move {
+        server::http::serve(server, listener, &config, std::future::pending())
+            .await
+            .unwrap();
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// POSTs JSON (or raw text when `body` is a string); the status and the JSON answer.
+async fn post(url: String, body: Value) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        let req = agent()
+            .post(&url)
+            .header("content-type", "application/json");
+        let resp = match body {
+            Value::String(raw) => req.send(raw.as_bytes()),
+            other => req.send(other.to_string().as_bytes()),
+        }
+        .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn get(url: String) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        let resp = agent().get(&url).call().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+fn ask(content: &str, extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}],
+        "temperature": 0, "max_tokens": 12});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// The `data:` payloads of a streamed answer, read until `[DONE]`, with the comments seen;
+/// `first_token` is told when the first content arrives.
+fn stream_blocking(
+    url: &str,
+    body: &Value,
+    first_token: Option<std::sync::mpsc::Sender<()>>,
+) -> (Vec<Value>, Vec<String>) {
+    let resp = agent()
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (mut chunks, mut comments) = (Vec::new(), Vec::new());
+    let mut first_token = first_token;
+    for line in BufReader::new(resp.into_body().into_reader()).lines() {
+        let line = line.unwrap();
+        if let Some(c) = line.strip_prefix(':') {
+            comments.push(c.trim().to_owned());
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            if d == "[DONE]" {
+                return (chunks, comments);
+            }
+            let chunk: Value = serde_json::from_str(d).unwrap();
+            if chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+            {
+                if let Some(tx) = first_token.take() {
+                    let _ = tx.send(());
+                }
+            }
+            chunks.push(chunk);
+        }
+    }
+    panic!("no [DONE]: {chunks:?}");
+}
+
+async fn stream(url: String, body: Value) -> (Vec<Value>, Vec<String>) {
+    tokio::task::spawn_blocking(move || stream_blocking(&url, &body, None))
+        .await
+        .unwrap()
+}
+
+fn streamed_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_and_chat_completions_whole_and_streamed_agree() {
+    let (f, url) = ready_server("").await;
+    let (status, models) = get(format!("{url}/v1/models")).await;
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(models["data"][0]["object"], "model");
+
+    let (status, whole) = post(
+        format!("{url}/v1/chat/completions"),
+        ask("What is 2+2?", json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["model"], MODEL);
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    let text = choice["message"]["content"].as_str().unwrap().to_owned();
+    assert!(!text.is_empty());
+    assert!(matches!(
+        choice["finish_reason"].as_str(),
+        Some("stop" | "length")
+    ));
+    let u = &whole["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+    assert!(
+        whole["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none(),
+        "SmolLM2 does not think"
+    );
+
+    let (chunks, _) = stream(
+        format!("{url}/v1/chat/completions"),
+        ask(
+            "What is 2+2?",
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(
+        streamed_text(&chunks),
+        text,
+        "temperature 0: the same text streamed and not"
+    );
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(
+        finish["choices"][0]["finish_reason"],
+        choice["finish_reason"]
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], u["completion_tokens"]);
+
+    let (status, raw) = post(
+        format!("{url}/v1/completions"),
+        json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(raw["object"], "text_completion");
+    assert!(
+        raw["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{raw}"
+    );
+
+    assert!(
+        f.server.chat().list_chats().unwrap().is_empty(),
+        "API requests make no chats"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_has_openais_shape_and_its_status() {
+    let (_f, url) = ready_server("").await;
+    let chat = format!("{url}/v1/chat/completions");
+    let cases = [
+        (Value::String("{not json".into()), 400, None),
+        (json!([1, 2]), 400, None),
+        (
+            ask("hi", json!({"tools": [{"type": "function"}]})),
+            400,
+            Some("tools"),
+        ),
+        (ask("hi", json!({"n": 2})), 400, Some("n")),
+        (
+            ask("hi", json!({"temperature": "hot"})),
+            400,
+            Some("temperature"),
+        ),
+        (ask("hi", json!({"top_p": 3})), 400, Some("top_p")),
+        (ask("hi", json!({"max_tokens": 0})), 400, Some("max_tokens")),
+        (
+            json!({"model": MODEL, "messages": []}),
+            400,
+            Some("messages"),
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}),
+            400,
+            Some("messages[0].role"),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            400,
+            Some("model"),
+        ),
+        (
+            ask("hi", json!({"model": "gpt-nothing"})),
+            404,
+            Some("model"),
+        ),
+        (
+            ask(&"word ".repeat(40_000), json!({})),
+            400,
+            Some("messages"),
+        ),
+    ];
+    for (body, status, param) in cases {
+        let shown = body.to_string().chars().take(80).collect::<String>();
+        let (got, answer) = post(chat.clone(), body).await;
+        assert_eq!(got, status, "{shown}: {answer}");
+        let e = &answer["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+        assert!(e["type"].is_string() && e.get("code").is_some(), "{answer}");
+        assert_eq!(e["param"].as_str(), param, "{shown}: {answer}");
+    }
+    // Too large a body: 413.
+    let huge = format!(
+        "{{\"model\":\"{MODEL}\",\"pad\":\"{}\"}}",
+        "x".repeat(server::api::BODY_LIMIT)
+    );
+    let (status, answer) = post(chat.clone(), Value::String(huge)).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "request_too_large");
+    // An unknown route under /v1: 404 in the same shape.
+    let (status, answer) = get(format!("{url}/v1/embeddings")).await;
+    assert_eq!(status, 404);
+    assert!(answer["error"]["message"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_model_requests_get_503_with_the_reason_and_a_key_is_enforced() {
+    let f = fixture();
+    let url = serve(&f, "k3y").await;
+    let chat = format!("{url}/v1/chat/completions");
+    let (status, answer) = post(chat.clone(), ask("hi", json!({}))).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_api_key");
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        let resp = agent()
+            .post(&chat)
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer k3y")
+            .send(ask("hi", json!({})).to_string().as_bytes())
+            .unwrap();
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_str::<Value>(&resp.into_body().read_to_string().unwrap()).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No model is loaded"),
+        "{answer}"
+    );
+    let (status, health) = get(format!("{url}/health")).await;
+    assert_eq!(status, 503);
+    assert_eq!(health["status"], "no_model");
+}
+
+/// Reads a streamed answer's first `n` content chunks over a raw socket, then hangs up.
+fn read_then_hang_up(url: &str, body: &Value, n: usize) -> usize {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < n {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+        if line.contains("\"content\":\"") && !line.contains("\"content\":\"\"") {
+            seen += 1;
+        }
+    }
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_stops_its_answer_within_a_token() {
+    let (f, url) = ready_server("").await;
+    let body = ask(
+        "Write a long story about a dragon.",
+        json!({"stream": true, "max_tokens": 400}),
+    );
+    let seen = tokio::task::spawn_blocking(move || read_then_hang_up(&url, &body, 3))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let last = loop {
+        let status = f.server.chat().status().engine;
+        if let Some(last) = status.last.filter(|_| status.queued == 0) {
+            break last;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the answer stops"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(last.finish, Some(Finish::Cancelled), "{last:?}");
+    // The socket buffers a token or two that the client never read.
+    assert!(
+        last.completion_tokens <= seen + 3,
+        "{} tokens made after {seen} were read",
+        last.completion_tokens
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_client_waits_its_turn_and_is_told_its_place() {
+    let (_f, url) = ready_server("").await;
+    let chat = format!("{url}/v1/chat/completions");
+    let long = ask(
+        "Write a long story about a dragon.",
+        json!({"stream": true, "max_tokens": 200}),
+    );
+    let (started, first_token) = std::sync::mpsc::channel();
+    let first = {
+        let chat = chat.clone();
+        tokio::task::spawn_blocking(move || stream_blocking(&chat, &long, Some(started)))
+    };
+    tokio::task::spawn_blocking(move || first_token.recv().unwrap())
+        .await
+        .unwrap();
+    let short = ask("Say hi.", json!({"stream": true, "max_tokens": 4}));
+    let (chunks, comments) = stream(chat, short).await;
+    assert!(!streamed_text(&chunks).is_empty());
+    assert!(
+        comments.iter().any(|c| c == "queued: 1 answer(s) ahead"),
+        "the second client saw its place: {comments:?}"
+    );
+    let (first_chunks, _) = first.await.unwrap();
+    assert!(
+        !streamed_text(&first_chunks).is_empty(),
+        "the first client was answered too"
+    );
+}

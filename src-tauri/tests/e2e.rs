@@ -281,10 +281,12 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     // 1. No model: the page says why and how to get one; commands still work.
     let s = Session::start(&base, APP, &app_args(&d, &hub.endpoint))
         .expect("start the app without a model");
-    let banner = s
-        .wait_for("#model-banner", Duration::from_secs(20))
+    s.wait_for("#model-banner", Duration::from_secs(20))
         .unwrap();
-    let text = s.text(&banner).unwrap();
+    // The banner re-renders once the page listens for news: read it afresh.
+    let text = poll("the banner's text", Duration::from_secs(20), || {
+        s.find("#model-banner").and_then(|b| s.text(&b)).ok()
+    });
     assert!(text.contains("No model"), "banner: {text}");
     open_new_chat(&s);
     type_and_send(&s, "/help");

@@ -69,7 +69,9 @@
         };
       },
       onAppState(handler) {
-        window.__TAURI__.event.listen("app-state", (e) => handler(e.payload || {}));
+        window.__TAURI__.event
+          .listen("app-state", (e) => handler(e.payload || {}))
+          .then(() => resync(handler, false));
       },
     };
   })();
@@ -91,8 +93,21 @@
     onAppState(handler) {
       const source = new EventSource("/events");
       source.addEventListener("app-state", (e) => handler(JSON.parse(e.data)));
+      let opened = false;
+      source.addEventListener("open", () => {
+        resync(handler, opened);
+        opened = true;
+      });
     },
   };
+
+  /** News sent before we listened (the model became ready while the page loaded) is lost, and so is
+   *  what a browser missed while disconnected: once listening, the page refreshes the model's state,
+   *  and after a reconnect the chats too. */
+  function resync(handler, reconnected) {
+    handler({ trigger: "model-changed" });
+    if (reconnected) handler({ trigger: "chats-changed" });
+  }
 
   const transport = window.__TAURI__ && window.__TAURI__.event ? tauriTransport : httpTransport;
 

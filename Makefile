@@ -8,7 +8,7 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test test-aarch64 check-other-os deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver
+.PHONY: run test test-aarch64 check-other-os deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver llama-server
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
@@ -16,8 +16,8 @@ run: deps ui model
 
 ## Everything CI checks: formatting, lints, the whole test suite, the app's end-to-end test, and
 ## the engine's ARM kernels (test-aarch64).
-test: deps ui model tauri-driver lint
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+test: deps ui model tauri-driver llama-server lint
+	LLAMA_SERVER=$(LLAMA_REF)/bin/llama-server $(CARGO) test --workspace --all-targets --no-fail-fast
 	$(MAKE) test-aarch64 check-other-os
 
 ## The engine (its SIMD dispatch and memory mapping differ per platform) passes clippy for macOS on ARM
@@ -79,6 +79,23 @@ tauri-driver:
 
 model:
 	@bash models/fetch.sh
+
+## llama.cpp's own OpenAI-compatible server, the remote endpoint of the tests (crates/cli/tests/llama_server.rs):
+## built from the llama.cpp that the PyPI package llama-cpp-python vendors (pinned), into $(LLAMA_REF) (shared with
+## the reference tools). About 10 minutes on 2 cores the first time; nothing afterwards.
+LLAMA_REF ?= $(HOME)/.cache/llama-ref
+LLAMA_CPP_PYTHON := 0.3.36
+llama-server:
+	@test -x $(LLAMA_REF)/bin/llama-server || { set -e; mkdir -p $(LLAMA_REF); cd $(LLAMA_REF); \
+	  python3 -m pip install -q cmake ninja scikit-build-core; \
+	  [ -f llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz ] || python3 -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
+	    -d . llama-cpp-python==$(LLAMA_CPP_PYTHON); \
+	  [ -d src ] || { tar xzf llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz \
+	    && mv llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp src && rm -rf llama_cpp_python-$(LLAMA_CPP_PYTHON); }; \
+	  [ -f build/build.ninja ] || python3 -m cmake -S src -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	    -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF; \
+	  python3 -m ninja -C build llama-server; \
+	  mkdir -p bin && cp build/bin/* bin/; }
 
 lint: ui
 	$(CARGO) fmt --all --check

@@ -19,7 +19,7 @@ use crate::local_server::ServerStatus;
 use crate::paths::{find_model, how_to_get_a_model, AppPaths};
 use crate::protocol::{EventId, EventsAfter};
 use crate::search::SearchHit;
-use crate::settings::{Settings, SettingsDiff};
+use crate::settings::{ModelSource, Settings, SettingsDiff};
 use crate::store::{Chat, ChatId, Store};
 use crate::stream;
 use crate::views::{AppStatus, ChatView};
@@ -47,7 +47,9 @@ pub struct RunOverrides {
 impl RunOverrides {
     fn apply(&self, s: &mut Settings) {
         if let Some(p) = &self.model_path {
+            // A model file given for this run is what answers, whatever the saved source.
             s.model_path = Some(p.clone());
+            s.model_source = ModelSource::Local;
         }
         if let Some(n) = self.context_len {
             s.context_len = n;
@@ -62,6 +64,7 @@ impl RunOverrides {
         let mut s = effective.clone();
         if self.model_path.is_some() {
             s.model_path.clone_from(&on_disk.model_path);
+            s.model_source = on_disk.model_source;
         }
         if self.context_len.is_some() {
             s.context_len = on_disk.context_len;
@@ -179,10 +182,12 @@ impl ChatApp {
         *self.inner.server.lock().unwrap() = status;
     }
 
-    /// Makes `path` the model (saved in the settings) and loads it in the background.
+    /// Makes `path` the model (saved in the settings, the source becoming local) and loads it in
+    /// the background.
     pub fn load_model(&self, path: PathBuf) -> Result<()> {
         let mut settings = self.settings();
         settings.model_path = Some(path);
+        settings.model_source = ModelSource::Local;
         self.save_settings(&settings)?;
         self.core().set_settings(settings.clone());
         self.emit(AppEvent::SettingsChanged(settings));
@@ -197,9 +202,13 @@ impl ChatApp {
     }
 
     /// (Re)loads the model the settings name, or the first `.gguf` in the models dir; with
-    /// neither, the state becomes `NoModel` saying how to get one. This is also "retry".
+    /// neither, the state becomes `NoModel` saying how to get one. With an endpoint as the
+    /// source, (re)connects to it instead. This is also "retry".
     pub fn reload_model(&self) -> Result<()> {
         let settings = self.settings();
+        if settings.model_source == ModelSource::Endpoint {
+            return self.inner.worker.connect(settings.endpoint);
+        }
         let models_dir = &self.inner.paths.models_dir;
         match settings
             .model_path

@@ -47,8 +47,57 @@ pub enum ChatError {
     /// No model is loaded (or it failed to load); the text says why and what to do.
     #[error("{0}")]
     ModelNotReady(String),
+    #[error("cannot reach the endpoint {url}: {reason}. Check its address in Settings and that the server runs")]
+    EndpointUnreachable { url: String, reason: String },
+    #[error("the endpoint {url} sent nothing for {secs} s (the timeout in Settings)")]
+    EndpointTimeout { url: String, secs: u64 },
+    #[error(
+        "the endpoint {url} refused the API key ({status}{}); check the key in Settings",
+        colon(message)
+    )]
+    EndpointAuth {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "the endpoint {url} does not serve the model “{model}”{}",
+        served_list(served)
+    )]
+    EndpointModelNotFound {
+        url: String,
+        model: String,
+        /// The models it does serve, or its own words (a 404's message).
+        served: String,
+    },
+    /// A request the endpoint refuses as asked (400): too long for its context, say.
+    #[error("the endpoint {url} refused the request: {message}")]
+    EndpointRejected { url: String, message: String },
+    #[error("the endpoint {url} failed (HTTP {status}){}", colon(message))]
+    EndpointFailed {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// It answered, but not as an OpenAI-compatible server does.
+    #[error("the endpoint {url} does not speak the OpenAI API as expected: {reason}")]
+    EndpointProtocol { url: String, reason: String },
     #[error("the engine worker has stopped; restart the app")]
     WorkerGone,
+}
+
+fn colon(message: &str) -> String {
+    match message.is_empty() {
+        true => String::new(),
+        false => format!(": {message}"),
+    }
+}
+
+fn served_list(served: &str) -> String {
+    match served.is_empty() {
+        true => " (it lists none)".into(),
+        false => format!(" ({served})"),
+    }
 }
 
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;

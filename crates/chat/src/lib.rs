@@ -18,7 +18,8 @@
 //! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
 //!   streams the built-in passage without a model.
 //! - [`settings`]: the settings file, validation and what a change needs; [`sampling`]: an
-//!   answer's sampling choices, validated once for the worker; [`local_server`]: where the app
+//!   answer's sampling choices, validated once for the worker; [`remote`]: an OpenAI-compatible
+//!   endpoint that answers instead of the local engine; [`local_server`]: where the app
 //!   may serve over HTTP, and its status; [`device`]: which devices this build can use, and why
 //!   not.
 //!
@@ -38,6 +39,7 @@ pub mod paths;
 pub mod protocol;
 mod queue;
 pub mod quote;
+pub mod remote;
 pub mod replies;
 pub mod sampling;
 pub mod search;
@@ -58,9 +60,10 @@ pub use export::Export;
 pub use local_server::{LocalServer, ServerStatus};
 pub use paths::{default_database_path, AppPaths};
 pub use protocol::{EventId, EventKind, EventLog, EventsAfter, StreamEvent};
+pub use remote::{Endpoint, RemoteModel};
 pub use sampling::{AnswerParams, Sampling};
 pub use search::{SearchHit, SnippetPart};
-pub use settings::{Apply, Settings, SettingsDiff};
+pub use settings::{Apply, ModelSource, Settings, SettingsDiff};
 pub use stats::{Finish, MessageStats};
 pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
 pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};

@@ -99,6 +99,11 @@ impl Sampling {
 }
 
 impl AnswerParams {
+    /// The checked choices, for a remote endpoint that takes them one by one.
+    pub fn sampling(&self) -> &Sampling {
+        &self.0
+    }
+
     pub fn max_tokens(&self) -> usize {
         self.0.max_tokens
     }

@@ -40,7 +40,10 @@ impl ChatApp {
 
     fn ensure_model_usable(&self) -> Result<()> {
         match self.model_state() {
-            ModelState::Ready { .. } | ModelState::Loading { .. } => Ok(()),
+            ModelState::Ready { .. }
+            | ModelState::Loading { .. }
+            | ModelState::Remote { .. }
+            | ModelState::Connecting { .. } => Ok(()),
             other => Err(ChatError::ModelNotReady(other.describe())),
         }
     }
@@ -140,6 +143,8 @@ impl ChatApp {
         match self.model_state() {
             ModelState::Ready { info, .. } => Some(info.path.display().to_string()),
             ModelState::Loading { path, .. } => Some(path.display().to_string()),
+            ModelState::Remote { url, model } => Some(format!("{model} at {url}")),
+            ModelState::Connecting { url, .. } => Some(url),
             _ => None,
         }
     }
@@ -148,7 +153,7 @@ impl ChatApp {
     /// events go to `job.sink`. Refused with `ModelNotReady` unless a model is ready.
     pub fn submit(&self, job: GenerationJob) -> Result<()> {
         match self.model_state() {
-            ModelState::Ready { .. } => self.inner.worker.generate(job),
+            ModelState::Ready { .. } | ModelState::Remote { .. } => self.inner.worker.generate(job),
             other => Err(ChatError::ModelNotReady(other.describe())),
         }
     }

@@ -13,6 +13,7 @@ use crate::device::Device;
 use crate::error::{ChatError, Result};
 use crate::local_server::LocalServer;
 use crate::protocol::FrameConfig;
+use crate::remote::Endpoint;
 use crate::sampling::{check_range, invalid, AnswerParams, Sampling};
 
 /// The settings file's name inside the config dir.
@@ -44,8 +45,12 @@ pub struct Settings {
     pub thinking_default: bool,
     /// Sent as the system message of every conversation; empty = the template's default.
     pub system_prompt: String,
+    /// Where answers come from: the local GGUF (`model_path`) or a remote `endpoint`.
+    pub model_source: ModelSource,
     /// The GGUF model file; `None` = the first `.gguf` in the models dir, if any.
     pub model_path: Option<PathBuf>,
+    /// An OpenAI-compatible server that answers instead, when `model_source` is `endpoint`.
+    pub endpoint: Endpoint,
     /// Global shortcut that opens the quick-chat window.
     pub quick_chat_shortcut: String,
     /// Stream frames: at most one every this many milliseconds...
@@ -71,13 +76,26 @@ impl Default for Settings {
             max_tokens: 2048,
             thinking_default: true,
             system_prompt: String::new(),
+            model_source: ModelSource::Local,
             model_path: None,
+            endpoint: Endpoint::default(),
             quick_chat_shortcut: DEFAULT_QUICK_CHAT_SHORTCUT.into(),
             frame_interval_ms: 30,
             frame_max_tokens: 16,
             local_server: LocalServer::default(),
         }
     }
+}
+
+/// Where answers come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    /// A GGUF file run by this app's engine.
+    #[default]
+    Local,
+    /// An OpenAI-compatible server ([`Settings::endpoint`]).
+    Endpoint,
 }
 
 /// How a changed setting takes effect.
@@ -202,6 +220,9 @@ impl Settings {
         if self.local_server.enabled {
             self.local_server.validate()?;
         }
+        if self.model_source == ModelSource::Endpoint {
+            self.endpoint.validate()?;
+        }
         Ok(())
     }
 
@@ -248,6 +269,12 @@ impl Settings {
             ReloadModel,
         );
         note(self.model_path != new.model_path, "model_path", ReloadModel);
+        note(
+            self.model_source != new.model_source,
+            "model_source",
+            ReloadModel,
+        );
+        note(self.endpoint != new.endpoint, "endpoint", ReloadModel);
         note(self.temperature != new.temperature, "temperature", Live);
         note(self.top_p != new.top_p, "top_p", Live);
         note(self.top_k != new.top_k, "top_k", Live);
@@ -366,6 +393,25 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_is_checked_only_when_it_is_the_source() {
+        let mut s = Settings {
+            endpoint: Endpoint {
+                base_url: "not a url".into(),
+                ..Endpoint::default()
+            },
+            ..Settings::default()
+        };
+        s.validate().unwrap();
+        s.model_source = ModelSource::Endpoint;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("endpoint.base_url"), "{err}");
+        s.endpoint.base_url = "http://127.0.0.1:8080".into();
+        s.validate().unwrap();
+        let d = Settings::default().diff(&s);
+        assert!(d.needs_reload() && d.changes.len() == 2, "{d:?}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The engine worker: one thread owns the [`Engine`] and its KV cache; a cloneable [`Worker`]
+//! The engine worker: one thread owns the model, the local [`Engine`] and its KV cache or a
+//! [`RemoteModel`] (an OpenAI-compatible endpoint, see [`crate::remote`]); a cloneable [`Worker`]
 //! handle sends it requests over a channel, and they run in order (loads and generations
 //! queue behind each other). Generations wait in a [`FairQueue`]: whose turn it is decides which
 //! one runs next (each desktop chat, each API client takes turns), not who asked first.
@@ -25,6 +26,7 @@ use serde::Serialize;
 use crate::device::{self, Device};
 use crate::error::{ChatError, Result};
 use crate::queue::FairQueue;
+use crate::remote::{Endpoint, RemoteModel};
 use crate::sampling::AnswerParams;
 use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
@@ -45,11 +47,17 @@ pub enum ModelState {
     },
     /// Loading failed; `error` says why. Loading again (retry) is always possible.
     Failed { path: PathBuf, error: String },
+    /// Checking a remote endpoint (API base `url`) since `started_at` (unix ms).
+    Connecting { url: String, started_at: i64 },
+    /// A remote endpoint answers, with `model`.
+    Remote { url: String, model: String },
+    /// The endpoint cannot be used; `error` says why. Connecting again (retry) is always possible.
+    RemoteFailed { url: String, error: String },
 }
 
 impl ModelState {
     pub fn is_ready(&self) -> bool {
-        matches!(self, ModelState::Ready { .. })
+        matches!(self, ModelState::Ready { .. } | ModelState::Remote { .. })
     }
 
     /// One sentence for the user about this state.
@@ -65,6 +73,11 @@ impl ModelState {
             ModelState::Ready { info, .. } => format!("{} is ready.", model_name(info)),
             ModelState::Failed { error, .. } => {
                 format!("The model could not be loaded: {error}. Fix it in Settings and retry.")
+            }
+            ModelState::Connecting { url, .. } => format!("Connecting to {url}."),
+            ModelState::Remote { url, model } => format!("{model} at {url} is ready."),
+            ModelState::RemoteFailed { error, .. } => {
+                format!("The endpoint cannot be used: {error}. Fix it in Settings and retry.")
             }
         }
     }
@@ -146,6 +159,7 @@ pub struct GenerationJob {
 
 enum Request {
     Load(LoadRequest, u64),
+    Connect(Endpoint, u64),
     Unload,
     /// Run the next generation of the queue (one per queued generation).
     Next,
@@ -218,6 +232,19 @@ impl Worker {
         self.send(Request::Load(req, seq))
     }
 
+    /// Connects to a remote endpoint in the background (checking it answers, accepts the key and
+    /// serves the model); the state is `Connecting` as soon as this returns.
+    pub fn connect(&self, endpoint: Endpoint) -> Result<()> {
+        let seq = self.shared.load_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.set_state(ModelState::Connecting {
+            url: endpoint
+                .api_url()
+                .unwrap_or_else(|_| endpoint.base_url.clone()),
+            started_at: now_ms(),
+        });
+        self.send(Request::Connect(endpoint, seq))
+    }
+
     /// Drops the model; the state becomes `NoModel` with `why` / `how_to_get_one`.
     pub fn unload(&self, why: String, how_to_get_one: String) -> Result<()> {
         self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
@@ -260,15 +287,53 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// What answers: the local engine or a remote endpoint.
+enum Backend {
+    /// Boxed: the engine is far larger than a remote model's handle.
+    Local(Box<Engine>),
+    Remote(RemoteModel),
+}
+
 fn run(rx: Receiver<Request>, shared: &Shared) {
-    let mut engine: Option<Engine> = None;
+    let mut backend: Option<Backend> = None;
     while let Ok(req) = rx.recv() {
         match req {
+            Request::Connect(endpoint, seq) => {
+                if seq != shared.load_seq.load(Ordering::SeqCst) {
+                    continue;
+                }
+                backend = None;
+                *shared.status.lock().unwrap() = EngineStatus::default();
+                let url = endpoint
+                    .api_url()
+                    .unwrap_or_else(|_| endpoint.base_url.clone());
+                let connected = RemoteModel::connect(&endpoint);
+                if seq != shared.load_seq.load(Ordering::SeqCst) {
+                    continue;
+                }
+                match connected {
+                    Ok(remote) => {
+                        let state = ModelState::Remote {
+                            url: remote.url.clone(),
+                            model: remote.model.clone(),
+                        };
+                        backend = Some(Backend::Remote(remote));
+                        shared.set_state(state);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%url, error = %e, "endpoint check failed");
+                        shared.set_state(ModelState::RemoteFailed {
+                            url,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
             Request::Load(req, seq) => {
                 if seq != shared.load_seq.load(Ordering::SeqCst) {
                     continue; // a newer load or unload superseded this one
                 }
-                engine = None; // free the old model before mapping the new one
+                backend = None; // free the old model before mapping the new one
                 let loaded = load(&req);
                 if seq != shared.load_seq.load(Ordering::SeqCst) {
                     continue;
@@ -280,7 +345,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                             context_len: e.context_len(),
                             ..EngineStatus::default()
                         };
-                        engine = Some(e);
+                        backend = Some(Backend::Local(Box::new(e)));
                         shared.set_state(ModelState::Ready {
                             info,
                             device: req.device,
@@ -297,11 +362,12 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 }
             }
             Request::Unload => {
-                engine = None;
+                backend = None;
                 *shared.status.lock().unwrap() = EngineStatus::default();
             }
             Request::Reset => {
-                if let Some(e) = engine.as_mut() {
+                // A remote server keeps its own cache: nothing to empty here.
+                if let Some(Backend::Local(e)) = backend.as_mut() {
                     e.reset();
                     shared.status.lock().unwrap().cached_tokens = 0;
                 }
@@ -310,15 +376,19 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 let Some(mut job) = shared.queue.lock().unwrap().pop() else {
                     continue;
                 };
-                let outcome = match engine.as_mut() {
+                let outcome = match backend.as_mut() {
                     None => Err(Failure::Failed(shared.state.lock().unwrap().describe())),
-                    Some(e) => catch_unwind(AssertUnwindSafe(|| generate(e, &mut job)))
-                        .unwrap_or_else(|panic| {
-                            Err(Failure::Failed(format!(
-                                "the engine crashed: {}",
-                                panic_text(panic)
-                            )))
-                        }),
+                    Some(Backend::Local(e)) => {
+                        catch_unwind(AssertUnwindSafe(|| generate(e, &mut job))).unwrap_or_else(
+                            |panic| {
+                                Err(Failure::Failed(format!(
+                                    "the engine crashed: {}",
+                                    panic_text(panic)
+                                )))
+                            },
+                        )
+                    }
+                    Some(Backend::Remote(r)) => generate_remote(r, &mut job),
                 };
                 match outcome {
                     Ok(stats) => {
@@ -414,6 +484,15 @@ fn random_seed() -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+fn generate_remote(remote: &RemoteModel, job: &mut GenerationJob) -> Result<MessageStats, Failure> {
+    remote
+        .generate(&job.prompt, &job.params, &job.cancelled, &mut job.sink)
+        .map_err(|e| match e {
+            ChatError::EndpointRejected { .. } => Failure::Refused(e.to_string()),
+            e => Failure::Failed(e.to_string()),
+        })
 }
 
 /// Why a job produced no complete answer.

@@ -3,6 +3,7 @@
 //! stderr.
 
 mod models;
+mod remote;
 mod serve;
 
 use std::io::{BufRead, Write};
@@ -28,9 +29,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// Path to a GGUF model file.
+    /// Path to a GGUF model file (required, except by `generate --endpoint`).
     #[arg(long, env = "SMOLLM3_MODEL")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Context length in tokens (capped by the model's own).
     #[arg(long, env = "SMOLLM3_CONTEXT", default_value_t = engine::DEFAULT_CONTEXT_LEN)]
     context: usize,
@@ -43,14 +44,21 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
+    fn path(&self) -> Result<&PathBuf> {
+        self.model
+            .as_ref()
+            .context("give the model file: --model PATH (or set SMOLLM3_MODEL)")
+    }
+
     fn load(&self) -> Result<Engine> {
+        let path = self.path()?;
         engine::threads::init(self.threads);
         let opts = EngineOptions {
             context_len: self.context,
             tokenizer_json: self.tokenizer_json.clone(),
         };
         // The engine's errors already name the file.
-        Ok(Engine::load(&self.model, &opts)?)
+        Ok(Engine::load(path, &opts)?)
     }
 }
 
@@ -112,10 +120,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
-    /// Generate a reply to PROMPT (wrapped in the chat template unless --raw), streaming.
+    /// Generate a reply to PROMPT (wrapped in the chat template unless --raw), streaming; with
+    /// --endpoint, from an OpenAI-compatible server instead of a local model.
     Generate {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        remote: remote::EndpointArgs,
         #[command(flatten)]
         sampling: SamplingArgs,
         /// Comma-separated prompt token ids, fed as they are.
@@ -233,6 +244,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate {
             model,
+            remote: endpoint,
             sampling,
             tokens,
             raw,
@@ -244,6 +256,29 @@ fn run(cli: Cli) -> Result<()> {
             json,
             prompt,
         } => {
+            if let Some(url) = endpoint.endpoint.clone() {
+                if sampling.repeat_last_n.is_some() {
+                    bail!("--repeat-last-n is not part of the OpenAI API: leave it out with --endpoint");
+                }
+                let ask = remote::Ask {
+                    prompt: prompt.context("give a PROMPT")?,
+                    raw,
+                    system,
+                    think: !no_think,
+                    sampling: chat::Sampling {
+                        temperature: sampling.temperature,
+                        top_p: sampling.top_p,
+                        top_k: sampling.top_k,
+                        min_p: sampling.min_p,
+                        repeat_penalty: sampling.repeat_penalty,
+                        seed: Some(sampling.seed),
+                        max_tokens,
+                        stop,
+                    },
+                    json,
+                };
+                return remote::generate(url, &endpoint, ask);
+            }
             let mut engine = model.load()?;
             let (ids, start_in_thinking) = match (tokens, prompt) {
                 (Some(ids), _) => (ids, false),
@@ -318,7 +353,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, Some(path)) => {
                     let args = ModelArgs {
-                        model: path,
+                        model: Some(path),
                         context: 16,
                         threads: 1,
                         tokenizer_json: None,
@@ -393,7 +428,7 @@ fn chat(
     };
     eprintln!(
         "Chatting with {} (/think, /no_think, /reset, /exit)",
-        model.model.display()
+        model.path()?.display()
     );
     let stdin = std::io::stdin();
     loop {
@@ -504,7 +539,7 @@ fn bench(
         serde_json::Value::Null
     };
     let out = json!({
-        "model": model.model.display().to_string(),
+        "model": model.path()?.display().to_string(),
         "threads": engine::threads::current(),
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,

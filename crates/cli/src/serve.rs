@@ -88,8 +88,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 fn report_model(app: &ChatApp) {
     loop {
         match app.model_state() {
-            ModelState::Loading { .. } => std::thread::sleep(Duration::from_millis(100)),
-            ModelState::Ready { .. } => {
+            ModelState::Loading { .. } | ModelState::Connecting { .. } => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            ModelState::Ready { .. } | ModelState::Remote { .. } => {
                 eprintln!("smollm3 serve: {}", app.model_state().describe());
                 return;
             }

@@ -171,6 +171,9 @@ impl ModelView {
             ModelState::Failed { path, .. } => {
                 ("failed", format!("{} failed to load", file_name(&path)))
             }
+            ModelState::Connecting { url, .. } => ("loading", format!("connecting to {url}")),
+            ModelState::Remote { url, model } => ("ready", format!("{model} · {url}")),
+            ModelState::RemoteFailed { url, .. } => ("failed", format!("{url} cannot be used")),
         };
         ModelView {
             state,

@@ -94,15 +94,24 @@ impl Recorder {
         })
     }
 
-    /// Waits until the latest model state is `Ready` or `Failed`, and returns it.
+    /// Waits until the latest model state is settled (ready or failed, local or remote), and
+    /// returns it.
     pub fn wait_model(&self, timeout: Duration) -> ModelState {
         self.wait_for(timeout, |events| {
             let last = events.iter().rev().find_map(|e| match e {
                 AppEvent::ModelState(s) => Some(s),
                 _ => None,
             });
-            last.filter(|s| matches!(s, ModelState::Ready { .. } | ModelState::Failed { .. }))
-                .cloned()
+            last.filter(|s| {
+                matches!(
+                    s,
+                    ModelState::Ready { .. }
+                        | ModelState::Failed { .. }
+                        | ModelState::Remote { .. }
+                        | ModelState::RemoteFailed { .. }
+                )
+            })
+            .cloned()
         })
     }
 }

@@ -69,10 +69,19 @@ pub(crate) fn response_id(prefix: &str) -> String {
     format!("{prefix}-{nanos:x}")
 }
 
-/// The ready model, or 503 saying why there is none.
+/// The ready model, or 503 saying why there is none. A remote endpoint's model is served by
+/// its name there.
 pub(crate) fn loaded(s: &Server) -> Result<ApiModel, ApiError> {
-    let ModelState::Ready { info, .. } = s.chat().model_state() else {
-        return Err(ApiError::unavailable(s.chat().model_state().describe()));
+    let info = match s.chat().model_state() {
+        ModelState::Ready { info, .. } => info,
+        ModelState::Remote { model, .. } => {
+            return Ok(ApiModel {
+                id: model,
+                aliases: Vec::new(),
+                created: 0,
+            })
+        }
+        other => return Err(ApiError::unavailable(other.describe())),
     };
     let file = info
         .path
@@ -151,8 +160,8 @@ async fn health(State(s): State<Server>) -> Response {
         }
         Err(e) => {
             let state = match s.chat().model_state() {
-                ModelState::Loading { .. } => "loading",
-                ModelState::Failed { .. } => "failed",
+                ModelState::Loading { .. } | ModelState::Connecting { .. } => "loading",
+                ModelState::Failed { .. } | ModelState::RemoteFailed { .. } => "failed",
                 _ => "no_model",
             };
             let mut body = e.body();

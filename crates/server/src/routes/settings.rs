@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use chat::{Device, ModelState, Settings};
+use chat::{Device, ModelSource, ModelState, Settings};
 use serde_json::json;
 
 use super::model::manager_ctx;
@@ -99,7 +99,15 @@ fn sampling_defaults(state: &ModelState) -> serde_json::Value {
 pub fn settings_form(s: &Settings) -> serde_json::Value {
     let opt = |v: Option<String>| v.unwrap_or_default();
     json!({
+        "model_source": match s.model_source {
+            ModelSource::Local => "local",
+            ModelSource::Endpoint => "endpoint",
+        },
         "model_path": s.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        "endpoint_url": s.endpoint.base_url,
+        "endpoint_model": s.endpoint.model,
+        "endpoint_api_key": s.endpoint.api_key,
+        "endpoint_timeout": s.endpoint.timeout_secs,
         "context_len": s.context_len,
         "device": s.device.name(),
         "threads": s.threads,
@@ -141,6 +149,24 @@ pub fn settings_from_form(
         .map(|p| p.trim())
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
+    // The radio is absent from forms without the section: read it only from one that has it.
+    if let Some(source) = form.get("model_source") {
+        s.model_source = match source.as_str() {
+            "local" => ModelSource::Local,
+            "endpoint" => ModelSource::Endpoint,
+            other => {
+                return Err(format!(
+                    "Model source: “{other}” is neither local nor endpoint"
+                ))
+            }
+        };
+        s.endpoint.base_url = form.get("endpoint_url").map_or("", |v| v.trim()).into();
+        s.endpoint.model = form.get("endpoint_model").map_or("", |v| v.trim()).into();
+        s.endpoint.api_key = form.get("endpoint_api_key").map_or("", |v| v.trim()).into();
+        if let Some(t) = field(form, "endpoint_timeout", "Endpoint timeout")? {
+            s.endpoint.timeout_secs = t;
+        }
+    }
     if let Some(n) = field(form, "context_len", "Context length")? {
         s.context_len = n;
     }
@@ -216,6 +242,13 @@ mod tests {
         let s = Settings {
             top_p: Some(0.5),
             system_prompt: "Be brief.".into(),
+            model_source: ModelSource::Endpoint,
+            endpoint: chat::Endpoint {
+                base_url: "http://gpu-box:8080/v1".into(),
+                api_key: "sk-1".into(),
+                model: "smollm3".into(),
+                timeout_secs: 30,
+            },
             local_server: chat::LocalServer {
                 enabled: true,
                 host: "0.0.0.0".into(),

@@ -8,7 +8,7 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test test-aarch64 check-other-os deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver llama-server
+.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver llama-server
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
@@ -18,7 +18,30 @@ run: deps ui model
 ## the engine's ARM kernels (test-aarch64).
 test: deps ui model tauri-driver llama-server lint
 	LLAMA_SERVER=$(LLAMA_REF)/bin/llama-server $(CARGO) test --workspace --all-targets --no-fail-fast
-	$(MAKE) test-aarch64 check-other-os
+	$(MAKE) test-openai test-browser test-aarch64 check-other-os
+
+## `smollm3 serve` driven by the official `openai` Python client, pinned with its dependencies in
+## crates/server/tests/openai/requirements.txt and installed into a venv under target/.
+OPENAI_VENV := target/openai-venv
+test-openai: model
+	$(CARGO) build --bin smollm3
+	@python3 -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q python3-venv; }
+	@test -x $(OPENAI_VENV)/bin/python || python3 -m venv $(OPENAI_VENV)
+	$(OPENAI_VENV)/bin/pip install -q --disable-pip-version-check -r crates/server/tests/openai/requirements.txt
+	SMOLLM3_BIN=$(abspath target/debug/smollm3) SMOLLM3_TEST_MODEL=$(abspath $(MODEL)) \
+	  $(OPENAI_VENV)/bin/python crates/server/tests/openai/test_openai.py
+
+## The chat UI of `smollm3 serve` in headless Chromium (Debian's `chromium`) through playwright-core,
+## pinned in crates/server/tests/browser/package-lock.json.
+BROWSER_TESTS := crates/server/tests/browser
+test-browser: model ui
+	$(CARGO) build --bin smollm3
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+	cd $(BROWSER_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+	SMOLLM3_BIN=$(abspath target/debug/smollm3) SMOLLM3_TEST_MODEL=$(abspath $(MODEL)) \
+	  CHROMIUM=$$(command -v chromium) node --test $(BROWSER_TESTS)/test.mjs
 
 ## The engine (its SIMD dispatch and memory mapping differ per platform) passes clippy for macOS on ARM
 ## and for Windows; skipped, with a warning, where rustup cannot add those targets.

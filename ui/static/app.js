@@ -158,13 +158,18 @@
     }
   }, true);
 
-  /** The sidebar marks the chat that is open in the conversation pane. */
+  /** The sidebar marks the chat that is open in the conversation pane, and in a browser the address
+   *  bar names it (`/chats/ID` serves the whole page), so a reload or a bookmark shows that chat. */
   function markActiveChat() {
-    const title = document.querySelector("#conversation [id^=chat-title-]");
+    const conversation = document.getElementById("conversation");
+    if (!conversation) return;
+    const title = conversation.querySelector("[id^=chat-title-]");
     const id = title ? title.id.slice("chat-title-".length) : null;
     document.querySelectorAll("#chat-list .chat-item").forEach((item) => {
       item.classList.toggle("active", id !== null && item.id === "chat-item-" + id);
     });
+    const path = id === null ? "/" : "/chats/" + id;
+    if (!window.__TAURI__ && location.pathname !== path) history.replaceState(null, "", path);
   }
 
   htmx.onLoad((root) => {

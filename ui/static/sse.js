@@ -208,6 +208,12 @@
   }
 
   htmx.defineExtension("smol-sse", {
+    // htmx processes only elements with its own attributes, and new top-level nodes of a swap: a
+    // connected element inside a page or a fragment (a chat opened while it answers, a reload) has
+    // none, so it is named here to get its `htmx:afterProcessNode`.
+    getSelectors: function () {
+      return ["[sse-connect]"];
+    },
     onEvent: function (name, evt) {
       const elt = evt.target || evt.detail.elt;
       if (name === "htmx:beforeCleanupElement" && elt && elt._smolSse) {

@@ -253,6 +253,19 @@ async fn every_error_has_openais_shape_and_its_status() {
         ),
         (ask("hi", json!({"n": 2})), 400, Some("n")),
         (
+            ask("hi", json!({"stream_options": {"include_usage": true}})),
+            400,
+            Some("stream_options"),
+        ),
+        (
+            ask(
+                "hi",
+                json!({"stream": true, "stream_options": {"include_usage": "yes"}}),
+            ),
+            400,
+            Some("stream_options"),
+        ),
+        (
             ask("hi", json!({"temperature": "hot"})),
             400,
             Some("temperature"),

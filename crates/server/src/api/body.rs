@@ -131,6 +131,27 @@ impl Body {
         }
     }
 
+    /// `stream_options.include_usage`; the options only go with `stream`, as in OpenAI's API.
+    pub fn include_usage(&self, stream: bool) -> Result<bool, ApiError> {
+        let Some(options) = self.get("stream_options").filter(|o| !o.is_null()) else {
+            return Ok(false);
+        };
+        if !stream {
+            return Err(ApiError::invalid(
+                "`stream_options` is only allowed with `stream: true`.",
+                Some("stream_options"),
+            ));
+        }
+        match options.get("include_usage") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(on)) => Ok(*on),
+            Some(_) => Err(ApiError::invalid(
+                "`stream_options.include_usage` must be true or false.",
+                Some("stream_options"),
+            )),
+        }
+    }
+
     /// The sampling fields (OpenAI's, and llama.cpp's `top_k`, `min_p`, `repeat_penalty`),
     /// validated with the same ranges as the settings; `max_tokens` when none is given.
     pub fn sampling(&self, default_max_tokens: usize) -> Result<AnswerParams, ApiError> {

@@ -111,13 +111,6 @@ fn thinking(body: &Body) -> Result<bool, ApiError> {
     }
 }
 
-fn include_usage(body: &Body) -> bool {
-    body.get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
 struct ChatChunks {
     id: String,
     created: u64,
@@ -192,6 +185,7 @@ async fn answer(
     let messages = messages(&body)?;
     let params = body.sampling(s.chat().settings().max_tokens)?;
     let stream = body.bool("stream")?.unwrap_or(false);
+    let include_usage = body.include_usage(stream)?;
     let prompt = Prompt::Chat {
         messages,
         thinking: thinking(&body)?,
@@ -206,9 +200,9 @@ async fn answer(
             id,
             created: now(),
             model: model.id,
-            usage_field: include_usage(&body),
+            usage_field: include_usage,
         };
-        return Ok(run::stream(running, chunks, include_usage(&body)));
+        return Ok(run::stream(running, chunks, include_usage));
     }
     let created = now();
     let a = running.collect().await?;

@@ -144,16 +144,12 @@ async fn answer(
     let text = prompt(&body)?;
     let params = body.sampling(DEFAULT_MAX_TOKENS)?;
     let stream = body.bool("stream")?.unwrap_or(false);
+    let include_usage = body.include_usage(stream)?;
     let model = loaded(&s)?.named(requested)?;
     let who = source(body.string("user")?, peer);
     let running = run::start(&s, Prompt::Text(text), params, who, "prompt")?;
     let (id, created) = (response_id("cmpl"), now());
     if stream {
-        let include_usage = body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         let chunks = TextChunks {
             id,
             created,

@@ -150,11 +150,22 @@ async fn health(State(s): State<Server>) -> Response {
     match loaded(&s) {
         Ok(m) => {
             let engine = s.chat().status().engine;
+            // The latest answer (any client's or chat's): how it ended and how fast it was, so a
+            // client can see that one it dropped was stopped.
+            let last = engine.last.map(|l| {
+                json!({
+                    "finish": l.finish,
+                    "completion_tokens": l.completion_tokens,
+                    "time_to_first_token_ms": l.time_to_first_token_ms,
+                    "decode_tok_s": l.decode_tok_s,
+                })
+            });
             Json(json!({
                 "status": "ok",
                 "model": m.id,
                 "queue": engine.queued,
                 "context": {"used": engine.cached_tokens, "size": engine.context_len},
+                "last": last,
             }))
             .into_response()
         }

@@ -1,0 +1,234 @@
+// The chat UI of `smollm3 serve` in headless Chromium (Debian's `chromium`, driven by playwright-core):
+// over HTTP the page streams with real Server-Sent Events (ui/static/sse.js, EventSource transport).
+// Run by `make test-browser`, which builds `smollm3` and installs both. It starts its own server on a
+// free loopback port with fresh data and config folders and the SmolLM2 test model.
+// Environment: SMOLLM3_BIN, SMOLLM3_TEST_MODEL, CHROMIUM (the browser binary).
+import { test, before, after, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, existsSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
+const BIN = process.env.SMOLLM3_BIN || join(ROOT, "target/debug/smollm3");
+const MODEL = process.env.SMOLLM3_TEST_MODEL || join(ROOT, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const LONG = "Write a very long story about a dragon who learns to count, with many chapters.";
+
+let dir, proc, url, browser, log = "";
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.once("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+async function waitReady() {
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error("smollm3 serve exited:\n" + log);
+    try {
+      const r = await fetch(url + "/health");
+      if (r.ok) return;
+    } catch (_) {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("smollm3 serve never became ready:\n" + log);
+}
+
+before(async () => {
+  for (const p of [BIN, MODEL, CHROMIUM]) {
+    assert.ok(existsSync(p), `${p} is missing (make test-browser builds and installs it)`);
+  }
+  dir = mkdtempSync(join(tmpdir(), "smollm3-browser-"));
+  const port = await freePort();
+  url = `http://127.0.0.1:${port}`;
+  // Answers of at most 200 tokens: long enough to reload or stop mid-answer, short enough that a
+  // test never waits long for one that is still running.
+  mkdirSync(join(dir, "config"));
+  writeFileSync(join(dir, "config", "settings.json"), JSON.stringify({ max_tokens: 200 }));
+  proc = spawn(BIN, ["serve", "--model", MODEL, "--port", String(port), "--context", "2048",
+    "--data-dir", join(dir, "data"), "--config-dir", join(dir, "config")]);
+  proc.stdout.on("data", (d) => (log += d));
+  proc.stderr.on("data", (d) => (log += d));
+  await waitReady();
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (proc && proc.exitCode === null) {
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGTERM");
+    await exited;
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+// Each test starts with the engine idle: an answer a test left running would delay the next.
+afterEach(async () => {
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const health = await (await fetch(url + "/health")).json();
+    if (health.queue === 0) return;
+    assert.ok(Date.now() < deadline, `the engine stays busy: ${JSON.stringify(health)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+});
+
+/** A fresh page that records browser errors; the test fails on any. */
+async function open(path) {
+  const page = await browser.newPage();
+  page.errors = [];
+  page.on("pageerror", (e) => page.errors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
+  // The quick-chat page shows no model status, so it has nothing to refresh.
+  await settled(page, () => page.goto(url + path), path !== "/quick");
+  return page;
+}
+
+/** Runs `load` and waits until the page has heard its news stream open (it then refreshes the
+ *  model's status, when it shows it) and no htmx request is in flight, so a click does not abort
+ *  one. */
+async function settled(page, load, showsModel = true) {
+  const opened = page.waitForRequest((r) => r.url().endsWith("/events"));
+  const resynced = showsModel && page.waitForResponse((r) => r.url().endsWith("/model/status"));
+  await load();
+  await opened;
+  if (resynced) await resynced;
+  await page.waitForFunction(() => !document.querySelector(".htmx-request"));
+}
+
+/** Records, at each answer's `complete` frame, the text the stream built (before the stored
+ *  message replaces it), keyed by message id. */
+async function recordStreamedText(page) {
+  await page.evaluate(() => {
+    window.streamed = {};
+    document.body.addEventListener("sse:complete", (e) => {
+      const art = e.target;
+      const target = art.querySelector("[sse-swap=token]");
+      window.streamed[art.getAttribute("sse-message")] = art._smolSse.text.get(target) || "";
+    });
+  });
+}
+
+async function newChatAndSend(page, text) {
+  await page.click("#new-chat");
+  await page.waitForSelector("textarea[data-composer]");
+  await page.fill("textarea[data-composer]", text);
+  await page.press("textarea[data-composer]", "Enter");
+  await page.waitForSelector("article.msg.assistant.streaming");
+  return page.$eval("article.msg.assistant.streaming", (a) => a.getAttribute("sse-message"));
+}
+
+/** The streaming answer's text so far. */
+function streamingText(page, mid) {
+  return page.$eval(`#msg-${mid} [sse-swap=token]`, (t) => t.closest("article")._smolSse?.text.get(t) || "");
+}
+
+async function waitForText(page, mid, atLeast) {
+  await page.waitForFunction(
+    ([mid, n]) => {
+      const t = document.querySelector(`#msg-${mid} [sse-swap=token]`);
+      const a = t && t.closest("article");
+      return a && a._smolSse && (a._smolSse.text.get(t) || "").length >= n;
+    },
+    [mid, atLeast],
+    { timeout: 120_000 },
+  );
+}
+
+/** The stored message once the stream is over (the `complete` frame fetched it). */
+async function stored(page, mid, status) {
+  const sel = `#msg-${mid}.status-${status}`;
+  await page.waitForSelector(sel, { timeout: 300_000 });
+  return page.$eval(`#raw-${mid}`, (e) => e.dataset.raw);
+}
+
+test("a message sent in the browser streams its answer token by token", async () => {
+  const page = await open("/");
+  await recordStreamedText(page);
+  const mid = await newChatAndSend(page, "Tell me about the moon.");
+  // Tokens arrive one frame at a time: the text is seen growing before the answer is stored.
+  const lengths = new Set();
+  while ((await page.$(`#msg-${mid}.streaming`)) !== null) {
+    lengths.add((await streamingText(page, mid).catch(() => "")).length);
+    await page.waitForTimeout(20);
+  }
+  const text = await stored(page, mid, "complete");
+  assert.ok(text.length > 0);
+  assert.ok([...lengths].filter((n) => n > 0 && n < text.length).length >= 2,
+    `partial texts seen: ${[...lengths]}`);
+  assert.equal((await page.evaluate(() => window.streamed))[mid].trim(), text.trim());
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("a reload mid-answer resumes from the replay buffer without loss or duplication", async () => {
+  const page = await open("/");
+  const mid = await newChatAndSend(page, LONG);
+  await waitForText(page, mid, 40);
+  const cid = await page.$eval("form[data-composer-form]", (f) => f.dataset.chat);
+  // The address bar follows the open chat, so a reload shows it again.
+  assert.equal(new URL(page.url()).pathname, `/chats/${cid}`);
+  await settled(page, () => page.reload());
+  await recordStreamedText(page);
+  const resumedAt = await page.$eval(`#msg-${mid}`, (a) => [a.getAttribute("sse-last-id"), a.className]);
+  assert.ok(resumedAt[1].includes("streaming"), `the answer was still running at the reload: ${resumedAt}`);
+  assert.ok(Number(resumedAt[0]) > 0, "the page was rendered with the text so far and its frame id");
+  const text = await stored(page, mid, "complete");
+  const streamed = (await page.evaluate(() => window.streamed))[mid];
+  assert.equal(streamed.trim(), text.trim(), "the text before the reload plus the stream after it");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("Stop ends the answer and keeps what was written as interrupted", async () => {
+  const page = await open("/");
+  const mid = await newChatAndSend(page, LONG);
+  await waitForText(page, mid, 20);
+  await page.click("button.stop");
+  const text = await stored(page, mid, "interrupted");
+  assert.ok(text.length >= 20, text);
+  assert.ok(await page.isVisible(`#msg-${mid} .note`));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("the quick-chat page answers, and its chat opens in the main page", async () => {
+  const page = await open("/quick");
+  await page.fill("form.quick input[name=text]", "What is the capital of France?");
+  await page.press("form.quick input[name=text]", "Enter");
+  await page.waitForSelector("#quick-answer article.msg.assistant");
+  const mid = await page.$eval("#quick-answer article.msg.assistant", (a) => a.id.slice("msg-".length));
+  const text = await stored(page, mid, "complete");
+  assert.ok(text.length > 0);
+  await Promise.all([page.waitForURL(/\/chats\/\d+$/), page.click("text=Open in main window")]);
+  assert.equal(await page.$eval(`#raw-${mid}`, (e) => e.dataset.raw), text);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("chats made in one page appear in another (one chat core)", async () => {
+  const a = await open("/");
+  const b = await open("/");
+  const before = await b.$$eval("#chat-list .chat-item", (items) => items.length);
+  await a.click("#new-chat");
+  // The other page hears `chats-changed` over its /events stream and refreshes its list.
+  await b.waitForFunction((n) => document.querySelectorAll("#chat-list .chat-item").length === n + 1, before,
+    { timeout: 30_000 });
+  assert.deepEqual([...a.errors, ...b.errors], []);
+  await a.close();
+  await b.close();
+});

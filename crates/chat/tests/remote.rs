@@ -511,3 +511,38 @@ fn an_endpoint_that_cannot_be_used_leaves_the_app_working_and_says_why() {
     let (_, reply, _) = common::run(&app, chat.id, "/status");
     assert!(reply.contains("endpoint cannot be used"), "{reply}");
 }
+
+#[test]
+fn stop_in_the_app_keeps_a_remote_answer_as_interrupted() {
+    let gone = Arc::new(AtomicBool::new(false));
+    let flag = gone.clone();
+    let fake = Fake::start(move |seen| match seen.path.as_str() {
+        "/v1/models" => models(&["smol"]),
+        _ => Reply::Endless(flag.clone()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&endpoint_settings(fake.endpoint())));
+    assert!(matches!(
+        rec.wait_model(Duration::from_secs(10)),
+        ModelState::Remote { .. }
+    ));
+    let chat = app.create_chat().unwrap();
+    let SendOutcome::Generating {
+        assistant_message_id: id,
+        ..
+    } = app.send(chat.id, "Count forever").unwrap()
+    else {
+        panic!()
+    };
+    rec.wait_event(id, 0, Duration::from_secs(10));
+    assert!(app.stop(chat.id));
+    let events = rec.wait_done(id, Duration::from_secs(10));
+    assert_eq!(
+        common::final_status(&events),
+        Some(MessageStatus::Interrupted)
+    );
+    let stored = app.chat(chat.id).unwrap().messages;
+    let answer = stored.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(answer.status, MessageStatus::Interrupted);
+    assert!(answer.content.starts_with("tick "), "{answer:?}");
+}

@@ -4,6 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -172,4 +173,43 @@ async fn settings_render_and_save_from_the_form() {
     assert_eq!(f.server.chat().settings().temperature, Some(0.3));
     let (_, bad) = f.htmx("POST", "/settings", "top_p=lots").await;
     assert!(bad.contains("Top-p"), "{bad}");
+}
+
+#[tokio::test]
+async fn the_settings_form_makes_an_endpoint_the_model_and_names_a_bad_url() {
+    let f = fixture();
+    let (_, html) = f.htmx("GET", "/settings", "").await;
+    assert!(
+        html.contains("name=\"endpoint_url\"") && html.contains("value=\"local\" checked"),
+        "{html}"
+    );
+    // Port 1 on loopback: nothing listens, so the check fails at once, with the reason.
+    let form = "model_source=endpoint&endpoint_url=http%3A%2F%2F127.0.0.1%3A1&endpoint_model=&endpoint_api_key=&endpoint_timeout=5";
+    let (_, saved) = f.htmx("POST", "/settings", form).await;
+    assert!(saved.contains("reloading"), "{saved}");
+    let s = f.server.chat().settings();
+    assert_eq!(s.model_source, chat::ModelSource::Endpoint);
+    assert_eq!(s.endpoint.base_url, "http://127.0.0.1:1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f.server.chat().model_state() {
+            chat::ModelState::RemoteFailed { url, error } => {
+                assert_eq!(url, "http://127.0.0.1:1/v1");
+                assert!(error.contains("cannot reach"), "{error}");
+                break;
+            }
+            other => assert!(std::time::Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, html) = f.htmx("GET", "/settings", "").await;
+    assert!(html.contains("value=\"endpoint\" checked"), "{html}");
+    let (_, bad) = f
+        .htmx(
+            "POST",
+            "/settings",
+            "model_source=endpoint&endpoint_url=gpu-box",
+        )
+        .await;
+    assert!(bad.contains("endpoint.base_url"), "{bad}");
 }

@@ -6,9 +6,15 @@
 //! (positions count as cached only after a pass succeeded), rollback (a failed pass leaves the
 //! cached prefix as it was) and the context-overflow check. Tokenizer, template, sampler,
 //! generation loop and events sit above the session and are shared by all backends.
+//!
+//! The session runs a long input in passes of at most [`PREFILL_CHUNK`] positions, as llama.cpp
+//! runs micro-batches: a backend's activation buffers are sized by the longest pass, so they
+//! stay bounded for any prompt length, and a cancel is seen between passes. Every position's
+//! logits are the same however the input is split (each row is computed on its own).
 
 use crate::error::{EngineError, Result};
 use crate::gguf::TensorType;
+use crate::memory::PREFILL_CHUNK;
 
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,15 +23,18 @@ pub enum Logits {
     Last,
     /// Every new position (teacher-forced scoring).
     All,
+    /// None: a pass that only fills the cache (a chunk of a longer prompt before its last).
+    None,
 }
 
 /// A transformer with a KV cache, on one device.
 pub trait Backend: Send {
     /// Runs `tokens` at positions `pos..pos + tokens.len()`, attending to the cached positions
     /// `0..pos` (what the cache holds from `pos` on is forgotten), and stores their keys and
-    /// values. Returns the logits, row-major (n, vocab) with n = 1 for [`Logits::Last`] or
-    /// `tokens.len()` for [`Logits::All`]; the buffer is reused by the next call. The caller
-    /// guarantees `0 < tokens.len()` and `pos + tokens.len() <= max_len()`.
+    /// values. Returns the logits, row-major (n, vocab) with n = 1 for [`Logits::Last`],
+    /// `tokens.len()` for [`Logits::All`] and 0 for [`Logits::None`]; the buffer is reused by the
+    /// next call. The caller guarantees `0 < tokens.len() <= PREFILL_CHUNK` and
+    /// `pos + tokens.len() <= max_len()`.
     fn forward(&mut self, pos: usize, tokens: &[u32], logits: Logits) -> Result<&[f32]>;
 
     fn vocab_size(&self) -> usize;
@@ -36,6 +45,10 @@ pub trait Backend: Send {
     /// Bytes of the KV cache buffers as allocated now.
     fn cache_bytes(&self) -> usize;
 
+    /// Bytes of the buffers a forward pass works in (activations, logits), as allocated now:
+    /// bounded by the longest pass, not by the prompt.
+    fn scratch_bytes(&self) -> usize;
+
     /// Weight types of the matrices, with how many tensors of each (for `inspect`).
     fn weight_types(&self) -> Vec<(TensorType, usize)>;
 }
@@ -45,6 +58,8 @@ pub struct Session {
     backend: Box<dyn Backend>,
     /// The tokens of cached positions `0..tokens.len()`, in order.
     tokens: Vec<u32>,
+    /// Every row of a [`Logits::All`] call run in several passes.
+    all_rows: Vec<f32>,
 }
 
 impl Session {
@@ -52,6 +67,7 @@ impl Session {
         Self {
             backend,
             tokens: Vec::new(),
+            all_rows: Vec::new(),
         }
     }
 
@@ -86,10 +102,25 @@ impl Session {
         self.tokens.truncate(len);
     }
 
-    /// Runs `tokens` after the cached positions and caches them (see [`Backend::forward`]). On an
-    /// error nothing new is cached; logits with a NaN are an error
+    /// Runs `tokens` after the cached positions and caches them (see [`Backend::forward`]), in
+    /// passes of at most [`PREFILL_CHUNK`] positions. On an error nothing of the failed pass is
+    /// cached (earlier passes stay cached); logits with a NaN are an error
     /// ([`EngineError::NanLogits`]), whichever backend computed them.
     pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
+        match self.forward_cancellable(tokens, logits, &|| false)? {
+            Some(out) => Ok(out),
+            None => unreachable!("a pass that is never cancelled finished"),
+        }
+    }
+
+    /// [`Session::forward`], polling `cancelled` before every pass after the first: `None` when
+    /// it said stop (the passes run so far stay cached, a prefix the next request can reuse).
+    pub fn forward_cancellable(
+        &mut self,
+        tokens: &[u32],
+        logits: Logits,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<&[f32]>> {
         let pos = self.tokens.len();
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -108,18 +139,55 @@ impl Session {
                 "token id {id} is outside the vocabulary of {vocab} tokens"
             )));
         }
-        let out = self.backend.forward(pos, tokens, logits)?;
+        let split = (tokens.len() - 1) / PREFILL_CHUNK * PREFILL_CHUNK;
+        let (before, last) = tokens.split_at(split);
+        self.all_rows.clear();
+        for (i, chunk) in before.chunks(PREFILL_CHUNK).enumerate() {
+            if i > 0 && cancelled() {
+                return Ok(None);
+            }
+            let wanted = match logits {
+                Logits::Last => Logits::None,
+                other => other,
+            };
+            let out = pass(&mut *self.backend, &mut self.tokens, chunk, wanted)?;
+            if logits == Logits::All {
+                self.all_rows.extend_from_slice(out);
+            }
+        }
+        if !before.is_empty() && cancelled() {
+            return Ok(None);
+        }
+        let out = pass(&mut *self.backend, &mut self.tokens, last, logits)?;
+        if logits == Logits::All && !before.is_empty() {
+            self.all_rows.extend_from_slice(out);
+            return Ok(Some(&self.all_rows));
+        }
+        Ok(Some(out))
+    }
+}
+
+/// One pass of at most [`PREFILL_CHUNK`] positions after the `cached` ones; on success they
+/// join the cached tokens.
+fn pass<'a>(
+    backend: &'a mut dyn Backend,
+    cached: &mut Vec<u32>,
+    tokens: &[u32],
+    logits: Logits,
+) -> Result<&'a [f32]> {
+        let pos = cached.len();
+        let vocab = backend.vocab_size();
+        let out = backend.forward(pos, tokens, logits)?;
         // The position of the first row returned.
         let first = match logits {
             Logits::Last => pos + tokens.len() - 1,
-            Logits::All => pos,
+            Logits::All | Logits::None => pos,
         };
         for (i, row) in out.chunks(vocab.max(1)).enumerate() {
             check_logits(row, first + i)?;
         }
-        self.tokens.extend_from_slice(tokens);
+        cached.extend_from_slice(tokens);
         Ok(out)
-    }
 }
 
 /// Refuses a row of logits with a NaN in it (`position`: where it was computed): a model whose
@@ -146,6 +214,9 @@ mod tests {
     /// A backend whose logits are the position of each row, and which fails on token 13.
     struct Fake {
         out: Vec<f32>,
+        max_len: usize,
+        /// (pos, tokens, logits) of every pass.
+        passes: std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, Logits)>>>,
     }
 
     impl Backend for Fake {
@@ -153,9 +224,15 @@ mod tests {
             if tokens.contains(&13) {
                 return Err(EngineError::Sampling("the fake backend failed".into()));
             }
+            assert!(tokens.len() <= PREFILL_CHUNK, "a pass longer than a chunk");
+            self.passes
+                .lock()
+                .unwrap()
+                .push((pos, tokens.len(), logits));
             let rows = match logits {
                 Logits::Last => pos + tokens.len() - 1..pos + tokens.len(),
                 Logits::All => pos..pos + tokens.len(),
+                Logits::None => 0..0,
             };
             self.out = rows.map(|p| p as f32).collect();
             Ok(&self.out)
@@ -164,9 +241,12 @@ mod tests {
             20
         }
         fn max_len(&self) -> usize {
-            8
+            self.max_len
         }
         fn cache_bytes(&self) -> usize {
+            0
+        }
+        fn scratch_bytes(&self) -> usize {
             0
         }
         fn weight_types(&self) -> Vec<(TensorType, usize)> {
@@ -174,8 +254,65 @@ mod tests {
         }
     }
 
+    type Passes = std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, Logits)>>>;
+
+    fn session_of(max_len: usize) -> (Session, Passes) {
+        let passes = Passes::default();
+        let fake = Fake {
+            out: Vec::new(),
+            max_len,
+            passes: passes.clone(),
+        };
+        (Session::new(Box::new(fake)), passes)
+    }
+
     fn session() -> Session {
-        Session::new(Box::new(Fake { out: Vec::new() }))
+        session_of(8).0
+    }
+
+    #[test]
+    fn a_long_input_runs_in_chunks_with_the_logits_of_one_pass() {
+        let n = 2 * PREFILL_CHUNK + 7;
+        let (mut s, passes) = session_of(4 * PREFILL_CHUNK);
+        s.forward(&[1; 3], Logits::Last).unwrap();
+        assert_eq!(s.forward(&vec![2; n], Logits::Last).unwrap(), [(n + 2) as f32]);
+        let c = PREFILL_CHUNK;
+        assert_eq!(
+            passes.lock().unwrap()[1..],
+            [
+                (3, c, Logits::None),
+                (3 + c, c, Logits::None),
+                (3 + 2 * c, 7, Logits::Last)
+            ]
+        );
+        assert_eq!(s.len(), n + 3);
+        s.truncate(0);
+        let all = s.forward(&vec![2; n], Logits::All).unwrap();
+        assert_eq!(all, (0..n).map(|p| p as f32).collect::<Vec<_>>());
+        // A multiple of the chunk: no empty pass at the end.
+        s.truncate(0);
+        passes.lock().unwrap().clear();
+        s.forward(&vec![2; 2 * c], Logits::Last).unwrap();
+        assert_eq!(
+            passes.lock().unwrap()[..],
+            [(0, c, Logits::None), (c, c, Logits::Last)]
+        );
+    }
+
+    #[test]
+    fn a_cancel_between_chunks_stops_the_pass_and_keeps_what_ran() {
+        let (mut s, passes) = session_of(4 * PREFILL_CHUNK);
+        let calls = std::cell::Cell::new(0);
+        let cancel_on_second = || {
+            calls.set(calls.get() + 1);
+            calls.get() >= 2
+        };
+        let out = s
+            .forward_cancellable(&vec![2; 3 * PREFILL_CHUNK], Logits::Last, &cancel_on_second)
+            .unwrap();
+        assert!(out.is_none());
+        assert_eq!(passes.lock().unwrap().len(), 2);
+        assert_eq!(s.len(), 2 * PREFILL_CHUNK);
     }
 
     #[test]

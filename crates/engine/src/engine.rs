@@ -250,6 +250,12 @@ impl Engine {
         self.session.backend().cache_bytes()
     }
 
+    /// Bytes of the buffers a forward pass works in: bounded by a prefill chunk
+    /// ([`crate::backend::PREFILL_CHUNK`] positions), whatever the prompt's length.
+    pub fn scratch_bytes(&self) -> usize {
+        self.session.backend().scratch_bytes()
+    }
+
     /// Forgets the KV cache (the next prompt is prefilled from scratch).
     pub fn reset(&mut self) {
         self.session.truncate(0);

@@ -94,7 +94,8 @@ fn per_s(n: usize, ms: f64) -> f64 {
 }
 
 /// Runs one generation on `session`. `stop_tokens` end it unless `ignore_eos`; `cancelled` is polled
-/// between tokens; `on_event` receives every event, the `Done` one included.
+/// between tokens and between the prefill's chunks; `on_event` receives every event, the `Done`
+/// one included.
 pub fn generate(
     session: &mut Session,
     tokenizer: &Tokenizer,
@@ -128,9 +129,14 @@ pub fn generate(
         .min(prompt.len() - 1);
     session.truncate(common);
     let prefill_start = Instant::now();
-    // The logits of the position being sampled, copied out of the model's buffer (reused).
-    let mut row = session.forward(&prompt[common..], Logits::Last)?.to_vec();
+    // The logits of the position being sampled, copied out of the model's buffer (reused);
+    // `None` when a cancel came between two chunks of a long prompt.
+    let prefilled = session
+        .forward_cancellable(&prompt[common..], Logits::Last, cancelled)?
+        .map(<[f32]>::to_vec);
     let prefill_ms = ms(prefill_start);
+    // All of the prompt's new tokens, or the chunks run before a cancel.
+    let prefilled_tokens = session.len() - common;
 
     let mut history = prompt.to_vec();
     let mut ids = Vec::new();
@@ -155,8 +161,10 @@ pub fn generate(
 
     let mut ttft_ms = 0.0;
     let decode_start = Instant::now();
+    let prefill_cancelled = prefilled.is_none();
+    let mut row = prefilled.unwrap_or_default();
     let finish_reason = loop {
-        if cancelled() {
+        if prefill_cancelled || cancelled() {
             break FinishReason::Cancelled;
         }
         if ids.len() >= params.max_tokens {
@@ -203,7 +211,7 @@ pub fn generate(
         time_to_first_token_ms: ttft_ms,
         prefill_ms,
         decode_ms,
-        prefill_tok_s: per_s(prompt.len() - common, prefill_ms),
+        prefill_tok_s: per_s(prefilled_tokens, prefill_ms),
         // The first token comes from the prefill's logits; the rest each cost one decode step.
         decode_tok_s: per_s(ids.len().saturating_sub(1), decode_ms),
     };

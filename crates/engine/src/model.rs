@@ -90,8 +90,8 @@ crate::ops::with_fma!(
     }
 );
 
-/// Activation buffers of one forward pass, kept between passes (grown to the largest batch),
-/// so decoding allocates nothing.
+/// Activation buffers of one forward pass, kept between passes (grown to the largest pass, at
+/// most `PREFILL_CHUNK` positions), so decoding allocates nothing.
 #[derive(Default)]
 struct Scratch {
     x: Vec<f32>,      // (t, dim) the residual stream
@@ -284,6 +284,10 @@ impl Model {
                 rope.apply(k, t, pos);
             }
             cache.put(il, k, v);
+            if il + 1 == n_layer && logits == Logits::None {
+                // The cache is filled: what follows in this layer only feeds the logits.
+                return Ok(0);
+            }
             let (kc, vc) = cache.layer(il);
             let shape = AttnShape {
                 t,
@@ -363,6 +367,12 @@ impl Backend for Model {
 
     fn cache_bytes(&self) -> usize {
         self.cache.size_in_bytes()
+    }
+
+    fn scratch_bytes(&self) -> usize {
+        let s = &self.scratch;
+        let floats = [&s.x, &s.h, &s.q, &s.k, &s.v, &s.attn, &s.gate, &s.up, &s.logits];
+        floats.iter().map(|b| b.capacity() * 4).sum::<usize>() + s.acts.size_in_bytes()
     }
 
     fn weight_types(&self) -> Vec<(TensorType, usize)> {

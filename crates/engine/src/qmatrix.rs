@@ -340,6 +340,14 @@ impl Default for ActBuffers {
 }
 
 impl ActBuffers {
+    /// Bytes of the buffers as allocated now.
+    pub fn size_in_bytes(&self) -> usize {
+        [&self.q8_0, &self.q8_1, &self.q8k]
+            .iter()
+            .map(|a| a.size_in_bytes())
+            .sum()
+    }
+
     fn get(&mut self, kind: ActKind) -> &mut QActs {
         match kind {
             ActKind::Q8_0 => &mut self.q8_0,

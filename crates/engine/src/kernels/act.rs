@@ -68,6 +68,17 @@ impl QActs {
         }
     }
 
+    /// Bytes of the buffers as allocated now.
+    pub fn size_in_bytes(&self) -> usize {
+        use std::mem::size_of_val;
+        self.qs.capacity() * std::mem::size_of::<Line>()
+            + self.d.capacity() * size_of_val(&0f32)
+            + self.s.capacity() * size_of_val(&0f32)
+            + self.ysum.capacity() * size_of_val(&0i32)
+            + self.bsums.capacity() * size_of_val(&0i16)
+            + self.bpairs.capacity() * size_of_val(&0i32)
+    }
+
     pub fn kind(&self) -> ActKind {
         self.kind
     }

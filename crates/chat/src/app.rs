@@ -218,6 +218,7 @@ impl ChatApp {
             Some(path) => self.inner.worker.load(LoadRequest {
                 path,
                 context_len: settings.context_len,
+                kv_type: settings.kv_cache,
                 device: settings.device,
             }),
             None => self.inner.worker.unload(

@@ -32,6 +32,8 @@ pub struct Settings {
     pub threads: usize,
     /// KV cache size in tokens (capped by the model's own context length).
     pub context_len: usize,
+    /// KV cache element type: F16 (half the memory, llama.cpp's default) or F32 (exact).
+    pub kv_cache: engine::KvType,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
@@ -67,6 +69,7 @@ impl Default for Settings {
             device: Device::Cpu,
             threads: engine::threads::available(),
             context_len: engine::DEFAULT_CONTEXT_LEN,
+            kv_cache: engine::KvType::default(),
             temperature: None,
             top_p: None,
             top_k: None,
@@ -268,6 +271,7 @@ impl Settings {
             "context_len",
             ReloadModel,
         );
+        note(self.kv_cache != new.kv_cache, "kv_cache", ReloadModel);
         note(self.model_path != new.model_path, "model_path", ReloadModel);
         note(
             self.model_source != new.model_source,
@@ -423,6 +427,12 @@ mod tests {
         new.system_prompt = "x".into();
         let d = old.diff(&new);
         assert!(!d.needs_reload() && !d.needs_restart() && d.changes.len() == 2);
+        new.kv_cache = engine::KvType::F32;
+        let kv = Change {
+            field: "kv_cache",
+            apply: Apply::ReloadModel,
+        };
+        assert!(old.diff(&new).changes.contains(&kv));
         new.context_len = 4096;
         assert!(old.diff(&new).needs_reload());
         new.threads = old.threads + 1;

@@ -114,6 +114,7 @@ pub struct EngineStatus {
 pub struct LoadRequest {
     pub path: PathBuf,
     pub context_len: usize,
+    pub kv_type: engine::KvType,
     pub device: Device,
 }
 
@@ -421,6 +422,7 @@ fn load(req: &LoadRequest) -> Result<Engine, String> {
     let opts = EngineOptions {
         context_len: req.context_len,
         tokenizer_json: None,
+        kv_type: req.kv_type,
     };
     catch_unwind(AssertUnwindSafe(|| Engine::load(&req.path, &opts)))
         .map_err(|panic| format!("the engine crashed while loading: {}", panic_text(panic)))?

@@ -41,6 +41,10 @@ struct ModelArgs {
     /// A Hugging Face tokenizer.json to use instead of the GGUF's vocabulary.
     #[arg(long)]
     tokenizer_json: Option<PathBuf>,
+    /// KV cache element type: f16 (half the memory, llama.cpp's default) or f32 (exact, as the
+    /// conformance tests run).
+    #[arg(long, env = "SMOLLM3_KV_CACHE", default_value_t = engine::KvType::default())]
+    kv_cache: engine::KvType,
 }
 
 impl ModelArgs {
@@ -56,6 +60,7 @@ impl ModelArgs {
         let opts = EngineOptions {
             context_len: self.context,
             tokenizer_json: self.tokenizer_json.clone(),
+            kv_type: self.kv_cache,
         };
         // The engine's errors already name the file.
         Ok(Engine::load(path, &opts)?)
@@ -541,6 +546,7 @@ fn bench(
     let out = json!({
         "model": model.path()?.display().to_string(),
         "threads": engine::threads::current(),
+        "kv_cache": model.kv_cache,
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,
         "repetitions": reps,

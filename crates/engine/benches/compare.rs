@@ -67,7 +67,8 @@ fn ours(a: &Args) -> Measured {
     let context = context_for(a.prompts.iter().copied().chain([a.gen]).max().unwrap_or(1));
     let opts = EngineOptions {
         context_len: context,
-        tokenizer_json: None,
+        // llama-bench's default cache type is F16 too.
+        ..EngineOptions::default()
     };
     let (mut engine, load_s) = timed_loads(a.reps, || Engine::load(&a.model, &opts))
         .unwrap_or_else(|e| panic!("loading {}: {e}", a.model.display()));

@@ -1,36 +1,138 @@
-//! Causal grouped-query attention over an F32 key/value cache.
+//! Causal grouped-query attention over the key/value cache, F32 or F16.
 //!
-//! The cache stores, per layer, one row of `n_head_kv * head_dim` floats per position, and grows
-//! with the conversation (up to the context length) instead of being allocated at full size.
-//! Attention reads the cached rows in place: K/V heads are shared by `n_head / n_head_kv` query
-//! heads without being repeated, and nothing is copied per token. Scores and softmax are F32, as
-//! llama.cpp computes them with an F32 cache and flash attention off.
+//! The cache stores, per layer, one row of `n_head_kv * head_dim` elements per position, and
+//! grows with the conversation (up to the context length) instead of being allocated at full
+//! size. Attention reads the cached rows in place: K/V heads are shared by `n_head / n_head_kv`
+//! query heads without being repeated, and nothing is copied per token. Scores and softmax are
+//! F32, as llama.cpp computes them with flash attention off.
+//!
+//! [`KvType::F32`] is the exact mode: the results match llama.cpp run with an F32 cache. With
+//! [`KvType::F16`] (llama.cpp's default) keys and values are rounded to halves as they are
+//! stored (round to nearest even, as ggml's conversion) and widened again as each row is read:
+//! half the memory, logits within a few hundredths of the F32 ones.
+
+use std::fmt;
+use std::str::FromStr;
 
 use candle_core::utils::barrier_pool;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use serde::{Deserialize, Serialize};
 
 use crate::ops;
+
+/// The element type of the key/value cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvType {
+    /// Exact: what llama.cpp computes with `--cache-type-k f32 --cache-type-v f32`.
+    F32,
+    /// Half the memory (llama.cpp's default cache type).
+    #[default]
+    F16,
+}
+
+impl KvType {
+    /// Bytes of one cached element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            other => Err(format!(
+                "unknown KV cache type '{other}': use f16 (half the memory) or f32 (exact)"
+            )),
+        }
+    }
+}
+
+/// Per layer: keys and values, (len, kv_dim) row-major each.
+#[derive(Debug)]
+enum Store {
+    F32(Vec<Vec<f32>>, Vec<Vec<f32>>),
+    F16(Vec<Vec<f16>>, Vec<Vec<f16>>),
+}
+
+/// One layer's cached keys and values, (len, kv_dim) each.
+#[derive(Clone, Copy, Debug)]
+pub enum KvLayer<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
+}
 
 /// Keys and values of every layer for the tokens seen so far.
 #[derive(Debug)]
 pub struct KvCache {
-    /// Per layer: keys, (len, kv_dim) row-major.
-    k: Vec<Vec<f32>>,
-    /// Per layer: values, (len, kv_dim).
-    v: Vec<Vec<f32>>,
+    store: Store,
     /// The tokens whose keys and values are cached, in order.
     tokens: Vec<u32>,
     kv_dim: usize,
     max_len: usize,
 }
 
+/// Appends `new` at element `pos` of `buf` (forgetting what followed), growing it geometrically
+/// but never past `max` elements: the cache of a long context stays small for short chats.
+fn put_rows<T: Copy + Default>(
+    buf: &mut Vec<T>,
+    pos: usize,
+    new: &[f32],
+    min_grow: usize,
+    max: usize,
+    convert: impl Fn(&[f32], &mut [T]),
+) {
+    buf.truncate(pos);
+    if buf.capacity() < pos + new.len() {
+        let want = (buf.capacity() * 2)
+            .max(pos + new.len())
+            .max(min_grow)
+            .min(max);
+        buf.reserve_exact(want.max(pos + new.len()) - buf.len());
+    }
+    buf.resize(pos + new.len(), T::default());
+    convert(new, &mut buf[pos..]);
+}
+
 impl KvCache {
-    pub fn new(n_layer: usize, kv_dim: usize, max_len: usize) -> Self {
+    pub fn new(n_layer: usize, kv_dim: usize, max_len: usize, kv_type: KvType) -> Self {
+        let store = match kv_type {
+            KvType::F32 => Store::F32(vec![Vec::new(); n_layer], vec![Vec::new(); n_layer]),
+            KvType::F16 => Store::F16(vec![Vec::new(); n_layer], vec![Vec::new(); n_layer]),
+        };
         Self {
-            k: vec![Vec::new(); n_layer],
-            v: vec![Vec::new(); n_layer],
+            store,
             tokens: Vec::new(),
             kv_dim,
             max_len,
+        }
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        match self.store {
+            Store::F32(..) => KvType::F32,
+            Store::F16(..) => KvType::F16,
         }
     }
 
@@ -55,8 +157,10 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) {
         let len = len.min(self.tokens.len());
         self.tokens.truncate(len);
-        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            buf.truncate(len * self.kv_dim);
+        let n = len * self.kv_dim;
+        match &mut self.store {
+            Store::F32(k, v) => k.iter_mut().chain(v).for_each(|b| b.truncate(n)),
+            Store::F16(k, v) => k.iter_mut().chain(v).for_each(|b| b.truncate(n)),
         }
     }
 
@@ -66,34 +170,39 @@ impl KvCache {
 
     /// Bytes held by the cache buffers.
     pub fn size_in_bytes(&self) -> usize {
-        self.k
-            .iter()
-            .chain(self.v.iter())
-            .map(|b| b.capacity() * 4)
-            .sum()
+        let elems: usize = match &self.store {
+            Store::F32(k, v) => k.iter().chain(v).map(Vec::capacity).sum(),
+            Store::F16(k, v) => k.iter().chain(v).map(Vec::capacity).sum(),
+        };
+        elems * self.kv_type().bytes()
     }
 
     /// Writes layer `il`'s keys and values for positions `len..len + t` (not yet committed).
     pub fn put(&mut self, il: usize, k_new: &[f32], v_new: &[f32]) {
         let pos = self.tokens.len() * self.kv_dim;
-        for (buf, new) in [(&mut self.k[il], k_new), (&mut self.v[il], v_new)] {
-            buf.truncate(pos);
-            if buf.capacity() < pos + new.len() {
-                // Grow geometrically but never past the context: the cache of a long context
-                // stays small for short chats.
-                let want = (buf.capacity() * 2)
-                    .max(pos + new.len())
-                    .max(256 * self.kv_dim)
-                    .min(self.max_len * self.kv_dim);
-                buf.reserve_exact(want.max(pos + new.len()) - buf.len());
+        let (min_grow, max) = (256 * self.kv_dim, self.max_len * self.kv_dim);
+        match &mut self.store {
+            Store::F32(k, v) => {
+                for (buf, new) in [(&mut k[il], k_new), (&mut v[il], v_new)] {
+                    put_rows(buf, pos, new, min_grow, max, |a, b| b.copy_from_slice(a));
+                }
             }
-            buf.extend_from_slice(new);
+            Store::F16(k, v) => {
+                for (buf, new) in [(&mut k[il], k_new), (&mut v[il], v_new)] {
+                    put_rows(buf, pos, new, min_grow, max, |a, b| {
+                        b.convert_from_f32_slice(a)
+                    });
+                }
+            }
         }
     }
 
     /// Layer `il`'s keys and values including the rows written by `put`.
-    pub fn layer(&self, il: usize) -> (&[f32], &[f32]) {
-        (&self.k[il], &self.v[il])
+    pub fn layer(&self, il: usize) -> KvLayer<'_> {
+        match &self.store {
+            Store::F32(k, v) => KvLayer::F32(&k[il], &v[il]),
+            Store::F16(k, v) => KvLayer::F16(&k[il], &v[il]),
+        }
     }
 
     /// Marks `tokens` (whose rows every layer has `put`) as cached.
@@ -121,9 +230,37 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// One head group's keys and values: rows of `stride` elements, the group at offset `off`.
+#[derive(Clone, Copy)]
+struct GroupRows<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    off: usize,
+}
+
+/// Per compute thread: scores, partial sums, and an F16 cache's keys and values of one group
+/// widened to F32 (with the call, group and query they are for, to reuse them).
+#[derive(Default)]
+struct HeadScratch {
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    widened: Option<(usize, usize, usize)>,
+}
+
+/// Rows `0..n` of `src` (stride `kv_dim`), elements `off..off + hd` each, as F32 rows of `hd`.
+fn widen(src: &[f16], n: usize, kv_dim: usize, off: usize, hd: usize, dst: &mut Vec<f32>) {
+    dst.resize(n * hd, 0.0);
+    for (j, row) in dst.chunks_exact_mut(hd).enumerate() {
+        src[j * kv_dim + off..][..hd].convert_to_f32_slice(row);
+    }
+}
+
 /// `out (t, n_head*head_dim) = softmax(q k^T * scale, causal) v` for queries at positions
-/// `pos..pos+t` against cached keys/values `0..pos+t` (`k`, `v`: (pos+t, n_head_kv*head_dim)).
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32]) {
+/// `pos..pos+t` against cached keys/values `0..pos+t` (`kv`: (pos+t, n_head_kv*head_dim) each).
+pub fn attention(q: &[f32], kv: KvLayer, s: AttnShape, out: &mut [f32]) {
     let AttnShape {
         t,
         pos,
@@ -134,13 +271,18 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
     } = s;
     let kv_dim = n_head_kv * hd;
     debug_assert_eq!(q.len(), t * n_head * hd);
-    debug_assert!(k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim);
+    debug_assert!(match kv {
+        KvLayer::F32(k, v) => k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim,
+        KvLayer::F16(k, v) => k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim,
+    });
     debug_assert_eq!(out.len(), t * n_head * hd);
     let out_ptr = out.as_mut_ptr() as usize;
+    // Tells this call's widened rows from an earlier call's (same buffers, other contents).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
     thread_local! {
-        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        static SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::default();
     }
     // One work item per (query position, head): each writes its own head_dim slice of `out`.
     barrier_pool().execute_chunked(t * n_head, |items| {
@@ -155,7 +297,43 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, out: &mut [f32])
                         hd,
                     )
                 };
-                head(q, k, v, s, (i, h), scratch, o);
+                let HeadScratch {
+                    scores,
+                    acc,
+                    k: kf,
+                    v: vf,
+                    widened,
+                } = scratch;
+                match kv {
+                    KvLayer::F32(k, v) => {
+                        let g = h / (n_head / n_head_kv);
+                        let rows = GroupRows {
+                            k,
+                            v,
+                            stride: kv_dim,
+                            off: g * hd,
+                        };
+                        head(q, rows, s, (i, h), scores, acc, o)
+                    }
+                    KvLayer::F16(k, v) => {
+                        // The query heads of one group read the same keys and values: widen
+                        // them once for consecutive items.
+                        let g = h / (n_head / n_head_kv);
+                        if *widened != Some((call, g, i)) {
+                            let n_keys = pos + i + 1;
+                            widen(k, n_keys, kv_dim, g * hd, hd, kf);
+                            widen(v, n_keys, kv_dim, g * hd, hd, vf);
+                            *widened = Some((call, g, i));
+                        }
+                        let rows = GroupRows {
+                            k: kf,
+                            v: vf,
+                            stride: hd,
+                            off: 0,
+                        };
+                        head(q, rows, s, (i, h), scores, acc, o)
+                    }
+                }
             }
         })
     });
@@ -166,17 +344,16 @@ ops::with_fma!(
     head,
     fn(
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        rows: GroupRows,
         s: AttnShape,
         ih: (usize, usize),
-        scratch: &mut (Vec<f32>, Vec<f32>),
+        scores: &mut Vec<f32>,
+        acc: &mut Vec<f32>,
         o: &mut [f32]
     ) {
-        let ((i, h), (scores, acc)) = (ih, scratch);
+        let (i, h) = ih;
+        let GroupRows { k, v, stride: kv_dim, off } = rows;
         let hd = s.head_dim;
-        let kv_dim = s.n_head_kv * hd;
-        let g = h / (s.n_head / s.n_head_kv);
         let n_keys = s.pos + i + 1;
         let qh = &q[(i * s.n_head + h) * hd..][..hd];
         // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
@@ -188,16 +365,16 @@ ops::with_fma!(
         #[cfg(target_arch = "x86_64")]
         if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
             // SAFETY: the CPU has AVX-512 F/VL/DQ (simd_level 2); keys 0..n_keys are in `k`.
-            unsafe { simd::scores(qh, k, kv_dim, g * hd, s.scale, &mut scores[..n_keys]) };
+            unsafe { simd::scores(qh, k, kv_dim, off, s.scale, &mut scores[..n_keys]) };
             ops::softmax_in_place(scores);
-            weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+            weighted_sum(&scores[..n_keys], v, kv_dim, off, acc, o);
             return;
         }
         for j in 0..n_keys {
-            scores[j] = ops::dot_f32(qh, &k[j * kv_dim + g * hd..][..hd]) * s.scale;
+            scores[j] = ops::dot_f32(qh, &k[j * kv_dim + off..][..hd]) * s.scale;
         }
         ops::softmax_in_place(scores);
-        weighted_sum(&scores[..n_keys], v, kv_dim, g * hd, acc, o);
+        weighted_sum(&scores[..n_keys], v, kv_dim, off, acc, o);
     }
 );
 
@@ -373,10 +550,19 @@ mod tests {
             let k = pseudo((pos + t) * n_head_kv * hd, 2);
             let v = pseudo((pos + t) * n_head_kv * hd, 3);
             let mut out = vec![f32::NAN; q.len()];
-            attention(&q, &k, &v, s, &mut out);
+            attention(&q, KvLayer::F32(&k, &v), s, &mut out);
             let want = naive(&q, &k, &v, s);
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
+            }
+            // An F16 cache: the same attention over keys and values rounded to halves.
+            let half = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+            let round = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+            let (k16, v16) = (half(&k), half(&v));
+            attention(&q, KvLayer::F16(&k16, &v16), s, &mut out);
+            let want = naive(&q, &round(&k), &round(&v), s);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "F16 {s:?}: {a} vs {b}");
             }
         }
     }
@@ -403,16 +589,40 @@ mod tests {
 
     #[test]
     fn cache_rollback_forgets_uncommitted_rows() {
-        let mut c = KvCache::new(2, 4, 16);
-        c.put(0, &[1.0; 8], &[2.0; 8]);
-        c.put(1, &[1.0; 8], &[2.0; 8]);
-        c.commit(&[10, 11]);
-        c.put(0, &[3.0; 4], &[4.0; 4]);
-        c.rollback();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.layer(0).0.len(), 8);
-        c.truncate(1);
-        assert_eq!(c.tokens(), &[10]);
-        assert_eq!(c.layer(1).1.len(), 4);
+        for kv_type in [KvType::F32, KvType::F16] {
+            let mut c = KvCache::new(2, 4, 16, kv_type);
+            c.put(0, &[1.0; 8], &[2.0; 8]);
+            c.put(1, &[1.0; 8], &[2.0; 8]);
+            c.commit(&[10, 11]);
+            c.put(0, &[3.0; 4], &[4.0; 4]);
+            c.rollback();
+            assert_eq!(c.len(), 2);
+            let lens = |l: KvLayer| match l {
+                KvLayer::F32(k, v) => (k.len(), v.len()),
+                KvLayer::F16(k, v) => (k.len(), v.len()),
+            };
+            assert_eq!(lens(c.layer(0)), (8, 8));
+            c.truncate(1);
+            assert_eq!(c.tokens(), &[10]);
+            assert_eq!(lens(c.layer(1)), (4, 4));
+            // Grown for 256 positions of 4 elements, keys and values of 2 layers.
+            assert_eq!(c.size_in_bytes(), 2 * 2 * 16 * 4 * kv_type.bytes());
+        }
+    }
+
+    #[test]
+    fn an_f16_cache_stores_halves_rounded_to_nearest() {
+        let mut c = KvCache::new(1, 2, 4, KvType::F16);
+        // 1 + 2^-11 is halfway between two halves: ties go to the even one (1.0).
+        c.put(0, &[1.0 + 1.0 / 2048.0, 65504.0], &[-0.1, 1e-8]);
+        let KvLayer::F16(k, v) = c.layer(0) else {
+            panic!("an F16 cache")
+        };
+        assert_eq!([k[0].to_f32(), k[1].to_f32()], [1.0, 65504.0]);
+        assert_eq!(v[0], f16::from_f32(-0.1));
+        assert_eq!(v[1].to_f32(), 0.0);
+        assert_eq!("F16".parse::<KvType>(), Ok(KvType::F16));
+        assert_eq!("f32".parse::<KvType>(), Ok(KvType::F32));
+        assert!("q8_0".parse::<KvType>().unwrap_err().contains("unknown KV cache type"));
     }
 }

@@ -155,7 +155,7 @@ mod tests {
             .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
         let opts = crate::EngineOptions {
             context_len,
-            tokenizer_json: None,
+            ..crate::EngineOptions::default()
         };
         (model, opts)
     }

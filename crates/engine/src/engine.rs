@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use memmap2::Mmap;
 use serde::Serialize;
 
+use crate::attention::KvType;
 use crate::backend::{Backend, Logits, Session};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -28,6 +29,8 @@ pub struct EngineOptions {
     pub context_len: usize,
     /// A Hugging Face `tokenizer.json` to use instead of the GGUF's vocabulary.
     pub tokenizer_json: Option<PathBuf>,
+    /// The KV cache's element type: F16 (half the memory, llama.cpp's default) or F32 (exact).
+    pub kv_type: KvType,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +38,7 @@ impl Default for EngineOptions {
         Self {
             context_len: DEFAULT_CONTEXT_LEN,
             tokenizer_json: None,
+            kv_type: KvType::default(),
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct ModelInfo {
     pub supports_thinking: bool,
     pub nope_layers: Vec<usize>,
     pub context_len: usize,
+    /// The KV cache's element type.
+    pub kv_type: KvType,
     /// What the model was estimated to need at `context_len`, checked before loading.
     pub memory: MemoryEstimate,
     pub load_ms: f64,
@@ -143,7 +149,7 @@ impl Checked {
             weights,
             gguf.data_offset,
             context_len,
-            4,
+            opts.kv_type,
             crate::threads::current(),
         )?;
         Ok(Self {
@@ -189,7 +195,13 @@ impl Engine {
                 "cannot tell the available memory on this system: the model's need is not checked"
             ),
         }
-        let model: Box<dyn Backend> = Box::new(Model::load(&gguf, &map, cfg.clone(), context_len)?);
+        let model: Box<dyn Backend> = Box::new(Model::load(
+            &gguf,
+            &map,
+            cfg.clone(),
+            context_len,
+            opts.kv_type,
+        )?);
         let stop_tokens = stop_tokens(&tokenizer);
         let info = ModelInfo {
             path: path.to_owned(),
@@ -205,6 +217,7 @@ impl Engine {
             supports_thinking,
             nope_layers: cfg.nope_layers(),
             context_len,
+            kv_type: opts.kv_type,
             config: cfg,
             memory,
             load_ms: start.elapsed().as_secs_f64() * 1e3,

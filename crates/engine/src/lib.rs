@@ -44,6 +44,7 @@ pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};
 pub use engine::{validate, Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN};
+pub use attention::KvType;
 pub use memory::PREFILL_CHUNK;
 pub use error::{EngineError, Result};
 pub use generate::{

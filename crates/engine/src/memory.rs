@@ -21,6 +21,7 @@
 
 use serde::Serialize;
 
+use crate::attention::KvType;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 
@@ -73,19 +74,19 @@ fn sum(terms: &[u64]) -> Result<u64> {
 impl MemoryEstimate {
     /// The estimate for `cfg` with `weights` bytes of tensor data and `metadata` bytes of
     /// metadata (the tokenizer and template are built from it), at `context_len` positions of a
-    /// cache storing `kv_bytes` bytes per element, run by `threads` compute threads.
+    /// cache of `kv_type` elements, run by `threads` compute threads.
     pub fn new(
         cfg: &ModelConfig,
         weights: u64,
         metadata: u64,
         context_len: usize,
-        kv_bytes: u64,
+        kv_type: KvType,
         threads: usize,
     ) -> Result<Self> {
         let n = |x: usize| x as u64;
         let ctx = n(context_len);
         let (dim, q, kv, ff) = (n(cfg.n_embd), n(cfg.q_dim()), n(cfg.kv_dim()), n(cfg.n_ff));
-        let kv_cache = product(&[n(cfg.n_layer), 2, kv, ctx, kv_bytes])?;
+        let kv_cache = product(&[n(cfg.n_layer), 2, kv, ctx, n(kv_type.bytes())])?;
         // Floats per position of a forward pass (model.rs `Scratch`): the residual stream and the
         // normalised input; q (which then takes the attention block's output); k and v; the
         // attention output; gate and up (which then takes the feed-forward output); and the
@@ -101,10 +102,15 @@ impl MemoryEstimate {
         ])?;
         let activations = product(&[n(PREFILL_CHUNK), per_row, 4])?;
         let rope = product(&[ctx, n(cfg.head_dim), 4])?;
-        // Per compute thread: the scores of every visible key (padded to 16) and 16 partial sums.
+        // Per compute thread: the scores of every visible key (padded to 16) and 16 partial sums;
+        // with an F16 cache also one head group's keys and values widened to F32.
+        let widened = match kv_type {
+            KvType::F32 => 0,
+            KvType::F16 => product(&[2, ctx, n(cfg.head_dim)])?,
+        };
         let attention = product(&[
             n(threads.max(1)),
-            sum(&[ctx.next_multiple_of(16), 16 * n(cfg.head_dim)])?,
+            sum(&[ctx.next_multiple_of(16), 16 * n(cfg.head_dim), widened])?,
             4,
         ])?;
         let logits = product(&[n(cfg.n_vocab), 4])?;
@@ -280,9 +286,9 @@ mod tests {
     fn kv_cache_is_layers_by_two_by_kv_width_by_context() {
         // SmolLM3-3B's shape: 36 layers, 4 KV heads of 128.
         let cfg = config(36, 2048, 11008, 128256);
-        let e = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, 4, 2).unwrap();
+        let e = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, KvType::F32, 2).unwrap();
         assert_eq!(e.kv_cache, 36 * 2 * 512 * 65536 * 4);
-        let half = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, 2, 2).unwrap();
+        let half = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, KvType::F16, 2).unwrap();
         assert_eq!(half.kv_cache * 2, e.kv_cache);
         // Buffers do not grow with the prompt, only with the context (RoPE table, scores).
         assert!(e.buffers < 200_000_000, "{e:?}");
@@ -292,14 +298,14 @@ mod tests {
     #[test]
     fn hostile_sizes_are_an_error_not_a_wrap() {
         let cfg = config(usize::MAX / 2, 1 << 20, 1 << 20, 1 << 20);
-        let e = MemoryEstimate::new(&cfg, 0, 0, usize::MAX, 4, 1);
+        let e = MemoryEstimate::new(&cfg, 0, 0, usize::MAX, KvType::F32, 1);
         assert!(matches!(e, Err(EngineError::InvalidModel(_))), "{e:?}");
     }
 
     #[test]
     fn refusal_says_what_is_needed_and_what_to_do() {
         let cfg = config(36, 2048, 11008, 128256);
-        let e = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, 4, 2).unwrap();
+        let e = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, KvType::F32, 2).unwrap();
         let small = Available {
             bytes: 4_000_000_000,
             place: "RAM".into(),

@@ -1,5 +1,5 @@
 //! The native CPU backend: the quantized Llama/SmolLM3 transformer on our own kernels, weights
-//! memory-mapped from the GGUF (or repacked into tiles), an F32 KV cache.
+//! memory-mapped from the GGUF (or repacked into tiles), an F32 or F16 KV cache.
 //!
 //! `forward` reads like the paper: embed -> for each layer { RMSNorm -> attention (RoPE except on
 //! NoPE layers) -> residual -> RMSNorm -> SwiGLU -> residual } -> RMSNorm -> LM head. It works on
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::attention::{attention, AttnShape, KvCache};
+use crate::attention::{attention, AttnShape, KvCache, KvType};
 use crate::backend::{Backend, Logits};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -153,8 +153,15 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds the model over the mapped file; `max_len` is the context length (KV cache size).
-    pub fn load(gguf: &Gguf, map: &Arc<Mmap>, cfg: ModelConfig, max_len: usize) -> Result<Self> {
+    /// Builds the model over the mapped file; `max_len` is the context length (KV cache size),
+    /// `kv_type` the cache's element type.
+    pub fn load(
+        gguf: &Gguf,
+        map: &Arc<Mmap>,
+        cfg: ModelConfig,
+        max_len: usize,
+        kv_type: KvType,
+    ) -> Result<Self> {
         let tensor = |name: &str| {
             gguf.tensor(name).ok_or_else(|| {
                 EngineError::UnsupportedModel(format!("the model has no tensor '{name}'"))
@@ -231,7 +238,7 @@ impl Model {
         );
         Ok(Self {
             rope: Rope::new(&cfg, max_len),
-            cache: KvCache::new(cfg.n_layer, kv_dim, max_len),
+            cache: KvCache::new(cfg.n_layer, kv_dim, max_len, kv_type),
             norm: norm("output_norm.weight")?,
             embed,
             layers,
@@ -288,7 +295,6 @@ impl Model {
                 // The cache is filled: what follows in this layer only feeds the logits.
                 return Ok(0);
             }
-            let (kc, vc) = cache.layer(il);
             let shape = AttnShape {
                 t,
                 pos,
@@ -297,7 +303,7 @@ impl Model {
                 head_dim: hd,
                 scale: cfg.attention_scale,
             };
-            attention(q, kc, vc, shape, sized(&mut s.attn, t * q_dim));
+            attention(q, cache.layer(il), shape, sized(&mut s.attn, t * q_dim));
             // q is spent: it takes the block's output (q_dim may be smaller than dim).
             let out = sized(&mut s.q, t * q_dim.max(dim));
             let out = &mut out[..t * dim];

@@ -7,14 +7,20 @@
 
 mod refdata;
 
-use engine::{Engine, EngineOptions, GenerationParams, SamplingParams};
+use engine::{Engine, EngineOptions, GenerationParams, KvType, SamplingParams};
 use refdata::{reference_dir, smollm2_path, Reference};
 
+/// The model with an F32 KV cache: the exact mode, as the reference ran llama.cpp.
 fn load(path: &std::path::Path) -> Engine {
+    load_with(path, KvType::F32)
+}
+
+fn load_with(path: &std::path::Path, kv_type: KvType) -> Engine {
     engine::threads::init(0);
     let opts = EngineOptions {
         context_len: 2048,
         tokenizer_json: None,
+        kv_type,
     };
     Engine::load(path, &opts).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
@@ -126,6 +132,15 @@ fn f32_model_matches_llama_cpp_exactly() {
 /// accumulation order and per-batch-size kernel choice), so the logits agree to the printed
 /// precision; the last check keeps it that way.
 fn check_quantized(reference: &Reference, engine: &mut Engine, label: &str) {
+    let p90 = check_bars(reference, engine, label);
+    assert!(
+        p90 <= 1e-3,
+        "{label}: logits no longer match llama.cpp's arithmetic (p90 {p90})"
+    );
+}
+
+/// The bars (argmax, median, p90) against the reference; returns the p90.
+fn check_bars(reference: &Reference, engine: &mut Engine, label: &str) -> f32 {
     let c = compare(engine, reference, 0.1);
     let agree = c.argmax_equal as f64 / c.argmax_checked.max(1) as f64;
     let (median, p90) = (percentile(&c.diffs, 0.5), percentile(&c.diffs, 0.9));
@@ -145,10 +160,39 @@ fn check_quantized(reference: &Reference, engine: &mut Engine, label: &str) {
         p90 <= 0.75,
         "{label}: 90th percentile top-5 difference {p90}"
     );
-    assert!(
-        p90 <= 1e-3,
-        "{label}: logits no longer match llama.cpp's arithmetic (p90 {p90})"
-    );
+    p90
+}
+
+/// An F16 cache rounds keys and values to halves: the logits move a little from the exact ones,
+/// but stay within the quantized models' bars against llama.cpp (which ran with an F32 cache)
+/// and close to the engine's own F32-cache logits; greedy generation still works.
+#[test]
+fn an_f16_cache_stays_close_to_the_f32_one() {
+    let reference =
+        Reference::load(&reference_dir().join("SmolLM2-135M-Instruct.Q4_1.llamacpp.json"));
+    let mut exact = load(&smollm2_path());
+    let mut half = load_with(&smollm2_path(), KvType::F16);
+    assert_eq!(half.info().kv_type, KvType::F16);
+    check_bars(&reference, &mut half, "smollm2 q4_1, F16 cache");
+    let (mut max, mut argmax_equal, mut rows) = (0f32, 0, 0);
+    for seq in &reference.sequences {
+        let a = exact.logits(&seq.tokens).expect("F32 cache");
+        let b = half.logits(&seq.tokens).expect("F16 cache");
+        for (x, y) in a.iter().zip(&b) {
+            max = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(max, f32::max);
+            argmax_equal += usize::from(argmax(x) == argmax(y));
+            rows += 1;
+        }
+    }
+    eprintln!("F16 vs F32 cache: max |logit diff| {max:.4}, argmax {argmax_equal}/{rows}");
+    assert!(max > 0.0, "the F16 cache rounds nothing: is it in use?");
+    assert!(max < 0.5, "the F16 cache moves logits by up to {max}");
+    assert!(argmax_equal * 100 >= rows * 97, "argmax {argmax_equal}/{rows}");
+    assert_eq!(half.cache_bytes() * 2, exact.cache_bytes(), "half the memory");
+    let g = &reference.greedy[0];
+    let ours = greedy(&mut half, &g.prompt_tokens, g.generated.len());
+    let same = ours.iter().zip(&g.generated).take_while(|(a, b)| a == b).count();
+    assert!(same >= 8, "greedy with an F16 cache: {same} tokens as llama.cpp's");
 }
 
 #[test]

@@ -5,14 +5,21 @@
 mod refdata;
 
 use engine::{
-    Engine, EngineError, EngineOptions, FinishReason, GenerationOutput, GenerationParams,
+    Engine, EngineError, EngineOptions, FinishReason, GenerationOutput, GenerationParams, KvType,
     SamplingParams,
 };
 use refdata::smollm2_path;
 
-/// The backends these tests run on.
+/// The backends these tests run on, with each KV cache type.
 fn backends() -> Vec<(&'static str, EngineOptions)> {
-    vec![("native", EngineOptions::default())]
+    let with = |kv_type| EngineOptions {
+        kv_type,
+        ..EngineOptions::default()
+    };
+    vec![
+        ("native, F16 cache", with(KvType::F16)),
+        ("native, F32 cache", with(KvType::F32)),
+    ]
 }
 
 fn load(opts: &EngineOptions, context_len: usize) -> Engine {

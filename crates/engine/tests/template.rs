@@ -354,7 +354,7 @@ const PYTHON_CONTEXT: &str = r##"{"d": {"a": "it's", "b": [1, 2.5, null, true, f
 fn thinking_mode_is_detected_from_the_template() {
     let opts = engine::EngineOptions {
         context_len: 64,
-        tokenizer_json: None,
+        ..engine::EngineOptions::default()
     };
     let load = |path: PathBuf| engine::Engine::load(&path, &opts).expect("model loads");
     let smollm3 = load(reference_dir().join("tiny-smollm3-q4km.gguf"));

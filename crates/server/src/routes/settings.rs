@@ -109,6 +109,7 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "endpoint_api_key": s.endpoint.api_key,
         "endpoint_timeout": s.endpoint.timeout_secs,
         "context_len": s.context_len,
+        "kv_cache": s.kv_cache.name(),
         "device": s.device.name(),
         "threads": s.threads,
         "temperature": opt(s.temperature.map(|v| v.to_string())),
@@ -169,6 +170,9 @@ pub fn settings_from_form(
     }
     if let Some(n) = field(form, "context_len", "Context length")? {
         s.context_len = n;
+    }
+    if let Some(v) = form.get("kv_cache") {
+        s.kv_cache = v.parse().map_err(|e| format!("KV cache: {e}"))?;
     }
     if let Some(n) = field(form, "threads", "Threads")? {
         s.threads = n;
@@ -235,12 +239,16 @@ mod tests {
         let err =
             settings_from_form(&Settings::default(), &form(&[("top_p", "lots")])).unwrap_err();
         assert!(err.contains("Top-p"), "{err}");
+        let err =
+            settings_from_form(&Settings::default(), &form(&[("kv_cache", "q4")])).unwrap_err();
+        assert!(err.contains("KV cache") && err.contains("f16"), "{err}");
     }
 
     #[test]
     fn form_round_trips_the_settings() {
         let s = Settings {
             top_p: Some(0.5),
+            kv_cache: engine::KvType::F32,
             system_prompt: "Be brief.".into(),
             model_source: ModelSource::Endpoint,
             endpoint: chat::Endpoint {

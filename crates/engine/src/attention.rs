@@ -232,7 +232,7 @@ pub struct AttnShape {
 
 /// One head group's keys and values: rows of `stride` elements, the group at offset `off`.
 #[derive(Clone, Copy)]
-struct GroupRows<'a> {
+pub struct GroupRows<'a> {
     k: &'a [f32],
     v: &'a [f32],
     stride: usize,
@@ -557,7 +557,11 @@ mod tests {
             }
             // An F16 cache: the same attention over keys and values rounded to halves.
             let half = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
-            let round = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+            let round = |x: &[f32]| {
+                x.iter()
+                    .map(|&x| f16::from_f32(x).to_f32())
+                    .collect::<Vec<_>>()
+            };
             let (k16, v16) = (half(&k), half(&v));
             attention(&q, KvLayer::F16(&k16, &v16), s, &mut out);
             let want = naive(&q, &round(&k), &round(&v), s);
@@ -623,6 +627,9 @@ mod tests {
         assert_eq!(v[1].to_f32(), 0.0);
         assert_eq!("F16".parse::<KvType>(), Ok(KvType::F16));
         assert_eq!("f32".parse::<KvType>(), Ok(KvType::F32));
-        assert!("q8_0".parse::<KvType>().unwrap_err().contains("unknown KV cache type"));
+        assert!("q8_0"
+            .parse::<KvType>()
+            .unwrap_err()
+            .contains("unknown KV cache type"));
     }
 }

@@ -175,19 +175,19 @@ fn pass<'a>(
     tokens: &[u32],
     logits: Logits,
 ) -> Result<&'a [f32]> {
-        let pos = cached.len();
-        let vocab = backend.vocab_size();
-        let out = backend.forward(pos, tokens, logits)?;
-        // The position of the first row returned.
-        let first = match logits {
-            Logits::Last => pos + tokens.len() - 1,
-            Logits::All | Logits::None => pos,
-        };
-        for (i, row) in out.chunks(vocab.max(1)).enumerate() {
-            check_logits(row, first + i)?;
-        }
-        cached.extend_from_slice(tokens);
-        Ok(out)
+    let pos = cached.len();
+    let vocab = backend.vocab_size();
+    let out = backend.forward(pos, tokens, logits)?;
+    // The position of the first row returned.
+    let first = match logits {
+        Logits::Last => pos + tokens.len() - 1,
+        Logits::All | Logits::None => pos,
+    };
+    for (i, row) in out.chunks(vocab.max(1)).enumerate() {
+        check_logits(row, first + i)?;
+    }
+    cached.extend_from_slice(tokens);
+    Ok(out)
 }
 
 /// Refuses a row of logits with a NaN in it (`position`: where it was computed): a model whose
@@ -275,7 +275,10 @@ mod tests {
         let n = 2 * PREFILL_CHUNK + 7;
         let (mut s, passes) = session_of(4 * PREFILL_CHUNK);
         s.forward(&[1; 3], Logits::Last).unwrap();
-        assert_eq!(s.forward(&vec![2; n], Logits::Last).unwrap(), [(n + 2) as f32]);
+        assert_eq!(
+            s.forward(&vec![2; n], Logits::Last).unwrap(),
+            [(n + 2) as f32]
+        );
         let c = PREFILL_CHUNK;
         assert_eq!(
             passes.lock().unwrap()[1..],

@@ -42,14 +42,14 @@ pub mod textstream;
 pub mod threads;
 pub mod tokenizer;
 
+pub use attention::KvType;
 pub use config::{Arch, ModelConfig};
 pub use engine::{validate, Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN};
-pub use attention::KvType;
-pub use memory::PREFILL_CHUNK;
 pub use error::{EngineError, Result};
 pub use generate::{
     FinishReason, GenerationDone, GenerationEvent, GenerationOutput, GenerationParams, Timings,
     Usage,
 };
+pub use memory::PREFILL_CHUNK;
 pub use sampler::{ModelFamily, SamplingParams};
 pub use template::{ChatMessage, ChatOptions};

@@ -288,7 +288,8 @@ mod tests {
         let cfg = config(36, 2048, 11008, 128256);
         let e = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, KvType::F32, 2).unwrap();
         assert_eq!(e.kv_cache, 36 * 2 * 512 * 65536 * 4);
-        let half = MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, KvType::F16, 2).unwrap();
+        let half =
+            MemoryEstimate::new(&cfg, 1_900_000_000, 8 << 20, 65536, KvType::F16, 2).unwrap();
         assert_eq!(half.kv_cache * 2, e.kv_cache);
         // Buffers do not grow with the prompt, only with the context (RoPE table, scores).
         assert!(e.buffers < 200_000_000, "{e:?}");

@@ -377,7 +377,9 @@ impl Backend for Model {
 
     fn scratch_bytes(&self) -> usize {
         let s = &self.scratch;
-        let floats = [&s.x, &s.h, &s.q, &s.k, &s.v, &s.attn, &s.gate, &s.up, &s.logits];
+        let floats = [
+            &s.x, &s.h, &s.q, &s.k, &s.v, &s.attn, &s.gate, &s.up, &s.logits,
+        ];
         floats.iter().map(|b| b.capacity() * 4).sum::<usize>() + s.acts.size_in_bytes()
     }
 

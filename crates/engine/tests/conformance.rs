@@ -174,25 +174,45 @@ fn an_f16_cache_stays_close_to_the_f32_one() {
     let mut half = load_with(&smollm2_path(), KvType::F16);
     assert_eq!(half.info().kv_type, KvType::F16);
     check_bars(&reference, &mut half, "smollm2 q4_1, F16 cache");
-    let (mut max, mut argmax_equal, mut rows) = (0f32, 0, 0);
+    // The F32 cache's top-5 logits at every position, as the reference comparisons look.
+    let (mut diffs, mut argmax_equal, mut rows) = (Vec::new(), 0, 0);
     for seq in &reference.sequences {
         let a = exact.logits(&seq.tokens).expect("F32 cache");
         let b = half.logits(&seq.tokens).expect("F16 cache");
         for (x, y) in a.iter().zip(&b) {
-            max = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(max, f32::max);
+            let mut top: Vec<usize> = (0..x.len()).collect();
+            top.select_nth_unstable_by(4, |&i, &j| x[j].total_cmp(&x[i]));
+            diffs.extend(top[..5].iter().map(|&i| (x[i] - y[i]).abs()));
             argmax_equal += usize::from(argmax(x) == argmax(y));
             rows += 1;
         }
     }
-    eprintln!("F16 vs F32 cache: max |logit diff| {max:.4}, argmax {argmax_equal}/{rows}");
-    assert!(max > 0.0, "the F16 cache rounds nothing: is it in use?");
-    assert!(max < 0.5, "the F16 cache moves logits by up to {max}");
-    assert!(argmax_equal * 100 >= rows * 97, "argmax {argmax_equal}/{rows}");
-    assert_eq!(half.cache_bytes() * 2, exact.cache_bytes(), "half the memory");
+    let (median, p90) = (percentile(&diffs, 0.5), percentile(&diffs, 0.9));
+    eprintln!(
+        "F16 vs F32 cache: top-5 |diff| median {median:.3} p90 {p90:.3}, argmax {argmax_equal}/{rows}"
+    );
+    assert!(p90 > 0.0, "the F16 cache rounds nothing: is it in use?");
+    assert!(median <= 0.25 && p90 <= 0.75, "median {median}, p90 {p90}");
+    assert!(
+        argmax_equal * 100 >= rows * 98,
+        "argmax {argmax_equal}/{rows}"
+    );
+    assert_eq!(
+        half.cache_bytes() * 2,
+        exact.cache_bytes(),
+        "half the memory"
+    );
     let g = &reference.greedy[0];
     let ours = greedy(&mut half, &g.prompt_tokens, g.generated.len());
-    let same = ours.iter().zip(&g.generated).take_while(|(a, b)| a == b).count();
-    assert!(same >= 8, "greedy with an F16 cache: {same} tokens as llama.cpp's");
+    let same = ours
+        .iter()
+        .zip(&g.generated)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        same >= 8,
+        "greedy with an F16 cache: {same} tokens as llama.cpp's"
+    );
 }
 
 #[test]

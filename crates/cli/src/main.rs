@@ -362,6 +362,7 @@ fn run(cli: Cli) -> Result<()> {
                         context: 16,
                         threads: 1,
                         tokenizer_json: None,
+                        kv_cache: engine::KvType::default(),
                     };
                     let engine = args.load()?;
                     let t = engine

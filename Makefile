@@ -8,7 +8,7 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-compare bench-kernels deb tauri-driver llama-server
+.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-kernels deb tauri-driver llama-server
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
@@ -139,6 +139,11 @@ bench: model
 ## pp128/pp512/tg32), when llama.cpp's tools are in LLAMA_BIN or ~/.cache/llama-ref/bin.
 bench-compare: model
 	$(CARGO) bench -p smollm3-engine --bench compare -- $(abspath $(MODEL)) $(BENCH_ARGS)
+
+## `make bench-api [MODEL=path.gguf]`: time to first token and tokens/s through the OpenAI-compatible API
+## against the in-process path (BENCH_ARGS="--rounds N --tokens N"; see doc/benchmarks.md).
+bench-api: model
+	$(CARGO) bench -p smollm3-server --bench api_overhead -- $(abspath $(MODEL)) $(BENCH_ARGS)
 
 ## `make bench-kernels MODEL=path.gguf [BENCH_ARGS="2 avx512"]`: GB/s and GMAC/s of each weight kind's
 ## kernel (threads, instruction set: scalar|avx2|avx512).

@@ -3,7 +3,7 @@
 //! process (what the desktop app's chats do) and (b) as a streamed `POST /v1/chat/completions` over
 //! loopback HTTP to the same core, read by a client that timestamps each `data:` chunk.
 //!
-//! `cargo bench -p smollm3-server --bench api_overhead -- [MODEL.gguf] [--rounds N] [--tokens N]`
+//! `make bench-api`, or `cargo bench -p smollm3-server --bench api_overhead -- [MODEL.gguf] [--rounds N] [--tokens N]`
 //! (default: the SmolLM2 test model, 10 rounds, 64 tokens). The two paths alternate, each round
 //! with its own question, so neither reuses the other's cached prompt; both sample greedily up to
 //! the same number of tokens (each round prints how many it got). Reported: medians over the rounds.
@@ -57,22 +57,39 @@ fn args() -> Option<Args> {
     Some(a)
 }
 
-/// One answer's timings, both measured where the answer is consumed.
+/// One answer's timings, measured where the answer is consumed, and the engine's own time to
+/// first token for it (from the worker's stats): their difference is what the path adds, free of
+/// how fast the shared machine happens to run the model at that moment.
 #[derive(Clone, Copy, Debug)]
 struct Timing {
     ttft_ms: f64,
+    engine_ttft_ms: f64,
+    /// The engine's own decode speed for the answer.
+    engine_tok_s: f64,
     /// Tokens after the first, over the time from the first to the last.
     decode_tok_s: f64,
     tokens: usize,
 }
 
 impl Timing {
-    fn new(start: Instant, stamps: &[Instant]) -> Timing {
+    fn added_ms(&self) -> f64 {
+        self.ttft_ms - self.engine_ttft_ms
+    }
+
+    /// The decode speed the consumer saw, as a share of the engine's.
+    fn kept_up(&self) -> f64 {
+        self.decode_tok_s / self.engine_tok_s
+    }
+
+    fn new(start: Instant, stamps: &[Instant], engine: (f64, f64)) -> Timing {
+        let (engine_ttft_ms, engine_tok_s) = engine;
         let first = stamps[0];
         let last = *stamps.last().unwrap();
         let span = (last - first).as_secs_f64();
         Timing {
             ttft_ms: (first - start).as_secs_f64() * 1e3,
+            engine_ttft_ms,
+            engine_tok_s,
             decode_tok_s: if span > 0.0 {
                 (stamps.len() - 1) as f64 / span
             } else {
@@ -122,12 +139,18 @@ fn in_process(app: &ChatApp, text: String, tokens: usize) -> Timing {
     for (at, event) in rx {
         match event {
             JobEvent::Token(_) | JobEvent::Thinking(_) => stamps.push(at),
-            JobEvent::Finished(_) => break,
+            JobEvent::Finished(stats) => {
+                return Timing::new(
+                    start,
+                    &stamps,
+                    (stats.time_to_first_token_ms, stats.decode_tok_s),
+                )
+            }
             JobEvent::Queued(_) => {}
             other => panic!("{other:?}"),
         }
     }
-    Timing::new(start, &stamps)
+    panic!("the worker stopped")
 }
 
 /// (b) Over HTTP: a streamed chat completion, each content chunk timestamped as it is read.
@@ -165,7 +188,20 @@ fn over_http(addr: &str, model: &str, text: String, tokens: usize) -> Timing {
             stamps.push(Instant::now());
         }
     }
-    Timing::new(start, &stamps)
+    // Nothing else runs: the latest answer /health reports is this one.
+    let health = ureq::get(format!("http://{addr}/health"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let last = &health["last"];
+    let engine = (
+        last["time_to_first_token_ms"].as_f64().unwrap(),
+        last["decode_tok_s"].as_f64().unwrap(),
+    );
+    Timing::new(start, &stamps, engine)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -249,8 +285,8 @@ fn main() {
             (in_process(&app, question(round, "in process"), a.tokens), h)
         };
         println!(
-            "round {round:>2}: ttft {:7.2} ms in process, {:7.2} ms over HTTP; decode {:7.1} / {:7.1} tok/s ({} / {} tokens)",
-            l.ttft_ms, h.ttft_ms, l.decode_tok_s, h.decode_tok_s, l.tokens, h.tokens
+            "round {round:>2}: ttft {:7.2} ms in process (+{:.2} over the engine's), {:7.2} ms over HTTP (+{:.2}); decode {:6.1} / {:6.1} tok/s ({} / {} tokens)",
+            l.ttft_ms, l.added_ms(), h.ttft_ms, h.added_ms(), l.decode_tok_s, h.decode_tok_s, l.tokens, h.tokens
         );
         local.push(l);
         http.push(h);
@@ -270,11 +306,24 @@ fn main() {
         ttft(&http),
         diffs
     );
+    let added = |v: &[Timing]| median(v.iter().map(Timing::added_ms).collect());
+    println!(
+        "median time added to the engine's ttft: {:.2} ms in process, {:.2} ms over HTTP (the API's overhead: {:+.2} ms)",
+        added(&local),
+        added(&http),
+        added(&http) - added(&local)
+    );
     println!(
         "median decode: {:.1} tok/s in process, {:.1} tok/s over HTTP ({:.3}x)",
         tps(&local),
         tps(&http),
         tps(&http) / tps(&local)
+    );
+    let kept = |v: &[Timing]| median(v.iter().map(Timing::kept_up).collect());
+    println!(
+        "median decode seen by the consumer over the engine's own: {:.3} in process, {:.3} over HTTP",
+        kept(&local),
+        kept(&http)
     );
     app.shutdown();
 }

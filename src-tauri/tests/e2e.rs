@@ -349,6 +349,31 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         "stats under the answer"
     );
     save_screenshot(&s, "chat.png");
+
+    // Regenerate: the new answer streams into the swapped-in chat pane and completes there (it used to
+    // stay at "•••" until the chat was reopened: nothing connected it to its stream).
+    let last_id = || {
+        s.execute(
+            "const a = document.querySelectorAll('#messages article.msg.assistant'); \
+             return a.length ? a[a.length - 1].id : '';",
+            vec![],
+        )
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+    };
+    let first_id = last_id();
+    let regenerate = s
+        .find("#messages article.msg.assistant button[hx-post$='/regenerate']")
+        .unwrap();
+    s.click(&regenerate).unwrap();
+    poll("the regenerated answer", Duration::from_secs(120), || {
+        let id = last_id();
+        (!id.is_empty() && id != first_id && last_answer_done(&s)).then_some(())
+    });
+    let regenerated = last_answer(&s);
+    assert!(!regenerated.trim().is_empty(), "the regenerated answer is shown");
+    save_screenshot(&s, "regenerated.png");
     s.quit().unwrap();
 
     // 2. Restart: the model loads again; the chat is listed, and opening it shows the question and the answer.
@@ -365,7 +390,7 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     });
     // Compared as words: the page's text of rendered Markdown may differ in blank lines.
     let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(words(&stored), words(&answer));
+    assert_eq!(words(&stored), words(&regenerated));
     let question = s.find("#messages article.msg.user").unwrap();
     assert_eq!(s.text(&question).unwrap().trim(), "What is 2+2?");
     // SmolLM2's template has no thinking mode, so the chat header offers none.

@@ -139,16 +139,17 @@
     }
   });
 
-  // After sending, clear the composer and keep the conversation pinned to the bottom.
+  // After sending (the composer, quick chat), clear the text field; a refusal answers with a toast and
+  // `request-failed`, and the text stays to be sent again.
   document.addEventListener("htmx:afterRequest", (e) => {
     const form = e.detail.elt;
-    if (form.matches && form.matches("form[data-composer-form]") && e.detail.successful) {
-      const area = form.querySelector("textarea");
-      area.value = "";
-      autoGrow(area);
-      const palette = document.getElementById("palette");
-      if (palette) palette.hidden = true;
-    }
+    if (!(form.matches && form.matches("form[data-clear-on-send]") && e.detail.successful)) return;
+    if (e.detail.xhr && e.detail.xhr.getResponseHeader("HX-Trigger")?.includes("request-failed")) return;
+    const field = form.querySelector("textarea, input[name=text]");
+    field.value = "";
+    if (field.matches("textarea")) autoGrow(field);
+    const palette = document.getElementById("palette");
+    if (palette) palette.hidden = true;
   });
 
   document.addEventListener("scroll", (e) => {

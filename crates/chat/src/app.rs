@@ -284,6 +284,11 @@ impl ChatApp {
         self.core().store(|s| s.search(query))
     }
 
+    /// [`ChatApp::search`] with one hit per chat, its best match (the chat list).
+    pub fn search_chats(&self, query: &str) -> Result<Vec<SearchHit>> {
+        self.core().store(|s| s.search_chats(query))
+    }
+
     /// The chat as Markdown, with a file name to suggest.
     pub fn export(&self, chat_id: ChatId) -> Result<Export> {
         let (chat, messages) = self

@@ -2,6 +2,7 @@
 //!
 //! The command as typed is stored as a user message and the reply as an assistant message,
 //! both of kind `command`: they survive a reload, the model never sees them, search skips them.
+//! `/export` alone stores nothing: its reply is the chat itself.
 
 use std::fmt::Write as _;
 
@@ -79,13 +80,11 @@ impl ChatApp {
                     export.file_name,
                     export.markdown.trim_end()
                 );
-                self.reply_to_command(
-                    chat_id,
-                    text,
-                    "export",
-                    &reply,
-                    Some(CommandAction::Export(export)),
-                )
+                Ok(SendOutcome::Shown {
+                    command: "export".into(),
+                    reply,
+                    action: Some(CommandAction::Export(export)),
+                })
             }
             Command::Reset => self.reset_context(chat_id, text),
             Command::Quote => self.quote(chat_id, text),
@@ -158,11 +157,19 @@ impl ChatApp {
         }
         let _ = writeln!(out, "- Queue: {} answer(s) waiting or running", e.queued);
         let _ = writeln!(out, "- Local server: {}", status.server.describe());
-        let _ = write!(
-            out,
-            "- This chat: thinking {}",
-            if chat.thinking { "on" } else { "off" }
-        );
+        // Whether a model thinks is its template's fact (`supports_thinking`), not the chat's wish.
+        let _ = match (&status.model, chat.thinking) {
+            (ModelState::Ready { info, .. }, _) if !info.supports_thinking => write!(
+                out,
+                "- This chat: no thinking ({} has no thinking mode)",
+                model_name(info)
+            ),
+            (_, on) => write!(
+                out,
+                "- This chat: thinking {}",
+                if on { "on" } else { "off" }
+            ),
+        };
         Ok(out)
     }
 

@@ -53,6 +53,20 @@ pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
+/// Whether the engine's sampler accepts a value for `field`, set by `set` on settings that are
+/// valid otherwise; its refusal, naming the accepted range, becomes the setting's error.
+fn engine_accepts(
+    field: &'static str,
+    set: impl FnOnce(&mut engine::SamplingParams),
+) -> Result<()> {
+    let mut params = engine::SamplingParams::for_family(engine::ModelFamily::Llama);
+    set(&mut params);
+    params.validate().map_err(|e| match e {
+        engine::EngineError::Sampling(why) => invalid(field, why),
+        other => invalid(field, other.to_string()),
+    })
+}
+
 impl Sampling {
     /// Rejects values that cannot work, naming the field and the accepted range.
     pub fn validate(self) -> Result<AnswerParams> {
@@ -67,10 +81,23 @@ impl Sampling {
                 return Err(invalid(field, "must be a number"));
             }
         }
+        // What each stage accepts is the sampler's rule (`engine::SamplingParams::validate`);
+        // the app only adds upper limits for temperature and penalty. A second copy of the
+        // ranges here once accepted a top-p of 0 that the sampler then refused for every answer.
+        if let Some(v) = self.temperature {
+            engine_accepts("temperature", |p| p.temperature = v)?;
+        }
+        if let Some(v) = self.top_p {
+            engine_accepts("top_p", |p| p.top_p = v)?;
+        }
+        if let Some(v) = self.min_p {
+            engine_accepts("min_p", |p| p.min_p = v)?;
+        }
+        if let Some(v) = self.repeat_penalty {
+            engine_accepts("repeat_penalty", |p| p.repeat_penalty = v)?;
+        }
         check_range("temperature", self.temperature, 0.0, 5.0)?;
-        check_range("top_p", self.top_p, 0.0, 1.0)?;
         check_range("top_k", self.top_k, 0, 1_000_000)?;
-        check_range("min_p", self.min_p, 0.0, 1.0)?;
         check_range("repeat_penalty", self.repeat_penalty, 0.1, 5.0)?;
         if self.stop.len() > MAX_STOP_STRINGS {
             return Err(invalid(
@@ -164,6 +191,38 @@ mod tests {
         assert_eq!((s.top_k, s.top_p), (defaults.top_k, defaults.top_p));
         let fresh = base().validate().unwrap().engine_sampling(defaults, || 99);
         assert_eq!(fresh.seed, 99);
+    }
+
+    #[test]
+    fn top_p_zero_is_refused_here_as_the_sampler_would_refuse_it() {
+        let defaults = engine::SamplingParams::for_family(engine::ModelFamily::SmolLM3);
+        let edges = [-1.0, 0.0, 1e-6, 0.1, 0.5, 1.0, 1.0001, 5.0, 6.0, f32::NAN];
+        for field in ["temperature", "top_p", "min_p", "repeat_penalty"] {
+            for v in edges {
+                let mut s = base();
+                match field {
+                    "temperature" => s.temperature = Some(v),
+                    "top_p" => s.top_p = Some(v),
+                    "min_p" => s.min_p = Some(v),
+                    _ => s.repeat_penalty = Some(v),
+                }
+                if let Ok(p) = s.validate() {
+                    let engine = p.engine_sampling(defaults.clone(), || 1);
+                    assert!(
+                        engine.validate().is_ok(),
+                        "{field} = {v} passed the settings but the sampler refuses it"
+                    );
+                }
+            }
+        }
+        let err = Sampling {
+            top_p: Some(0.0),
+            ..base()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("top_p") && err.contains("(0, 1]"), "{err}");
     }
 
     #[test]

@@ -109,20 +109,39 @@ fn split_snippet(marked: &str) -> Vec<SnippetPart> {
     parts
 }
 
+/// Every matching message, best first (FTS5's bm25 rank), each with its rank among its chat's.
+const MATCHES: &str = "SELECT m.id, m.chat_id, c.title, m.role, m.created_at,
+        snippet(messages_fts, 0, ?2, ?3, '…', 16) AS snippet, rank,
+        row_number() OVER (PARTITION BY m.chat_id ORDER BY rank) AS in_chat
+    FROM messages_fts
+    JOIN messages m ON m.id = messages_fts.rowid
+    JOIN chats c ON c.id = m.chat_id
+    WHERE messages_fts MATCH ?1";
+
 impl Store {
     /// Messages of every chat matching `query`, best first (FTS5's bm25 rank).
     pub fn search(&self, query: &str) -> Result<Vec<SearchHit>> {
+        self.matches(query, false)
+    }
+
+    /// One hit per chat, its best-matching message, best chats first: the sidebar lists
+    /// chats, and a chat listed once per message repeated its element ids.
+    pub fn search_chats(&self, query: &str) -> Result<Vec<SearchHit>> {
+        self.matches(query, true)
+    }
+
+    fn matches(&self, query: &str, best_per_chat: bool) -> Result<Vec<SearchHit>> {
         let fts = fts_query(query)?;
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT m.id, m.chat_id, c.title, m.role, m.created_at,
-                    snippet(messages_fts, 0, ?2, ?3, '…', 16)
-             FROM messages_fts
-             JOIN messages m ON m.id = messages_fts.rowid
-             JOIN chats c ON c.id = m.chat_id
-             WHERE messages_fts MATCH ?1
+        let filter = match best_per_chat {
+            true => "WHERE in_chat = 1",
+            false => "",
+        };
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT id, chat_id, title, role, created_at, snippet
+             FROM ({MATCHES}) {filter}
              ORDER BY rank
-             LIMIT ?4",
-        )?;
+             LIMIT ?4"
+        ))?;
         let rows = stmt.query_map(
             params![
                 fts,

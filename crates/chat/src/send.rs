@@ -164,9 +164,13 @@ impl ChatApp {
         self.core().stop(chat_id)
     }
 
-    /// Replaces an answer (and every later message of its chat) with a new one.
-    pub fn regenerate(&self, message_id: MessageId) -> Result<SendOutcome> {
-        let chat_id = self.core().store(|s| s.message(message_id))?.chat_id;
+    /// Replaces an answer of `chat_id` (and every later message of the chat) with a new one. A
+    /// message of another chat is refused as missing: a stale page must not rewrite a chat it
+    /// does not show.
+    pub fn regenerate(&self, chat_id: ChatId, message_id: MessageId) -> Result<SendOutcome> {
+        if self.core().store(|s| s.message(message_id))?.chat_id != chat_id {
+            return Err(ChatError::NoSuchMessage(message_id));
+        }
         let turn = self.core().begin_answer(chat_id, |store| {
             let old = store.message(message_id)?;
             if old.role != Role::Assistant || old.kind != MessageKind::Chat {

@@ -352,7 +352,7 @@ mod tests {
         std::fs::write(&path, r#"{"top_p": 2.0}"#).unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
         assert!(
-            err.contains("top_p") && err.contains("between 0 and 1"),
+            err.contains("top_p") && err.contains("(0, 1]"),
             "{err}"
         );
         std::fs::write(&path, "{not json").unwrap();

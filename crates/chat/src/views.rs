@@ -41,6 +41,13 @@ pub enum SendOutcome {
         streaming: bool,
         action: Option<CommandAction>,
     },
+    /// A command whose reply is shown once and never stored (`/export`: storing the document
+    /// would double the chat with every export).
+    Shown {
+        command: String,
+        reply: String,
+        action: Option<CommandAction>,
+    },
 }
 
 /// Something the shell may do with a command's result beyond showing the reply.

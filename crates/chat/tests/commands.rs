@@ -3,7 +3,9 @@
 mod common;
 
 use chat::store::NewMessage;
-use chat::{ChatError, CommandAction, MessageKind, MessageStatus, ModelState, Role, Store};
+use chat::{
+    ChatError, CommandAction, MessageKind, MessageStatus, ModelState, Role, SendOutcome, Store,
+};
 use common::{open, run};
 
 #[test]
@@ -38,7 +40,7 @@ fn without_a_model_the_app_explains_how_to_get_one_and_commands_still_work() {
     assert!(reply.contains("Threads:"), "{reply}");
     let (_, reply, _) = run(&app, chat.id, "/model");
     assert!(reply.contains("No model is loaded"), "{reply}");
-    assert!(app.regenerate(1).is_err());
+    assert!(app.regenerate(chat.id, 1).is_err());
 }
 
 #[test]
@@ -187,14 +189,22 @@ fn search_finds_messages_of_every_chat_and_takes_any_query() {
 }
 
 #[test]
-fn export_gives_the_chat_as_markdown() {
+fn export_gives_the_chat_as_markdown_without_storing_it() {
     let dir = tempfile::tempdir().unwrap();
     let chat_id = seed_conversation(dir.path());
     let (app, _rec) = open(dir.path(), None);
-    let (_, reply, action) = run(&app, chat_id, "/export");
-    let Some(CommandAction::Export(export)) = action else {
-        panic!("{reply}")
+    let before = app.chat(chat_id).unwrap().messages;
+    let SendOutcome::Shown {
+        command,
+        reply,
+        action: Some(CommandAction::Export(export)),
+    } = app.send(chat_id, "/export").unwrap()
+    else {
+        panic!("/export is shown, not stored")
     };
+    assert_eq!(command, "export");
+    // Stored, each export would double the chat (and the next export would contain the last).
+    assert_eq!(app.chat(chat_id).unwrap().messages, before);
     assert_eq!(export.file_name, "How-do-hedgehogs-survive-winter.md");
     let md = &export.markdown;
     assert!(

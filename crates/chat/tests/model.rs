@@ -91,6 +91,11 @@ fn a_chat_round_trip_streams_tokens_then_stats_and_complete_and_stores_the_answe
             && status.contains("of 2048 tokens"),
         "{status}"
     );
+    // SmolLM2 has no thinking mode: /status said "thinking on" for it.
+    assert!(
+        status.contains("no thinking") && !status.contains("thinking on"),
+        "{status}"
+    );
     let (_, model, _) = run(&app, chat.id, "/model");
     assert!(
         model.contains("| Architecture | llama |") && model.contains("| Layers | 30 |"),
@@ -174,7 +179,7 @@ fn regenerate_replaces_the_answer() {
     let SendOutcome::Generating {
         user_message_id,
         assistant_message_id,
-    } = app.regenerate(first).unwrap()
+    } = app.regenerate(chat.id, first).unwrap()
     else {
         panic!()
     };
@@ -184,7 +189,7 @@ fn regenerate_replaces_the_answer() {
     let ids: Vec<_> = view.messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, [user_message_id, assistant_message_id]);
     assert!(matches!(
-        app.regenerate(user_message_id),
+        app.regenerate(chat.id, user_message_id),
         Err(ChatError::Invalid(_))
     ));
 }

@@ -334,3 +334,29 @@ fn the_model_sees_only_the_conversation_after_the_last_reset() {
         Some("boom")
     );
 }
+
+#[test]
+fn search_lists_a_chat_once_with_its_best_match() {
+    let mut store = Store::open_in_memory().unwrap();
+    let a = store.create_chat(true, &serde_json::json!({})).unwrap();
+    let b = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(
+        &mut store,
+        a.id,
+        Role::User,
+        "a long question that mentions a walrus once among many other words about the sea and ice",
+    );
+    let best = add(&mut store, a.id, Role::Assistant, "walrus walrus walrus");
+    add(&mut store, b.id, Role::User, "is a walrus a seal?");
+    assert_eq!(store.search("walrus").unwrap().len(), 3, "every message");
+    let chats = store.search_chats("walrus").unwrap();
+    let ids: Vec<_> = chats.iter().map(|h| h.chat_id).collect();
+    assert_eq!(ids.len(), 2, "one row per chat: {ids:?}");
+    assert!(ids.contains(&a.id) && ids.contains(&b.id), "{ids:?}");
+    let hit_a = chats.iter().find(|h| h.chat_id == a.id).unwrap();
+    assert_eq!(hit_a.message_id, best.id, "the chat's best match is shown");
+    assert!(matches!(
+        store.search_chats("***"),
+        Err(ChatError::InvalidQuery(_))
+    ));
+}

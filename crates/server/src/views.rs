@@ -26,6 +26,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "composer.html",
     "palette.html",
     "message.html",
+    "shown.html",
     "settings.html",
     "quick.html",
     "quick_answer.html",

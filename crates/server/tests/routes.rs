@@ -158,6 +158,8 @@ async fn export_offers_a_save_dialog_only_in_the_app() {
         .htmx("POST", &format!("/chats/{cid}/messages"), "text=%2Fexport")
         .await;
     assert!(html.contains("This chat as Markdown"), "{html}");
+    let chat = f.server.chat().chat(cid).unwrap();
+    assert!(chat.messages.is_empty(), "an export is not stored in the chat");
 }
 
 #[tokio::test]
@@ -212,4 +214,89 @@ async fn the_settings_form_makes_an_endpoint_the_model_and_names_a_bad_url() {
         )
         .await;
     assert!(bad.contains("endpoint.base_url"), "{bad}");
+}
+
+#[tokio::test]
+async fn regenerate_refuses_a_message_of_another_chat() {
+    let f = fixture();
+    let (a, b) = (f.new_chat().await, f.new_chat().await);
+    f.htmx("POST", &format!("/chats/{a}/messages"), "text=%2Fhelp")
+        .await;
+    let mid = f.server.chat().chat(a).unwrap().messages[1].id;
+    let (status, html) = f
+        .htmx(
+            "POST",
+            &format!("/chats/{b}/messages/{mid}/regenerate"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert_eq!(
+        f.server.chat().chat(a).unwrap().messages.len(),
+        2,
+        "chat {a} is untouched"
+    );
+}
+
+#[tokio::test]
+async fn quick_chat_without_a_model_leaves_no_empty_chat() {
+    let f = fixture();
+    let (status, html) = f.htmx("POST", "/quick", "text=Hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("No model is loaded"), "{html}");
+    assert!(f.server.chat().list_chats().unwrap().is_empty());
+    // A command needs no model: its chat stays.
+    f.htmx("POST", "/quick", "text=%2Fhelp").await;
+    assert_eq!(f.server.chat().list_chats().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn event_replay_after_the_largest_id_does_not_overflow() {
+    let f = fixture();
+    let cid = f.new_chat().await;
+    let resp = f
+        .get(&format!("/chats/{cid}/events?after={}", u64::MAX))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let frames: serde_json::Value = serde_json::from_str(&text(resp).await).unwrap();
+    assert_eq!(frames[0]["event"], "complete", "{frames}");
+    assert_eq!(frames[0]["id"], u64::MAX, "{frames}");
+}
+
+#[tokio::test]
+async fn search_lists_each_chat_once() {
+    let f = fixture();
+    let cid = f.new_chat().await;
+    let mut store = chat::Store::open(&f.server.chat().paths().database()).unwrap();
+    for text in ["otters hold hands", "do otters sleep?", "otters otters"] {
+        store
+            .add_message(chat::store::NewMessage {
+                chat_id: cid,
+                role: chat::Role::User,
+                kind: chat::MessageKind::Chat,
+                content: text,
+                status: chat::MessageStatus::Complete,
+            })
+            .unwrap();
+    }
+    let (_, html) = f.htmx("GET", "/chats?q=otters", "").await;
+    let rows = html.matches(&format!("id=\"chat-item-{cid}\"")).count();
+    assert_eq!(rows, 1, "{html}");
+}
+
+#[tokio::test]
+async fn the_model_in_use_is_listed_even_from_outside_the_models_folder() {
+    let f = fixture();
+    let (_, html) = f.htmx("GET", "/settings", "").await;
+    assert!(html.contains("No models in"), "{html}");
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "{} is missing: run `make model`", model.display());
+    f.server.chat().load_model(model).unwrap();
+    let (_, html) = f.htmx("GET", "/settings", "").await;
+    assert!(
+        !html.contains("No models in") && html.contains("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "{html}"
+    );
+    assert!(html.contains("in use") && html.contains("outside the models folder"), "{html}");
 }

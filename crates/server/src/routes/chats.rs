@@ -164,7 +164,7 @@ async fn regenerate(
     Path((cid, mid)): Path<(ChatId, MessageId)>,
 ) -> Response {
     run(s, move |s| {
-        s.chat().regenerate(mid)?;
+        s.chat().regenerate(cid, mid)?;
         s.hub().state(StateEvent::busy(cid, true));
         chat_pane(s, cid)
     })
@@ -210,7 +210,12 @@ async fn quick_ask(State(s): State<Server>, Form(f): Fields) -> Response {
             return Ok(Reply::empty());
         }
         let chat = s.chat().create_chat()?;
-        let out = s.chat().send(chat.id, text)?;
+        // A question that could not be asked (no model yet) must not leave an empty chat behind.
+        let out = s.chat().send(chat.id, text).inspect_err(|_| {
+            if let Err(e) = s.chat().delete_chat(chat.id) {
+                tracing::warn!(error = %e, chat = chat.id, "could not remove the unused quick chat");
+            }
+        })?;
         let views = outcome_views(s, chat.id, &out)?;
         Ok(Reply::html(s.views().render(
             "quick_answer.html",
@@ -272,7 +277,7 @@ fn chat_list(s: &Server, query: &str) -> Result<Reply> {
                 .render("chat_list.html", json!({ "chats": chats })),
         ));
     }
-    match s.chat().search(query) {
+    match s.chat().search_chats(query) {
         Ok(hits) => {
             let chats: Vec<ChatView> = hits
                 .iter()
@@ -299,6 +304,7 @@ fn chat_list(s: &Server, query: &str) -> Result<Reply> {
 /// after the chat's last event id as of now (its text so far is in the view).
 fn outcome_views(s: &Server, cid: ChatId, out: &SendOutcome) -> Result<Vec<MessageView>> {
     let ids = match out {
+        SendOutcome::Shown { .. } => return Ok(Vec::new()),
         SendOutcome::Generating {
             user_message_id,
             assistant_message_id,
@@ -336,12 +342,15 @@ fn send_text(s: &Server, shell: &MaybeShell, cid: ChatId, text: &str) -> Result<
     if streaming {
         s.hub().state(StateEvent::busy(cid, true));
     }
-    let html: String = outcome_views(s, cid, &out)?
+    let mut html: String = outcome_views(s, cid, &out)?
         .iter()
         .map(|m| s.views().render("message.html", json!({ "m": m })))
         .collect();
+    if let SendOutcome::Shown { reply, .. } = &out {
+        html = s.views().render("shown.html", json!({ "reply": reply }));
+    }
     if let (
-        SendOutcome::Command {
+        SendOutcome::Shown {
             action: Some(CommandAction::Export(export)),
             ..
         },

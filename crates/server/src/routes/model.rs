@@ -151,20 +151,45 @@ fn import_file(s: &Server, path: &Path) -> Result<Reply> {
     Ok(Reply::empty().trigger("model-changed"))
 }
 
-/// The model manager: installed models, which one is active.
+/// The model manager: installed models, which one is in use. The model in use may live outside the
+/// models folder (`--model`, a file from the checkout, an earlier setting): it is listed too, without
+/// Delete, so the list never says "no models" while one answers.
 pub(super) fn manager_ctx(s: &Server) -> serde_json::Value {
-    let active = s.chat().settings().model_path;
-    let models: Vec<_> = s
+    let in_use = match s.chat().model_state() {
+        chat::ModelState::Ready { info, .. } => Some(info.path.clone()),
+        chat::ModelState::Loading { path, .. } => Some(path),
+        chat::ModelState::NoModel { .. } | chat::ModelState::Failed { .. } => None,
+    };
+    let same = |a: &Path, b: &Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
+    let mut listed = false;
+    let mut models: Vec<_> = s
         .models()
         .installed()
         .into_iter()
         .map(|mut m| {
-            let is_active = active
-                .as_ref()
-                .is_some_and(|a| a.display().to_string() == m["path"].as_str().unwrap_or(""));
-            m["active"] = json!(is_active);
+            let path = PathBuf::from(m["path"].as_str().unwrap_or(""));
+            let active = in_use.as_deref().is_some_and(|a| same(a, &path));
+            listed |= active;
+            m["active"] = json!(active);
             m
         })
         .collect();
+    if let (Some(path), false) = (in_use, listed) {
+        let size = std::fs::metadata(&path)
+            .map(|m| download::human_bytes(m.len()))
+            .unwrap_or_default();
+        models.insert(
+            0,
+            json!({
+                "name": path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                "path": path.display().to_string(),
+                "size": size,
+                "active": true,
+                "outside": true,
+            }),
+        );
+    }
     json!({ "models": models, "models_dir": s.models().models_dir().display().to_string() })
 }

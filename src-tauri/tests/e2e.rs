@@ -297,6 +297,21 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     assert!(help.contains("/reset"), "help: {help}");
     save_screenshot(&s, "no-model.png");
 
+    // Markdown as the page renders answers: a list continued after a code block keeps its number and
+    // table columns their alignment (DOMPurify stripped both), a link shows where it goes.
+    let html = s
+        .execute(
+            "return window.SmolUI.renderMarkdown(arguments[0]);",
+            vec![serde_json::json!(
+                "1. a\n\n```\nx\n```\n\n2. b\n\n| l | r |\n|:--|--:|\n| 1 | 2 |\n\n[site](https://example.com/)"
+            )],
+        )
+        .unwrap();
+    let html = html.as_str().unwrap_or_default();
+    assert!(html.contains(r#"<ol start="2">"#), "{html}");
+    assert!(html.contains(r#"align="right""#), "{html}");
+    assert!(html.contains(r#"title="https://example.com/""#), "{html}");
+
     // Onboarding: download the small model from the local hub; it loads by itself.
     let download = s
         .wait_for(

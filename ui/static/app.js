@@ -11,6 +11,10 @@
     FORBID_ATTR: ["style", "id", "class", "name"],
     ALLOW_DATA_ATTR: false,
     ALLOWED_URI_REGEXP: /^(?:https?|mailto):/i,
+    // DOMPurify checks the value of every attribute not marked URI-safe against ALLOWED_URI_REGEXP:
+    // ours (links only to the web or mail) would strip `<ol start="3">` (a list continued after a code
+    // block restarts at 1) and `<td align="right">`. Their values are never URLs.
+    ADD_URI_SAFE_ATTR: ["start", "align"],
   };
   DOMPurify.addHook("uponSanitizeAttribute", (_node, data) => {
     const n = data.attrName.toLowerCase();
@@ -19,9 +23,11 @@
     }
   });
   DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-    if (node.tagName === "A") {
+    if (node.tagName === "A" && node.hasAttribute("href")) {
       node.setAttribute("rel", "noopener noreferrer");
       node.setAttribute("target", "_blank");
+      // Where a link goes is visible before it is followed (the text may say anything).
+      node.setAttribute("title", node.getAttribute("href"));
     }
   });
   marked.setOptions({ gfm: true, breaks: false });
@@ -124,6 +130,15 @@
   document.addEventListener("input", (e) => {
     if (e.target.matches("textarea[data-composer]")) autoGrow(e.target);
   });
+  // A link in an answer opens in the system browser, never inside the app. A browser tab does that by
+  // itself (`target=_blank`); the desktop app's webview would do nothing, so the shell is asked to.
+  document.addEventListener("click", (e) => {
+    const link = e.target.closest && e.target.closest(".md a[href]");
+    if (!link || !window.__TAURI__) return;
+    e.preventDefault();
+    htmx.ajax("POST", "/open-link", { values: { url: link.getAttribute("href") }, swap: "none" });
+  });
+
   document.addEventListener("click", (e) => {
     const item = e.target.closest("#palette [data-command]");
     if (item) {

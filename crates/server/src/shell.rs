@@ -19,6 +19,9 @@ pub trait Shell: Send + Sync + 'static {
     fn pick_model_file(&self) -> Option<PathBuf>;
     /// Offers to save an exported chat with a native dialog (in the background).
     fn offer_to_save(&self, file_name: String, markdown: String);
+    /// Opens a web or mail link from an answer in the system's browser or mail program, never in
+    /// the app. `url` was checked by [`crate::routes`] (`http`, `https` or `mailto` only).
+    fn open_url(&self, url: &str) -> Result<(), String>;
 }
 
 /// The shell a request came through, as a request extension; absent over HTTP.

@@ -100,6 +100,10 @@ impl Shell for Recorder {
     fn offer_to_save(&self, file_name: String, _markdown: String) {
         self.calls.lock().unwrap().push(format!("save {file_name}"));
     }
+    fn open_url(&self, url: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("open {url}"));
+        Ok(())
+    }
 }
 
 #[tokio::test]
@@ -299,4 +303,30 @@ async fn the_model_in_use_is_listed_even_from_outside_the_models_folder() {
         "{html}"
     );
     assert!(html.contains("in use") && html.contains("outside the models folder"), "{html}");
+}
+
+#[tokio::test]
+async fn links_in_answers_open_in_the_system_browser_and_only_web_or_mail_links() {
+    let f = fixture();
+    let shell = Arc::new(Recorder::default());
+    let open = |url: &str| {
+        let mut req = Request::post("/open-link")
+            .header("hx-request", "true")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(format!("url={}", url.replace('&', "%26").replace(':', "%3A"))))
+            .unwrap();
+        req.extensions_mut().insert(WithShell(shell.clone()));
+        req
+    };
+    f.send(open("https://example.com/a?b=1&c=2")).await;
+    for bad in ["javascript:alert(1)", "file:///etc/passwd", "https://", "smb://host/x", "https://a b"] {
+        let html = unescape(&text(f.send(open(bad)).await).await);
+        assert!(html.contains("only web (http, https) and mail links"), "{bad}: {html}");
+    }
+    assert_eq!(
+        *shell.calls.lock().unwrap(),
+        ["open https://example.com/a?b=1&c=2"]
+    );
+    let (_, html) = f.htmx("POST", "/open-link", "url=https%3A%2F%2Fexample.com").await;
+    assert!(html.contains("a browser opens links itself"), "{html}");
 }

@@ -33,6 +33,40 @@ pub(super) fn routes() -> Router<Server> {
         .route("/commands/suggest", get(suggest))
         .route("/quick", get(quick_page).post(quick_ask))
         .route("/quick/open/{cid}", post(quick_open))
+        .route("/open-link", post(open_link))
+}
+
+/// Longest link the page may ask to open.
+const MAX_LINK_BYTES: usize = 8 * 1024;
+
+/// A link from an answer that may leave the app: the web or mail, nothing that runs a program or
+/// reads a file (`file:`, `javascript:`, a custom scheme a program registered).
+fn checked_link(url: &str) -> Result<&str> {
+    let lower = url.to_ascii_lowercase();
+    let scheme_ok = ["http://", "https://", "mailto:"]
+        .iter()
+        .any(|s| lower.starts_with(s) && lower.len() > s.len());
+    if !scheme_ok || url.len() > MAX_LINK_BYTES || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RouteError::BadRequest(format!(
+            "only web (http, https) and mail links can be opened, not “{}”",
+            url.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(url)
+}
+
+/// A link clicked in an answer (the desktop app): opened in the system browser, its address shown.
+async fn open_link(State(s): State<Server>, MaybeShell(shell): MaybeShell, Form(f): Fields) -> Response {
+    run(s, move |s| {
+        let url = checked_link(field(&f, "url"))?;
+        let shell = shell.ok_or_else(|| {
+            RouteError::BadRequest("a browser opens links itself: this is for the desktop app".into())
+        })?;
+        shell.open_url(url).map_err(RouteError::Internal)?;
+        s.toast(format!("Opened {url} in your browser"), false);
+        Ok(Reply::empty())
+    })
+    .await
 }
 
 async fn index(State(s): State<Server>) -> Response {

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use crate::commands::{self, CommandSuggestion};
 use crate::core::Core;
 use crate::device::{self, DeviceInfo};
-use crate::error::Result;
+use crate::error::{ChatError, Result};
 use crate::events::{AppEvent, EventSink};
 use crate::export::{self, Export};
 use crate::local_server::ServerStatus;
@@ -106,7 +106,15 @@ impl ChatApp {
         overrides.apply(&mut settings);
         settings.validate()?;
         engine::threads::init(settings.threads);
-        let store = Store::open(&paths.database())?;
+        let database = paths.database();
+        // Whatever goes wrong while opening names the file, so the shell can offer to move it aside.
+        let store = Store::open(&database).map_err(|e| match e {
+            ChatError::Store(error) => ChatError::OpenStore {
+                path: database.clone(),
+                error,
+            },
+            other => other,
+        })?;
         if store.recovered() > 0 {
             notices.push(format!(
                 "{} answer(s) cut off when the app last closed were kept as interrupted.",
@@ -122,7 +130,20 @@ impl ChatApp {
             why: "no model has been chosen yet.".into(),
             how_to_get_one: how_to_get_a_model(&paths.models_dir),
         };
-        let (worker, worker_thread) = Worker::spawn(initial, on_state);
+        let (worker, worker_thread) = Worker::spawn(initial, on_state, Some(paths.loading_marker()));
+        // The app ended while loading this model last time (it may have aborted the process):
+        // loading it again by itself could end every start the same way. Unless this run names
+        // a model, wait for the user to retry or choose another.
+        let crashed = paths
+            .interrupted_load()
+            .filter(|_| overrides.model_path.is_none());
+        if let Some(path) = &crashed {
+            notices.push(format!(
+                "The app closed while loading the model {} last time, so it was not loaded again \
+                 automatically. Retry it, or choose another model in Settings.",
+                path.display()
+            ));
+        }
         let app = ChatApp {
             inner: Arc::new(Inner {
                 core,
@@ -134,7 +155,15 @@ impl ChatApp {
                 notices,
             }),
         };
-        app.reload_model()?;
+        match crashed {
+            Some(path) => app.inner.worker.fail(
+                path,
+                "the app closed while loading this model last time; it was not loaded again \
+                 automatically"
+                    .into(),
+            ),
+            None => app.reload_model()?,
+        }
         Ok(app)
     }
 

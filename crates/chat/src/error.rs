@@ -100,4 +100,15 @@ fn served_list(served: &str) -> String {
     }
 }
 
+impl ChatError {
+    /// The chat database, when it is what cannot be used (damaged, unreadable, written by a newer
+    /// version): the shell may offer to move it aside and start fresh.
+    pub fn unusable_database(&self) -> Option<&std::path::Path> {
+        match self {
+            ChatError::OpenStore { path, .. } | ChatError::NewerSchema { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;

@@ -178,12 +178,32 @@ struct Shared {
     load_seq: AtomicU64,
     queue: Mutex<FairQueue>,
     on_state: StateSink,
+    /// Written with the model's path while a load runs, removed when it ends either way.
+    loading_marker: Option<PathBuf>,
 }
 
 impl Shared {
     fn set_state(&self, state: ModelState) {
         *self.state.lock().unwrap() = state.clone();
         (self.on_state)(&state);
+    }
+
+    /// Runs `load` with the loading marker naming `path`; a marker left behind means the process
+    /// ended inside `load`. A marker that cannot be written is logged: the load still runs.
+    fn while_marked<T>(&self, path: &std::path::Path, load: impl FnOnce() -> T) -> T {
+        let Some(marker) = &self.loading_marker else {
+            return load();
+        };
+        if let Err(e) = std::fs::write(marker, path.as_os_str().as_encoded_bytes()) {
+            tracing::warn!(marker = %marker.display(), error = %e, "could not write the loading marker");
+        }
+        let out = load();
+        if let Err(e) = std::fs::remove_file(marker) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(marker = %marker.display(), error = %e, "could not remove the loading marker");
+            }
+        }
+        out
     }
 }
 
@@ -196,13 +216,20 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker thread in `initial` state.
-    pub fn spawn(initial: ModelState, on_state: StateSink) -> (Worker, JoinHandle<()>) {
+    /// `loading_marker`: a file that names the model while its load runs (see
+    /// [`crate::AppPaths::interrupted_load`]).
+    pub fn spawn(
+        initial: ModelState,
+        on_state: StateSink,
+        loading_marker: Option<PathBuf>,
+    ) -> (Worker, JoinHandle<()>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(initial),
             status: Mutex::new(EngineStatus::default()),
             load_seq: AtomicU64::new(0),
             queue: Mutex::new(FairQueue::default()),
             on_state,
+            loading_marker,
         });
         let (tx, rx) = channel();
         let thread_shared = shared.clone();
@@ -244,6 +271,13 @@ impl Worker {
             started_at: now_ms(),
         });
         self.send(Request::Connect(endpoint, seq))
+    }
+
+    /// Puts the worker in the `Failed` state for `path` without loading it (a load that ended
+    /// the app last time); a retry loads it.
+    pub fn fail(&self, path: PathBuf, error: String) {
+        self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
+        self.shared.set_state(ModelState::Failed { path, error });
     }
 
     /// Drops the model; the state becomes `NoModel` with `why` / `how_to_get_one`.
@@ -335,7 +369,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                     continue; // a newer load or unload superseded this one
                 }
                 backend = None; // free the old model before mapping the new one
-                let loaded = load(&req);
+                let loaded = shared.while_marked(&req.path, || load(&req));
                 if seq != shared.load_seq.load(Ordering::SeqCst) {
                     continue;
                 }

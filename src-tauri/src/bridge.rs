@@ -16,19 +16,33 @@ use tower::ServiceExt;
 use crate::shell::TauriShell;
 use crate::{windows, Args};
 
-/// Opens the chat core with the paths from `args` (or the OS defaults), starts loading the model,
-/// and builds the server over it.
-pub fn start(handle: &AppHandle, args: &Args) -> anyhow::Result<Server> {
+/// The app's folders: from `args`, else the OS defaults.
+pub fn paths(args: &Args) -> chat::Result<AppPaths> {
     let defaults = AppPaths::for_user()?;
     let data_dir = args.data_dir.clone().unwrap_or(defaults.data_dir);
-    let paths = AppPaths {
+    Ok(AppPaths {
         models_dir: args
             .models_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("models")),
         config_dir: args.config_dir.clone().unwrap_or(defaults.config_dir),
         data_dir,
-    };
+    })
+}
+
+/// How to treat the chat database at start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// Open the one there.
+    Existing,
+    /// Move the one there aside (the user chose to, after it could not be used) and start anew.
+    Fresh,
+}
+
+/// Opens the chat core with the paths from `args` (or the OS defaults), starts loading the model,
+/// and builds the server over it.
+pub fn start(handle: &AppHandle, args: &Args, database: Database) -> chat::Result<Server> {
+    let paths = paths(args)?;
     let hub = Hub::new();
     let emitter = handle.clone();
     hub.listen(move |event| forward(&emitter, event));
@@ -48,7 +62,10 @@ pub fn start(handle: &AppHandle, args: &Args) -> anyhow::Result<Server> {
         }
         pages(event)
     });
-    let app = ChatApp::open(paths, sink)?;
+    let app = match database {
+        Database::Existing => ChatApp::open(paths, sink)?,
+        Database::Fresh => ChatApp::open_fresh(paths, sink, Default::default())?,
+    };
     for notice in app.notices() {
         tracing::warn!("{notice}");
     }

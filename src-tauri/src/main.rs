@@ -12,6 +12,7 @@
 
 mod bridge;
 mod shell;
+mod startup;
 mod windows;
 
 use std::path::PathBuf;
@@ -59,7 +60,17 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let context = tauri::generate_context!();
+    let instance = startup::instance_id(&context.config().identifier, &args);
     tauri::Builder::default()
+        // First: a second launch on the same data folder hands over its arguments and exits before
+        // it opens anything (a second model load, the first's answers marked interrupted).
+        .plugin(
+            tauri_plugin_single_instance::Builder::new()
+                .dbus_id(instance)
+                .callback(startup::second_launch)
+                .build(),
+        )
         .plugin(tauri_plugin_global_shortcut::Builder::new().build())
         .plugin(tauri_plugin_dialog::init())
         .register_asynchronous_uri_scheme_protocol("app", move |ctx, request, responder| {
@@ -69,15 +80,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             });
         })
         .setup(move |app| {
-            let handle = app.handle().clone();
-            let server = bridge::start(&handle, &args)?;
-            bridge::apply_shortcut(&handle, &server);
-            app.manage(server.router());
-            app.manage(server);
-            windows::open_main(&handle);
-            if let Err(e) = windows::build_tray(&handle) {
-                tracing::warn!(error = %e, "no tray icon (is a StatusNotifier host running?)");
-            }
+            startup::start(app.handle(), args.clone());
             Ok(())
         })
         .on_window_event(|window, event| {
@@ -97,6 +100,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         })
-        .run(tauri::generate_context!())?;
+        .build(context)?
+        .run(|app, event| {
+            if let tauri::RunEvent::Exit = event {
+                startup::on_exit(app);
+            }
+        });
     Ok(())
 }

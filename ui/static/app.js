@@ -147,6 +147,8 @@
       document.getElementById("palette").hidden = true;
       area.focus();
     }
+    const dismiss = e.target.closest("[data-dismiss]");
+    if (dismiss) dismiss.closest(".notice")?.remove();
     const copy = e.target.closest("[data-copy-from]");
     if (copy) {
       const src = document.getElementById(copy.dataset.copyFrom);

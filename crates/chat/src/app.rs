@@ -91,7 +91,30 @@ impl ChatApp {
 
     /// [`ChatApp::open`] with settings for this run only; invalid ones are refused.
     pub fn open_with(paths: AppPaths, sink: EventSink, overrides: RunOverrides) -> Result<ChatApp> {
-        let mut notices = Vec::new();
+        Self::open_noting(paths, sink, overrides, Vec::new())
+    }
+
+    /// [`ChatApp::open_with`] on a new chat database: the one there, which could not be used
+    /// ([`ChatError::unusable_database`]), is moved aside first, and a notice says where to.
+    pub fn open_fresh(
+        paths: AppPaths,
+        sink: EventSink,
+        overrides: RunOverrides,
+    ) -> Result<ChatApp> {
+        let kept = paths.move_database_aside()?;
+        let notice = format!(
+            "The chat database could not be used, so a new one was started. The old one is kept as {}.",
+            kept.display()
+        );
+        Self::open_noting(paths, sink, overrides, vec![notice])
+    }
+
+    fn open_noting(
+        paths: AppPaths,
+        sink: EventSink,
+        overrides: RunOverrides,
+        mut notices: Vec<String>,
+    ) -> Result<ChatApp> {
         let settings_path = paths.settings_file();
         let settings = Settings::load(&settings_path).unwrap_or_else(|e| {
             let kept = settings_path.with_extension("json.invalid");

@@ -29,13 +29,24 @@ fn a_damaged_database_names_its_file_and_can_be_moved_aside() {
     assert_eq!(err.unusable_database(), Some(paths.database().as_path()), "{err}");
     assert!(err.to_string().contains("chats.sqlite3"), "{err}");
 
-    let kept = paths.move_database_aside().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let app = ChatApp::open_fresh(paths.clone(), rec.sink(), Default::default())
+        .expect("a fresh database");
+    assert!(app.list_chats().unwrap().is_empty());
+    let kept = std::fs::read_dir(&paths.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("chats.sqlite3.broken-") && !name.ends_with("-wal")
+        })
+        .expect("the old database is kept");
     assert_eq!(std::fs::read(&kept).unwrap(), garbage, "kept as it was");
     let mut wal = kept.clone().into_os_string();
     wal.push("-wal");
     assert_eq!(std::fs::read(wal).unwrap(), b"log", "with its log");
-    let (app, _rec) = open(dir.path()).expect("a fresh database");
-    assert!(app.list_chats().unwrap().is_empty());
+    let notice = app.notices().join("\n");
+    assert!(notice.contains(&kept.display().to_string()), "{notice}");
 }
 
 #[test]

@@ -117,7 +117,7 @@ impl Server {
                 trigger: Some("model-changed"),
                 ..StateEvent::toast(format!("Imported {}; loading it now.", p.display()), false)
             }),
-            Err(e) => self.toast(e, true),
+            Err(e) => self.toast(e.to_string(), true),
         }
     }
 

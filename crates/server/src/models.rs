@@ -13,6 +13,7 @@ use download::{Catalog, Config, Control, Downloader, Outcome, Progress, State};
 use serde_json::{json, Value};
 
 use crate::hub::{Hub, StateEvent};
+use crate::routes::RouteError;
 
 /// Where downloads come from and go to.
 pub struct Models {
@@ -49,12 +50,14 @@ impl Models {
     }
 
     /// Starts (or resumes) downloading catalog entry `id`; when it is installed, it becomes the model.
-    pub fn download(&self, chat: &ChatApp, hub: &Hub, id: &str) -> Result<(), String> {
-        let entry = self.catalog.get(id).map_err(|e| e.to_string())?.clone();
+    pub fn download(&self, chat: &ChatApp, hub: &Hub, id: &str) -> Result<(), RouteError> {
+        let entry = self.catalog.get(id)?.clone();
         let control = {
             let mut active = self.active.lock().unwrap();
             if let Some(a) = active.as_ref().filter(|a| a.running) {
-                return Err(format!("{} is already downloading", a.name));
+                return Err(RouteError::AlreadyDownloading {
+                    name: a.name.clone(),
+                });
             }
             let control = Control::new();
             *active = Some(Active {
@@ -134,13 +137,11 @@ impl Models {
 
     /// Validates `path` with the engine's checks (structure, metadata, tokenizer, template; not a
     /// second model in memory) and copies it into the models folder; it becomes the model.
-    pub fn import(&self, chat: &ChatApp, path: &Path) -> Result<PathBuf, String> {
+    pub fn import(&self, chat: &ChatApp, path: &Path) -> Result<PathBuf, RouteError> {
         let imported = download::import(&self.config, path, download::ImportMode::Copy, |p| {
             engine::validate(p, &engine::EngineOptions::default()).map(drop)
-        })
-        .map_err(|e| e.to_string())?;
-        chat.load_model(imported.path.clone())
-            .map_err(|e| e.to_string())?;
+        })?;
+        chat.load_model(imported.path.clone())?;
         Ok(imported.path)
     }
 
@@ -199,8 +200,8 @@ impl Models {
         }
     }
 
-    pub fn delete(&self, name: &str) -> Result<(), String> {
-        download::delete_model(&self.config.models_dir, name).map_err(|e| e.to_string())
+    pub fn delete(&self, name: &str) -> Result<(), RouteError> {
+        Ok(download::delete_model(&self.config.models_dir, name)?)
     }
 }
 

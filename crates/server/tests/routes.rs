@@ -330,3 +330,39 @@ async fn links_in_answers_open_in_the_system_browser_and_only_web_or_mail_links(
     let (_, html) = f.htmx("POST", "/open-link", "url=https%3A%2F%2Fexample.com").await;
     assert!(html.contains("a browser opens links itself"), "{html}");
 }
+
+#[tokio::test]
+async fn a_settings_file_moved_aside_is_announced_in_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = chat::AppPaths {
+        data_dir: dir.path().join("data"),
+        config_dir: dir.path().join("config"),
+        models_dir: dir.path().join("models"),
+    };
+    std::fs::create_dir_all(&paths.config_dir).unwrap();
+    std::fs::write(paths.settings_file(), "{not json").unwrap();
+    let hub = server::Hub::new();
+    let app = chat::ChatApp::open(paths, hub.sink()).unwrap();
+    let s = server::Server::new(app, hub, server::Downloads::default());
+    let resp = tower::ServiceExt::oneshot(s.router(), Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let html = unescape(&text(resp).await);
+    assert!(
+        html.contains("id=\"notices\"") && html.contains("settings.json.invalid"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn download_errors_stay_download_errors() {
+    let f = fixture();
+    let (status, html) = f.htmx("POST", "/models/download/no-such-model", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(html.contains("no model \"no-such-model\" in the catalog"), "{html}");
+    let (status, html) = f
+        .htmx("POST", "/models/import", "path=%2Fnowhere%2Fmodel.gguf")
+        .await;
+    assert_eq!(status, StatusCode::OK, "a refusal is shown as a toast: {html}");
+    assert!(html.contains("/nowhere/model.gguf"), "{html}");
+}

@@ -281,7 +281,10 @@ fn chat_list_views(s: &Server) -> Result<Vec<ChatView>> {
 
 fn main_page(s: &Server, open: Option<ChatId>) -> Result<Reply> {
     let chats = chat_list_views(s)?;
-    let mut ctx = with(base_ctx(s), json!({ "chats": chats }));
+    // What the user should know about this start (a settings file or chat database moved aside,
+    // answers recovered, a model not loaded again): shown on the page, not only in the log.
+    let notices = s.chat().notices();
+    let mut ctx = with(base_ctx(s), json!({ "chats": chats, "notices": notices }));
     if let Some(cid) = open {
         ctx = with(ctx, chat_ctx(s, cid)?);
     }

@@ -21,6 +21,12 @@ use crate::{sse, Server};
 pub enum RouteError {
     #[error("{0}")]
     Chat(#[from] chat::ChatError),
+    /// Getting a model failed: the downloader's own error, so the page says what happened (a
+    /// network failure, a full disk) and not that the request was bad.
+    #[error("{0}")]
+    Download(#[from] download::Error),
+    #[error("{name} is already downloading: pause or cancel it first")]
+    AlreadyDownloading { name: String },
     #[error("not found: {0}")]
     NotFound(String),
     #[error("{0}")]
@@ -37,6 +43,7 @@ impl RouteError {
             RouteError::Chat(
                 chat::ChatError::NoSuchChat(_) | chat::ChatError::NoSuchMessage(_),
             )
+            | RouteError::Download(download::Error::UnknownCatalogId { .. })
             | RouteError::NotFound(_) => StatusCode::NOT_FOUND,
             RouteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,

@@ -67,9 +67,7 @@ async fn onboarding(State(s): State<Server>) -> Response {
 
 async fn download(State(s): State<Server>, UrlPath(entry): UrlPath<String>) -> Response {
     run(s, move |s| {
-        s.models()
-            .download(s.chat(), s.hub(), &entry)
-            .map_err(RouteError::BadRequest)?;
+        s.models().download(s.chat(), s.hub(), &entry)?;
         Ok(Reply::empty())
     })
     .await
@@ -132,9 +130,7 @@ async fn use_model(State(s): State<Server>, Form(f): Fields) -> Response {
 
 async fn delete(State(s): State<Server>, Form(f): Fields) -> Response {
     run(s, move |s| {
-        s.models()
-            .delete(field(&f, "name"))
-            .map_err(RouteError::BadRequest)?;
+        s.models().delete(field(&f, "name"))?;
         Ok(Reply::html(
             s.views().render("model_manager.html", manager_ctx(s)),
         ))
@@ -143,10 +139,7 @@ async fn delete(State(s): State<Server>, Form(f): Fields) -> Response {
 }
 
 fn import_file(s: &Server, path: &Path) -> Result<Reply> {
-    let installed = s
-        .models()
-        .import(s.chat(), path)
-        .map_err(RouteError::BadRequest)?;
+    let installed = s.models().import(s.chat(), path)?;
     tracing::info!(path = %installed.display(), "model imported");
     Ok(Reply::empty().trigger("model-changed"))
 }

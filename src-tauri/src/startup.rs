@@ -1,0 +1,161 @@
+//! Starting and stopping the app: the chat core and server come up in Tauri's setup; a chat database
+//! the app cannot use is explained in a native dialog that offers a fresh start or quitting (it used
+//! to panic in setup with nothing shown); a second launch hands its arguments to the first
+//! ([`second_launch`]); quitting shuts the chat core down ([`on_exit`]).
+
+use std::path::Path;
+
+use clap::Parser;
+use server::Server;
+use tauri::{AppHandle, Manager};
+use tauri_plugin_dialog::{DialogExt, MessageDialogButtons, MessageDialogKind};
+
+use crate::bridge::{self, Database};
+use crate::{windows, Args};
+
+pub const FRESH_START: &str = "Back up and start fresh";
+pub const QUIT: &str = "Quit";
+
+/// Brings the app up. When the chat database cannot be used, a dialog asks what to do; any other
+/// failure is shown in a dialog before the app quits (a panic in setup showed nothing).
+pub fn start(handle: &AppHandle, args: Args) {
+    match bridge::start(handle, &args, Database::Existing) {
+        Ok(server) => serve(handle, server),
+        Err(e) => match e.unusable_database() {
+            Some(path) => {
+                tracing::error!(error = %e, "the chat database cannot be used");
+                ask_about_database(handle.clone(), args, database_problem(path, &e.to_string()));
+            }
+            None => cannot_start(handle, &e),
+        },
+    }
+}
+
+fn cannot_start(handle: &AppHandle, e: &chat::ChatError) {
+    tracing::error!(error = %e, "the app cannot start");
+    let quit = handle.clone();
+    handle
+        .dialog()
+        .message(format!("The app cannot start:\n\n{e}"))
+        .title("NotSo-SmolLM3 Bot cannot start")
+        .kind(MessageDialogKind::Error)
+        .buttons(MessageDialogButtons::OkCustom(QUIT.into()))
+        .show(move |_| quit.exit(1));
+}
+
+/// The dialog's text: what happened, where the file is, what each button does.
+pub fn database_problem(path: &Path, error: &str) -> String {
+    format!(
+        "The chat database cannot be used:\n\n{error}\n\nThe file is {}.\n\n\
+         “{FRESH_START}” keeps that file (renamed, next to it) and starts with no chats; \
+         “{QUIT}” leaves everything as it is.",
+        path.display()
+    )
+}
+
+/// The native dialog runs on the main thread once setup has returned; its answer arrives on another.
+fn ask_about_database(handle: AppHandle, args: Args, text: String) {
+    let dialog = handle
+        .dialog()
+        .message(text)
+        .title("NotSo-SmolLM3 Bot cannot open its chats")
+        .kind(MessageDialogKind::Error)
+        .buttons(MessageDialogButtons::OkCancelCustom(
+            FRESH_START.into(),
+            QUIT.into(),
+        ));
+    dialog.show(move |fresh| {
+        if !fresh {
+            handle.exit(0);
+            return;
+        }
+        match bridge::start(&handle, &args, Database::Fresh) {
+            Ok(server) => serve(&handle, server),
+            Err(e) => cannot_start(&handle, &e),
+        }
+    });
+}
+
+/// The server answers the windows from now on: the pages, the shortcut, the tray.
+fn serve(handle: &AppHandle, server: Server) {
+    for notice in server.chat().notices() {
+        tracing::warn!("{notice}");
+    }
+    bridge::apply_shortcut(handle, &server);
+    handle.manage(server.router());
+    handle.manage(server);
+    windows::open_main(handle);
+    if let Err(e) = windows::build_tray(handle) {
+        tracing::warn!(error = %e, "no tray icon (is a StatusNotifier host running?)");
+    }
+}
+
+/// Another launch of the app (same data folder) handed over its command line: show the main window,
+/// and load the model it names. Runs in the first instance.
+pub fn second_launch(handle: &AppHandle, argv: Vec<String>, cwd: String) {
+    windows::open_main(handle);
+    let args = match Args::try_parse_from(&argv) {
+        Ok(args) => args,
+        Err(e) => {
+            tracing::warn!(error = %e, ?argv, "a second launch's arguments do not parse");
+            return;
+        }
+    };
+    let (Some(model), Some(server)) = (args.model, handle.try_state::<Server>()) else {
+        return;
+    };
+    let model = Path::new(&cwd).join(model);
+    match server.chat().load_model(model.clone()) {
+        Ok(()) => server.toast(format!("Loading {} (from a second launch)", model.display()), false),
+        Err(e) => server.toast(format!("Could not load {}: {e}", model.display()), true),
+    }
+}
+
+/// The D-Bus name (Linux) that makes launches on one data folder one app: another data folder (a
+/// test, a second profile) is another app.
+pub fn instance_id(identifier: &str, args: &Args) -> String {
+    let folder = bridge::paths(args)
+        .map(|p| p.data_dir.display().to_string())
+        .unwrap_or_default();
+    // FNV-1a: stable across builds and platforms, and D-Bus names allow only [A-Za-z0-9_-].
+    let hash = folder
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{identifier}.i{hash:016x}")
+}
+
+/// The app is quitting (Quit in the tray, the last window closed): the chat core stops its answers
+/// (kept as interrupted) and its threads, so nothing relies on crash recovery.
+pub fn on_exit(handle: &AppHandle) {
+    if let Some(server) = handle.try_state::<Server>() {
+        server.chat().shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_dialog_says_what_happened_where_and_what_each_choice_does() {
+        let text = database_problem(
+            Path::new("/home/u/.local/share/notso-smollm3/chats.sqlite3"),
+            "file is not a database",
+        );
+        assert!(text.contains("file is not a database"), "{text}");
+        assert!(text.contains("/home/u/.local/share/notso-smollm3/chats.sqlite3"), "{text}");
+        assert!(text.contains(FRESH_START) && text.contains(QUIT), "{text}");
+    }
+
+    #[test]
+    fn one_data_folder_is_one_instance() {
+        let args = |dir: &str| Args::parse_from(["app", "--data-dir", dir]);
+        let id = |dir| instance_id("org.example.app", &args(dir));
+        assert_eq!(id("/a"), id("/a"));
+        assert_ne!(id("/a"), id("/b"));
+        assert!(id("/a").starts_with("org.example.app."));
+        assert!(id("/a")
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_'));
+    }
+}

@@ -67,4 +67,4 @@ pub use settings::{Apply, ModelSource, Settings, SettingsDiff};
 pub use stats::{Finish, MessageStats};
 pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
 pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};
-pub use worker::{EngineStatus, GenerationJob, JobEvent, ModelState, Prompt};
+pub use worker::{EngineStatus, GenerationJob, JobError, JobEvent, ModelState, Prompt};

@@ -120,8 +120,9 @@ impl ChatApp {
                 JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
                 JobEvent::Token(text) => delta(chat_id, answer_id, false, text),
                 JobEvent::Finished(stats) => finish(chat_id, answer_id, End::Finished(stats)),
+                // The stored message keeps the text: this is the chat's edge.
                 JobEvent::Refused(error) | JobEvent::Failed(error) => {
-                    finish(chat_id, answer_id, End::Failed(error))
+                    finish(chat_id, answer_id, End::Failed(error.to_string()))
                 }
             };
             let _ = tx.send(input);

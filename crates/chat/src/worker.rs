@@ -128,9 +128,39 @@ pub enum JobEvent {
     Finished(MessageStats),
     /// The request cannot be answered as asked (a prompt longer than the context, messages the
     /// template rejects); nothing was generated.
-    Refused(String),
+    Refused(JobError),
     /// The engine failed.
-    Failed(String),
+    Failed(JobError),
+}
+
+/// Why a job produced no answer. Typed until it is shown: the API picks its status from it, a
+/// chat stores its text.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum JobError {
+    /// The engine refused or failed (a template that rejects the messages, NaN logits, ...).
+    #[error(transparent)]
+    Engine(Arc<engine::EngineError>),
+    /// The prompt leaves no room for an answer.
+    #[error("the prompt has {prompt_tokens} tokens but the context holds {context_len} (with room for the answer)")]
+    PromptTooLong {
+        prompt_tokens: usize,
+        context_len: usize,
+    },
+    /// No model to run it on; the text is the model's state.
+    #[error("{0}")]
+    NoModel(String),
+    /// The remote endpoint refused or failed.
+    #[error(transparent)]
+    Remote(Arc<ChatError>),
+    /// The engine panicked; the text is the panic's.
+    #[error("the engine crashed: {0}")]
+    Crashed(String),
+}
+
+impl From<engine::EngineError> for JobError {
+    fn from(e: engine::EngineError) -> Self {
+        JobError::Engine(Arc::new(e))
+    }
 }
 
 /// What to answer.
@@ -412,15 +442,12 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                     continue;
                 };
                 let outcome = match backend.as_mut() {
-                    None => Err(Failure::Failed(shared.state.lock().unwrap().describe())),
+                    None => Err(Failure::Failed(JobError::NoModel(
+                        shared.state.lock().unwrap().describe(),
+                    ))),
                     Some(Backend::Local(e)) => {
                         catch_unwind(AssertUnwindSafe(|| generate(e, &mut job))).unwrap_or_else(
-                            |panic| {
-                                Err(Failure::Failed(format!(
-                                    "the engine crashed: {}",
-                                    panic_text(panic)
-                                )))
-                            },
+                            |panic| Err(Failure::Failed(JobError::Crashed(panic_text(panic)))),
                         )
                     }
                     Some(Backend::Remote(r)) => generate_remote(r, &mut job),
@@ -526,15 +553,15 @@ fn generate_remote(remote: &RemoteModel, job: &mut GenerationJob) -> Result<Mess
     remote
         .generate(&job.prompt, &job.params, &job.cancelled, &mut job.sink)
         .map_err(|e| match e {
-            ChatError::EndpointRejected { .. } => Failure::Refused(e.to_string()),
-            e => Failure::Failed(e.to_string()),
+            ChatError::EndpointRejected { .. } => Failure::Refused(JobError::Remote(Arc::new(e))),
+            e => Failure::Failed(JobError::Remote(Arc::new(e))),
         })
 }
 
 /// Why a job produced no complete answer.
 enum Failure {
-    Refused(String),
-    Failed(String),
+    Refused(JobError),
+    Failed(JobError),
 }
 
 fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats, Failure> {
@@ -550,7 +577,7 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
     }
     let p = &job.params;
     let reserve = p.max_tokens().min(engine.context_len() / 4).max(1);
-    let refused = |e: engine::EngineError| Failure::Refused(e.to_string());
+    let refused = |e: engine::EngineError| Failure::Refused(e.into());
     let (prompt, open) = match &mut job.prompt {
         Prompt::Chat {
             messages,
@@ -561,11 +588,10 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
     };
     // At least one token of answer must fit (the desktop's chats have dropped turns for more).
     if prompt.len() >= engine.context_len() {
-        return Err(Failure::Refused(format!(
-            "the prompt has {} tokens but the context holds {} (with room for the answer)",
-            prompt.len(),
-            engine.context_len()
-        )));
+        return Err(Failure::Refused(JobError::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            context_len: engine.context_len(),
+        }));
     }
     let params = GenerationParams {
         max_tokens: p.max_tokens(),
@@ -586,7 +612,7 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
                 GenerationEvent::Done(_) => {}
             },
         )
-        .map_err(|e| Failure::Failed(e.to_string()))?;
+        .map_err(|e| Failure::Failed(e.into()))?;
     let t = &out.timings;
     Ok(MessageStats {
         finish: Some(out.finish_reason.into()),

@@ -349,7 +349,10 @@ fn a_job_outside_any_chat_is_answered_and_stores_nothing_and_a_prompt_too_long_i
     let (job, rx) = api_job(chat::Prompt::Text("hello ".repeat(20_000)), 8);
     app.submit(job).unwrap();
     match until_end(&rx).last().unwrap() {
-        chat::JobEvent::Refused(why) => assert!(why.contains("context"), "{why}"),
+        // Typed until shown: the API tells a prompt that does not fit from an engine failure.
+        chat::JobEvent::Refused(why @ chat::JobError::PromptTooLong { .. }) => {
+            assert!(why.to_string().contains("context"), "{why}")
+        }
         other => panic!("{other:?}"),
     }
 }

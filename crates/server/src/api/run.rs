@@ -90,8 +90,8 @@ impl Running {
                         stats,
                     })
                 }
-                Some(JobEvent::Refused(why)) => return Err(self.refusal(why)),
-                Some(JobEvent::Failed(why)) => return Err(ApiError::internal(why)),
+                Some(JobEvent::Refused(why)) => return Err(self.refusal(why.to_string())),
+                Some(JobEvent::Failed(why)) => return Err(ApiError::internal(why.to_string())),
                 None => return Err(ApiError::internal("the engine worker stopped")),
             }
         }
@@ -176,11 +176,11 @@ impl<C: Chunks> Feed<C> {
                     }
                     Some(JobEvent::Refused(why)) => {
                         self.step = Step::Done;
-                        data(&self.run.refusal(why).body())
+                        data(&self.run.refusal(why.to_string()).body())
                     }
                     Some(JobEvent::Failed(why)) => {
                         self.step = Step::Done;
-                        data(&ApiError::internal(why).body())
+                        data(&ApiError::internal(why.to_string()).body())
                     }
                     None => {
                         self.step = Step::Done;

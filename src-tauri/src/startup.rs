@@ -106,7 +106,10 @@ pub fn second_launch(handle: &AppHandle, argv: Vec<String>, cwd: String) {
     };
     let model = Path::new(&cwd).join(model);
     match server.chat().load_model(model.clone()) {
-        Ok(()) => server.toast(format!("Loading {} (from a second launch)", model.display()), false),
+        Ok(()) => server.toast(
+            format!("Loading {} (from a second launch)", model.display()),
+            false,
+        ),
         Err(e) => server.toast(format!("Could not load {}: {e}", model.display()), true),
     }
 }
@@ -118,9 +121,9 @@ pub fn instance_id(identifier: &str, args: &Args) -> String {
         .map(|p| p.data_dir.display().to_string())
         .unwrap_or_default();
     // FNV-1a: stable across builds and platforms, and D-Bus names allow only [A-Za-z0-9_-].
-    let hash = folder
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = folder.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!("{identifier}.i{hash:016x}")
 }
 
@@ -143,7 +146,10 @@ mod tests {
             "file is not a database",
         );
         assert!(text.contains("file is not a database"), "{text}");
-        assert!(text.contains("/home/u/.local/share/notso-smollm3/chats.sqlite3"), "{text}");
+        assert!(
+            text.contains("/home/u/.local/share/notso-smollm3/chats.sqlite3"),
+            "{text}"
+        );
         assert!(text.contains(FRESH_START) && text.contains(QUIT), "{text}");
     }
 

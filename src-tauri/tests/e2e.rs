@@ -387,7 +387,10 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         (!id.is_empty() && id != first_id && last_answer_done(&s)).then_some(())
     });
     let regenerated = last_answer(&s);
-    assert!(!regenerated.trim().is_empty(), "the regenerated answer is shown");
+    assert!(
+        !regenerated.trim().is_empty(),
+        "the regenerated answer is shown"
+    );
     save_screenshot(&s, "regenerated.png");
     s.quit().unwrap();
 

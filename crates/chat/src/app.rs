@@ -153,7 +153,8 @@ impl ChatApp {
             why: "no model has been chosen yet.".into(),
             how_to_get_one: how_to_get_a_model(&paths.models_dir),
         };
-        let (worker, worker_thread) = Worker::spawn(initial, on_state, Some(paths.loading_marker()));
+        let (worker, worker_thread) =
+            Worker::spawn(initial, on_state, Some(paths.loading_marker()));
         // The app ended while loading this model last time (it may have aborted the process):
         // loading it again by itself could end every start the same way. Unless this run names
         // a model, wait for the user to retry or choose another.

@@ -109,45 +109,59 @@ fn split_snippet(marked: &str) -> Vec<SnippetPart> {
     parts
 }
 
-/// Every matching message, best first (FTS5's bm25 rank), each with its rank among its chat's.
-const MATCHES: &str = "SELECT m.id, m.chat_id, c.title, m.role, m.created_at,
-        snippet(messages_fts, 0, ?2, ?3, '…', 16) AS snippet, rank,
-        row_number() OVER (PARTITION BY m.chat_id ORDER BY rank) AS in_chat
-    FROM messages_fts
-    JOIN messages m ON m.id = messages_fts.rowid
-    JOIN chats c ON c.id = m.chat_id
-    WHERE messages_fts MATCH ?1";
-
 impl Store {
     /// Messages of every chat matching `query`, best first (FTS5's bm25 rank).
     pub fn search(&self, query: &str) -> Result<Vec<SearchHit>> {
-        self.matches(query, false)
+        self.hits(&fts_query(query)?, None)
     }
 
     /// One hit per chat, its best-matching message, best chats first: the sidebar lists
     /// chats, and a chat listed once per message repeated its element ids.
     pub fn search_chats(&self, query: &str) -> Result<Vec<SearchHit>> {
-        self.matches(query, true)
+        let fts = fts_query(query)?;
+        // Ranks first, then snippets of the chosen messages: SQLite refuses `snippet()` under a
+        // window function or in a subquery, and a snippet per match would be wasted work.
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT m.id, m.chat_id FROM messages_fts
+             JOIN messages m ON m.id = messages_fts.rowid
+             WHERE messages_fts MATCH ?1
+             ORDER BY rank",
+        )?;
+        let mut rows = stmt.query(params![fts])?;
+        let mut chats = std::collections::HashSet::new();
+        let mut best: Vec<MessageId> = Vec::new();
+        while let Some(row) = rows.next()? {
+            if chats.insert(row.get::<_, ChatId>(1)?) {
+                best.push(row.get(0)?);
+                if best.len() == MAX_HITS {
+                    break;
+                }
+            }
+        }
+        self.hits(&fts, Some(&best))
     }
 
-    fn matches(&self, query: &str, best_per_chat: bool) -> Result<Vec<SearchHit>> {
-        let fts = fts_query(query)?;
-        let filter = match best_per_chat {
-            true => "WHERE in_chat = 1",
-            false => "",
-        };
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT id, chat_id, title, role, created_at, snippet
-             FROM ({MATCHES}) {filter}
+    /// The matches of `fts` (only the messages `only`, when given), best first.
+    fn hits(&self, fts: &str, only: Option<&[MessageId]>) -> Result<Vec<SearchHit>> {
+        let only = only.map(|ids| serde_json::to_string(ids).expect("ids serialize"));
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT m.id, m.chat_id, c.title, m.role, m.created_at,
+                    snippet(messages_fts, 0, ?2, ?3, '…', 16)
+             FROM messages_fts
+             JOIN messages m ON m.id = messages_fts.rowid
+             JOIN chats c ON c.id = m.chat_id
+             WHERE messages_fts MATCH ?1
+               AND (?5 IS NULL OR m.id IN (SELECT value FROM json_each(?5)))
              ORDER BY rank
-             LIMIT ?4"
-        ))?;
+             LIMIT ?4",
+        )?;
         let rows = stmt.query_map(
             params![
                 fts,
                 HIT_START.to_string(),
                 HIT_END.to_string(),
-                MAX_HITS as i64
+                MAX_HITS as i64,
+                only
             ],
             |row| {
                 let role: String = row.get(3)?;

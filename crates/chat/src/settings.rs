@@ -351,10 +351,7 @@ mod tests {
         assert_eq!(s.max_tokens, Settings::default().max_tokens);
         std::fs::write(&path, r#"{"top_p": 2.0}"#).unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("top_p") && err.contains("(0, 1]"),
-            "{err}"
-        );
+        assert!(err.contains("top_p") && err.contains("(0, 1]"), "{err}");
         std::fs::write(&path, "{not json").unwrap();
         assert!(matches!(
             Settings::load(&path),

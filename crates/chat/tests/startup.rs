@@ -24,11 +24,18 @@ fn a_damaged_database_names_its_file_and_can_be_moved_aside() {
     std::fs::create_dir_all(&paths.data_dir).unwrap();
     let garbage = b"this is not a SQLite database, just bytes that happen to be here".repeat(100);
     std::fs::write(paths.database(), &garbage).unwrap();
-    std::fs::write(paths.data_dir.join("chats.sqlite3-wal"), b"log").unwrap();
-    let err = open(dir.path()).err().expect("a damaged database is refused");
-    assert_eq!(err.unusable_database(), Some(paths.database().as_path()), "{err}");
+    let err = open(dir.path())
+        .err()
+        .expect("a damaged database is refused");
+    assert_eq!(
+        err.unusable_database(),
+        Some(paths.database().as_path()),
+        "{err}"
+    );
     assert!(err.to_string().contains("chats.sqlite3"), "{err}");
 
+    // A log beside it moves with it (SQLite may have removed an unusable one while trying).
+    std::fs::write(paths.data_dir.join("chats.sqlite3-wal"), b"log").unwrap();
     let rec = Arc::new(Recorder::default());
     let app = ChatApp::open_fresh(paths.clone(), rec.sink(), Default::default())
         .expect("a fresh database");
@@ -85,7 +92,11 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let paths = paths(dir.path());
     let fifo = dir.path().join("model.gguf");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     Settings {
         model_path: Some(fifo.clone()),
         ..Settings::default()
@@ -101,7 +112,12 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
         }
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_app_loading_forever", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "child_app_loading_forever",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -117,7 +133,10 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
     assert!(opened.contains("Loading"), "{opened}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !paths.loading_marker().exists() {
-        assert!(Instant::now() < deadline, "no loading marker while the model loads");
+        assert!(
+            Instant::now() < deadline,
+            "no loading marker while the model loads"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(child); // SIGKILL, mid-load
@@ -135,7 +154,9 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
     assert_eq!(path, fifo);
     assert!(error.contains("closed while loading"), "{error}");
     assert!(
-        app.notices().iter().any(|n| n.contains("closed while loading")),
+        app.notices()
+            .iter()
+            .any(|n| n.contains("closed while loading")),
         "{:?}",
         app.notices()
     );
@@ -153,7 +174,10 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
     let app = ChatApp::open_with(paths.clone(), rec.sink(), overrides).unwrap();
     let state = rec.wait_model(Duration::from_secs(30));
     assert!(matches!(state, ModelState::Failed { .. }), "{state:?}");
-    assert!(!paths.loading_marker().exists(), "the load ended: no marker");
+    assert!(
+        !paths.loading_marker().exists(),
+        "the load ended: no marker"
+    );
     drop(app);
     let (app, _rec) = open(dir.path()).unwrap();
     assert!(

@@ -163,7 +163,10 @@ async fn export_offers_a_save_dialog_only_in_the_app() {
         .await;
     assert!(html.contains("This chat as Markdown"), "{html}");
     let chat = f.server.chat().chat(cid).unwrap();
-    assert!(chat.messages.is_empty(), "an export is not stored in the chat");
+    assert!(
+        chat.messages.is_empty(),
+        "an export is not stored in the chat"
+    );
 }
 
 #[tokio::test]
@@ -228,11 +231,7 @@ async fn regenerate_refuses_a_message_of_another_chat() {
         .await;
     let mid = f.server.chat().chat(a).unwrap().messages[1].id;
     let (status, html) = f
-        .htmx(
-            "POST",
-            &format!("/chats/{b}/messages/{mid}/regenerate"),
-            "",
-        )
+        .htmx("POST", &format!("/chats/{b}/messages/{mid}/regenerate"), "")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
     assert_eq!(
@@ -295,14 +294,21 @@ async fn the_model_in_use_is_listed_even_from_outside_the_models_folder() {
     assert!(html.contains("No models in"), "{html}");
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(model.exists(), "{} is missing: run `make model`", model.display());
+    assert!(
+        model.exists(),
+        "{} is missing: run `make model`",
+        model.display()
+    );
     f.server.chat().load_model(model).unwrap();
     let (_, html) = f.htmx("GET", "/settings", "").await;
     assert!(
         !html.contains("No models in") && html.contains("SmolLM2-135M-Instruct.Q4_1.gguf"),
         "{html}"
     );
-    assert!(html.contains("in use") && html.contains("outside the models folder"), "{html}");
+    assert!(
+        html.contains("in use") && html.contains("outside the models folder"),
+        "{html}"
+    );
 }
 
 #[tokio::test]
@@ -313,21 +319,35 @@ async fn links_in_answers_open_in_the_system_browser_and_only_web_or_mail_links(
         let mut req = Request::post("/open-link")
             .header("hx-request", "true")
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(Body::from(format!("url={}", url.replace('&', "%26").replace(':', "%3A"))))
+            .body(Body::from(format!(
+                "url={}",
+                url.replace('&', "%26").replace(':', "%3A")
+            )))
             .unwrap();
         req.extensions_mut().insert(WithShell(shell.clone()));
         req
     };
     f.send(open("https://example.com/a?b=1&c=2")).await;
-    for bad in ["javascript:alert(1)", "file:///etc/passwd", "https://", "smb://host/x", "https://a b"] {
+    for bad in [
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "https://",
+        "smb://host/x",
+        "https://a b",
+    ] {
         let html = unescape(&text(f.send(open(bad)).await).await);
-        assert!(html.contains("only web (http, https) and mail links"), "{bad}: {html}");
+        assert!(
+            html.contains("only web (http, https) and mail links"),
+            "{bad}: {html}"
+        );
     }
     assert_eq!(
         *shell.calls.lock().unwrap(),
         ["open https://example.com/a?b=1&c=2"]
     );
-    let (_, html) = f.htmx("POST", "/open-link", "url=https%3A%2F%2Fexample.com").await;
+    let (_, html) = f
+        .htmx("POST", "/open-link", "url=https%3A%2F%2Fexample.com")
+        .await;
     assert!(html.contains("a browser opens links itself"), "{html}");
 }
 
@@ -344,9 +364,10 @@ async fn a_settings_file_moved_aside_is_announced_in_the_window() {
     let hub = server::Hub::new();
     let app = chat::ChatApp::open(paths, hub.sink()).unwrap();
     let s = server::Server::new(app, hub, server::Downloads::default());
-    let resp = tower::ServiceExt::oneshot(s.router(), Request::get("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let resp =
+        tower::ServiceExt::oneshot(s.router(), Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
     let html = unescape(&text(resp).await);
     assert!(
         html.contains("id=\"notices\"") && html.contains("settings.json.invalid"),
@@ -359,10 +380,17 @@ async fn download_errors_stay_download_errors() {
     let f = fixture();
     let (status, html) = f.htmx("POST", "/models/download/no-such-model", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
-    assert!(html.contains("no model \"no-such-model\" in the catalog"), "{html}");
+    assert!(
+        html.contains("no model \"no-such-model\" in the catalog"),
+        "{html}"
+    );
     let (status, html) = f
         .htmx("POST", "/models/import", "path=%2Fnowhere%2Fmodel.gguf")
         .await;
-    assert_eq!(status, StatusCode::OK, "a refusal is shown as a toast: {html}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a refusal is shown as a toast: {html}"
+    );
     assert!(html.contains("/nowhere/model.gguf"), "{html}");
 }

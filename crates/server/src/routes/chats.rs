@@ -46,7 +46,10 @@ fn checked_link(url: &str) -> Result<&str> {
     let scheme_ok = ["http://", "https://", "mailto:"]
         .iter()
         .any(|s| lower.starts_with(s) && lower.len() > s.len());
-    if !scheme_ok || url.len() > MAX_LINK_BYTES || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if !scheme_ok
+        || url.len() > MAX_LINK_BYTES
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(RouteError::BadRequest(format!(
             "only web (http, https) and mail links can be opened, not “{}”",
             url.chars().take(80).collect::<String>()
@@ -56,11 +59,17 @@ fn checked_link(url: &str) -> Result<&str> {
 }
 
 /// A link clicked in an answer (the desktop app): opened in the system browser, its address shown.
-async fn open_link(State(s): State<Server>, MaybeShell(shell): MaybeShell, Form(f): Fields) -> Response {
+async fn open_link(
+    State(s): State<Server>,
+    MaybeShell(shell): MaybeShell,
+    Form(f): Fields,
+) -> Response {
     run(s, move |s| {
         let url = checked_link(field(&f, "url"))?;
         let shell = shell.ok_or_else(|| {
-            RouteError::BadRequest("a browser opens links itself: this is for the desktop app".into())
+            RouteError::BadRequest(
+                "a browser opens links itself: this is for the desktop app".into(),
+            )
         })?;
         shell.open_url(url).map_err(RouteError::Internal)?;
         s.toast(format!("Opened {url} in your browser"), false);

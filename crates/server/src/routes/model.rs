@@ -151,7 +151,8 @@ pub(super) fn manager_ctx(s: &Server) -> serde_json::Value {
     let in_use = match s.chat().model_state() {
         chat::ModelState::Ready { info, .. } => Some(info.path.clone()),
         chat::ModelState::Loading { path, .. } => Some(path),
-        chat::ModelState::NoModel { .. } | chat::ModelState::Failed { .. } => None,
+        // A remote endpoint is no file to list; no model, or a failed one, is none in use.
+        _ => None,
     };
     let same = |a: &Path, b: &Path| {
         a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)

@@ -233,11 +233,16 @@ impl RemoteModel {
             }
             let chunk = match rx.recv_timeout(STOP_POLL) {
                 Ok(Line::Data(chunk)) => chunk,
-                Ok(Line::Failed(e)) => return Err(e),
+                Ok(Line::Failed(e)) => {
+                    // What was held back (a possible tag's start) is text the answer had.
+                    emit(text.finish(), sink, &mut first_at);
+                    return Err(e);
+                }
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+                emit(text.finish(), sink, &mut first_at);
                 return Err(self.status_error(500, Some(error_message(error))));
             }
             if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {

@@ -34,6 +34,8 @@ enum Reply {
     Events(Vec<Value>),
     /// Accepts and says nothing (a hung server).
     Silent,
+    /// Starts an answer, sends these events, then says nothing more.
+    Stall(Vec<Value>),
     /// One token every 20 ms until the client goes away; `gone` is set then.
     Endless(Arc<AtomicBool>),
 }
@@ -133,6 +135,17 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
                 return;
             }
             Reply::Silent => {
+                std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
+            Reply::Stall(chunks) => {
+                let head =
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+                out.write_all(head.as_bytes()).unwrap();
+                for c in chunks {
+                    out.write_all(format!("data: {c}\n\n").as_bytes()).unwrap();
+                }
+                out.flush().unwrap();
                 std::thread::sleep(Duration::from_secs(30));
                 return;
             }
@@ -308,6 +321,25 @@ fn a_silent_endpoint_times_out() {
         "{err:?}"
     );
     assert!(err.to_string().contains("sent nothing for 1 s"), "{err}");
+}
+
+#[test]
+fn a_server_that_stalls_mid_answer_times_out_keeping_the_text_so_far() {
+    let fake = Fake::start(|seen| match seen.path.as_str() {
+        "/v1/models" => models(&["smol"]),
+        // "<" could start a tag, so it waits for more text: a timeout must not lose it.
+        _ => Reply::Stall(vec![delta("The answer"), delta(" is <")]),
+    });
+    let mut e = fake.endpoint();
+    e.timeout_secs = 1;
+    let remote = RemoteModel::connect(&e).unwrap();
+    let (events, result) = answer(&remote, &chat_prompt(true), false);
+    assert_eq!(joined(&events).1, "The answer is <");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, ChatError::EndpointTimeout { secs: 1, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]

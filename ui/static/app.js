@@ -211,7 +211,7 @@
     setTimeout(() => t.remove(), 6000);
   }
   // Page-wide news reaches us over the page's transport (Tauri events in the app, SSE in a browser).
-  window.SmolStream.onAppState((p) => {
+  function applyNews(p) {
     if (p.toast) showToast(p.toast, p.kind);
     if (p.busy !== undefined) {
       document.querySelectorAll("form[data-composer-form]").forEach((f) => {
@@ -219,7 +219,15 @@
       });
     }
     if (p.trigger) htmx.trigger(document.body, p.trigger, p);
-  });
+  }
+  // News is applied to the page's elements: listen once htmx has processed them (its own
+  // DOMContentLoaded handler runs first, as htmx loads before this file). Listening earlier, the
+  // refresh sent when the stream opens could reach a page without <body> or htmx's listeners.
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", () => window.SmolStream.onAppState(applyNews));
+  } else {
+    window.SmolStream.onAppState(applyNews);
+  }
 
   window.SmolUI = { renderMarkdown, renderMarkdownInto, copyText, showToast };
 })();

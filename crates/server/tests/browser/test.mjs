@@ -93,20 +93,17 @@ async function open(path) {
   page.errors = [];
   page.on("pageerror", (e) => page.errors.push(String(e)));
   page.on("console", (m) => m.type() === "error" && page.errors.push(m.text()));
-  // The quick-chat page shows no model status, so it has nothing to refresh.
-  await settled(page, () => page.goto(url + path), path !== "/quick");
+  await settled(page, () => page.goto(url + path));
   return page;
 }
 
-/** Runs `load` and waits until the page has heard its news stream open (it then refreshes the
- *  model's status, when it shows it) and no htmx request is in flight, so a click does not abort
- *  one. */
-async function settled(page, load, showsModel = true) {
-  const opened = page.waitForRequest((r) => r.url().endsWith("/events"));
-  const resynced = showsModel && page.waitForResponse((r) => r.url().endsWith("/model/status"));
+/** Runs `load` and waits until the page's news stream is open (its response began: the server has
+ *  subscribed it) and no htmx request is in flight (the refresh sent on opening among them), so
+ *  a click does not abort one. */
+async function settled(page, load) {
+  const opened = page.waitForResponse((r) => r.url().endsWith("/events"));
   await load();
   await opened;
-  if (resynced) await resynced;
   await page.waitForFunction(() => !document.querySelector(".htmx-request"));
 }
 

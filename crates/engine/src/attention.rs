@@ -14,7 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::utils::barrier_pool;
+use crate::threads::pool;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
@@ -285,7 +285,7 @@ pub fn attention(q: &[f32], kv: KvLayer, s: AttnShape, out: &mut [f32]) {
         static SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::default();
     }
     // One work item per (query position, head): each writes its own head_dim slice of `out`.
-    barrier_pool().execute_chunked(t * n_head, |items| {
+    pool().execute_chunked(t * n_head, |items| {
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             for item in items {

@@ -157,7 +157,7 @@ pub fn swiglu_rows(gate: &mut [f32], up: &[f32], n: usize) {
         return;
     }
     let gate_ptr = gate.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(t, |rows| {
+    crate::threads::pool().execute_chunked(t, |rows| {
         let (a, b) = (rows.start * n, rows.end * n);
         // SAFETY: each chunk of rows touches only its own rows of `gate`.
         let g = unsafe { std::slice::from_raw_parts_mut((gate_ptr as *mut f32).add(a), b - a) };

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
+use crate::threads::pool;
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8_0, GgmlType,
 };
-use candle_core::utils::barrier_pool;
 use half::{bf16, f16};
 use memmap2::Mmap;
 
@@ -405,7 +405,7 @@ fn matmul<T: GgmlType>(m: usize, k: usize, lhs: &[f32], rhs: &[T], dst: &mut [f3
     // SAFETY (the raw writes below): each (row, column) of dst is written by exactly one item.
     let put = |r: usize, c: usize, v: f32| unsafe { *(dst_ptr as *mut f32).add(r * n + c) = v };
     let quads = n / 4;
-    barrier_pool().execute_chunked(quads + n % 4, |items| {
+    pool().execute_chunked(quads + n % 4, |items| {
         for item in items {
             if item < quads {
                 let c = item * 4;

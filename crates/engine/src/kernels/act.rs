@@ -115,7 +115,7 @@ impl QActs {
         self.resize(x.len() / k.max(1), k);
         let out = RowOut::new(self);
         if self.m >= 4 {
-            candle_core::utils::barrier_pool().execute_chunked(self.m, |rows| {
+            crate::threads::pool().execute_chunked(self.m, |rows| {
                 for r in rows {
                     // SAFETY: each row writes only its own part of the buffers.
                     unsafe { out.row_fast(r, &x[r * k..(r + 1) * k]) };

@@ -9,7 +9,7 @@
 //!   by the compiler).
 //! - [`repack`]: weights rearranged at load into 16-row tiles for the SIMD kernels.
 //! - [`matmul`]: several weight matrices against one [`QActs`], their columns spread over the
-//!   compute threads (Candle's barrier pool, which stays hot between calls).
+//!   compute threads ([`crate::threads::pool`]: hot between calls, yielding to other work).
 
 // SIMD code indexes arrays of registers by lane, row and column; index loops read best there.
 #![allow(clippy::needless_range_loop)]
@@ -270,7 +270,7 @@ pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QA
     if total <= 1 || m == 0 {
         run(0..total);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(total, run);
+        crate::threads::pool().execute_chunked(total, run);
     }
 }
 

@@ -102,7 +102,7 @@ impl Packed {
             let _ = (map, gs);
         };
         if groups >= 4 {
-            candle_core::utils::barrier_pool().execute_chunked(groups, |gs| {
+            crate::threads::pool().execute_chunked(groups, |gs| {
                 populate(&gs);
                 gs.for_each(pack_group)
             });

@@ -213,6 +213,10 @@ async fn the_settings_form_makes_an_endpoint_the_model_and_names_a_bad_url() {
     }
     let (_, html) = f.htmx("GET", "/settings", "").await;
     assert!(html.contains("value=\"endpoint\" checked"), "{html}");
+    assert!(
+        html.contains("placeholder=\"server's\""),
+        "an empty sampling field is the endpoint's default: {html}"
+    );
     let (_, bad) = f
         .htmx(
             "POST",

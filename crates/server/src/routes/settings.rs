@@ -41,7 +41,16 @@ async fn page(State(s): State<Server>) -> Response {
         let ctx = json!({
             "manager": manager_ctx(s),
             "s": settings_form(&settings),
-            "defaults": sampling_defaults(&s.chat().model_state()),
+            "defaults": match settings.model_source {
+                ModelSource::Local => sampling_defaults(&s.chat().model_state()),
+                // An empty field is not sent: the endpoint's server decides, not our families.
+                ModelSource::Endpoint => json!({
+                    "temperature": "server's",
+                    "top_p": "server's",
+                    "top_k": "server's",
+                    "repeat_penalty": "server's",
+                }),
+            },
             "devices": s.chat().devices().iter().map(|d| json!({
                 "id": d.device.name(),
                 "name": d.device.name().to_uppercase(),

@@ -482,8 +482,8 @@ fn load(req: &LoadRequest) -> Result<Engine, String> {
     device::check(req.device)?;
     let opts = EngineOptions {
         context_len: req.context_len,
-        tokenizer_json: None,
         kv_type: req.kv_type,
+        ..Default::default()
     };
     catch_unwind(AssertUnwindSafe(|| Engine::load(&req.path, &opts)))
         .map_err(|panic| format!("the engine crashed while loading: {}", panic_text(panic)))?

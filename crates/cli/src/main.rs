@@ -45,6 +45,13 @@ struct ModelArgs {
     /// conformance tests run).
     #[arg(long, env = "SMOLLM3_KV_CACHE", default_value_t = engine::KvType::default())]
     kv_cache: engine::KvType,
+    /// Where the model runs: cpu, cuda, cuda:N or metal (`smollm3 devices` lists them).
+    #[arg(long, env = "SMOLLM3_DEVICE", default_value = "cpu")]
+    device: engine::DeviceSpec,
+    /// native (the engine's CPU kernels) or candle (the Candle graph, on any device). Default:
+    /// native on the CPU, candle on a GPU.
+    #[arg(long, env = "SMOLLM3_BACKEND")]
+    backend: Option<engine::BackendKind>,
 }
 
 impl ModelArgs {
@@ -61,6 +68,7 @@ impl ModelArgs {
             context_len: self.context,
             tokenizer_json: self.tokenizer_json.clone(),
             kv_type: self.kv_cache,
+            placement: engine::Placement::new(self.device, self.backend)?,
         };
         // The engine's errors already name the file.
         Ok(Engine::load(path, &opts)?)
@@ -198,6 +206,12 @@ enum Command {
     Models(models::ModelsArgs),
     /// Serve the chat UI to browsers and an OpenAI-compatible API (`/v1`) over HTTP.
     Serve(serve::ServeArgs),
+    /// List the devices (--device): each usable one with its name and memory, each other with
+    /// the reason it cannot be used.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
     /// Render a chat template with a context file (the shape of templates.json's `context`).
     Template {
         #[arg(long, required_unless_present = "template")]
@@ -338,6 +352,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_info(info);
             }
         }
+        Command::Devices { json } => {
+            let devices = engine::device::list_devices();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else {
+                print_devices(&devices);
+            }
+        }
         Command::Template {
             model,
             template,
@@ -363,6 +385,8 @@ fn run(cli: Cli) -> Result<()> {
                         threads: 1,
                         tokenizer_json: None,
                         kv_cache: engine::KvType::default(),
+                        device: engine::DeviceSpec::Cpu,
+                        backend: None,
                     };
                     let engine = args.load()?;
                     let t = engine
@@ -544,8 +568,12 @@ fn bench(
     } else {
         serde_json::Value::Null
     };
+    let info = engine.info();
     let out = json!({
         "model": model.path()?.display().to_string(),
+        "placement": info.placement,
+        "weights_bytes": info.memory.weights,
+        "kv_cache_bytes": engine.cache_bytes(),
         "threads": engine::threads::current(),
         "kv_cache": model.kv_cache,
         "prompt_tokens": prompt_tokens,
@@ -563,6 +591,29 @@ fn bench(
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
+}
+
+fn print_devices(devices: &[engine::device::DeviceReport]) {
+    for d in devices {
+        let mut line = format!("{:<8} ", d.device);
+        if d.usable {
+            line += d.name.as_deref().unwrap_or("usable");
+            if let Some(cc) = &d.compute_capability {
+                line += &format!(", compute capability {cc}");
+            }
+            if let Some(total) = d.memory_total {
+                line += &format!(", {} memory", engine::memory::gb(total));
+            }
+            if let Some(free) = d.memory_available {
+                line += &format!(", {} available", engine::memory::gb(free));
+            }
+            let backends: Vec<String> = d.backends.iter().map(|b| b.to_string()).collect();
+            line += &format!(" (backends: {})", backends.join(", "));
+        } else {
+            line += &format!("unavailable: {}", d.reason.as_deref().unwrap_or("unknown"));
+        }
+        println!("{line}");
+    }
 }
 
 fn print_info(info: &engine::ModelInfo) {
@@ -610,5 +661,6 @@ fn print_info(info: &engine::ModelInfo) {
         "chat template: {}",
         if info.has_chat_template { "yes" } else { "no" }
     );
+    println!("runs on:       {}", info.placement);
     println!("load time:     {:.0} ms", info.load_ms);
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::attention::KvType;
 use crate::backend::{Backend, Logits, Session};
+use crate::candle_model::CandleModel;
 use crate::config::ModelConfig;
+use crate::device::{BackendKind, Placement};
 use crate::error::{EngineError, Result};
 use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams};
 use crate::gguf::{Gguf, GgufError};
@@ -31,6 +33,8 @@ pub struct EngineOptions {
     pub tokenizer_json: Option<PathBuf>,
     /// The KV cache's element type: F16 (half the memory, llama.cpp's default) or F32 (exact).
     pub kv_type: KvType,
+    /// The device and backend the model runs on.
+    pub placement: Placement,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +43,7 @@ impl Default for EngineOptions {
             context_len: DEFAULT_CONTEXT_LEN,
             tokenizer_json: None,
             kv_type: KvType::default(),
+            placement: Placement::default(),
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct ModelInfo {
     pub context_len: usize,
     /// The KV cache's element type.
     pub kv_type: KvType,
+    /// Where it runs: `cpu (native backend)`, `cuda:0 (candle backend)`.
+    pub placement: String,
     /// What the model was estimated to need at `context_len`, checked before loading.
     pub memory: MemoryEstimate,
     pub load_ms: f64,
@@ -143,15 +150,40 @@ impl Checked {
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
         let context_len = opts.context_len.clamp(1, cfg.context_length);
-        let weights = gguf.tensors.iter().map(|t| t.n_bytes).sum();
-        let memory = MemoryEstimate::new(
-            &cfg,
-            weights,
-            gguf.data_offset,
-            context_len,
-            opts.kv_type,
-            crate::threads::current(),
-        )?;
+        let memory = match opts.placement.backend() {
+            BackendKind::Native => MemoryEstimate::new(
+                &cfg,
+                gguf.tensors.iter().map(|t| t.n_bytes).sum(),
+                gguf.data_offset,
+                context_len,
+                opts.kv_type,
+                crate::threads::current(),
+            )?,
+            BackendKind::Candle => {
+                let elems = |t: &crate::gguf::TensorInfo| t.dims.iter().product::<u64>();
+                let tied = match gguf.tensor("output.weight") {
+                    Some(_) => None,
+                    None => gguf
+                        .tensor("token_embd.weight")
+                        .map(|t| (t.dtype, elems(t))),
+                };
+                // On Candle's CPU device the matrices are the native ones (as stored).
+                let weights = match opts.placement.device() {
+                    crate::DeviceSpec::Cpu => gguf.tensors.iter().map(|t| t.n_bytes).sum(),
+                    _ => memory::candle_weight_bytes(
+                        gguf.tensors.iter().map(|t| (t.dtype, elems(t), t.n_bytes)),
+                        tied,
+                    )?,
+                };
+                MemoryEstimate::for_candle(
+                    &cfg,
+                    weights,
+                    gguf.data_offset,
+                    context_len,
+                    opts.kv_type,
+                )?
+            }
+        };
         Ok(Self {
             map,
             gguf,
@@ -188,20 +220,41 @@ impl Engine {
             context_len,
             memory,
         } = Checked::new(path, opts)?;
-        match memory::host_available() {
+        let placement = opts.placement;
+        // The device is opened first: its memory is what the estimate is checked against.
+        let device = match placement.backend() {
+            BackendKind::Native => None,
+            BackendKind::Candle => Some(placement.candle_device()?),
+        };
+        let available = match &device {
+            None => memory::host_available(),
+            Some(d) => crate::device::available_memory(placement.device(), d),
+        };
+        match available {
             Some(available) => memory.check(&available)?,
             None => tracing::warn!(
                 needed = %memory::gb(memory.total()),
-                "cannot tell the available memory on this system: the model's need is not checked"
+                device = %placement.device(),
+                "cannot tell the available memory of this device: the model's need is not checked"
             ),
         }
-        let model: Box<dyn Backend> = Box::new(Model::load(
-            &gguf,
-            &map,
-            cfg.clone(),
-            context_len,
-            opts.kv_type,
-        )?);
+        let model: Box<dyn Backend> = match &device {
+            None => Box::new(Model::load(
+                &gguf,
+                &map,
+                cfg.clone(),
+                context_len,
+                opts.kv_type,
+            )?),
+            Some(device) => Box::new(CandleModel::load(
+                &gguf,
+                &map,
+                cfg.clone(),
+                context_len,
+                opts.kv_type,
+                device,
+            )?),
+        };
         let stop_tokens = stop_tokens(&tokenizer);
         let info = ModelInfo {
             path: path.to_owned(),
@@ -218,6 +271,7 @@ impl Engine {
             nope_layers: cfg.nope_layers(),
             context_len,
             kv_type: opts.kv_type,
+            placement: placement.to_string(),
             config: cfg,
             memory,
             load_ms: start.elapsed().as_secs_f64() * 1e3,

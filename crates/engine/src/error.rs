@@ -51,6 +51,9 @@ pub enum EngineError {
         context_len: usize,
         max_prompt: usize,
     },
+    /// The chosen device cannot run the model: not in this build, no driver, did not start.
+    #[error("device: {0}")]
+    Device(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

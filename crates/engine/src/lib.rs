@@ -11,8 +11,14 @@
 //! - [`backend`]: the model interface ([`backend::Backend`]: tokens at positions -> logits, with
 //!   a KV cache) and the [`backend::Session`] that tracks what the cache holds (prefix reuse,
 //!   commit, rollback) for every backend.
+//! - [`device`]: where a model runs ([`Placement`]: `cpu`, `cuda[:N]`, `metal`; the native or
+//!   the Candle backend).
+//! - [`candle_model`]: the Candle backend, the same transformer as a Candle tensor graph on any
+//!   Candle device, its KV cache preallocated there.
 //! - [`qmatrix`], [`attention`], [`model`]: the native CPU backend, the quantized transformer
 //!   with its KV cache; weights stay quantized (in the memory map, or repacked into tiles at load).
+//! - [`quant`]: one description per weight type (block and tile bytes, activation format,
+//!   Candle dtype) that the loader, the kernels, repacking and the Candle backend read.
 //! - [`kernels`]: the quantized matrix products (llama.cpp's arithmetic; AVX-512 VNNI with a
 //!   portable scalar definition), activation quantization, weight repacking.
 //! - [`sampler`], [`textstream`], [`generate`]: sampling, thinking/answer splitting, stop rules,
@@ -25,7 +31,9 @@
 pub mod attention;
 pub mod backend;
 pub mod bench;
+pub mod candle_model;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -35,6 +43,7 @@ pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod qmatrix;
+pub mod quant;
 mod quantize;
 pub mod sampler;
 pub mod template;
@@ -44,6 +53,7 @@ pub mod tokenizer;
 
 pub use attention::KvType;
 pub use config::{Arch, ModelConfig};
+pub use device::{BackendKind, DeviceSpec, Placement};
 pub use engine::{validate, Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN};
 pub use error::{EngineError, Result};
 pub use generate::{

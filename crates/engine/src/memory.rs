@@ -125,6 +125,47 @@ impl MemoryEstimate {
         })
     }
 
+    /// The estimate for the Candle backend ([`crate::candle_model`]) at `context_len`:
+    /// `weights` bytes as the device holds them ([`candle_weight_bytes`]), a KV cache of
+    /// `kv_type` (widened to F32 per layer as attention reads it), and
+    /// per prefill chunk the activations, the attention scores (scores, masked scores,
+    /// probabilities: three live tensors of n_head x chunk x context) and its logits, plus the
+    /// cos/sin tables. `metadata` as in [`MemoryEstimate::new`] (the tokenizer, on the host).
+    pub fn for_candle(
+        cfg: &ModelConfig,
+        weights: u64,
+        metadata: u64,
+        context_len: usize,
+        kv_type: KvType,
+    ) -> Result<Self> {
+        let n = |x: usize| x as u64;
+        let ctx = n(context_len);
+        let chunk = n(PREFILL_CHUNK.min(context_len));
+        let (dim, q, kv, ff) = (n(cfg.n_embd), n(cfg.q_dim()), n(cfg.kv_dim()), n(cfg.n_ff));
+        let kv_cache = product(&[n(cfg.n_layer), 2, kv, ctx, n(kv_type.bytes())])?;
+        // An F16 cache is widened to F32 for attention, one layer's visible rows at a time.
+        let widened = match kv_type {
+            KvType::F32 => 0,
+            KvType::F16 => product(&[2, kv, ctx, 4])?,
+        };
+        // Every op allocates its output: the residual, norm, q/k/v (and their head-major
+        // copies), the attention output, gate, up and their product, live at once at worst.
+        let per_row = sum(&[3 * dim, 2 * (q + 2 * kv), q, 3 * ff])?;
+        let activations = product(&[chunk, per_row, 4])?;
+        let scores = product(&[3, n(cfg.n_head), chunk, ctx, 4])?;
+        let mask = product(&[chunk, ctx, 4])?;
+        let rope = product(&[ctx, n(cfg.head_dim), 4])?;
+        let logits = product(&[chunk, n(cfg.n_vocab), 4])?;
+        let tokenizer = product(&[metadata, 4])?;
+        Ok(Self {
+            context_len,
+            weights,
+            kv_cache,
+            buffers: sum(&[activations, scores, mask, rope, logits, tokenizer, widened])?,
+            context_buffers: sum(&[scores, mask, rope, widened])?,
+        })
+    }
+
     pub fn total(&self) -> u64 {
         self.weights
             .saturating_add(self.kv_cache)
@@ -163,6 +204,31 @@ pub(crate) fn refusal(e: &MemoryEstimate, needed: u64, available: u64, place: &s
         e.context_len,
         gb(e.buffers),
     )
+}
+
+/// Bytes the Candle backend holds for tensors of these (type, element count, file bytes): the
+/// quantized ones as stored, F16/BF16 and F32 as F32 (Candle's `QMatMul` multiplies with them
+/// dequantized), and `tied_embedding` elements more when the LM head is an unquantized
+/// `token_embd` (the embedding lookup keeps the stored tensor, the LM head its F32 copy).
+pub fn candle_weight_bytes(
+    tensors: impl IntoIterator<Item = (crate::gguf::TensorType, u64, u64)>,
+    tied_embedding: Option<(crate::gguf::TensorType, u64)>,
+) -> Result<u64> {
+    use crate::gguf::TensorType;
+    let plain = |t: TensorType| matches!(t, TensorType::F32 | TensorType::F16 | TensorType::BF16);
+    let mut total = 0u64;
+    for (dtype, elems, bytes) in tensors {
+        let held = if plain(dtype) {
+            product(&[elems, 4])?
+        } else {
+            bytes
+        };
+        total = sum(&[total, held])?;
+    }
+    if let Some((_, elems)) = tied_embedding.filter(|(t, _)| plain(*t)) {
+        total = sum(&[total, product(&[elems, 4])?])?;
+    }
+    Ok(total)
 }
 
 /// Bytes as gigabytes for messages: "3.2 GB", "0.41 GB".

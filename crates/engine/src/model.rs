@@ -46,22 +46,31 @@ struct Rope {
     half: usize,
 }
 
+/// The rotation of every position: (max_len, hd / 2) interleaved (cos, sin) pairs, computed as
+/// ggml computes them (both backends read it, so they rotate alike).
+pub(crate) fn rope_table(cfg: &ModelConfig, max_len: usize) -> Vec<f32> {
+    let half = cfg.head_dim / 2;
+    let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
+    let mut table = Vec::with_capacity(max_len * half * 2);
+    for p in 0..max_len {
+        // ggml_rope_cache_init: theta_i = p * theta_scale^i by repeated multiplication.
+        let mut theta = p as f32;
+        for _ in 0..half {
+            let t = theta * cfg.rope_freq_scale;
+            table.push(t.cos());
+            table.push(t.sin());
+            theta *= theta_scale;
+        }
+    }
+    table
+}
+
 impl Rope {
     fn new(cfg: &ModelConfig, max_len: usize) -> Self {
-        let half = cfg.head_dim / 2;
-        let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
-        let mut table = Vec::with_capacity(max_len * half * 2);
-        for p in 0..max_len {
-            // ggml_rope_cache_init: theta_i = p * theta_scale^i by repeated multiplication.
-            let mut theta = p as f32;
-            for _ in 0..half {
-                let t = theta * cfg.rope_freq_scale;
-                table.push(t.cos());
-                table.push(t.sin());
-                theta *= theta_scale;
-            }
+        Self {
+            table: rope_table(cfg, max_len),
+            half: cfg.head_dim / 2,
         }
-        Self { table, half }
     }
 
     /// Rotates adjacent pairs of `x` (t rows of `n` heads of hd) at positions pos..pos+t. GGUF

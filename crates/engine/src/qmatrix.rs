@@ -19,6 +19,7 @@ use memmap2::Mmap;
 use crate::error::{EngineError, Result};
 use crate::gguf::{TensorInfo, TensorType};
 use crate::kernels::{self, ActKind, Job, Packed, QActs, Weights};
+use crate::quant;
 use crate::quantize::quantize_row;
 
 /// Bytes of a weight tensor: a range of the shared memory map, or an owned copy when the mapped
@@ -125,11 +126,16 @@ macro_rules! with_block_type {
 
 /// Whether the engine can multiply with weights of this type.
 pub fn is_supported(dtype: TensorType) -> bool {
-    with_block_type!(dtype, T => { let _ = std::mem::size_of::<T>(); true }, else false)
+    quant::of(dtype).is_some()
 }
 
+/// Block elements, block bytes (the [`quant`] table) and the alignment of Candle's block type,
+/// which the bytes are cast to.
 fn block_layout(dtype: TensorType) -> Option<(usize, usize, usize)> {
-    with_block_type!(dtype, T => Some((T::BLCK_SIZE, std::mem::size_of::<T>(), std::mem::align_of::<T>())), else None)
+    let q = quant::of(dtype)?;
+    let align = with_block_type!(dtype, T => std::mem::align_of::<T>(),
+        else unreachable!("every type of the quant table has a Candle block type"));
+    Some((q.block_size(), q.block_bytes(), align))
 }
 
 impl QMatrix {
@@ -243,6 +249,11 @@ impl QMatrix {
     /// (rows, cols): output features x input features.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
+    }
+
+    /// The tensor's bytes in the GGUF's block layout (aligned for the block type).
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
     }
 
     pub fn size_in_bytes(&self) -> usize {

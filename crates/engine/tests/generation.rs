@@ -5,8 +5,8 @@
 mod refdata;
 
 use engine::{
-    Engine, EngineError, EngineOptions, FinishReason, GenerationOutput, GenerationParams, KvType,
-    SamplingParams,
+    BackendKind, DeviceSpec, Engine, EngineError, EngineOptions, FinishReason, GenerationOutput,
+    GenerationParams, KvType, Placement, SamplingParams,
 };
 use refdata::smollm2_path;
 
@@ -16,9 +16,17 @@ fn backends() -> Vec<(&'static str, EngineOptions)> {
         kv_type,
         ..EngineOptions::default()
     };
+    let candle = Placement::new(DeviceSpec::Cpu, Some(BackendKind::Candle)).expect("candle on cpu");
     vec![
         ("native, F16 cache", with(KvType::F16)),
         ("native, F32 cache", with(KvType::F32)),
+        (
+            "candle-cpu, F16 cache",
+            EngineOptions {
+                placement: candle,
+                ..with(KvType::F16)
+            },
+        ),
     ]
 }
 
@@ -54,25 +62,30 @@ fn prompt(engine: &Engine, text: &str) -> Vec<u32> {
     engine.encode_prompt(text).expect("the prompt encodes")
 }
 
-/// Largest |difference| between two rows of logits, and whether their argmax agrees.
-fn close(a: &[f32], b: &[f32]) -> (f32, bool) {
+/// Largest and mean |difference| between two rows of logits, and whether their argmax agrees.
+fn close(a: &[f32], b: &[f32]) -> (f32, f32, bool) {
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
-    let max = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
-    (max, argmax(a) == argmax(b))
+    let diffs = || a.iter().zip(b).map(|(x, y)| (x - y).abs());
+    let max = diffs().fold(0.0, f32::max);
+    let mean = diffs().sum::<f32>() / a.len().max(1) as f32;
+    (max, mean, argmax(a) == argmax(b))
 }
 
 /// The logits after `cached` (in the cache) then `new` (fed now) against the same tokens from
-/// an empty cache in one pass.
+/// an empty cache in one pass. The native kernels compute each row alike whatever the batch,
+/// so they agree to 0.05 everywhere; Candle's matrix products sum in an order that depends on
+/// the shapes, and through 30 layers of quantized activations that moves single logits by up
+/// to ~1, so there the mean difference is the measure (a wrong cache moves every logit).
 fn assert_same_as_fresh(name: &str, engine: &mut Engine, all: &[u32], reused: &[f32]) {
     let fresh = engine.logits(all).expect("fresh pass");
-    let (max, same_argmax) = close(reused, fresh.last().unwrap());
+    let (max, mean, same_argmax) = close(reused, fresh.last().unwrap());
+    let ok = match name.starts_with("native") {
+        true => max < 0.05,
+        false => mean < 0.1,
+    };
     assert!(
-        same_argmax && max < 0.05,
-        "{name}: the logits after a reused prefix differ from a fresh pass by up to {max}"
+        same_argmax && ok,
+        "{name}: the logits after a reused prefix differ from a fresh pass by up to {max} (mean {mean})"
     );
 }
 

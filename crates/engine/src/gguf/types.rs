@@ -281,14 +281,14 @@ macro_rules! tensor_types {
             }
 
             /// Elements per block (1 for plain types, 32 or 256 for most quantized ones).
-            pub fn block_size(self) -> u64 {
+            pub const fn block_size(self) -> u64 {
                 match self {
                     $(TensorType::$variant => $block,)*
                 }
             }
 
             /// Bytes per block.
-            pub fn type_size(self) -> u64 {
+            pub const fn type_size(self) -> u64 {
                 match self {
                     $(TensorType::$variant => $size,)*
                 }

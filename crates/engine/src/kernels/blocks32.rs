@@ -11,6 +11,7 @@
 //! signed); the activation's negated quad sums times `o` restore the exact integer.
 
 use super::act::QActs;
+use crate::quant;
 
 /// One block format's layout and unpacking.
 pub(super) trait Format {
@@ -129,10 +130,10 @@ mod simd_unpack {
 }
 
 impl Format for Q4_0 {
-    const TILE: usize = 288;
+    const TILE: usize = quant::Q4_0.tile();
     const PACKED_QS: usize = 32;
     const LAYOUT: Layout = Layout::Nibbles(2);
-    const BYTES: usize = 18;
+    const BYTES: usize = quant::Q4_0.block_bytes();
     const SHIFT: u32 = 3;
     const HAS_MIN: bool = false;
     fn unpack(blk: &[u8]) -> [u8; 32] {
@@ -141,10 +142,10 @@ impl Format for Q4_0 {
 }
 
 impl Format for Q4_1 {
-    const TILE: usize = 320;
+    const TILE: usize = quant::Q4_1.tile();
     const PACKED_QS: usize = 64;
     const LAYOUT: Layout = Layout::Nibbles(4);
-    const BYTES: usize = 20;
+    const BYTES: usize = quant::Q4_1.block_bytes();
     const SHIFT: u32 = 0;
     const HAS_MIN: bool = true;
     fn unpack(blk: &[u8]) -> [u8; 32] {
@@ -156,7 +157,7 @@ impl Format for Q5_0 {
     const TILE: usize = 0;
     const PACKED_QS: usize = 0;
     const LAYOUT: Layout = Layout::Nibbles5(2, 6);
-    const BYTES: usize = 22;
+    const BYTES: usize = quant::Q5_0.block_bytes();
     const SHIFT: u32 = 4;
     const HAS_MIN: bool = false;
     fn unpack(blk: &[u8]) -> [u8; 32] {
@@ -168,7 +169,7 @@ impl Format for Q5_1 {
     const TILE: usize = 0;
     const PACKED_QS: usize = 0;
     const LAYOUT: Layout = Layout::Nibbles5(4, 8);
-    const BYTES: usize = 24;
+    const BYTES: usize = quant::Q5_1.block_bytes();
     const SHIFT: u32 = 0;
     const HAS_MIN: bool = true;
     fn unpack(blk: &[u8]) -> [u8; 32] {
@@ -177,10 +178,10 @@ impl Format for Q5_1 {
 }
 
 impl Format for Q8_0 {
-    const TILE: usize = 544;
+    const TILE: usize = quant::Q8_0.tile();
     const PACKED_QS: usize = 32;
     const LAYOUT: Layout = Layout::Bytes(2);
-    const BYTES: usize = 34;
+    const BYTES: usize = quant::Q8_0.block_bytes();
     const SHIFT: u32 = 7;
     const HAS_MIN: bool = false;
     fn unpack(blk: &[u8]) -> [u8; 32] {

@@ -158,14 +158,10 @@ impl Isa {
     }
 }
 
-/// The activation format a weight type multiplies with, for the types these kernels handle.
+/// The activation format a weight type multiplies with, for the types these kernels handle
+/// (the [`crate::quant`] table).
 pub fn act_kind(dtype: TensorType) -> Option<ActKind> {
-    match dtype {
-        TensorType::Q4_0 | TensorType::Q5_0 | TensorType::Q8_0 => Some(ActKind::Q8_0),
-        TensorType::Q4_1 | TensorType::Q5_1 => Some(ActKind::Q8_1),
-        TensorType::Q4K | TensorType::Q6K => Some(ActKind::Q8K),
-        _ => None,
-    }
+    crate::quant::of(dtype)?.act
 }
 
 /// A weight matrix: `rows` output features of `cols` inputs, in the GGUF's block format, and
@@ -212,8 +208,8 @@ impl Out {
     }
 }
 
-/// Columns per work item: the AVX-512 Q4_K tile, and a whole cache line of f32 outputs.
-const TILE: usize = 16;
+/// Columns per work item: one repacked tile, and a whole cache line of f32 outputs.
+const TILE: usize = repack::COLS;
 
 /// At most this many matrices per [`matmul`] call (Q, K and V share one input).
 pub const MAX_JOBS: usize = 4;
@@ -235,7 +231,9 @@ pub fn matmul_with<'a>(isa: Isa, jobs: impl IntoIterator<Item = Job<'a>>, x: &QA
         let w = job.w;
         assert_eq!(act_kind(w.dtype), Some(x.kind()), "{:?} weights", w.dtype);
         assert_eq!(w.cols, x.cols(), "row length");
-        let row_bytes = w.cols / w.dtype.block_size() as usize * w.dtype.type_size() as usize;
+        let row_bytes = crate::quant::of(w.dtype)
+            .expect("kernel type")
+            .row_bytes(w.cols);
         let packed = w.packed.map_or(0, |p| p.groups() * repack::COLS);
         assert!(
             w.data.len() >= w.rows * row_bytes || packed > 0,

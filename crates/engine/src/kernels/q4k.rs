@@ -20,7 +20,7 @@ use super::act::QActs;
 use super::blocks32::hsum8;
 use super::Out;
 
-pub(super) const BYTES: usize = 144;
+pub(super) const BYTES: usize = crate::quant::Q4K.block_bytes();
 
 /// Where llama.cpp converts Q4_K's integer sums to float (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,7 +250,7 @@ pub(super) mod avx512 {
         c0: usize,
         dst: Out,
     ) {
-        const TILE: usize = 2368;
+        const TILE: usize = crate::quant::Q4K.tile();
         let y: [*const i32; N] = std::array::from_fn(|i| a.qs(r0 + i).as_ptr() as *const i32);
         let bp: [*const i32; N] = std::array::from_fn(|i| a.bpairs(r0 + i).as_ptr());
         let mut fa = [_mm512_setzero_ps(); N];
@@ -343,7 +343,7 @@ pub(super) mod avx2 {
     use crate::kernels::Out;
     use std::arch::x86_64::*;
 
-    const TILE: usize = 2368;
+    const TILE: usize = crate::quant::Q4K.tile();
 
     /// As [`super::avx512::matmul_packed`], bit for bit.
     ///
@@ -560,7 +560,7 @@ pub(super) mod neon {
     use crate::kernels::Out;
     use std::arch::aarch64::*;
 
-    const TILE: usize = 2368;
+    const TILE: usize = crate::quant::Q4K.tile();
 
     /// As [`super::avx512::matmul_packed`], bit for bit.
     ///

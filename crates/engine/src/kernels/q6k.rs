@@ -15,7 +15,7 @@ use super::act::QActs;
 use super::blocks32::hsum8;
 use super::Out;
 
-pub(super) const BYTES: usize = 210;
+pub(super) const BYTES: usize = crate::quant::Q6K.block_bytes();
 
 /// The 256 quants of a block (0..63; the value is q - 32) in element order.
 #[inline(always)]
@@ -103,7 +103,7 @@ pub(super) mod avx512 {
     use crate::kernels::Out;
     use std::arch::x86_64::*;
 
-    const TILE: usize = 3360;
+    const TILE: usize = crate::quant::Q6K.tile();
 
     /// Groups `groups` of a repacked Q6_K matrix (16 columns each, see `repack`) for every row;
     /// bit-identical to [`super::dot`].
@@ -287,7 +287,7 @@ pub(super) mod avx2 {
     use crate::kernels::Out;
     use std::arch::x86_64::*;
 
-    const TILE: usize = 3360;
+    const TILE: usize = crate::quant::Q6K.tile();
 
     /// As [`super::avx512::matmul_packed`], bit for bit.
     ///
@@ -508,7 +508,7 @@ pub(super) mod neon {
     use crate::kernels::Out;
     use std::arch::aarch64::*;
 
-    const TILE: usize = 3360;
+    const TILE: usize = crate::quant::Q6K.tile();
 
     /// As [`super::avx512::matmul_packed`], bit for bit.
     ///

@@ -38,16 +38,9 @@ impl std::fmt::Debug for Packed {
     }
 }
 
-/// Bytes of one tile, for the types that have a tile layout.
+/// Bytes of one tile, for the types that have a tile layout (the [`crate::quant`] table).
 pub fn tile_bytes(dtype: TensorType) -> Option<usize> {
-    match dtype {
-        TensorType::Q4_0 => Some(288),
-        TensorType::Q4_1 => Some(320),
-        TensorType::Q8_0 => Some(544),
-        TensorType::Q4K => Some(2368),
-        TensorType::Q6K => Some(3360),
-        _ => None,
-    }
+    crate::quant::of(dtype)?.tile_bytes
 }
 
 impl Packed {

@@ -1,0 +1,163 @@
+//! The CLI's device and backend flags, end to end: `smollm3 logits|generate --backend candle` on
+//! the F32 reference model against llama.cpp's outputs, `smollm3 devices`, and refusals that
+//! name their cause.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn reference(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference")
+        .join(name)
+}
+
+fn smollm3(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smollm3"))
+        .args(args)
+        .env_remove("SMOLLM3_DEVICE")
+        .env_remove("SMOLLM3_BACKEND")
+        .output()
+        .expect("smollm3 runs")
+}
+
+fn json_out(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "smollm3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|x| x.as_u64().expect("an id"))
+        .collect()
+}
+
+fn csv(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
+    let model = reference("tiny-smollm3-f32.gguf");
+    let model = model.to_str().expect("a UTF-8 path");
+    let refdata: Value = serde_json::from_str(
+        &std::fs::read_to_string(reference("tiny-smollm3-f32.llamacpp.json")).expect("reference"),
+    )
+    .expect("reference JSON");
+
+    let seq = &refdata["sequences"][2];
+    let tokens = ids(&seq["tokens"]);
+    let out = json_out(&smollm3(&[
+        "logits",
+        "--model",
+        model,
+        "--backend",
+        "candle",
+        "--tokens",
+        &csv(&tokens),
+        "--top",
+        "5",
+    ]));
+    let ours = out["positions"].as_array().expect("positions");
+    let theirs = seq["positions"].as_array().expect("reference positions");
+    assert_eq!(ours.len(), theirs.len());
+    let mut checked = 0;
+    for (o, t) in ours.iter().zip(theirs) {
+        // Our top 5 as (id, logit), and the reference's top 10.
+        let pairs = |v: &Value| -> Vec<(u64, f64)> {
+            v.as_array()
+                .expect("top")
+                .iter()
+                .map(|p| (p[0].as_u64().expect("id"), p[1].as_f64().expect("logit")))
+                .collect()
+        };
+        let (o, t) = (pairs(&o["top"]), pairs(&t["top"]));
+        if t[0].1 - t[1].1 >= 0.01 {
+            assert_eq!(o[0].0, t[0].0, "argmax");
+            checked += 1;
+        }
+        for (id, logit) in &o {
+            if let Some((_, r)) = t.iter().find(|(i, _)| i == id) {
+                assert!((logit - r).abs() <= 1e-3, "logit of {id}: {logit} vs {r}");
+            }
+        }
+    }
+    assert!(checked > 0);
+
+    let g = &refdata["greedy"][0];
+    let want = ids(&g["generated"]);
+    let out = json_out(&smollm3(&[
+        "generate",
+        "--model",
+        model,
+        "--backend",
+        "candle",
+        "--tokens",
+        &csv(&ids(&g["prompt_tokens"])),
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--max-tokens",
+        &want.len().to_string(),
+        "--json",
+    ]));
+    assert_eq!(ids(&out["ids"]), want, "greedy continuation");
+}
+
+#[test]
+fn devices_lists_the_cpu_and_says_why_others_are_unavailable() {
+    let out = json_out(&smollm3(&["devices", "--json"]));
+    let list = out.as_array().expect("a list");
+    assert_eq!(list[0]["device"], "cpu");
+    assert_eq!(list[0]["usable"], true);
+    for d in list.iter().filter(|d| d["usable"] == false) {
+        let reason = d["reason"]
+            .as_str()
+            .expect("a reason for each unusable device");
+        assert!(!reason.is_empty());
+    }
+    let text = smollm3(&["devices"]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("cpu"));
+}
+
+#[test]
+fn a_device_that_cannot_run_the_model_is_refused_with_its_reason() {
+    let model = reference("tiny-smollm3-f32.gguf");
+    let model = model.to_str().expect("a UTF-8 path");
+    let out = smollm3(&[
+        "inspect",
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--backend",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected native or candle"));
+    let out = smollm3(&[
+        "inspect",
+        "--model",
+        model,
+        "--device",
+        "metal",
+        "--backend",
+        "native",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs only on the CPU"));
+    if !cfg!(feature = "cuda") {
+        let out = smollm3(&["inspect", "--model", model, "--device", "cuda:1"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("this build has no CUDA support"), "{err}");
+    }
+}

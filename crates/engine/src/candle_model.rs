@@ -1,0 +1,423 @@
+//! The Candle backend: the same transformer as [`crate::model`], written as a Candle tensor
+//! graph, so it runs on any device Candle has (CUDA, Metal, Candle's own CPU device).
+//!
+//! On a GPU the GGUF's weights are uploaded as they are (quantized blocks into `QTensor`s,
+//! multiplied by `QMatMul`; F32/F16 as plain tensors). On Candle's CPU device the weight
+//! matrices are the native backend's [`QMatrix`] (memory-mapped, repacked), multiplied by the
+//! engine's own kernels as a Candle custom op: Candle's x86 quantized kernels compute with
+//! pre-multiplied f32 scales and missed the 98% argmax bar on the reference's Q4_K_M
+//! model (96.0%), where ours compute llama.cpp's arithmetic. The norms, RoPE (`rope_i`, for
+//! GGUF's permuted Q/K) and softmax are candle-nn's on every device. The KV cache is allocated once on the device at the context
+//! length and written in place (`slice_set`); a pass reads the cached prefix as a view. Tokens
+//! go up and logits come down once per pass, nothing in between. The [`Session`] above decides
+//! which positions the cache holds; a pass writes only at and after its own position, so a
+//! failed pass leaves the cached prefix as it was.
+//!
+//! [`Session`]: crate::backend::Session
+
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, D};
+use candle_nn::ops::{silu, softmax_last_dim};
+use candle_nn::rotary_emb::rope_i;
+use memmap2::Mmap;
+
+use crate::attention::KvType;
+use crate::backend::{Backend, Logits};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::gguf::{Gguf, TensorType};
+use crate::qmatrix::QMatrix;
+use crate::quant;
+
+/// A weight matrix: `x (t, cols) -> (t, rows)`.
+enum Linear {
+    /// Candle's quantized (or plain) matrix product, on the device.
+    Candle(QMatMul),
+    /// The engine's kernels, on Candle's CPU device.
+    Native(NativeMatMul),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Candle(m) => m.forward(x),
+            Linear::Native(m) => x.apply_op1_no_bwd(m),
+        }
+    }
+}
+
+/// [`QMatrix::matmul_slices`] as a Candle op on CPU tensors.
+struct NativeMatMul(QMatrix);
+
+impl CustomOp1 for NativeMatMul {
+    fn name(&self) -> &'static str {
+        "native-qmatmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = self.0.dims();
+        let (t, k) = l.shape().dims2()?;
+        if k != cols {
+            candle_core::bail!("native-qmatmul: input rows of {k}, the matrix takes {cols}");
+        }
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("native-qmatmul: the input is not contiguous");
+        };
+        let x = &s.as_slice::<f32>()?[start..end];
+        let mut dst = vec![0f32; t * rows];
+        self.0.matmul_slices(t, x, &mut dst)?;
+        Ok((CpuStorage::F32(dst), Shape::from((t, rows))))
+    }
+}
+
+/// The token embedding: a `QTensor` on the device, or on Candle's CPU device the native
+/// backend's matrix (rows dequantized as the native backend does).
+enum Embedding {
+    Candle(Arc<QTensor>),
+    Native(QMatrix),
+}
+
+impl Embedding {
+    /// (t, dim) rows of `tokens`.
+    fn rows(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Candle(e) => Ok(e.embedding(&Tensor::new(tokens, device)?)?),
+            Embedding::Native(m) => {
+                let dim = m.dims().1;
+                let mut out = vec![0f32; tokens.len() * dim];
+                m.rows_f32(tokens, &mut out)?;
+                Ok(Tensor::from_vec(out, (tokens.len(), dim), device)?)
+            }
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor, // (dim)
+    wq: Linear,        // (n_head * hd, dim)
+    wk: Linear,        // (n_head_kv * hd, dim)
+    wv: Linear,        // (n_head_kv * hd, dim)
+    wo: Linear,        // (dim, n_head * hd)
+    ffn_norm: Tensor,  // (dim)
+    w_gate: Linear,    // (n_ff, dim)
+    w_up: Linear,      // (n_ff, dim)
+    w_down: Linear,    // (dim, n_ff)
+    use_rope: bool,
+    k_cache: Tensor, // (n_head_kv, max_len, hd) of the cache type
+    v_cache: Tensor, // (n_head_kv, max_len, hd) of the cache type
+}
+
+/// The transformer on a Candle device, with its KV cache there.
+pub struct CandleModel {
+    cfg: ModelConfig,
+    device: Device,
+    embed: Embedding, // (vocab, dim)
+    layers: Vec<Layer>,
+    norm: Tensor,    // (dim)
+    lm_head: Linear, // (vocab, dim); token_embd when the model ties them
+    cos: Tensor,     // (max_len, hd / 2)
+    sin: Tensor,     // (max_len, hd / 2)
+    max_len: usize,
+    kv_dtype: DType,
+    vocab: usize,
+    weight_types: Vec<(TensorType, usize)>,
+    logits: Vec<f32>, // (rows, vocab) of the last pass, on the host
+}
+
+/// A tensor of the GGUF uploaded to `device` as it is stored (`shape` in Candle's order,
+/// outermost first), after the same checks as the native backend's (type, bounds, shape).
+fn upload(
+    gguf: &Gguf,
+    map: &Arc<Mmap>,
+    name: &str,
+    shape: &[usize],
+    device: &Device,
+) -> Result<(QTensor, TensorType)> {
+    let info = gguf.tensor(name).ok_or_else(|| {
+        EngineError::UnsupportedModel(format!("the model has no tensor '{name}'"))
+    })?;
+    // QMatrix checks the type, the bounds and the alignment (copying misaligned bytes).
+    let m = QMatrix::new(map, info)?;
+    let (rows, cols) = m.dims();
+    let expected = match shape {
+        [c] => (1, *c),
+        [r, c] => (*r, *c),
+        _ => unreachable!("vectors and matrices only"),
+    };
+    if (rows, cols) != expected || (shape.len() == 1) != (info.dims.len() == 1) {
+        return Err(EngineError::UnsupportedModel(format!(
+            "tensor '{name}' has dimensions {:?}, the model's metadata implies {shape:?}",
+            info.dims
+        )));
+    }
+    let q = quant::of(info.dtype).expect("QMatrix::new accepts only the quant table's types");
+    let t = qtensor_from_ggml(q.candle, m.bytes(), shape.to_vec(), device)?;
+    Ok((t, info.dtype))
+}
+
+/// RMS normalisation of the rows of `x` (t, dim) as ggml computes it: the squares (F32) summed
+/// in F64, the mean back in F32, `x * (1 / sqrt(mean + eps))`, then times the weight. candle-nn's
+/// `rms_norm` sums in F32; the last bits it differs by flip the rounding of quantized
+/// activations, which moved logits of quantized models by tenths.
+fn rms_norm_ggml(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let mean = x.sqr()?.to_dtype(DType::F64)?.mean_keepdim(D::Minus1)?;
+    let scale = (mean.to_dtype(DType::F32)? + eps as f64)?.sqrt()?.recip()?;
+    x.broadcast_mul(&scale)?.broadcast_mul(weight)
+}
+
+/// A weight matrix for the native kernels, checked and repacked as the native backend does.
+fn native_matrix(
+    gguf: &Gguf,
+    map: &Arc<Mmap>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<QMatrix> {
+    let info = gguf.tensor(name).ok_or_else(|| {
+        EngineError::UnsupportedModel(format!("the model has no tensor '{name}'"))
+    })?;
+    let mut m = QMatrix::new(map, info)?;
+    if m.dims() != (rows, cols) {
+        return Err(EngineError::UnsupportedModel(format!(
+            "tensor '{name}' is {}x{}, the model's metadata implies {rows}x{cols}",
+            m.dims().0,
+            m.dims().1
+        )));
+    }
+    m.pack()?;
+    Ok(m)
+}
+
+impl CandleModel {
+    /// Uploads the model's weights to `device` and allocates a KV cache of `max_len` positions
+    /// there.
+    pub fn load(
+        gguf: &Gguf,
+        map: &Arc<Mmap>,
+        cfg: ModelConfig,
+        max_len: usize,
+        kv_type: KvType,
+        device: &Device,
+    ) -> Result<Self> {
+        let kv_dtype = match kv_type {
+            KvType::F32 => DType::F32,
+            KvType::F16 => DType::F16,
+        };
+        let dim = cfg.n_embd;
+        let (hd, n_kv) = (cfg.head_dim, cfg.n_head_kv);
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        let mut weight_types: Vec<(TensorType, usize)> = Vec::new();
+        let mut count = |t: TensorType| match weight_types.iter_mut().find(|(x, _)| *x == t) {
+            Some((_, c)) => *c += 1,
+            None => weight_types.push((t, 1)),
+        };
+        let native = device.is_cpu();
+        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            if native {
+                let m = native_matrix(gguf, map, name, rows, cols)?;
+                count(m.dtype());
+                return Ok(Linear::Native(NativeMatMul(m)));
+            }
+            let (t, dtype) = upload(gguf, map, name, &[rows, cols], device)?;
+            count(dtype);
+            Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
+        };
+        let norm = |name: &str| -> Result<Tensor> {
+            let (t, dtype) = upload(gguf, map, name, &[dim], device)?;
+            if dtype != TensorType::F32 {
+                return Err(EngineError::UnsupportedModel(format!(
+                    "tensor '{name}' should be an F32 vector of {dim}, found {dtype:?}"
+                )));
+            }
+            Ok(t.dequantize(device)?)
+        };
+        let vocab = cfg.n_vocab;
+        let tied = gguf.tensor("output.weight").is_none();
+        let (embed, lm_head, embed_type) = if native {
+            let m = native_matrix(gguf, map, "token_embd.weight", vocab, dim)?;
+            let head = match tied {
+                true => Linear::Native(NativeMatMul(m.clone())),
+                false => matrix("output.weight", vocab, dim)?,
+            };
+            let dtype = m.dtype();
+            (Embedding::Native(m), head, dtype)
+        } else {
+            let (e, dtype) = upload(gguf, map, "token_embd.weight", &[vocab, dim], device)?;
+            let e = Arc::new(e);
+            let head = match tied {
+                true => Linear::Candle(QMatMul::from_arc(e.clone())?),
+                false => matrix("output.weight", vocab, dim)?,
+            };
+            (Embedding::Candle(e), head, dtype)
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}.weight");
+            let cache = || Tensor::zeros((n_kv, max_len, hd), kv_dtype, device);
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm"))?,
+                wq: matrix(&n("attn_q"), q_dim, dim)?,
+                wk: matrix(&n("attn_k"), kv_dim, dim)?,
+                wv: matrix(&n("attn_v"), kv_dim, dim)?,
+                wo: matrix(&n("attn_output"), dim, q_dim)?,
+                ffn_norm: norm(&n("ffn_norm"))?,
+                w_gate: matrix(&n("ffn_gate"), cfg.n_ff, dim)?,
+                w_up: matrix(&n("ffn_up"), cfg.n_ff, dim)?,
+                w_down: matrix(&n("ffn_down"), dim, cfg.n_ff)?,
+                use_rope: cfg.use_rope[il],
+                k_cache: cache()?,
+                v_cache: cache()?,
+            });
+        }
+        let norm = norm("output_norm.weight")?;
+        count(embed_type);
+        if tied {
+            count(embed_type);
+        }
+        // The angles as the native backend (and ggml) computes them, so both agree bit for bit.
+        let table = crate::model::rope_table(&cfg, max_len); // (max_len, hd / 2, 2)
+        let table = Tensor::from_vec(table, (max_len, hd / 2, 2), device)?;
+        let cos = table.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?;
+        let sin = table.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?;
+        Ok(Self {
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            max_len,
+            kv_dtype,
+            vocab,
+            weight_types,
+            logits: Vec::new(),
+            cfg,
+        })
+    }
+
+    /// The additive causal mask of `t` new rows at `pos` over `pos + t` keys: row i sees keys
+    /// up to `pos + i`.
+    fn mask(&self, t: usize, pos: usize) -> candle_core::Result<Tensor> {
+        let len = pos + t;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(mask, (t, len), &self.device)
+    }
+
+    /// The forward pass: the logits of the wanted rows, (rows, vocab), on the device.
+    /// The forward pass: the logits of the wanted rows, (rows, vocab), on the device; `None`
+    /// for [`Logits::None`], which stops once the last layer's keys and values are cached.
+    fn forward_tensor(
+        &mut self,
+        pos: usize,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Option<Tensor>> {
+        let cfg = &self.cfg;
+        let (t, len) = (tokens.len(), pos + tokens.len());
+        let (n_head, n_kv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+        let n_rep = n_head / n_kv;
+        let eps = cfg.rms_eps;
+        let mut x = self.embed.rows(tokens, &self.device)?; // (t, dim)
+        let mask = if t > 1 {
+            Some(self.mask(t, pos)?)
+        } else {
+            None
+        };
+        let (cos, sin) = (self.cos.narrow(0, pos, t)?, self.sin.narrow(0, pos, t)?);
+        let n_layer = self.layers.len();
+        for (il, l) in self.layers.iter_mut().enumerate() {
+            let h = rms_norm_ggml(&x, &l.attn_norm, eps)?;
+            let heads =
+                |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let q = heads(l.wq.forward(&h)?, n_head)?; // (1, n_head, t, hd)
+            let k = heads(l.wk.forward(&h)?, n_kv)?; // (1, n_kv, t, hd)
+            let v = heads(l.wv.forward(&h)?, n_kv)?; // (1, n_kv, t, hd)
+            let (q, k) = if l.use_rope {
+                (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
+            } else {
+                (q, k)
+            };
+            // An F16 cache rounds keys and values as they are stored and widens them back to
+            // F32 for attention, as the native backend does.
+            let kvd = self.kv_dtype;
+            l.k_cache.slice_set(&k.squeeze(0)?.to_dtype(kvd)?, 1, pos)?;
+            l.v_cache.slice_set(&v.squeeze(0)?.to_dtype(kvd)?, 1, pos)?;
+            if il + 1 == n_layer && logits == Logits::None {
+                return Ok(None);
+            }
+            let kc = l.k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
+            let vc = l.v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
+                                                                         // GQA: the n_rep query heads sharing a KV head are one batch of n_rep * t rows (head
+                                                                         // h reads KV head h / n_rep, as in ggml), so the cache is never repeated.
+            let q = q.reshape((n_kv, n_rep * t, hd))?;
+            let att = (q.matmul(&kc.t()?)? * cfg.attention_scale as f64)?; // (n_kv, n_rep*t, len)
+            let att = match &mask {
+                Some(m) => att
+                    .reshape((n_kv, n_rep, t, len))?
+                    .broadcast_add(m)?
+                    .reshape((n_kv, n_rep * t, len))?,
+                None => att,
+            };
+            let y = softmax_last_dim(&att)?.matmul(&vc)?; // (n_kv, n_rep * t, hd)
+            let y = y
+                .reshape((n_head, t, hd))?
+                .transpose(0, 1)?
+                .reshape((t, n_head * hd))?;
+            let mut out = l.wo.forward(&y)?; // (t, dim)
+            if il + 1 == n_layer && logits == Logits::Last && t > 1 {
+                // As llama.cpp: the last layer's feed-forward runs only for the rows whose
+                // logits are wanted.
+                x = x.narrow(0, t - 1, 1)?;
+                out = out.narrow(0, t - 1, 1)?;
+            }
+            x = (x + out)?;
+            let h = rms_norm_ggml(&x, &l.ffn_norm, eps)?;
+            let gate = silu(&l.w_gate.forward(&h)?)?;
+            let h = (gate * l.w_up.forward(&h)?)?;
+            x = (x + l.w_down.forward(&h)?)?;
+        }
+        if logits == Logits::Last && x.dim(0)? > 1 {
+            x = x.narrow(0, x.dim(0)? - 1, 1)?;
+        }
+        let h = rms_norm_ggml(&x, &self.norm, eps)?;
+        Ok(Some(self.lm_head.forward(&h)?))
+    }
+}
+
+impl Backend for CandleModel {
+    fn forward(&mut self, pos: usize, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
+        self.logits.clear();
+        if let Some(out) = self.forward_tensor(pos, tokens, logits)? {
+            self.logits = out.flatten_all()?.to_vec1::<f32>()?;
+        }
+        Ok(&self.logits)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn cache_bytes(&self) -> usize {
+        let cfg = &self.cfg;
+        2 * cfg.n_layer * cfg.kv_dim() * self.max_len * self.kv_dtype.size_in_bytes()
+    }
+
+    /// Candle allocates each op's output as the op runs (bounded by the memory estimate's
+    /// per-chunk buffers); what stays between passes is the host's copy of the logits.
+    fn scratch_bytes(&self) -> usize {
+        self.logits.capacity() * 4
+    }
+
+    fn weight_types(&self) -> Vec<(TensorType, usize)> {
+        self.weight_types.clone()
+    }
+}

@@ -21,10 +21,10 @@ fn backends() -> Vec<(&'static str, EngineOptions)> {
         ("native, F16 cache", with(KvType::F16)),
         ("native, F32 cache", with(KvType::F32)),
         (
-            "candle-cpu, F16 cache",
+            "candle-cpu, F32 cache",
             EngineOptions {
                 placement: candle,
-                ..with(KvType::F16)
+                ..with(KvType::F32)
             },
         ),
     ]
@@ -247,7 +247,12 @@ fn long_prompt(engine: &Engine, n: usize) -> Vec<u32> {
 
 #[test]
 fn a_long_prompt_runs_in_chunks_with_the_logits_of_one_pass() {
-    for (name, opts) in backends() {
+    // Bit for bit, which only the native kernels promise: Candle's products sum in an order that
+    // depends on the shapes (its reused prefixes are checked by `assert_same_as_fresh`).
+    for (name, opts) in backends()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("native"))
+    {
         let mut engine = load(&opts, 2048);
         let chunk = engine::PREFILL_CHUNK;
         let tokens = long_prompt(&engine, chunk + chunk / 2);

@@ -76,9 +76,6 @@ fn ask_about_database(handle: AppHandle, args: Args, text: String) {
 
 /// The server answers the windows from now on: the pages, the shortcut, the tray.
 fn serve(handle: &AppHandle, server: Server) {
-    for notice in server.chat().notices() {
-        tracing::warn!("{notice}");
-    }
     bridge::apply_shortcut(handle, &server);
     handle.manage(server.router());
     handle.manage(server);

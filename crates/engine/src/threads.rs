@@ -47,7 +47,13 @@ pub fn init(threads: usize) -> usize {
         threads
     };
     match CONFIGURED.compare_exchange(0, n, Ordering::SeqCst, Ordering::SeqCst) {
-        Ok(_) => n,
+        Ok(_) => {
+            // The Candle backend's own CPU ops run on Candle's pool (rayon), which reads these
+            // once when it starts; set them here so the user's count holds on every backend.
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            n
+        }
         Err(current) => current,
     }
 }

@@ -77,6 +77,12 @@ impl Body {
         ApiError::invalid(format!("`{field}` must be {what}."), Some(field))
     }
 
+    /// The `model` field, which both endpoints require.
+    pub fn model(&self) -> Result<&str, ApiError> {
+        self.string("model")?
+            .ok_or_else(|| ApiError::invalid("`model` is required.", Some("model")))
+    }
+
     pub fn string(&self, field: &str) -> Result<Option<&str>, ApiError> {
         match self.get(field) {
             None => Ok(None),

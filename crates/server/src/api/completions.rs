@@ -124,23 +124,9 @@ pub(super) async fn completions(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match answer(s, peer, headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn answer(
-    s: Server,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = Body::parse(&headers, body, FIELDS)?;
-    let requested = body
-        .string("model")?
-        .ok_or_else(|| ApiError::invalid("`model` is required.", Some("model")))?;
+    let requested = body.model()?;
     let text = prompt(&body)?;
     let params = body.sampling(DEFAULT_MAX_TOKENS)?;
     let stream = body.bool("stream")?.unwrap_or(false);

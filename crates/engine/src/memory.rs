@@ -57,6 +57,19 @@ fn overflow() -> EngineError {
 }
 
 /// The product of `factors`, or an error when it does not fit in a u64.
+/// The KV cache both backends keep: keys and values per layer, `kv_dim` elements of
+/// `kv_type` per position.
+fn kv_cache_bytes(cfg: &ModelConfig, context_len: usize, kv_type: KvType) -> Result<u64> {
+    let n = |x: usize| x as u64;
+    product(&[
+        n(cfg.n_layer),
+        2,
+        n(cfg.kv_dim()),
+        n(context_len),
+        n(kv_type.bytes()),
+    ])
+}
+
 fn product(factors: &[u64]) -> Result<u64> {
     factors
         .iter()
@@ -86,7 +99,7 @@ impl MemoryEstimate {
         let n = |x: usize| x as u64;
         let ctx = n(context_len);
         let (dim, q, kv, ff) = (n(cfg.n_embd), n(cfg.q_dim()), n(cfg.kv_dim()), n(cfg.n_ff));
-        let kv_cache = product(&[n(cfg.n_layer), 2, kv, ctx, n(kv_type.bytes())])?;
+        let kv_cache = kv_cache_bytes(cfg, context_len, kv_type)?;
         // Floats per position of a forward pass (model.rs `Scratch`): the residual stream and the
         // normalised input; q (which then takes the attention block's output); k and v; the
         // attention output; gate and up (which then takes the feed-forward output); and the
@@ -142,7 +155,7 @@ impl MemoryEstimate {
         let ctx = n(context_len);
         let chunk = n(PREFILL_CHUNK.min(context_len));
         let (dim, q, kv, ff) = (n(cfg.n_embd), n(cfg.q_dim()), n(cfg.kv_dim()), n(cfg.n_ff));
-        let kv_cache = product(&[n(cfg.n_layer), 2, kv, ctx, n(kv_type.bytes())])?;
+        let kv_cache = kv_cache_bytes(cfg, context_len, kv_type)?;
         // An F16 cache is widened to F32 for attention, one layer's visible rows at a time.
         let widened = match kv_type {
             KvType::F32 => 0,

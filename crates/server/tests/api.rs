@@ -9,10 +9,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chat::{Finish, LocalServer};
-use common::{fixture, Fixture};
+use chat::Finish;
+use common::{fixture, serve_http, Fixture};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 fn model_path() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,20 +36,7 @@ async fn ready_server(key: &str) -> (Fixture, String) {
 }
 
 async fn serve(f: &Fixture, key: &str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let config = LocalServer {
-        enabled: true,
-        port,
-        api_key: key.into(),
-        ..LocalServer::default()
-    };
-    let server = f.server.clone();
-    tokio::spawn(async move {
-        server::http::serve(server, listener, &config, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let (port, _) = serve_http(f, key, std::future::pending()).await;
     format!("http://127.0.0.1:{port}")
 }
 

@@ -8,30 +8,16 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use chat::{LocalServer, ServerStatus};
-use common::{attr_after, fixture, Fixture};
-use tokio::net::TcpListener;
+use common::{attr_after, fixture, serve_http, Fixture};
 use tokio::sync::oneshot;
 
 /// Serves `f` on a free loopback port; dropping the sender shuts it down.
 async fn serve(f: &Fixture, key: &str) -> (u16, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let config = LocalServer {
-        enabled: true,
-        port,
-        api_key: key.into(),
-        ..LocalServer::default()
-    };
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = f.server.clone();
-    let task = tokio::spawn(async move {
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        server::http::serve(server, listener, &config, stopped)
-            .await
-            .unwrap();
-    });
+    let (port, task) = serve_http(f, key, async {
+        let _ = stopped.await;
+    })
+    .await;
     (port, stop, task)
 }
 

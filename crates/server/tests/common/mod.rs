@@ -2,20 +2,45 @@
 //! its Router as the desktop transport makes them (tower `oneshot`), and a reader of SSE bodies.
 #![allow(dead_code)] // each test binary uses part of this
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{Request, Response, StatusCode};
 use axum::Router;
-use chat::{AppPaths, ChatApp};
+use chat::{AppPaths, ChatApp, LocalServer};
 use futures_util::StreamExt;
 use server::{Downloads, Hub, Server};
+use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 pub struct Fixture {
     pub server: Server,
     pub router: Router,
     _dir: tempfile::TempDir,
+}
+
+/// Serves `f` over HTTP on a free loopback port (with `key`) until `shutdown` completes.
+pub async fn serve_http(
+    f: &Fixture,
+    key: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = LocalServer {
+        enabled: true,
+        port,
+        api_key: key.into(),
+        ..LocalServer::default()
+    };
+    let server = f.server.clone();
+    let task = tokio::spawn(async move {
+        server::http::serve(server, listener, &config, shutdown)
+            .await
+            .unwrap();
+    });
+    (port, task)
 }
 
 pub fn fixture() -> Fixture {

@@ -133,6 +133,69 @@ fn devices_lists_the_cpu_and_says_why_others_are_unavailable() {
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("cpu"));
 }
 
+/// What the dynamic loader does to a CUDA runner on a machine without the NVIDIA driver.
+fn runner_without_driver(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("smollm3-cuda-runner");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\necho 'smollm3-cuda-runner: error while loading shared libraries: \
+         libcuda.so.1: cannot open shared object file: No such file or directory' >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn without_a_driver_the_cli_starts_and_says_why_cuda_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cuda_entry = |runner: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smollm3"))
+            .args(["devices", "--json"])
+            .env("SMOLLM3_CUDA_RUNNER", runner)
+            .output()
+            .expect("smollm3 runs");
+        let list = json_out(&out);
+        let cuda = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == "cuda");
+        cuda.expect("a CUDA entry").clone()
+    };
+    let missing = cuda_entry(&dir.path().join("nothing-here"));
+    assert_eq!(missing["usable"], false);
+    let reason = missing["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the CUDA runner is not installed"),
+        "{reason}"
+    );
+
+    let runner = runner_without_driver(dir.path());
+    let entry = cuda_entry(&runner);
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(reason.contains("exit status: 127"), "{reason}");
+    assert!(reason.contains("no NVIDIA driver found"), "{reason}");
+
+    // Asking for the device: refused with the same reason, not run elsewhere.
+    let model = reference("tiny-smollm3-f32.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_smollm3"))
+        .args([
+            "inspect",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ])
+        .env("SMOLLM3_CUDA_RUNNER", &runner)
+        .output()
+        .expect("smollm3 runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no NVIDIA driver found"), "{err}");
+}
+
 #[test]
 fn a_device_that_cannot_run_the_model_is_refused_with_its_reason() {
     let model = reference("tiny-smollm3-f32.gguf");

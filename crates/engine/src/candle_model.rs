@@ -389,6 +389,14 @@ impl CandleModel {
     }
 }
 
+impl CandleModel {
+    /// The logits of the last pass (what [`Backend::forward`] returned), for the runner to
+    /// send while the model is borrowed no longer.
+    pub fn last_logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
 impl Backend for CandleModel {
     fn forward(&mut self, pos: usize, tokens: &[u32], logits: Logits) -> Result<&[f32]> {
         self.logits.clear();

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::memory::{self, Available};
@@ -165,8 +165,17 @@ pub fn no_cuda_in_build() -> String {
     "this build has no CUDA support (CUDA runs in the CUDA build: `make build-cuda`)".into()
 }
 
+/// Why a CUDA device is unavailable when this build has no CUDA and no runner is installed.
+pub fn no_cuda_runner(runner: &std::path::Path) -> String {
+    format!(
+        "this build has no CUDA support and the CUDA runner is not installed (no {}; \
+         `make build-cuda` builds it, `make deb-cuda` packages it)",
+        runner.display()
+    )
+}
+
 /// One device as this build and machine see it: what it is, or why it cannot be used.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceReport {
     /// What `--device` takes: `cpu`, `cuda:0`, `metal` (`cuda` when no CUDA device is known).
     pub device: String,
@@ -206,9 +215,68 @@ impl Serialize for BackendKind {
     }
 }
 
+/// As it is written: `native`, `candle` (a runner's device list is read back).
+impl<'de> Deserialize<'de> for BackendKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Every device kind, each usable one with its hardware, each other with the reason: the CPU,
-/// every CUDA device the driver reports (or why there is none), the Metal GPU.
+/// every CUDA device the driver reports (or why there is none), the Metal GPU. In a build
+/// without CUDA the CUDA entries are the CUDA runner's ([`crate::runner::default_path`]), or
+/// why it is missing or did not start.
 pub fn list_devices() -> Vec<DeviceReport> {
+    local_devices_with(cuda_devices_via_runner)
+}
+
+/// [`list_devices`] as this process sees them, without asking a runner: what the runner
+/// itself reports.
+pub fn local_devices() -> Vec<DeviceReport> {
+    local_devices_with(cuda_devices)
+}
+
+/// In a build with CUDA, this process's own CUDA devices; without, the runner's (or why not).
+fn cuda_devices_via_runner() -> Vec<DeviceReport> {
+    if cfg!(feature = "cuda") {
+        cuda_devices()
+    } else {
+        runner_cuda_devices(&crate::runner::default_path())
+    }
+}
+
+/// The CUDA entries of the runner at `runner`, or one entry saying why there are none.
+pub fn runner_cuda_devices(runner: &std::path::Path) -> Vec<DeviceReport> {
+    if !runner.is_file() {
+        return vec![DeviceReport::unusable("cuda", no_cuda_runner(runner))];
+    }
+    match crate::runner::runner_devices(runner) {
+        Ok(list) => {
+            let cuda: Vec<_> = list
+                .into_iter()
+                .filter(|d| d.device.starts_with("cuda"))
+                .collect();
+            if cuda.is_empty() {
+                let msg = format!("the runner {} reported no CUDA entry", runner.display());
+                return vec![DeviceReport::unusable("cuda", msg)];
+            }
+            // Its reasons are about itself (its build, its driver): say whose they are.
+            cuda.into_iter()
+                .map(|mut d| {
+                    d.reason = d
+                        .reason
+                        .map(|r| format!("the CUDA runner {}: {r}", runner.display()));
+                    d
+                })
+                .collect()
+        }
+        Err(reason) => vec![DeviceReport::unusable("cuda", reason)],
+    }
+}
+
+fn local_devices_with(cuda: fn() -> Vec<DeviceReport>) -> Vec<DeviceReport> {
     let host = memory::host_available();
     let mut out = vec![DeviceReport {
         device: "cpu".into(),
@@ -224,7 +292,7 @@ pub fn list_devices() -> Vec<DeviceReport> {
         backends: vec![BackendKind::Native, BackendKind::Candle],
         reason: None,
     }];
-    out.extend(cuda_devices());
+    out.extend(cuda());
     out.push(metal_device());
     out
 }
@@ -389,7 +457,7 @@ mod tests {
         let p = Placement::new(DeviceSpec::Cuda(0), None).unwrap();
         let err = p.candle_device().unwrap_err().to_string();
         assert!(err.contains("this build has no CUDA support"), "{err}");
-        let list = list_devices();
+        let list = local_devices();
         let cuda = list
             .iter()
             .find(|d| d.device == "cuda")
@@ -397,5 +465,16 @@ mod tests {
         assert!(!cuda.usable);
         assert_eq!(cuda.reason.as_deref(), Some(no_cuda_in_build().as_str()));
         assert!(list[0].usable && list[0].device == "cpu");
+        // Without a runner, the list says where it was looked for.
+        let missing = std::path::Path::new("/nonexistent/smollm3-cuda-runner");
+        let reason = runner_cuda_devices(missing)[0].reason.clone().unwrap();
+        assert!(
+            reason.contains("the CUDA runner is not installed"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("/nonexistent/smollm3-cuda-runner"),
+            "{reason}"
+        );
     }
 }

@@ -17,6 +17,7 @@ use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams}
 use crate::gguf::{Gguf, GgufError};
 use crate::memory::{self, MemoryEstimate};
 use crate::model::Model;
+use crate::runner::RunnerBackend;
 use crate::sampler::SamplingParams;
 use crate::template::{ChatMessage, ChatOptions, ChatTemplate};
 use crate::tokenizer::Tokenizer;
@@ -35,6 +36,10 @@ pub struct EngineOptions {
     pub kv_type: KvType,
     /// The device and backend the model runs on.
     pub placement: Placement,
+    /// Runs the model in this runner program (see [`crate::runner`]) instead of in this
+    /// process. `None`: in this process, except a CUDA device in a build without CUDA, which
+    /// runs in the runner next to the executable ([`crate::runner::default_path`]).
+    pub runner: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -44,6 +49,7 @@ impl Default for EngineOptions {
             tokenizer_json: None,
             kv_type: KvType::default(),
             placement: Placement::default(),
+            runner: None,
         }
     }
 }
@@ -116,16 +122,7 @@ impl Checked {
     /// Maps and parses `path` and validates everything but the weights' values. Never panics on
     /// a bad file and allocates nothing sized by it beyond the parsed metadata.
     fn new(path: &Path, opts: &EngineOptions) -> Result<Self> {
-        let io_err = |error| EngineError::Io {
-            path: path.to_owned(),
-            error,
-        };
-        let file = std::fs::File::open(path).map_err(io_err)?;
-        // SAFETY: the map is read-only; a model file changed underneath a running app is outside
-        // what we can defend against (as for every mmap-based loader, llama.cpp included).
-        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_err)?);
-        let gguf = Gguf::parse(&map).map_err(gguf_err(path))?;
-        let cfg = ModelConfig::from_gguf(&gguf)?;
+        let (map, gguf, cfg) = map_model(path)?;
         let tokenizer = load_tokenizer(&gguf, opts)?;
         if tokenizer.vocab_size() != cfg.n_vocab {
             return Err(EngineError::InvalidModel(format!(
@@ -197,6 +194,42 @@ impl Checked {
     }
 }
 
+/// Maps `path` and parses its GGUF structure and model configuration: the first step of every
+/// load, in this process or in a runner.
+pub(crate) fn map_model(path: &Path) -> Result<(Arc<Mmap>, Gguf, ModelConfig)> {
+    let io_err = |error| EngineError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    // SAFETY: the map is read-only; a model file changed underneath a running app is outside
+    // what we can defend against (as for every mmap-based loader, llama.cpp included).
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_err)?);
+    let gguf = Gguf::parse(&map).map_err(gguf_err(path))?;
+    let cfg = ModelConfig::from_gguf(&gguf)?;
+    Ok((map, gguf, cfg))
+}
+
+/// Refuses a model whose estimate exceeds the memory `available` on `device`; where that
+/// cannot be told, loads it with a warning.
+pub(crate) fn check_fits(
+    memory: &MemoryEstimate,
+    available: Option<memory::Available>,
+    device: crate::DeviceSpec,
+) -> Result<()> {
+    match available {
+        Some(available) => memory.check(&available),
+        None => {
+            tracing::warn!(
+                needed = %memory::gb(memory.total()),
+                %device,
+                "cannot tell the available memory of this device: the model's need is not checked"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Checks a model file as [`Engine::load`] would (GGUF structure, metadata, tensor shapes,
 /// tokenizer, chat template) without reading its weights or allocating the model: for vetting a
 /// file while another model is loaded. The memory check is left to the load, when the memory in
@@ -221,39 +254,54 @@ impl Engine {
             memory,
         } = Checked::new(path, opts)?;
         let placement = opts.placement;
-        // The device is opened first: its memory is what the estimate is checked against.
-        let device = match placement.backend() {
-            BackendKind::Native => None,
-            BackendKind::Candle => Some(placement.candle_device()?),
-        };
-        let available = match &device {
-            None => memory::host_available(),
-            Some(d) => crate::device::available_memory(placement.device(), d),
-        };
-        match available {
-            Some(available) => memory.check(&available)?,
-            None => tracing::warn!(
-                needed = %memory::gb(memory.total()),
-                device = %placement.device(),
-                "cannot tell the available memory of this device: the model's need is not checked"
-            ),
-        }
-        let model: Box<dyn Backend> = match &device {
-            None => Box::new(Model::load(
-                &gguf,
-                &map,
-                cfg.clone(),
+        let runner = opts.runner.clone().or_else(|| {
+            // A CUDA device in a build without CUDA runs in the CUDA runner (crate::runner).
+            let cuda = matches!(placement.device(), crate::DeviceSpec::Cuda(_));
+            (cuda && !cfg!(feature = "cuda")).then(crate::runner::default_path)
+        });
+        let model: Box<dyn Backend> = match runner {
+            Some(_) if placement.backend() == BackendKind::Native => {
+                return Err(EngineError::Device(
+                    "a runner serves the candle backend only; choose --backend candle".into(),
+                ))
+            }
+            Some(runner) => Box::new(RunnerBackend::start(
+                &runner,
+                path,
+                placement.device(),
                 context_len,
                 opts.kv_type,
+                &memory,
             )?),
-            Some(device) => Box::new(CandleModel::load(
-                &gguf,
-                &map,
-                cfg.clone(),
-                context_len,
-                opts.kv_type,
-                device,
-            )?),
+            None => {
+                // The device is opened first: its memory is what the estimate is checked against.
+                let device = match placement.backend() {
+                    BackendKind::Native => None,
+                    BackendKind::Candle => Some(placement.candle_device()?),
+                };
+                let available = match &device {
+                    None => memory::host_available(),
+                    Some(d) => crate::device::available_memory(placement.device(), d),
+                };
+                check_fits(&memory, available, placement.device())?;
+                match &device {
+                    None => Box::new(Model::load(
+                        &gguf,
+                        &map,
+                        cfg.clone(),
+                        context_len,
+                        opts.kv_type,
+                    )?),
+                    Some(device) => Box::new(CandleModel::load(
+                        &gguf,
+                        &map,
+                        cfg.clone(),
+                        context_len,
+                        opts.kv_type,
+                        device,
+                    )?),
+                }
+            }
         };
         let stop_tokens = stop_tokens(&tokenizer);
         let info = ModelInfo {

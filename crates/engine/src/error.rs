@@ -54,6 +54,10 @@ pub enum EngineError {
     /// The chosen device cannot run the model: not in this build, no driver, did not start.
     #[error("device: {0}")]
     Device(String),
+    /// The runner process that holds the model (a CUDA device in a build without CUDA) failed:
+    /// it stopped (and why: its exit status and last words), or broke the protocol.
+    #[error("model runner: {0}")]
+    Runner(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

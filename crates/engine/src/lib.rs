@@ -13,6 +13,8 @@
 //!   commit, rollback) for every backend.
 //! - [`device`]: where a model runs ([`Placement`]: `cpu`, `cuda[:N]`, `metal`; the native or
 //!   the Candle backend).
+//! - [`runner`]: a backend in another process (the CUDA runner, so that no build the app ships
+//!   links the CUDA libraries), over a small binary protocol on its stdin/stdout.
 //! - [`candle_model`]: the Candle backend, the same transformer as a Candle tensor graph on any
 //!   Candle device, its KV cache preallocated there.
 //! - [`qmatrix`], [`attention`], [`model`]: the native CPU backend, the quantized transformer
@@ -45,6 +47,7 @@ pub mod ops;
 pub mod qmatrix;
 pub mod quant;
 mod quantize;
+pub mod runner;
 pub mod sampler;
 pub mod template;
 pub mod textstream;

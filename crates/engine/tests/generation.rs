@@ -1,6 +1,7 @@
 //! Generation through [`Engine::generate`] on every backend, with the real test model: prefix
 //! reuse, rollback of a diverged conversation, cancellation, the context limit and stop strings.
-//! Each check compares a backend with itself (cached against fresh), so it holds on any device.
+//! Each check compares a backend with itself (cached against fresh), so it holds on any device;
+//! the Candle backend runs in this process and in the runner process (`engine::runner`).
 
 mod refdata;
 
@@ -24,6 +25,15 @@ fn backends() -> Vec<(&'static str, EngineOptions)> {
             "candle-cpu, F32 cache",
             EngineOptions {
                 placement: candle,
+                ..with(KvType::F32)
+            },
+        ),
+        // The same graph in the runner process, over the pipe (as CUDA runs in the app).
+        (
+            "candle-cpu in the runner, F32 cache",
+            EngineOptions {
+                placement: candle,
+                runner: Some(env!("CARGO_BIN_EXE_smollm3-cuda-runner").into()),
                 ..with(KvType::F32)
             },
         ),

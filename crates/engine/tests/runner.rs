@@ -1,0 +1,213 @@
+//! The runner process (`engine::runner`) on Candle's CPU device: the pipe path the CUDA build
+//! takes, tested where there is no GPU. Its logits equal the in-process backend's; a runner
+//! that is missing, cannot start or dies mid-answer is an error that says why, never a hang.
+
+mod refdata;
+
+use std::path::{Path, PathBuf};
+
+use engine::{
+    BackendKind, DeviceSpec, Engine, EngineError, EngineOptions, GenerationParams, KvType,
+    Placement, SamplingParams,
+};
+use refdata::{reference_dir, smollm2_path};
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_smollm3-cuda-runner");
+
+fn options(runner: Option<PathBuf>) -> EngineOptions {
+    EngineOptions {
+        context_len: 256,
+        kv_type: KvType::F32,
+        placement: Placement::new(DeviceSpec::Cpu, Some(BackendKind::Candle)).unwrap(),
+        runner,
+        ..EngineOptions::default()
+    }
+}
+
+fn load(model: &Path, runner: Option<PathBuf>) -> engine::Result<Engine> {
+    engine::threads::init(0);
+    Engine::load(model, &options(runner))
+}
+
+/// The error of a load that must fail.
+fn load_err(model: &Path, opts: &EngineOptions) -> EngineError {
+    match Engine::load(model, opts) {
+        Ok(_) => panic!("{} loaded with {opts:?}", model.display()),
+        Err(e) => e,
+    }
+}
+
+/// An executable shell script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn greedy(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::for_family(engine::ModelFamily::Llama)
+        },
+        stop_strings: Vec::new(),
+        ignore_eos: true,
+        start_in_thinking: false,
+    }
+}
+
+#[test]
+fn logits_through_the_runner_equal_the_in_process_backend() {
+    let models = [
+        smollm2_path(),
+        reference_dir().join("tiny-smollm3-q4km.gguf"),
+    ];
+    for model in models {
+        let mut here = load(&model, None).expect("in process");
+        let mut there = load(&model, Some(RUNNER.into())).expect("in the runner");
+        assert_eq!(here.info().vocab_size, there.info().vocab_size);
+        assert_eq!(here.info().weight_types, there.info().weight_types);
+        assert_eq!(here.cache_bytes(), there.cache_bytes());
+        let tokens = here
+            .encode_prompt("The runner computes what this process computes.")
+            .unwrap();
+        let (a, b) = (
+            here.logits(&tokens).unwrap(),
+            there.logits(&tokens).unwrap(),
+        );
+        assert_eq!(a.len(), tokens.len());
+        // The same code on the same device: the same numbers, bit for bit.
+        assert_eq!(a, b, "{}", model.display());
+        let (a, b) = (
+            here.generate(&tokens, &greedy(8), &|| false, &mut |_| {})
+                .unwrap(),
+            there
+                .generate(&tokens, &greedy(8), &|| false, &mut |_| {})
+                .unwrap(),
+        );
+        assert_eq!(a.ids, b.ids, "{}", model.display());
+        assert!(there.info().placement.contains("cpu"));
+    }
+}
+
+#[test]
+fn a_killed_runner_is_an_error_that_says_so_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    // The runner, started through a script that records its process id.
+    let runner = script(
+        dir.path(),
+        "runner",
+        &format!("echo $$ > {}\nexec {RUNNER} \"$@\"", pid_file.display()),
+    );
+    let mut engine = load(&smollm2_path(), Some(runner)).expect("loads in the runner");
+    let tokens = engine.encode_prompt("Hello there").unwrap();
+    engine
+        .generate(&tokens, &greedy(2), &|| false, &mut |_| {})
+        .expect("the runner answers");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let err = engine
+        .generate(&tokens, &greedy(2), &|| false, &mut |_| {})
+        .expect_err("the runner is gone");
+    let msg = err.to_string();
+    assert!(matches!(err, EngineError::Runner(_)), "{err:?}");
+    assert!(msg.contains("stopped") && msg.contains("SIGKILL"), "{msg}");
+    // Every later call says the same at once.
+    let again = engine.logits(&tokens).unwrap_err().to_string();
+    assert_eq!(again, msg);
+}
+
+#[test]
+fn a_runner_that_cannot_start_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = smollm2_path();
+    // Not installed: where it was looked for.
+    let missing = dir.path().join("smollm3-cuda-runner");
+    let err = load_err(&model, &options(Some(missing.clone()))).to_string();
+    assert!(err.contains("is not installed"), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    // What the dynamic loader does on a machine without the NVIDIA driver.
+    let no_driver = script(
+        dir.path(),
+        "no-driver",
+        "echo 'smollm3-cuda-runner: error while loading shared libraries: libcuda.so.1: \
+         cannot open shared object file: No such file or directory' >&2\nexit 127",
+    );
+    let err = load_err(&model, &options(Some(no_driver.clone()))).to_string();
+    assert!(err.contains("exit status: 127"), "{err}");
+    assert!(err.contains("no NVIDIA driver found"), "{err}");
+    let listed = engine::device::runner_cuda_devices(&no_driver);
+    let reason = listed[0].reason.as_deref().unwrap();
+    assert!(
+        !listed[0].usable && reason.contains("no NVIDIA driver found"),
+        "{reason}"
+    );
+
+    // A program that answers outside the protocol.
+    let chatty = script(dir.path(), "chatty", "echo hello; exec sleep 5");
+    let err = load_err(&model, &options(Some(chatty))).to_string();
+    assert!(err.contains("outside the protocol"), "{err}");
+
+    // The native backend does not run in a runner.
+    let opts = EngineOptions {
+        placement: Placement::default(),
+        ..options(Some(RUNNER.into()))
+    };
+    let err = load_err(&model, &opts).to_string();
+    assert!(err.contains("candle backend only"), "{err}");
+}
+
+#[test]
+fn the_runner_refuses_a_device_its_build_lacks_and_reports_its_devices() {
+    // This runner is built without CUDA: it says so, through the parent.
+    let opts = EngineOptions {
+        placement: Placement::new(DeviceSpec::Cuda(0), None).unwrap(),
+        ..options(Some(RUNNER.into()))
+    };
+    let err = load_err(&smollm2_path(), &opts);
+    assert!(matches!(err, EngineError::Device(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("this build has no CUDA support"),
+        "{err}"
+    );
+    let listed = engine::device::runner_cuda_devices(Path::new(RUNNER));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].device, "cuda");
+    assert_eq!(
+        listed[0].reason,
+        Some(format!(
+            "the CUDA runner {RUNNER}: {}",
+            engine::device::no_cuda_in_build()
+        ))
+    );
+}
+
+#[test]
+fn the_memory_check_refuses_what_the_runners_device_cannot_hold() {
+    // A runner whose device has 1000 bytes free: the parent's one estimate against the memory
+    // the runner reports, refused before the runner is asked to load anything.
+    let dir = tempfile::tempdir().unwrap();
+    // OPENED: frame length 22, tag 0x81, has-memory 1, 1000 bytes, place "fake GPU".
+    let tiny = script(
+        dir.path(),
+        "tiny",
+        r"printf '\026\000\000\000\201\001\350\003\000\000\000\000\000\000\010\000\000\000fake GPU'
+exec sleep 5",
+    );
+    match load(&smollm2_path(), Some(tiny)) {
+        Err(EngineError::InsufficientMemory {
+            place, available, ..
+        }) => assert_eq!((place.as_str(), available), ("fake GPU", 1000)),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a model loaded into 1000 bytes"),
+    }
+}

@@ -96,11 +96,12 @@ fn sampling_defaults(state: &ModelState) -> serde_json::Value {
         _ => engine::ModelFamily::SmolLM3,
     };
     let d = engine::SamplingParams::for_family(family);
+    // As text: an f32 widened to a JSON number shows its binary noise (0.800000011920929).
     json!({
-        "temperature": d.temperature,
-        "top_p": d.top_p,
+        "temperature": d.temperature.to_string(),
+        "top_p": d.top_p.to_string(),
         "top_k": d.top_k,
-        "repeat_penalty": d.repeat_penalty,
+        "repeat_penalty": d.repeat_penalty.to_string(),
     })
 }
 
@@ -291,5 +292,20 @@ mod tests {
         off.remove("server_enabled");
         let saved = settings_from_form(&s, &off).unwrap();
         assert!(!saved.local_server.enabled, "an unchecked box turns it off");
+    }
+
+    #[test]
+    fn sampling_defaults_show_as_written_not_as_widened_floats() {
+        let d = sampling_defaults(&ModelState::NoModel {
+            why: String::new(),
+            how_to_get_one: String::new(),
+        });
+        let want = engine::SamplingParams::for_family(engine::ModelFamily::SmolLM3);
+        assert_eq!(d["temperature"], want.temperature.to_string());
+        assert_eq!(d["top_p"], want.top_p.to_string());
+        for key in ["temperature", "top_p", "repeat_penalty"] {
+            let shown = d[key].as_str().unwrap();
+            assert!(shown.len() <= 5, "{key} shown as {shown}");
+        }
     }
 }

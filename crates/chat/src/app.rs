@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use crate::commands::{self, CommandSuggestion};
 use crate::core::Core;
-use crate::device::{self, DeviceInfo};
+use crate::device::{self, Estimates, InUse, ModelNeed};
 use crate::error::{ChatError, Result};
 use crate::events::{AppEvent, EventSink};
 use crate::export::{self, Export};
@@ -31,6 +31,7 @@ pub(crate) struct Inner {
     pub paths: AppPaths,
     overrides: RunOverrides,
     server: Mutex<ServerStatus>,
+    estimates: Estimates,
     threads: Mutex<Vec<JoinHandle<()>>>,
     notices: Vec<String>,
 }
@@ -175,6 +176,7 @@ impl ChatApp {
                 paths,
                 overrides,
                 server: Mutex::new(ServerStatus::Off),
+                estimates: Estimates::default(),
                 threads: Mutex::new(vec![worker_thread, streamer]),
                 notices,
             }),
@@ -185,6 +187,7 @@ impl ChatApp {
                 "the app closed while loading this model last time; it was not loaded again \
                  automatically"
                     .into(),
+                app.settings().placement()?,
             ),
             None => app.reload_model()?,
         }
@@ -215,9 +218,50 @@ impl ChatApp {
         self.inner.worker.state()
     }
 
-    /// Every device with whether this build can use it and why not.
-    pub fn devices(&self) -> Vec<DeviceInfo> {
-        device::devices()
+    /// Every device with whether it can run the chosen model at the chosen context, and why not:
+    /// the engine's reasons (not in this build, no driver, the driver's error) and, for a device
+    /// that works, whether the model fits in its memory.
+    pub fn devices(&self) -> Vec<engine::device::DeviceReport> {
+        let settings = self.settings();
+        let need = match settings.model_source {
+            ModelSource::Local => self.model_file(&settings).map(|path| ModelNeed {
+                path,
+                context_len: settings.context_len,
+                kv_type: settings.kv_cache,
+                backend: settings.backend,
+            }),
+            ModelSource::Endpoint => None,
+        };
+        let in_use = match self.model_state() {
+            ModelState::Ready {
+                info, placement, ..
+            } => Some(InUse {
+                device: placement.device(),
+                bytes: info.memory.total(),
+            }),
+            _ => None,
+        };
+        device::devices(need.as_ref(), in_use, &self.inner.estimates)
+    }
+
+    /// The model file the settings choose, or the first `.gguf` in the models dir.
+    fn model_file(&self, settings: &Settings) -> Option<PathBuf> {
+        settings
+            .model_path
+            .clone()
+            .or_else(|| find_model(&self.inner.paths.models_dir))
+    }
+
+    /// "Use the CPU": saves the CPU with its default backend as the device and loads the model
+    /// there (the one-click way out of a GPU that failed).
+    pub fn use_cpu(&self) -> Result<()> {
+        let mut settings = self.settings();
+        settings.device = engine::DeviceSpec::Cpu;
+        settings.backend = None;
+        if !self.update_settings(settings)?.needs_reload() {
+            self.reload_model()?;
+        }
+        Ok(())
     }
 
     pub fn status(&self) -> AppStatus {
@@ -226,7 +270,7 @@ impl ChatApp {
             engine: self.inner.worker.status(),
             threads: engine::threads::current(),
             server: self.inner.server.lock().unwrap().clone(),
-            devices: device::devices(),
+            devices: self.devices(),
         }
     }
 
@@ -263,16 +307,12 @@ impl ChatApp {
             return self.inner.worker.connect(settings.endpoint);
         }
         let models_dir = &self.inner.paths.models_dir;
-        match settings
-            .model_path
-            .clone()
-            .or_else(|| find_model(models_dir))
-        {
+        match self.model_file(&settings) {
             Some(path) => self.inner.worker.load(LoadRequest {
                 path,
                 context_len: settings.context_len,
                 kv_type: settings.kv_cache,
-                device: settings.device,
+                placement: settings.placement()?,
             }),
             None => self.inner.worker.unload(
                 format!(

@@ -20,8 +20,8 @@
 //! - [`settings`]: the settings file, validation and what a change needs; [`sampling`]: an
 //!   answer's sampling choices, validated once for the worker; [`remote`]: an OpenAI-compatible
 //!   endpoint that answers instead of the local engine; [`local_server`]: where the app
-//!   may serve over HTTP, and its status; [`device`]: which devices this build can use, and why
-//!   not.
+//!   may serve over HTTP, and its status; [`device`]: the devices the model can run on, each other
+//!   with the reason (the engine's, or too little memory for the model).
 //!
 //! Stages are named by their types: composer text -> [`commands::Parsed`] ->
 //! [`worker::GenerationJob`] -> [`worker::JobEvent`] -> [`StreamEvent`] -> [`AppEvent`].
@@ -53,7 +53,6 @@ pub mod worker;
 
 pub use app::{ChatApp, RunOverrides};
 pub use commands::CommandSuggestion;
-pub use device::{Device, DeviceInfo};
 pub use error::{ChatError, Result};
 pub use events::{AppEvent, EventSink};
 pub use export::Export;

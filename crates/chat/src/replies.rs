@@ -120,20 +120,20 @@ impl ChatApp {
         let chat = self.core().store(|s| s.chat(chat_id))?;
         let mut out = String::from("**Status**\n\n");
         let _ = match &status.model {
-            ModelState::Ready { info, device, .. } => writeln!(
+            ModelState::Ready {
+                info, placement, ..
+            } => writeln!(
                 out,
-                "- Model: {} ({}), ready\n- Device: {} ({})",
+                "- Model: {} ({}), ready\n- Device: {placement}",
                 model_name(info),
                 info.path.display(),
-                device.name(),
-                self.devices()
-                    .iter()
-                    .find(|d| d.device == *device)
-                    .map(|d| d.explanation.as_str())
-                    .unwrap_or("")
             ),
             other => writeln!(out, "- Model: {}", other.describe()),
         };
+        out.push_str("- Devices:\n");
+        for d in &status.devices {
+            let _ = writeln!(out, "  - {}", crate::device::describe(d));
+        }
         let e = &status.engine;
         let _ = writeln!(out, "- Threads: {}", status.threads);
         if e.context_len > 0 {
@@ -174,12 +174,12 @@ impl ChatApp {
     }
 
     fn model_text(&self) -> String {
-        let (info, device, threads) = match self.model_state() {
+        let (info, placement, threads) = match self.model_state() {
             ModelState::Ready {
                 info,
-                device,
+                placement,
                 threads,
-            } => (info, device, threads),
+            } => (info, placement, threads),
             other => return other.describe(),
         };
         let c = &info.config;
@@ -223,7 +223,10 @@ impl ChatApp {
             ),
             (
                 "Device",
-                format!("{} with {threads} threads", device.name()),
+                match placement.backend() {
+                    engine::BackendKind::Native => format!("{placement} with {threads} threads"),
+                    engine::BackendKind::Candle => placement.to_string(),
+                },
             ),
             ("Load time", format!("{:.0} ms", info.load_ms)),
         ];

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::Device;
+use engine::{BackendKind, DeviceSpec, Placement};
+
 use crate::error::{ChatError, Result};
 use crate::local_server::LocalServer;
 use crate::protocol::FrameConfig;
@@ -26,8 +27,14 @@ pub const DEFAULT_QUICK_CHAT_SHORTCUT: &str = "CommandOrControl+Shift+Space";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// Where the model runs (see [`crate::device::devices`] for what this build supports).
-    pub device: Device,
+    /// Where the model runs: `cpu`, `cuda:N`, `metal` ([`crate::device::devices`] tells which
+    /// this build and machine can use).
+    #[serde(with = "crate::device::as_text")]
+    pub device: DeviceSpec,
+    /// Which implementation runs there: `native` (CPU only) or `candle`; `None` = the device's
+    /// default (native on the CPU, Candle on a GPU). See [`Settings::placement`].
+    #[serde(with = "crate::device::opt_text")]
+    pub backend: Option<BackendKind>,
     /// Compute threads (default: the machine's available cores).
     pub threads: usize,
     /// KV cache size in tokens (capped by the model's own context length).
@@ -66,7 +73,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            device: Device::Cpu,
+            device: DeviceSpec::Cpu,
+            backend: None,
             threads: engine::threads::available(),
             context_len: engine::DEFAULT_CONTEXT_LEN,
             kv_cache: engine::KvType::default(),
@@ -198,6 +206,7 @@ impl Settings {
 
     /// Rejects values that cannot work, naming the setting and the accepted range.
     pub fn validate(&self) -> Result<()> {
+        self.placement()?;
         if self.threads == 0 || self.threads > 1024 {
             return Err(invalid(
                 "threads",
@@ -227,6 +236,14 @@ impl Settings {
             self.endpoint.validate()?;
         }
         Ok(())
+    }
+
+    /// Where the model loads: the device with the backend asked for (checked by
+    /// [`Settings::validate`]: the native backend runs only on the CPU). Whether this build and
+    /// machine can use the device is the load's to say, with the reason.
+    pub fn placement(&self) -> Result<Placement> {
+        Placement::new(self.device, self.backend)
+            .map_err(|e| invalid("backend", crate::device::reason(e)))
     }
 
     /// How the chat's answers are sampled (checked by [`Settings::validate`]).
@@ -265,6 +282,7 @@ impl Settings {
             }
         };
         note(self.device != new.device, "device", ReloadModel);
+        note(self.backend != new.backend, "backend", ReloadModel);
         note(self.threads != new.threads, "threads", Restart);
         note(
             self.context_len != new.context_len,
@@ -394,6 +412,44 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn the_device_and_backend_round_trip_and_a_bad_pair_names_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        let s = Settings {
+            device: DeviceSpec::Cuda(1),
+            backend: Some(BackendKind::Candle),
+            ..Settings::default()
+        };
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#""device": "cuda:1""#) && text.contains(r#""backend": "candle""#),
+            "{text}"
+        );
+        assert_eq!(Settings::load(&path).unwrap(), s);
+        // The files of earlier versions said "cuda" for the first CUDA device.
+        std::fs::write(&path, r#"{"device": "cuda"}"#).unwrap();
+        let old = Settings::load(&path).unwrap();
+        assert_eq!(old.device, DeviceSpec::Cuda(0));
+        assert_eq!(old.placement().unwrap().backend(), BackendKind::Candle);
+        std::fs::write(&path, r#"{"device": "gpu"}"#).unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown device 'gpu'"), "{err}");
+        let bad = Settings {
+            device: DeviceSpec::Metal,
+            backend: Some(BackendKind::Native),
+            ..Settings::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("backend") && err.contains("runs only on the CPU"),
+            "{err}"
+        );
+        let d = Settings::default().diff(&s);
+        assert!(d.needs_reload() && d.changes.len() == 2, "{d:?}");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceInfo;
 use crate::export::Export;
 use crate::local_server::ServerStatus;
 use crate::protocol::EventId;
@@ -70,6 +69,7 @@ pub struct AppStatus {
     pub model: ModelState,
     pub engine: EngineStatus,
     pub threads: usize,
-    pub devices: Vec<DeviceInfo>,
+    /// Every device, usable or with the reason it is not ([`crate::ChatApp::devices`]).
+    pub devices: Vec<engine::device::DeviceReport>,
     pub server: ServerStatus,
 }

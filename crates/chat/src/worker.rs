@@ -20,10 +20,10 @@ use std::thread::JoinHandle;
 
 use engine::{
     ChatMessage, ChatOptions, Engine, EngineOptions, GenerationEvent, GenerationParams, ModelInfo,
+    Placement,
 };
 use serde::Serialize;
 
-use crate::device::{self, Device};
 use crate::error::{ChatError, Result};
 use crate::queue::FairQueue;
 use crate::remote::{Endpoint, RemoteModel};
@@ -31,7 +31,8 @@ use crate::sampling::AnswerParams;
 use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
 
-/// Where the model stands. JSON: `{"state":"ready","info":{...},"device":"cpu","threads":8}`.
+/// Where the model stands. JSON: `{"state":"ready","info":{...},
+/// "placement":{"device":"cpu","backend":"native"},"threads":8}`.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ModelState {
@@ -42,11 +43,19 @@ pub enum ModelState {
     Ready {
         /// Boxed: it is far larger than the other states.
         info: Box<ModelInfo>,
-        device: Device,
+        #[serde(serialize_with = "crate::device::serialize_placement")]
+        placement: Placement,
         threads: usize,
     },
-    /// Loading failed; `error` says why. Loading again (retry) is always possible.
-    Failed { path: PathBuf, error: String },
+    /// Loading failed on `placement`; `error` says why (the engine's words: a device this build
+    /// lacks, the driver's error, not enough memory there). Loading again (retry) is always
+    /// possible; nothing is loaded on another device instead.
+    Failed {
+        path: PathBuf,
+        error: String,
+        #[serde(serialize_with = "crate::device::serialize_placement")]
+        placement: Placement,
+    },
     /// Checking a remote endpoint (API base `url`) since `started_at` (unix ms).
     Connecting { url: String, started_at: i64 },
     /// A remote endpoint answers, with `model`.
@@ -71,6 +80,12 @@ impl ModelState {
                 format!("The model {} is still loading.", path.display())
             }
             ModelState::Ready { info, .. } => format!("{} is ready.", model_name(info)),
+            ModelState::Failed {
+                error, placement, ..
+            } if *placement != Placement::default() => format!(
+                "The model could not be loaded on {placement}: {error}. Use the CPU, or fix it in \
+                 Settings and retry."
+            ),
             ModelState::Failed { error, .. } => {
                 format!("The model could not be loaded: {error}. Fix it in Settings and retry.")
             }
@@ -115,7 +130,8 @@ pub struct LoadRequest {
     pub path: PathBuf,
     pub context_len: usize,
     pub kv_type: engine::KvType,
-    pub device: Device,
+    /// The device and backend, as the settings say: never another one instead.
+    pub placement: Placement,
 }
 
 /// What a job reports: `Queued` while it waits (the answers ahead of it, whenever that changes),
@@ -303,11 +319,15 @@ impl Worker {
         self.send(Request::Connect(endpoint, seq))
     }
 
-    /// Puts the worker in the `Failed` state for `path` without loading it (a load that ended
-    /// the app last time); a retry loads it.
-    pub fn fail(&self, path: PathBuf, error: String) {
+    /// Puts the worker in the `Failed` state for `path` on `placement` without loading it (a
+    /// load that ended the app last time); a retry loads it.
+    pub fn fail(&self, path: PathBuf, error: String, placement: Placement) {
         self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
-        self.shared.set_state(ModelState::Failed { path, error });
+        self.shared.set_state(ModelState::Failed {
+            path,
+            error,
+            placement,
+        });
     }
 
     /// Drops the model; the state becomes `NoModel` with `why` / `how_to_get_one`.
@@ -413,7 +433,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                         backend = Some(Backend::Local(Box::new(e)));
                         shared.set_state(ModelState::Ready {
                             info,
-                            device: req.device,
+                            placement: req.placement,
                             threads: engine::threads::current(),
                         });
                     }
@@ -422,6 +442,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                         shared.set_state(ModelState::Failed {
                             path: req.path,
                             error,
+                            placement: req.placement,
                         });
                     }
                 }
@@ -479,10 +500,10 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
 }
 
 fn load(req: &LoadRequest) -> Result<Engine, String> {
-    device::check(req.device)?;
     let opts = EngineOptions {
         context_len: req.context_len,
         kv_type: req.kv_type,
+        placement: req.placement,
         ..Default::default()
     };
     catch_unwind(AssertUnwindSafe(|| Engine::load(&req.path, &opts)))

@@ -203,7 +203,7 @@ fn a_missing_model_fails_with_the_reason_and_a_retry_loads_the_right_one() {
         ..model_settings(4)
     };
     let (app, rec) = open(dir.path(), Some(&settings));
-    let ModelState::Failed { path, error } = rec.wait_model(LOAD) else {
+    let ModelState::Failed { path, error, .. } = rec.wait_model(LOAD) else {
         panic!("{:?}", app.model_state())
     };
     assert_eq!(path, missing);
@@ -250,24 +250,6 @@ fn a_malformed_model_file_fails_cleanly() {
         app.send(chat.id, "/status").unwrap(),
         SendOutcome::Command { .. }
     ));
-    // The GPU devices are refused with the reason, not used silently.
-    let mut s = app.settings();
-    s.device = chat::Device::Cuda;
-    s.model_path = Some(common::model_path());
-    assert!(app.update_settings(s).unwrap().needs_reload());
-    let ModelState::Failed { error, .. } = rec.wait_for(LOAD, |events| {
-        events.iter().rev().find_map(|e| match e {
-            chat::AppEvent::ModelState(s @ ModelState::Failed { error, .. })
-                if error.contains("cuda") =>
-            {
-                Some(s.clone())
-            }
-            _ => None,
-        })
-    }) else {
-        unreachable!()
-    };
-    assert!(error.contains("Choose CPU"), "{error}");
 }
 
 /// A job outside any chat (an API request) with its events on a channel.
@@ -355,4 +337,64 @@ fn a_job_outside_any_chat_is_answered_and_stores_nothing_and_a_prompt_too_long_i
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The settings' device and backend reach the worker as they are: a GPU this build lacks fails
+/// with the engine's reason (never a silent CPU load), "Use the CPU" saves and loads there, and
+/// the Candle backend on the CPU is loaded as asked.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn the_device_setting_reaches_the_worker_and_a_gpu_this_build_lacks_is_refused_with_the_reason() {
+    use engine::{BackendKind, DeviceSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        device: DeviceSpec::Cuda(0),
+        ..model_settings(4)
+    };
+    let (app, rec) = open(dir.path(), Some(&settings));
+    let state = rec.wait_model(LOAD);
+    let ModelState::Failed {
+        error, placement, ..
+    } = &state
+    else {
+        panic!("{state:?}")
+    };
+    assert_eq!(placement.device(), DeviceSpec::Cuda(0));
+    assert!(
+        error.contains("this build has no CUDA support") && error.contains("make build-cuda"),
+        "{error}"
+    );
+    let told = state.describe();
+    assert!(
+        told.contains("cuda:0") && told.contains("Use the CPU"),
+        "{told}"
+    );
+    // The device list says the same, and offers the CPU.
+    let devices = app.devices();
+    let cuda = devices.iter().find(|d| d.device == "cuda").unwrap();
+    assert!(!cuda.usable && cuda.reason.as_deref().unwrap().contains("make build-cuda"));
+    assert!(devices.iter().any(|d| d.device == "cpu" && d.usable));
+
+    app.use_cpu().unwrap();
+    let ModelState::Ready { placement, .. } = rec.wait_model(LOAD) else {
+        panic!("{:?}", app.model_state())
+    };
+    assert_eq!(placement, engine::Placement::default());
+    assert_eq!(app.settings().device, DeviceSpec::Cpu);
+    let saved = Settings::load(&app.paths().settings_file()).unwrap();
+    assert_eq!((saved.device, saved.backend), (DeviceSpec::Cpu, None));
+
+    let candle = Settings {
+        backend: Some(BackendKind::Candle),
+        ..app.settings()
+    };
+    assert!(app.update_settings(candle).unwrap().needs_reload());
+    let ModelState::Ready {
+        placement, info, ..
+    } = rec.wait_model(LOAD)
+    else {
+        panic!("{:?}", app.model_state())
+    };
+    assert_eq!(placement.backend(), BackendKind::Candle);
+    assert_eq!(info.placement, "cpu (candle backend)");
 }

@@ -148,7 +148,7 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
         // Unblock the load so the app can shut down before the test fails.
         drop(std::fs::OpenOptions::new().write(true).open(&fifo));
     }
-    let ModelState::Failed { path, error } = state else {
+    let ModelState::Failed { path, error, .. } = state else {
         panic!("loaded again by itself: {state:?}")
     };
     assert_eq!(path, fifo);

@@ -238,6 +238,13 @@ pub fn validate(path: &Path, opts: &EngineOptions) -> Result<ModelConfig> {
     Ok(Checked::new(path, opts)?.cfg)
 }
 
+/// The memory `path` needs with `opts` (its context, KV cache type and placement), as
+/// [`Engine::load`] estimates it before loading, without reading the weights: for telling which
+/// devices have room for the model before choosing one.
+pub fn estimate_memory(path: &Path, opts: &EngineOptions) -> Result<MemoryEstimate> {
+    Ok(Checked::new(path, opts)?.memory)
+}
+
 impl Engine {
     /// Memory-maps and validates `path`, checks that the model fits in the available memory at
     /// the chosen context, then builds the model. Never panics on a bad file.

@@ -149,6 +149,8 @@ pub struct ModelView {
     /// Whether to offer thinking mode: the loaded model's template has one (assumed until a model
     /// is ready, so the chat header does not flicker while one loads).
     pub thinking: bool,
+    /// The load failed on a GPU (or Candle's CPU device): offer "Use the CPU" in one click.
+    pub use_cpu: bool,
 }
 
 impl ModelView {
@@ -158,16 +160,28 @@ impl ModelView {
             ModelState::Ready { info, .. } => info.supports_thinking,
             _ => true,
         };
+        let use_cpu = matches!(&state, ModelState::Failed { placement, .. }
+            if *placement != engine::Placement::default());
         let (state, label) = match state {
             ModelState::NoModel { .. } => ("none", "No model".into()),
             ModelState::Loading { path, .. } => ("loading", file_name(&path)),
-            ModelState::Ready { info, threads, .. } => (
-                "ready",
-                format!(
-                    "{} · CPU · {threads} threads",
-                    chat::worker::model_name(&info)
-                ),
-            ),
+            ModelState::Ready {
+                info,
+                threads,
+                placement,
+            } => {
+                let name = chat::worker::model_name(&info);
+                let on = match (placement.device(), placement.backend()) {
+                    (engine::DeviceSpec::Cpu, engine::BackendKind::Native) => {
+                        format!("CPU · {threads} threads")
+                    }
+                    (engine::DeviceSpec::Cpu, engine::BackendKind::Candle) => {
+                        "CPU (Candle)".to_string()
+                    }
+                    (device, _) => device.to_string(),
+                };
+                ("ready", format!("{name} · {on}"))
+            }
             ModelState::Failed { path, .. } => {
                 ("failed", format!("{} failed to load", file_name(&path)))
             }
@@ -180,6 +194,7 @@ impl ModelView {
             label,
             detail,
             thinking,
+            use_cpu,
         }
     }
 }

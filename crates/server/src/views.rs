@@ -95,13 +95,13 @@ mod tests {
                 "s": {"model_path": "/m/a.gguf", "context_len": 8192, "device": "cpu", "threads": 2,
                       "thinking": true, "shortcut": "CommandOrControl+Shift+Space"},
                 "defaults": {"temperature": 0.6},
-                "devices": [{"id": "cpu", "name": "CPU", "available": true, "explanation": "2 cores"},
-                            {"id": "cuda", "name": "CUDA", "available": false, "explanation": "not in this build"}],
+                "devices": [{"id": "cpu", "name": "CPU, 2 threads", "available": true, "facts": "2.0 GB available"},
+                            {"id": "cuda", "available": false, "reason": "not in this build"}],
                 "manager": {"models": [{"name": "a.gguf", "path": "/m/a\"b.gguf", "size": "1 MB", "active": false}]},
                 "max_threads": 4,
             }),
         );
-        assert!(html.contains("not in this build"), "{html}");
+        assert!(html.contains("Cannot be used: not in this build"), "{html}");
         assert!(
             html.contains(r#"value="cuda"  disabled"#) || html.contains("disabled>"),
             "{html}"

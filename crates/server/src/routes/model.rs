@@ -19,6 +19,7 @@ pub(super) fn routes() -> Router<Server> {
         .route("/model/status", get(status))
         .route("/model/banner", get(banner))
         .route("/model/retry", post(retry))
+        .route("/model/use-cpu", post(use_cpu))
         .route("/models/onboarding", get(onboarding))
         .route("/models/download/{entry}", post(download))
         .route("/models/pause", post(pause))
@@ -50,6 +51,15 @@ async fn banner(State(s): State<Server>) -> Response {
 async fn retry(State(s): State<Server>) -> Response {
     run(s, |s| {
         s.chat().reload_model()?;
+        Ok(Reply::empty().trigger("model-changed"))
+    })
+    .await
+}
+
+/// "Use the CPU" after a failed GPU load: saved as the device, and the model loads there.
+async fn use_cpu(State(s): State<Server>) -> Response {
+    run(s, |s| {
+        s.chat().use_cpu()?;
         Ok(Reply::empty().trigger("model-changed"))
     })
     .await

@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use chat::{Device, ModelSource, ModelState, Settings};
+use chat::{ModelSource, ModelState, Settings};
+use engine::device::DeviceReport;
 use serde_json::json;
 
 use super::model::manager_ctx;
@@ -38,6 +39,11 @@ pub(super) async fn open_window(
 async fn page(State(s): State<Server>) -> Response {
     run(s, |s| {
         let settings = s.chat().settings();
+        let devices = s.chat().devices();
+        let saved = settings.device.to_string();
+        // A saved device this machine cannot use has no radio to show it checked: say so, and the
+        // form (without a device field) keeps it until another is chosen.
+        let saved_unusable = !devices.iter().any(|d| d.usable && d.device == saved);
         let ctx = json!({
             "manager": manager_ctx(s),
             "s": settings_form(&settings),
@@ -51,12 +57,8 @@ async fn page(State(s): State<Server>) -> Response {
                     "repeat_penalty": "server's",
                 }),
             },
-            "devices": s.chat().devices().iter().map(|d| json!({
-                "id": d.device.name(),
-                "name": d.device.name().to_uppercase(),
-                "available": d.usable,
-                "explanation": d.explanation,
-            })).collect::<Vec<_>>(),
+            "devices": devices.iter().map(device_view).collect::<Vec<_>>(),
+            "saved_unusable": saved_unusable,
             "max_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) * 2,
             "server_status": s.chat().status().server.describe(),
         });
@@ -85,6 +87,33 @@ async fn save(State(s): State<Server>, axum::Form(form): Fields) -> Response {
         )))
     })
     .await
+}
+
+/// One device as the settings window lists it: what it is (name, memory, compute capability), or
+/// the reason it cannot be used, as the engine (or the memory check) words it.
+pub fn device_view(d: &DeviceReport) -> serde_json::Value {
+    let gb = engine::memory::gb;
+    let mut facts = Vec::new();
+    if let Some(total) = d.memory_total {
+        facts.push(format!("{} memory", gb(total)));
+    }
+    if let Some(free) = d.memory_available {
+        facts.push(format!("{} available", gb(free)));
+    }
+    if let Some(cc) = &d.compute_capability {
+        facts.push(format!("compute capability {cc}"));
+    }
+    if !d.backends.is_empty() {
+        let names: Vec<String> = d.backends.iter().map(|b| b.to_string()).collect();
+        facts.push(format!("backends: {}", names.join(", ")));
+    }
+    json!({
+        "id": d.device,
+        "name": d.name,
+        "available": d.usable,
+        "facts": facts.join(" · "),
+        "reason": d.reason,
+    })
 }
 
 /// The model family's sampling defaults, shown as placeholders in the settings form.
@@ -120,7 +149,8 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "endpoint_timeout": s.endpoint.timeout_secs,
         "context_len": s.context_len,
         "kv_cache": s.kv_cache.name(),
-        "device": s.device.name(),
+        "device": s.device.to_string(),
+        "backend": s.backend.map(|b| b.to_string()).unwrap_or_default(),
         "threads": s.threads,
         "temperature": opt(s.temperature.map(|v| v.to_string())),
         "top_p": opt(s.top_p.map(|v| v.to_string())),
@@ -187,11 +217,21 @@ pub fn settings_from_form(
     if let Some(n) = field(form, "threads", "Threads")? {
         s.threads = n;
     }
-    s.device = match form.get("device").map(String::as_str) {
-        Some("cuda") => Device::Cuda,
-        Some("metal") => Device::Metal,
-        _ => Device::Cpu,
-    };
+    // No device chosen (the saved one cannot be used here, so no radio is checked): keep it.
+    if let Some(d) = form.get("device") {
+        s.device = d
+            .parse()
+            .map_err(|e| format!("Device: {}", chat::device::reason(e)))?;
+    }
+    if let Some(b) = form.get("backend") {
+        s.backend = match b.trim() {
+            "" => None,
+            b => Some(
+                b.parse()
+                    .map_err(|e| format!("Backend: {}", chat::device::reason(e)))?,
+            ),
+        };
+    }
     s.temperature = field(form, "temperature", "Temperature")?;
     s.top_p = field(form, "top_p", "Top-p")?;
     s.top_k = field(form, "top_k", "Top-k")?;
@@ -259,6 +299,8 @@ mod tests {
         let s = Settings {
             top_p: Some(0.5),
             kv_cache: engine::KvType::F32,
+            device: engine::DeviceSpec::Cuda(1),
+            backend: Some(engine::BackendKind::Candle),
             system_prompt: "Be brief.".into(),
             model_source: ModelSource::Endpoint,
             endpoint: chat::Endpoint {
@@ -292,6 +334,16 @@ mod tests {
         off.remove("server_enabled");
         let saved = settings_from_form(&s, &off).unwrap();
         assert!(!saved.local_server.enabled, "an unchecked box turns it off");
+        // No device radio checked (the saved one is not offered here): the device stays.
+        off.remove("device");
+        assert_eq!(settings_from_form(&s, &off).unwrap().device, s.device);
+        let err = settings_from_form(&s, &form(&[("device", "gpu")])).unwrap_err();
+        assert!(
+            err.contains("Device: ") && err.contains("unknown device"),
+            "{err}"
+        );
+        let err = settings_from_form(&s, &form(&[("backend", "vulkan")])).unwrap_err();
+        assert!(err.contains("Backend: "), "{err}");
     }
 
     #[test]

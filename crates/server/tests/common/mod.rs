@@ -44,12 +44,20 @@ pub async fn serve_http(
 }
 
 pub fn fixture() -> Fixture {
+    fixture_with(None)
+}
+
+/// [`fixture`] with `settings` saved before the chat core opens (and loads what they name).
+pub fn fixture_with(settings: Option<&chat::Settings>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let paths = AppPaths {
         data_dir: dir.path().join("data"),
         config_dir: dir.path().join("config"),
         models_dir: dir.path().join("models"),
     };
+    if let Some(s) = settings {
+        s.save(&paths.settings_file()).unwrap();
+    }
     let hub = Hub::new();
     let chat = ChatApp::open(paths, hub.sink()).unwrap();
     let server = Server::new(chat, hub, Downloads::default());

@@ -8,17 +8,17 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-kernels deb tauri-driver llama-server
+.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-kernels deb tauri-driver llama-server build-cuda deb-cuda check-cuda
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
 	SMOLLM3_MODEL=$(MODEL) $(CARGO) run -p notso-smollm3
 
-## Everything CI checks: formatting, lints, the whole test suite, the app's end-to-end test, and
-## the engine's ARM kernels (test-aarch64).
+## Everything CI checks: formatting, lints, the whole test suite, the app's end-to-end test, the
+## engine's ARM kernels (test-aarch64), and the CUDA code's lints where nvcc is installed (check-cuda).
 test: deps ui model tauri-driver llama-server lint
 	LLAMA_SERVER=$(LLAMA_REF)/bin/llama-server $(CARGO) test --workspace --all-targets --no-fail-fast
-	$(MAKE) test-openai test-browser test-aarch64 check-other-os
+	$(MAKE) test-openai test-browser test-aarch64 check-other-os check-cuda
 
 ## `smollm3 serve` driven by the official `openai` Python client, pinned with its dependencies in
 ## crates/server/tests/openai/requirements.txt and installed into a venv under target/.
@@ -153,3 +153,45 @@ bench-kernels: model
 ## The Debian package (target/release/bundle/deb/).
 deb: deps ui
 	cd src-tauri && ../ui/node_modules/.bin/tauri build --bundles deb
+
+## The CUDA build (doc/engine.md, "Build variants"): the CLI as always (it links no CUDA library and starts
+## everywhere) and `smollm3-cuda-runner`, the engine built with Candle's `cuda` feature, side by side in
+## $(CUDA_DIST). Needs nvcc on PATH (a CUDA toolkit; without one, `source` the env.sh that
+## ../shared/tools/gpu/setup-cuda-toolkit.sh writes) and the GPUs' compute capability (CUDA_COMPUTE_CAP: 90 for
+## the H100/H200, 89 for the RTX 40xx, 86 for the RTX 30xx). The runner has its own target dir, so the plain
+## build's CPU-only runner (what the tests start) and the CUDA one never overwrite each other. ~15-50 minutes
+## the first time on 2 cores (nvcc compiles Candle's kernels), seconds after a Rust change.
+CUDA_COMPUTE_CAP ?= 90
+CUDA_TARGET := target/cuda
+CUDA_DIST := target/cuda-dist
+HOST_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')
+NEED_NVCC = @command -v nvcc >/dev/null || { echo "$@ needs nvcc on PATH: install a CUDA toolkit, or source the env.sh of ../shared/tools/gpu/setup-cuda-toolkit.sh" >&2; exit 1; }
+build-cuda:
+	$(NEED_NVCC)
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
+	  $(CARGO) build --release -p smollm3-engine --features cuda --bin smollm3-cuda-runner
+	$(CARGO) build --release --bin smollm3
+	mkdir -p $(CUDA_DIST)
+	cp target/release/smollm3 $(CUDA_TARGET)/release/smollm3-cuda-runner $(CUDA_DIST)/
+
+## The .deb of the CUDA build: the default package plus smollm3-cuda-runner beside the app (/usr/bin), as
+## Tauri's externalBin (src-tauri/binaries/NAME-$(HOST_TRIPLE)); written to $(CUDA_DIST) as *-cuda.deb. It depends
+## on no NVIDIA package: without the driver the app starts and its device list says why CUDA is unavailable.
+deb-cuda: build-cuda deps ui
+	mkdir -p src-tauri/binaries
+	cp $(CUDA_DIST)/smollm3-cuda-runner src-tauri/binaries/smollm3-cuda-runner-$(HOST_TRIPLE)
+	cd src-tauri && ../ui/node_modules/.bin/tauri build --bundles deb \
+	  --config '{"bundle":{"externalBin":["binaries/smollm3-cuda-runner"]}}'
+	for f in target/release/bundle/deb/*.deb; do mv "$$f" $(CUDA_DIST)/$$(basename "$$f" .deb)-cuda.deb; done
+	ls -l $(CUDA_DIST)/*-cuda.deb
+
+## Keeps the CUDA code compiling without a GPU or the CUDA build's time: `cargo clippy` of the engine and its
+## runner with `cuda` (nvcc still compiles Candle's kernels the first time; the target dir is kept). CI runs it
+## only where nvcc is installed (make test calls it and says when it is skipped).
+check-cuda:
+	@if ! command -v nvcc >/dev/null; then \
+	  echo "WARNING: check-cuda skipped: no nvcc on PATH (see doc/engine.md, Build variants)" >&2; \
+	else \
+	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
+	    $(CARGO) clippy -p smollm3-engine --features cuda --all-targets -- -D warnings; \
+	fi

@@ -314,10 +314,17 @@ fn cuda_devices() -> Vec<DeviceReport> {
             )]
         }
         Err(e) => {
+            use candle_core::cuda_backend::cudarc::driver::sys::CUresult;
+            // A driver without a GPU (or the toolkit's stub library) answers "no device";
+            // anything else is the driver failing.
+            let why = match e.0 {
+                CUresult::CUDA_ERROR_NO_DEVICE => "the NVIDIA driver finds no GPU",
+                _ => "the NVIDIA driver did not start",
+            };
             return vec![DeviceReport::unusable(
                 "cuda",
-                format!("no CUDA device: the NVIDIA driver did not start ({e})"),
-            )]
+                format!("no CUDA device: {why} ({e})"),
+            )];
         }
     };
     (0..count)

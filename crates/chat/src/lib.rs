@@ -48,6 +48,7 @@ pub mod settings;
 pub mod stats;
 pub mod store;
 mod stream;
+pub mod tools;
 pub mod views;
 pub mod worker;
 

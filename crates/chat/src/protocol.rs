@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::MessageStats;
 use crate::store::{ChatId, MessageId, MessageStatus};
+use crate::tools::ToolRecord;
 
 /// Per-chat sequence number of a stream event.
 pub type EventId = u64;
@@ -41,6 +42,11 @@ pub enum EventKind {
     Token {
         text: String,
     },
+    /// A tool call of the answer, new or updated (a later event with the same `call.index`
+    /// replaces the earlier one).
+    Tool {
+        call: ToolRecord,
+    },
     Stats {
         stats: MessageStats,
     },
@@ -55,11 +61,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The event's name (`thinking`, `token`, `stats`, `complete`, `error`).
+    /// The event's name (`thinking`, `token`, `tool`, `stats`, `complete`, `error`).
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Thinking { .. } => "thinking",
             EventKind::Token { .. } => "token",
+            EventKind::Tool { .. } => "tool",
             EventKind::Stats { .. } => "stats",
             EventKind::Complete { .. } => "complete",
             EventKind::Error { .. } => "error",
@@ -115,6 +122,12 @@ pub(crate) enum StreamInput {
         message_id: MessageId,
         kind: DeltaKind,
         text: String,
+    },
+    /// A tool call's record (see [`EventKind::Tool`]).
+    Tool {
+        chat_id: ChatId,
+        message_id: MessageId,
+        record: ToolRecord,
     },
     Finish {
         chat_id: ChatId,

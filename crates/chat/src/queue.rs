@@ -106,6 +106,7 @@ mod tests {
     fn job(source: &str, name: &str, told: &Told) -> GenerationJob {
         let (told, name) = (told.clone(), name.to_owned());
         GenerationJob {
+            tools: None,
             prompt: Prompt::Text(name.clone()),
             params: Sampling {
                 temperature: None,

@@ -1,12 +1,17 @@
 //! Sending: the composer's text becomes a slash command (see [`crate::replies`]) or a stored
 //! message with a queued answer; `stop` and `regenerate`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::app::ChatApp;
 use crate::commands::{self, Parsed};
 use crate::core::Turn;
 use crate::error::{ChatError, Result};
 use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::tools::builtin::Builtins;
+use crate::tools::ToolUse;
 use crate::views::SendOutcome;
 use crate::worker::{GenerationJob, JobEvent, ModelState, Prompt};
 
@@ -119,6 +124,11 @@ impl ChatApp {
                 JobEvent::Queued(_) => return,
                 JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
                 JobEvent::Token(text) => delta(chat_id, answer_id, false, text),
+                JobEvent::Tool(record) => StreamInput::Tool {
+                    chat_id,
+                    message_id: answer_id,
+                    record,
+                },
                 JobEvent::Finished(stats) => finish(chat_id, answer_id, End::Finished(stats)),
                 // The stored message keeps the text: this is the chat's edge.
                 JobEvent::Refused(error) | JobEvent::Failed(error) => {
@@ -137,6 +147,16 @@ impl ChatApp {
             source: format!("chat {chat_id}"),
             cancelled: turn.cancelled.clone(),
             sink,
+            tools: self.tool_use(&settings),
+        })
+    }
+
+    /// The tools a chat's answer may call, per the settings.
+    fn tool_use(&self, settings: &crate::Settings) -> Option<ToolUse> {
+        settings.tools.enabled.then(|| ToolUse {
+            host: Arc::new(Builtins::new(self.inner.core.clone())),
+            max_steps: settings.tools.max_steps,
+            timeout: Duration::from_secs(settings.tools.timeout_secs),
         })
     }
 

@@ -16,6 +16,7 @@ use crate::local_server::LocalServer;
 use crate::protocol::FrameConfig;
 use crate::remote::Endpoint;
 use crate::sampling::{check_range, invalid, AnswerParams, Sampling};
+use crate::tools::ToolSettings;
 
 /// The settings file's name inside the config dir.
 pub const SETTINGS_FILE: &str = "settings.json";
@@ -68,6 +69,8 @@ pub struct Settings {
     pub frame_max_tokens: usize,
     /// The chat UI and the OpenAI-compatible API over HTTP (off by default).
     pub local_server: LocalServer,
+    /// Tool calling: on or off, how many steps an answer may take, how long a call may run.
+    pub tools: ToolSettings,
 }
 
 impl Default for Settings {
@@ -94,6 +97,7 @@ impl Default for Settings {
             frame_interval_ms: 30,
             frame_max_tokens: 16,
             local_server: LocalServer::default(),
+            tools: ToolSettings::default(),
         }
     }
 }
@@ -235,6 +239,7 @@ impl Settings {
         if self.model_source == ModelSource::Endpoint {
             self.endpoint.validate()?;
         }
+        self.tools.validate()?;
         Ok(())
     }
 
@@ -334,6 +339,7 @@ impl Settings {
             Live,
         );
         note(self.local_server != new.local_server, "local_server", Live);
+        note(self.tools != new.tools, "tools", Live);
         SettingsDiff { changes }
     }
 }

@@ -44,3 +44,32 @@ pub struct MessageStats {
     /// The model file's name; `None` for answers made without a model (`/quote`).
     pub model: Option<String>,
 }
+
+impl MessageStats {
+    /// The numbers of an answer made of two generation steps (a tool call between them): `next`
+    /// decides how it ended and the context; tokens and times add up, rates follow from them.
+    /// The prompt is the first step's (the later steps' prompts are mostly its cached prefix).
+    pub fn then(self, next: MessageStats) -> MessageStats {
+        let completion_tokens = self.completion_tokens + next.completion_tokens;
+        let prefill_ms = self.prefill_ms + next.prefill_ms;
+        let decode_ms = self.decode_ms + next.decode_ms;
+        let rate = |tokens: usize, ms: f64| match ms > 0.0 {
+            true => tokens as f64 * 1000.0 / ms,
+            false => 0.0,
+        };
+        MessageStats {
+            finish: next.finish,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            cached_tokens: self.cached_tokens,
+            time_to_first_token_ms: self.time_to_first_token_ms,
+            prefill_ms,
+            decode_ms,
+            prefill_tok_s: self.prefill_tok_s,
+            decode_tok_s: rate(completion_tokens, decode_ms),
+            context_used: next.context_used,
+            context_len: next.context_len,
+            model: next.model.or(self.model),
+        }
+    }
+}

@@ -91,6 +91,19 @@ fn run(core: &Core, rx: Receiver<StreamInput>) {
                     }
                 }
             }
+            Ok(StreamInput::Tool {
+                chat_id,
+                message_id,
+                record,
+            }) => {
+                // Text before the call is shown first: it was said first.
+                if let Some(a) = active.get_mut(&message_id) {
+                    if let Some(frame) = a.coalescer.finish() {
+                        emit_frame(core, chat_id, message_id, frame);
+                    }
+                }
+                core.publish(chat_id, message_id, EventKind::Tool { call: record });
+            }
             Ok(StreamInput::Finish {
                 chat_id,
                 message_id,

@@ -30,6 +30,7 @@ use crate::remote::{Endpoint, RemoteModel};
 use crate::sampling::AnswerParams;
 use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
+use crate::tools::{self, ToolCallParser, ToolRecord, ToolUse};
 
 /// Where the model stands. JSON: `{"state":"ready","info":{...},
 /// "placement":{"device":"cpu","backend":"native"},"threads":8}`.
@@ -141,6 +142,8 @@ pub enum JobEvent {
     Queued(usize),
     Thinking(String),
     Token(String),
+    /// A tool call of the answer: `running`, then its outcome (same `index`).
+    Tool(ToolRecord),
     Finished(MessageStats),
     /// The request cannot be answered as asked (a prompt longer than the context, messages the
     /// template rejects); nothing was generated.
@@ -202,6 +205,8 @@ pub struct GenerationJob {
     pub source: String,
     pub cancelled: Arc<AtomicBool>,
     pub sink: Box<dyn FnMut(JobEvent) + Send>,
+    /// Tools offered to the model and run between generation steps (a [`Prompt::Chat`] only).
+    pub tools: Option<ToolUse>,
 }
 
 enum Request {
@@ -212,6 +217,8 @@ enum Request {
     Next,
     Reset,
     Shutdown,
+    #[cfg(test)]
+    Script(scripted::Scripted),
 }
 
 /// Receives every model state change (on the worker's or the caller's thread).
@@ -359,6 +366,13 @@ impl Worker {
         let _ = self.tx.send(Request::Shutdown);
     }
 
+    /// Tests: answers come from `script` from now on (after the requests already queued).
+    #[cfg(test)]
+    pub(crate) fn script(&self, script: scripted::Scripted) {
+        self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
+        self.send(Request::Script(script)).unwrap();
+    }
+
     fn send(&self, req: Request) -> Result<()> {
         self.tx.send(req).map_err(|_| ChatError::WorkerGone)
     }
@@ -377,6 +391,9 @@ enum Backend {
     /// Boxed: the engine is far larger than a remote model's handle.
     Local(Box<Engine>),
     Remote(RemoteModel),
+    /// Tests: a model whose output is scripted, at the engine's token boundary.
+    #[cfg(test)]
+    Scripted(scripted::Scripted),
 }
 
 fn run(rx: Receiver<Request>, shared: &Shared) {
@@ -466,12 +483,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                     None => Err(Failure::Failed(JobError::NoModel(
                         shared.state.lock().unwrap().describe(),
                     ))),
-                    Some(Backend::Local(e)) => {
-                        catch_unwind(AssertUnwindSafe(|| generate(e, &mut job))).unwrap_or_else(
-                            |panic| Err(Failure::Failed(JobError::Crashed(panic_text(panic)))),
-                        )
-                    }
-                    Some(Backend::Remote(r)) => generate_remote(r, &mut job),
+                    Some(backend) => answer(backend, &mut job),
                 };
                 match outcome {
                     Ok(stats) => {
@@ -487,6 +499,14 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 shared.queue.lock().unwrap().done();
             }
             Request::Shutdown => break,
+            #[cfg(test)]
+            Request::Script(script) => {
+                backend = Some(Backend::Scripted(script));
+                shared.set_state(ModelState::Remote {
+                    url: "script".into(),
+                    model: "scripted".into(),
+                });
+            }
         }
     }
     // Answers still queued will not run: end them as stopped, so they are stored as such.
@@ -511,6 +531,23 @@ fn load(req: &LoadRequest) -> Result<Engine, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The template variables of a chat's answer besides its messages.
+struct Turn {
+    thinking: bool,
+    xml_tools: Option<serde_json::Value>,
+}
+
+impl Turn {
+    fn options(&self) -> ChatOptions {
+        ChatOptions {
+            add_generation_prompt: true,
+            enable_thinking: Some(self.thinking),
+            xml_tools: self.xml_tools.clone(),
+            ..ChatOptions::default()
+        }
+    }
+}
+
 /// Drops the oldest turn (keeping system messages and the last message); false when nothing
 /// more can go.
 fn drop_oldest_turn(messages: &mut Vec<ChatMessage>) -> bool {
@@ -522,7 +559,7 @@ fn drop_oldest_turn(messages: &mut Vec<ChatMessage>) -> bool {
     if let Some(i) = first {
         messages.remove(i);
         // A conversation the templates accept starts with the user.
-        while messages.len() > i + 1 && messages[i].role == "assistant" {
+        while messages.len() > i + 1 && matches!(messages[i].role.as_str(), "assistant" | "tool") {
             messages.remove(i);
         }
     }
@@ -535,15 +572,11 @@ fn drop_oldest_turn(messages: &mut Vec<ChatMessage>) -> bool {
 fn prompt_for(
     engine: &Engine,
     messages: &mut Vec<ChatMessage>,
-    thinking: bool,
+    turn: &Turn,
     reserve: usize,
     drop_oldest: bool,
 ) -> engine::Result<(Vec<u32>, bool)> {
-    let opts = ChatOptions {
-        add_generation_prompt: true,
-        enable_thinking: Some(thinking),
-        ..ChatOptions::default()
-    };
+    let opts = turn.options();
     let today = chrono::Local::now().date_naive();
     loop {
         let text = engine.render_chat(messages, &opts, today)?;
@@ -570,9 +603,132 @@ fn random_seed() -> u64 {
     z ^ (z >> 31)
 }
 
-fn generate_remote(remote: &RemoteModel, job: &mut GenerationJob) -> Result<MessageStats, Failure> {
+/// One generation step on whichever backend answers.
+fn step(
+    backend: &mut Backend,
+    job: &mut Step<'_>,
+    sink: &mut dyn FnMut(JobEvent),
+) -> Result<MessageStats, Failure> {
+    match backend {
+        Backend::Local(e) => catch_unwind(AssertUnwindSafe(|| generate(e, job, sink)))
+            .unwrap_or_else(|panic| Err(Failure::Failed(JobError::Crashed(panic_text(panic))))),
+        Backend::Remote(r) => generate_remote(r, job, sink),
+        #[cfg(test)]
+        Backend::Scripted(s) => s.generate(job, sink),
+    }
+}
+
+/// What one generation step needs of its job.
+struct Step<'a> {
+    prompt: &'a mut Prompt,
+    params: &'a AnswerParams,
+    cancelled: &'a Arc<AtomicBool>,
+    /// The tools' descriptions for the template (`xml_tools`).
+    xml_tools: Option<serde_json::Value>,
+}
+
+/// Produces the job's answer: one generation step, or with tools, steps until the model answers
+/// without calling one (or the step limit). Each step's calls run in order; their results are
+/// appended to the conversation as `tool` messages after the step's own text, and the next
+/// step continues from there (the engine reuses the cached prefix). The user sees the answer
+/// text without the calls, and a [`JobEvent::Tool`] for each.
+fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats, Failure> {
+    let GenerationJob {
+        prompt,
+        params,
+        cancelled,
+        sink,
+        tools,
+        ..
+    } = job;
+    let tools = match (tools.clone(), &prompt) {
+        (Some(tools), Prompt::Chat { .. }) => tools,
+        _ => {
+            let mut step_job = Step {
+                prompt,
+                params,
+                cancelled,
+                xml_tools: None,
+            };
+            return step(backend, &mut step_job, sink);
+        }
+    };
+    let xml_tools = Some(serde_json::Value::Array(tools.host.specs()));
+    let mut total: Option<MessageStats> = None;
+    let mut index = 0;
+    for n in 0..=tools.max_steps {
+        let mut parser = ToolCallParser::default();
+        let mut said = String::new();
+        let mut step_job = Step {
+            prompt: &mut *prompt,
+            params,
+            cancelled,
+            xml_tools: xml_tools.clone(),
+        };
+        let stats = step(backend, &mut step_job, &mut |event| match event {
+            JobEvent::Token(text) => {
+                said.push_str(&text);
+                let shown = parser.push(&text);
+                if !shown.is_empty() {
+                    sink(JobEvent::Token(shown));
+                }
+            }
+            other => sink(other),
+        })?;
+        let (tail, calls) = parser.finish();
+        if !tail.is_empty() {
+            sink(JobEvent::Token(tail));
+        }
+        let finish = stats.finish;
+        total = Some(match total {
+            None => stats,
+            Some(before) => before.then(stats),
+        });
+        if calls.is_empty() {
+            break;
+        }
+        // Calls the answer will not run are still shown, saying why.
+        let stop = match finish {
+            Some(Finish::Cancelled) => Some("not run: the answer was stopped"),
+            Some(Finish::Length) => Some("not run: the answer reached its token limit"),
+            _ if n == tools.max_steps => {
+                Some("not run: the answer reached its limit of tool steps")
+            }
+            _ => None,
+        };
+        if let Some(why) = stop {
+            for call in &calls {
+                sink(JobEvent::Tool(tools::skipped(index, call, why)));
+                index += 1;
+            }
+            break;
+        }
+        let Prompt::Chat { messages, .. } = &mut *prompt else {
+            break;
+        };
+        messages.push(ChatMessage::new("assistant", said));
+        for call in &calls {
+            sink(JobEvent::Tool(tools::running(index, call)));
+            let record = tools.run(index, call);
+            messages.push(ChatMessage::new("tool", tools::tool_message(&record)));
+            sink(JobEvent::Tool(record));
+            index += 1;
+        }
+        if cancelled.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    Ok(total.unwrap_or_default())
+}
+
+fn generate_remote(
+    remote: &RemoteModel,
+    job: &mut Step<'_>,
+    sink: &mut dyn FnMut(JobEvent),
+) -> Result<MessageStats, Failure> {
+    // A remote endpoint renders its own template: the tools are not offered to it.
     remote
-        .generate(&job.prompt, &job.params, &job.cancelled, &mut job.sink)
+        .generate(job.prompt, job.params, job.cancelled, sink)
         .map_err(|e| match e {
             ChatError::EndpointRejected { .. } => Failure::Refused(JobError::Remote(Arc::new(e))),
             e => Failure::Failed(JobError::Remote(Arc::new(e))),
@@ -585,7 +741,11 @@ enum Failure {
     Failed(JobError),
 }
 
-fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats, Failure> {
+fn generate(
+    engine: &mut Engine,
+    job: &mut Step<'_>,
+    sink: &mut dyn FnMut(JobEvent),
+) -> Result<MessageStats, Failure> {
     let cancelled = job.cancelled.clone();
     if cancelled.load(Ordering::SeqCst) {
         return Ok(MessageStats {
@@ -596,15 +756,21 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
             ..MessageStats::default()
         });
     }
-    let p = &job.params;
+    let p = job.params;
     let reserve = p.max_tokens().min(engine.context_len() / 4).max(1);
     let refused = |e: engine::EngineError| Failure::Refused(e.into());
-    let (prompt, open) = match &mut job.prompt {
+    let (prompt, open) = match &mut *job.prompt {
         Prompt::Chat {
             messages,
             thinking,
             drop_oldest,
-        } => prompt_for(engine, messages, *thinking, reserve, *drop_oldest).map_err(refused)?,
+        } => {
+            let turn = Turn {
+                thinking: *thinking,
+                xml_tools: job.xml_tools.clone(),
+            };
+            prompt_for(engine, messages, &turn, reserve, *drop_oldest).map_err(refused)?
+        }
         Prompt::Text(text) => (engine.encode_prompt(text).map_err(refused)?, false),
     };
     // At least one token of answer must fit (the desktop's chats have dropped turns for more).
@@ -621,7 +787,6 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
         ignore_eos: false,
         start_in_thinking: open,
     };
-    let sink = &mut job.sink;
     let out = engine
         .generate(
             &prompt,
@@ -649,6 +814,62 @@ fn generate(engine: &mut Engine, job: &mut GenerationJob) -> Result<MessageStats
         context_len: engine.context_len(),
         model: Some(file_name(&engine.info().path)),
     })
+}
+
+/// Tests: a backend that renders the conversation with a real chat template (recording each
+/// prompt) and answers each step with the next scripted list of token pieces.
+#[cfg(test)]
+pub(crate) mod scripted {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    pub(crate) struct Scripted {
+        pub template: engine::template::ChatTemplate,
+        pub replies: VecDeque<Vec<String>>,
+        pub prompts: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Scripted {
+        pub(super) fn generate(
+            &mut self,
+            job: &mut Step<'_>,
+            sink: &mut dyn FnMut(JobEvent),
+        ) -> Result<MessageStats, Failure> {
+            let Prompt::Chat {
+                messages, thinking, ..
+            } = &*job.prompt
+            else {
+                panic!("the scripted model answers chats only");
+            };
+            let turn = Turn {
+                thinking: *thinking,
+                xml_tools: job.xml_tools.clone(),
+            };
+            let today = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+            let prompt = self
+                .template
+                .render(messages, &turn.options(), today)
+                .map_err(|e| Failure::Refused(e.into()))?;
+            self.prompts.lock().unwrap().push(prompt);
+            let reply = self.replies.pop_front().ok_or_else(|| {
+                Failure::Failed(JobError::NoModel("the script has no more replies".into()))
+            })?;
+            let mut stats = MessageStats {
+                finish: Some(Finish::Stop),
+                ..MessageStats::default()
+            };
+            for piece in reply {
+                if job.cancelled.load(Ordering::SeqCst) {
+                    stats.finish = Some(Finish::Cancelled);
+                    break;
+                }
+                stats.completion_tokens += 1;
+                sink(JobEvent::Token(piece));
+            }
+            Ok(stats)
+        }
+    }
 }
 
 #[cfg(test)]

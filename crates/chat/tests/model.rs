@@ -274,6 +274,7 @@ fn api_job(
     .validate()
     .unwrap();
     let job = chat::GenerationJob {
+        tools: None,
         prompt,
         params,
         source: "api test".into(),

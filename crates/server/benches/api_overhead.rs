@@ -121,6 +121,7 @@ fn sampling(tokens: usize) -> Sampling {
 fn in_process(app: &ChatApp, text: String, tokens: usize) -> Timing {
     let (tx, rx) = mpsc::channel();
     let job = GenerationJob {
+        tools: None,
         prompt: Prompt::Chat {
             messages: vec![ChatMessage::new("user", text)],
             thinking: false,

@@ -30,6 +30,7 @@ impl Frame {
     pub fn new(ev: &StreamEvent) -> Self {
         let data = match &ev.kind {
             EventKind::Thinking { text } | EventKind::Token { text } => text.clone(),
+            EventKind::Tool { call } => serde_json::to_string(call).unwrap_or_default(),
             EventKind::Stats { stats } => stats_line(stats),
             EventKind::Complete { status } => status.as_str().to_string(),
             EventKind::Error { message } => message.clone(),

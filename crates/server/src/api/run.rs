@@ -44,6 +44,7 @@ pub(crate) fn start(
     let (tx, rx) = unbounded_channel();
     let cancelled = Arc::new(AtomicBool::new(false));
     let job = GenerationJob {
+        tools: None,
         prompt,
         params,
         source,

@@ -1,0 +1,264 @@
+//! The tool loop end to end through the real chat app: the model's output is scripted at the
+//! engine's token boundary (no tool-capable model fits the test machine); everything else (the
+//! template, the parser, the worker's steps, the tools, the stream, the store) is the real path.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::events::AppEvent;
+use crate::protocol::EventKind;
+use crate::store::MessageStatus;
+use crate::tools::{ToolRecord, ToolSettings, ToolStatus};
+use crate::worker::scripted::Scripted;
+use crate::{AppPaths, ChatApp, ModelState, SendOutcome, Settings};
+
+struct Harness {
+    app: ChatApp,
+    events: Arc<Mutex<Vec<AppEvent>>>,
+    prompts: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn smollm3_template() -> engine::template::ChatTemplate {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/smollm3-official.jinja");
+    let source =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    engine::template::ChatTemplate::new(&source, "", "<|im_end|>").unwrap()
+}
+
+/// Splits `text` into pieces of at most `n` chars, as tokens would arrive.
+fn pieces(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(n).map(|c| c.iter().collect()).collect()
+}
+
+fn harness(replies: Vec<Vec<String>>, tools: ToolSettings) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = AppPaths {
+        data_dir: dir.path().join("data"),
+        config_dir: dir.path().join("config"),
+        models_dir: dir.path().join("models"),
+    };
+    let settings = Settings {
+        tools,
+        ..Settings::default()
+    };
+    settings.save(&paths.settings_file()).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let app = ChatApp::open(paths, Arc::new(move |e| seen.lock().unwrap().push(e))).unwrap();
+    let prompts = Arc::new(Mutex::new(Vec::new()));
+    app.inner.worker.script(Scripted {
+        template: smollm3_template(),
+        replies: VecDeque::from(replies),
+        prompts: prompts.clone(),
+    });
+    wait(|| matches!(app.model_state(), ModelState::Remote { .. }).then_some(()));
+    Harness {
+        app,
+        events,
+        prompts,
+        _dir: dir,
+    }
+}
+
+fn wait<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Harness {
+    /// Sends `text` in a new chat; returns the stored answer's text and the tool events.
+    fn ask(&self, text: &str) -> (String, Vec<ToolRecord>) {
+        let chat = self.app.create_chat().unwrap();
+        let SendOutcome::Generating {
+            assistant_message_id: id,
+            ..
+        } = self.app.send(chat.id, text).unwrap()
+        else {
+            panic!("not an answer")
+        };
+        let answer = wait(|| {
+            let view = self.app.chat(chat.id).unwrap();
+            let m = view.messages.into_iter().find(|m| m.id == id)?;
+            (!view.busy && m.status != MessageStatus::Streaming).then_some(m)
+        });
+        assert_eq!(answer.status, MessageStatus::Complete, "{answer:?}");
+        let records = self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                AppEvent::Stream(s) if s.message_id == id => match &s.kind {
+                    EventKind::Tool { call } => Some(call.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        (answer.content, records)
+    }
+
+    fn prompts(&self) -> Vec<String> {
+        self.prompts.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_calculator_call_runs_and_its_result_reaches_the_model_through_the_template() {
+    let call = "<tool_call>\n{\"name\": \"calculator\", \"arguments\": {\"expression\": \"17 * 23\"}}\n</tool_call>";
+    let h = harness(
+        vec![
+            pieces(&format!("Let me compute that.\n{call}"), 3),
+            pieces("17 × 23 = 391.", 2),
+        ],
+        ToolSettings::default(),
+    );
+    let (content, records) = h.ask("What is 17 times 23?");
+
+    // The user sees the text around the call, never the call itself.
+    assert_eq!(content, "Let me compute that.\n17 × 23 = 391.");
+    let statuses: Vec<_> = records.iter().map(|r| (r.index, r.status)).collect();
+    assert_eq!(statuses, [(0, ToolStatus::Running), (0, ToolStatus::Done)]);
+    let done = &records[1];
+    assert_eq!(done.name, "calculator");
+    assert_eq!(done.arguments, serde_json::json!({"expression": "17 * 23"}));
+    assert_eq!(done.result, "391");
+
+    let prompts = h.prompts();
+    assert_eq!(prompts.len(), 2);
+    // The tools are offered through the template's `xml_tools`.
+    // (Keys print sorted: minijinja iterates maps in key order, see engine::template.)
+    assert!(
+        prompts[0].contains("<tools>\n{'description': 'Get the current date"),
+        "{}",
+        prompts[0]
+    );
+    assert!(prompts[0].contains("'name': 'current_time'"));
+    assert!(prompts[0].contains("'name': 'calculator'"));
+    assert!(prompts[0].contains("'name': 'search_chats'"));
+    // The second step sees its own call, then the result as the template renders a tool turn.
+    let expected = format!(
+        "<|im_start|>assistant\nLet me compute that.\n{call}<|im_end|>\n<|im_start|>user\n{{\"name\":\"calculator\",\"result\":\"391\"}}<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert!(prompts[1].ends_with(&expected), "{}", prompts[1]);
+    assert!(
+        prompts[1].starts_with(&prompts[0][..prompts[0].len() - "<|im_start|>assistant\n".len()])
+    );
+}
+
+#[test]
+fn bad_calls_go_back_to_the_model_and_the_step_limit_holds() {
+    let h = harness(
+        vec![
+            vec![
+                "<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"2+\"}}"
+                    .into(),
+                "</tool_call>\n<tool_call>{oops}</tool_call>".into(),
+                "<tool_call>{\"name\": \"weather\", \"arguments\": {}}</tool_call>".into(),
+            ],
+            vec![
+                "<tool_call>{\"name\": \"current_time\", \"arguments\": {}}</tool_call>".into(),
+                "Sorry.".into(),
+            ],
+        ],
+        ToolSettings {
+            max_steps: 1,
+            ..ToolSettings::default()
+        },
+    );
+    let (content, records) = h.ask("Weather?");
+    assert_eq!(content, "\nSorry.");
+    let last: Vec<_> = records
+        .iter()
+        .filter(|r| r.status != ToolStatus::Running)
+        .map(|r| (r.index, r.name.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (0, "calculator", ToolStatus::Failed),
+            (1, "", ToolStatus::Failed),
+            (2, "weather", ToolStatus::Failed),
+            (3, "current_time", ToolStatus::Skipped),
+        ]
+    );
+    let done: Vec<&ToolRecord> = records
+        .iter()
+        .filter(|r| r.status != ToolStatus::Running)
+        .collect();
+    assert!(
+        done[0].result.starts_with("cannot evaluate"),
+        "{}",
+        done[0].result
+    );
+    assert!(done[1]
+        .result
+        .starts_with("malformed tool call: the call is not valid JSON"));
+    assert_eq!(done[2].result, "there is no tool named \"weather\"");
+    assert_eq!(
+        done[3].result,
+        "not run: the answer reached its limit of tool steps"
+    );
+
+    // Every failure went back to the model as a tool result; the limit stopped a third step.
+    let prompts = h.prompts();
+    assert_eq!(prompts.len(), 2);
+    assert!(
+        prompts[1].contains("{\"error\":\"cannot evaluate"),
+        "{}",
+        prompts[1]
+    );
+    assert!(prompts[1].contains("{\"error\":\"malformed tool call: the call is not valid JSON"));
+    assert!(prompts[1]
+        .contains("{\"error\":\"there is no tool named \\\"weather\\\"\",\"name\":\"weather\"}"));
+}
+
+#[test]
+fn search_chats_finds_an_earlier_chat_and_tools_can_be_turned_off() {
+    let h = harness(
+        vec![
+            vec!["Noted: the marmalade recipe.".into()],
+            vec!["<tool_call>{\"name\": \"search_chats\", \"arguments\": {\"query\": \"marmalade\"}}</tool_call>".into()],
+            vec!["Found it.".into()],
+            vec!["<tool_call>{\"name\": \"current_time\"}</tool_call>".into()],
+        ],
+        ToolSettings::default(),
+    );
+    h.ask("Remember my marmalade recipe: oranges and sugar.");
+    let (content, records) = h.ask("What did I say about jam?");
+    assert_eq!(content, "Found it.");
+    let result = &records.last().unwrap().result;
+    assert!(
+        result.starts_with("Messages matching \"marmalade\":"),
+        "{result}"
+    );
+    assert!(
+        result.contains("user message: Remember my marmalade recipe"),
+        "{result}"
+    );
+
+    let mut settings = h.app.settings();
+    settings.tools.enabled = false;
+    h.app.update_settings(settings).unwrap();
+    // Without tools the model is offered none, and what it writes is its answer as it is.
+    let (content, records) = h.ask("What time is it?");
+    assert_eq!(
+        content,
+        "<tool_call>{\"name\": \"current_time\"}</tool_call>"
+    );
+    assert!(records.is_empty());
+    let prompts = h.prompts();
+    assert!(prompts[2].contains("### Tools"));
+    assert!(!prompts[3].contains("### Tools"), "{}", prompts[3]);
+}

@@ -287,7 +287,7 @@ impl ChatApp {
         settings.model_source = ModelSource::Local;
         self.save_settings(&settings)?;
         self.core().set_settings(settings.clone());
-        self.emit(AppEvent::SettingsChanged(settings));
+        self.emit(AppEvent::SettingsChanged(Box::new(settings)));
         self.reload_model()
     }
 
@@ -415,7 +415,7 @@ impl ChatApp {
         }
         self.save_settings(&new)?;
         self.core().set_settings(new.clone());
-        self.emit(AppEvent::SettingsChanged(new));
+        self.emit(AppEvent::SettingsChanged(Box::new(new)));
         if diff.needs_reload() {
             self.reload_model()?;
         }

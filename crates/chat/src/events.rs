@@ -19,7 +19,8 @@ pub enum AppEvent {
     ModelState(ModelState),
     /// A chat was created, renamed, deleted, titled or got a new message: refresh the list.
     ChatsChanged,
-    SettingsChanged(Settings),
+    /// Boxed: the settings are far larger than the other events.
+    SettingsChanged(Box<Settings>),
 }
 
 impl AppEvent {

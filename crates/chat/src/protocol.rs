@@ -45,7 +45,8 @@ pub enum EventKind {
     /// A tool call of the answer, new or updated (a later event with the same `call.index`
     /// replaces the earlier one).
     Tool {
-        call: ToolRecord,
+        /// Boxed: far larger than the other events.
+        call: Box<ToolRecord>,
     },
     Stats {
         stats: MessageStats,

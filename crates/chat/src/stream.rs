@@ -102,7 +102,13 @@ fn run(core: &Core, rx: Receiver<StreamInput>) {
                         emit_frame(core, chat_id, message_id, frame);
                     }
                 }
-                core.publish(chat_id, message_id, EventKind::Tool { call: record });
+                core.publish(
+                    chat_id,
+                    message_id,
+                    EventKind::Tool {
+                        call: Box::new(record),
+                    },
+                );
             }
             Ok(StreamInput::Finish {
                 chat_id,

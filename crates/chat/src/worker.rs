@@ -218,7 +218,7 @@ enum Request {
     Reset,
     Shutdown,
     #[cfg(test)]
-    Script(scripted::Scripted),
+    Script(Box<scripted::Scripted>),
 }
 
 /// Receives every model state change (on the worker's or the caller's thread).
@@ -370,7 +370,7 @@ impl Worker {
     #[cfg(test)]
     pub(crate) fn script(&self, script: scripted::Scripted) {
         self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
-        self.send(Request::Script(script)).unwrap();
+        self.send(Request::Script(Box::new(script))).unwrap();
     }
 
     fn send(&self, req: Request) -> Result<()> {
@@ -393,7 +393,7 @@ enum Backend {
     Remote(RemoteModel),
     /// Tests: a model whose output is scripted, at the engine's token boundary.
     #[cfg(test)]
-    Scripted(scripted::Scripted),
+    Scripted(Box<scripted::Scripted>),
 }
 
 fn run(rx: Receiver<Request>, shared: &Shared) {

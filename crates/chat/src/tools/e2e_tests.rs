@@ -100,7 +100,7 @@ impl Harness {
             .iter()
             .filter_map(|e| match e {
                 AppEvent::Stream(s) if s.message_id == id => match &s.kind {
-                    EventKind::Tool { call } => Some(call.clone()),
+                    EventKind::Tool { call } => Some((**call).clone()),
                     _ => None,
                 },
                 _ => None,

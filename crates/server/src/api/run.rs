@@ -81,7 +81,8 @@ impl Running {
         let (mut thinking, mut text) = (String::new(), String::new());
         loop {
             match self.rx.recv().await {
-                Some(JobEvent::Queued(_)) => {}
+                // API jobs are given no tools to run (`tools: None`): nothing to report.
+                Some(JobEvent::Queued(_) | JobEvent::Tool(_)) => {}
                 Some(JobEvent::Thinking(t)) => thinking.push_str(&t),
                 Some(JobEvent::Token(t)) => text.push_str(&t),
                 Some(JobEvent::Finished(stats)) => {
@@ -165,6 +166,7 @@ impl<C: Chunks> Feed<C> {
                     Some(JobEvent::Queued(n)) => {
                         Event::default().comment(format!("queued: {n} answer(s) ahead"))
                     }
+                    Some(JobEvent::Tool(_)) => continue, // API jobs run no tools
                     Some(JobEvent::Thinking(t)) => data(&self.chunks.delta(true, t)),
                     Some(JobEvent::Token(t)) => data(&self.chunks.delta(false, t)),
                     Some(JobEvent::Finished(stats)) => {

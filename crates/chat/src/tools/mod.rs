@@ -273,7 +273,12 @@ mod tests {
             message,
             serde_json::json!({"name": "sleep", "error": "timed out after 0.1 s"})
         );
-        let r = tools().run(1, &call("panic"));
+        // A crash is reported as soon as it happens, not at the timeout.
+        let patient = ToolUse {
+            timeout: Duration::from_secs(60),
+            ..tools()
+        };
+        let r = patient.run(1, &call("panic"));
         assert_eq!(
             (r.status, r.result.as_str()),
             (ToolStatus::Failed, "the tool crashed")

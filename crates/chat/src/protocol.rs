@@ -172,11 +172,15 @@ impl Frame {
     }
 }
 
-/// Batches deltas into frames (pure: the caller supplies the time).
+/// Batches deltas into frames (pure: the caller supplies the time). The first delta of each kind
+/// is a frame at once: batching is for the tokens after it, and holding the first one an interval
+/// made the app's first token an interval (30 ms) later than the engine's.
 #[derive(Debug)]
 pub struct Coalescer {
     config: FrameConfig,
     pending: Option<(Frame, Instant)>,
+    /// Whether a delta of each kind (thinking, answer) was seen.
+    started: [bool; 2],
 }
 
 impl Coalescer {
@@ -184,6 +188,7 @@ impl Coalescer {
         Coalescer {
             config,
             pending: None,
+            started: [false; 2],
         }
     }
 
@@ -207,7 +212,8 @@ impl Coalescer {
         });
         frame.text.push_str(text);
         frame.tokens += 1;
-        if frame.tokens >= self.config.max_tokens.max(1) {
+        let first = !std::mem::replace(&mut self.started[kind as usize], true);
+        if first || frame.tokens >= self.config.max_tokens.max(1) {
             out.extend(self.finish());
         } else {
             out.extend(self.flush_due(now));
@@ -403,14 +409,37 @@ mod tests {
             interval: Duration::from_secs(10),
             max_tokens: 3,
         });
-        assert!(c.push(DeltaKind::Thinking, "a", t0).is_empty());
-        let frames = c.push(DeltaKind::Answer, "b", t0);
-        assert_eq!(frames.len(), 1);
-        assert_eq!(frames[0].text, "a");
-        assert!(c.push(DeltaKind::Answer, "c", t0).is_empty());
-        let frames = c.push(DeltaKind::Answer, "d", t0);
-        assert_eq!(frames[0].text, "bcd");
+        assert_eq!(c.push(DeltaKind::Thinking, "a", t0)[0].text, "a", "first");
+        assert!(c.push(DeltaKind::Thinking, "b", t0).is_empty());
+        let frames = c.push(DeltaKind::Answer, "c", t0);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!((&*frames[0].text, &*frames[1].text), ("b", "c"));
+        assert!(c.push(DeltaKind::Answer, "d", t0).is_empty());
+        assert!(c.push(DeltaKind::Answer, "e", t0).is_empty());
+        let frames = c.push(DeltaKind::Answer, "f", t0);
+        assert_eq!(frames[0].text, "def");
         assert_eq!(c.finish(), None);
+    }
+
+    #[test]
+    fn the_first_token_is_a_frame_at_once() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(FrameConfig {
+            interval: Duration::from_millis(30),
+            max_tokens: 16,
+        });
+        let frames = c.push(DeltaKind::Answer, "Hello", t0);
+        assert_eq!(
+            frames.len(),
+            1,
+            "held for an interval: the app's first token came late"
+        );
+        assert_eq!((frames[0].text.as_str(), frames[0].tokens), ("Hello", 1));
+        assert_eq!(c.deadline(), None);
+        assert!(
+            c.push(DeltaKind::Answer, " there", t0).is_empty(),
+            "the next ones batch"
+        );
     }
 
     #[test]
@@ -421,6 +450,11 @@ mod tests {
             interval: ms(30),
             max_tokens: 100,
         });
+        assert_eq!(
+            c.push(DeltaKind::Answer, "w", t0).len(),
+            1,
+            "the first at once"
+        );
         assert!(c.push(DeltaKind::Answer, "x", t0).is_empty());
         assert!(c.push(DeltaKind::Answer, "y", t0 + ms(20)).is_empty());
         assert_eq!(c.deadline(), Some(t0 + ms(30)));

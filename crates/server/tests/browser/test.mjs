@@ -209,6 +209,9 @@ test("the quick-chat page answers, and its chat opens in the main page", async (
   await page.press("form.quick input[name=text]", "Enter");
   await page.waitForSelector("#quick-answer article.msg.assistant");
   const mid = await page.$eval("#quick-answer article.msg.assistant", (a) => a.id.slice("msg-".length));
+  // Sent is sent: the field is cleared for the next question (it kept the text).
+  await page.waitForFunction(() => document.querySelector("form.quick input[name=text]").value === "",
+    null, { timeout: 10_000 });
   const text = await stored(page, mid, "complete");
   assert.ok(text.length > 0);
   await Promise.all([page.waitForURL(/\/chats\/\d+$/), page.click("text=Open in main window")]);
@@ -228,4 +231,27 @@ test("chats made in one page appear in another (one chat core)", async () => {
   assert.deepEqual([...a.errors, ...b.errors], []);
   await a.close();
   await b.close();
+});
+
+test("a path typed in the onboarding's import box survives the re-renders a download's progress causes", async () => {
+  const page = await open("/");
+  // A model is loaded here, so the page shows no onboarding: put one in, as the no-model banner does.
+  await page.evaluate(() => {
+    const slot = document.createElement("div");
+    slot.id = "onboarding-slot";
+    document.body.append(slot);
+  });
+  await page.evaluate(() => htmx.ajax("GET", "/models/onboarding", { target: "#onboarding-slot" }));
+  await page.waitForSelector("#onboarding #import-path");
+  await page.fill("#import-path", "/home/me/my-model.gguf");
+  // What a download's progress does several times a second: the section fetches itself again.
+  for (let i = 0; i < 3; i++) {
+    const rerendered = page.waitForResponse((r) => r.url().endsWith("/models/onboarding"));
+    await page.evaluate(() => htmx.trigger(document.body, "download-progress"));
+    await rerendered;
+    await page.waitForFunction(() => !document.querySelector(".htmx-request"));
+  }
+  assert.equal(await page.inputValue("#import-path"), "/home/me/my-model.gguf");
+  assert.deepEqual(page.errors, []);
+  await page.close();
 });

@@ -12,8 +12,9 @@ use common::{attr_after, fixture, Fixture, Sse, SseReader};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Starts `/quote` in a new chat; its chat id, message id, and the event id to stream after.
-async fn start_quote(f: &Fixture) -> (i64, String, u64) {
+/// Starts `/quote` in a new chat; its chat id, message id, the event id to stream after, and the
+/// answer's text the page already shows (its first token is sent at once, so it may be there).
+async fn start_quote(f: &Fixture) -> (i64, String, u64, String) {
     let cid = f.new_chat().await;
     let (status, html) = f
         .htmx("POST", &format!("/chats/{cid}/messages"), "text=%2Fquote")
@@ -21,7 +22,22 @@ async fn start_quote(f: &Fixture) -> (i64, String, u64) {
     assert_eq!(status, StatusCode::OK, "{html}");
     let message = attr_after(&html, "sse-message=\"");
     let after = attr_after(&html, "sse-last-id=\"").parse().unwrap();
-    (cid, message, after)
+    let seed = unescape(&attr_after(&html, "sse-render=\"markdown\" data-seed=\""));
+    (cid, message, after, seed)
+}
+
+/// An HTML attribute's text as the template escaped it.
+fn unescape(attr: &str) -> String {
+    [
+        ("&lt;", "<"),
+        ("&gt;", ">"),
+        ("&quot;", "\""),
+        ("&#x27;", "'"),
+        ("&#x2f;", "/"),
+        ("&amp;", "&"),
+    ]
+    .iter()
+    .fold(attr.to_string(), |s, (from, to)| s.replace(from, to))
 }
 
 async fn stream(f: &Fixture, cid: i64, after: u64, last_event_id: Option<u64>) -> SseReader {
@@ -56,9 +72,10 @@ fn tokens(events: &[Sse]) -> String {
 #[tokio::test]
 async fn an_answer_streams_as_named_events_with_consecutive_ids() {
     let f = fixture();
-    let (cid, message, after) = start_quote(&f).await;
+    let (cid, message, after, seed) = start_quote(&f).await;
     let events = until_done(&mut stream(&f, cid, after, None).await).await;
-    assert_eq!(tokens(&events), PASSAGE);
+    // What the page showed, then what the stream added: the whole passage, once.
+    assert_eq!(seed + &tokens(&events), PASSAGE);
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names[names.len() - 2..], ["stats", "complete"]);
     for (i, e) in events.iter().enumerate() {
@@ -74,7 +91,7 @@ async fn an_answer_streams_as_named_events_with_consecutive_ids() {
 #[tokio::test]
 async fn a_reconnect_with_last_event_id_resumes_without_loss_or_duplication() {
     let f = fixture();
-    let (cid, _, after) = start_quote(&f).await;
+    let (cid, _, after, seed) = start_quote(&f).await;
     let mut first = stream(&f, cid, after, None).await;
     let mut seen = Vec::new();
     for _ in 0..3 {
@@ -89,13 +106,13 @@ async fn a_reconnect_with_last_event_id_resumes_without_loss_or_duplication() {
         last + 1
     );
     seen.extend(rest);
-    assert_eq!(tokens(&seen), PASSAGE);
+    assert_eq!(seed + &tokens(&seen), PASSAGE);
 }
 
 #[tokio::test]
 async fn a_stream_asked_for_after_the_answer_was_stored_says_so_once() {
     let f = fixture();
-    let (cid, _, after) = start_quote(&f).await;
+    let (cid, _, after, _) = start_quote(&f).await;
     until_done(&mut stream(&f, cid, after, None).await).await;
     // The answer is stored and its events dropped: one `complete` tells the page to read it.
     let mut late = stream(&f, cid, after, None).await;
@@ -111,7 +128,7 @@ async fn a_stream_asked_for_after_the_answer_was_stored_says_so_once() {
 #[tokio::test]
 async fn stop_ends_the_stream_with_an_interrupted_answer() {
     let f = fixture();
-    let (cid, _, after) = start_quote(&f).await;
+    let (cid, _, after, _) = start_quote(&f).await;
     let mut reader = stream(&f, cid, after, None).await;
     reader.next(WAIT).await.unwrap();
     let (status, _) = f.htmx("POST", &format!("/chats/{cid}/stop"), "").await;
@@ -132,7 +149,7 @@ async fn the_stream_of_a_missing_chat_is_a_404() {
 async fn page_wide_news_streams_as_app_state_events() {
     let f = fixture();
     let mut news = SseReader::new(f.get("/events").await);
-    let (cid, _, _) = start_quote(&f).await;
+    let (cid, _, _, _) = start_quote(&f).await;
     let mut seen = Vec::new();
     loop {
         let ev = news.next(WAIT).await.unwrap();

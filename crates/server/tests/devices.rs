@@ -12,8 +12,19 @@ use chat::{ModelState, Settings};
 use common::{fixture, fixture_with, Fixture};
 use engine::{BackendKind, DeviceSpec};
 
-const NO_CUDA: &str =
-    "this build has no CUDA support (CUDA runs in the CUDA build: `make build-cuda`)";
+/// Why the engine says CUDA cannot be used here: this build has no CUDA, and no CUDA runner is
+/// beside the test binary, so its reason names the CUDA build.
+fn no_cuda() -> String {
+    let list = engine::device::list_devices();
+    let cuda = list
+        .iter()
+        .find(|d| d.device == "cuda")
+        .expect("a CUDA entry");
+    assert!(!cuda.usable, "{cuda:?}");
+    let why = cuda.reason.clone().unwrap();
+    assert!(why.contains("make build-cuda"), "{why}");
+    why
+}
 
 fn model() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -67,7 +78,7 @@ async fn the_settings_list_each_device_with_what_it_is_or_why_it_cannot_be_used(
         "unavailable devices are not selectable: {cuda}"
     );
     assert!(
-        cuda.contains(&format!("Cannot be used: {NO_CUDA}")),
+        cuda.contains(&format!("Cannot be used: {}", no_cuda())),
         "{cuda}"
     );
     let metal = device_row(&html, "metal");
@@ -83,7 +94,7 @@ async fn the_settings_list_each_device_with_what_it_is_or_why_it_cannot_be_used(
         .await;
     assert!(reply.contains("- Devices:"), "{reply}");
     assert!(
-        reply.contains(&format!("cuda: cannot be used: {NO_CUDA}")),
+        reply.contains(&format!("cuda: cannot be used: {}", no_cuda())),
         "{reply}"
     );
     assert!(reply.contains("cpu: CPU, "), "{reply}");
@@ -129,14 +140,14 @@ async fn a_gpu_that_fails_says_why_and_offers_the_cpu_in_one_click() {
         ..Settings::default()
     }));
     let state = settled(&f).await;
-    assert!(
-        matches!(state, ModelState::Failed { .. }),
-        "never a silent CPU load: {state:?}"
-    );
+    let ModelState::Failed { error, .. } = &state else {
+        panic!("never a silent CPU load: {state:?}")
+    };
+    assert!(error.contains("make build-cuda"), "{error}");
     let (_, banner) = f.htmx("GET", "/model/banner", "").await;
     assert!(
         banner.contains("could not be loaded on cuda:0 (candle backend)")
-            && banner.contains(NO_CUDA),
+            && banner.contains(error.as_str()),
         "{banner}"
     );
     assert!(

@@ -185,13 +185,13 @@ deb-cuda: build-cuda deps ui
 	for f in target/release/bundle/deb/*.deb; do mv "$$f" $(CUDA_DIST)/$$(basename "$$f" .deb)-cuda.deb; done
 	ls -l $(CUDA_DIST)/*-cuda.deb
 
-## Keeps the CUDA code compiling without a GPU or the CUDA build's time: `cargo clippy` of the engine and its
-## runner with `cuda` (nvcc still compiles Candle's kernels the first time; the target dir is kept). CI runs it
-## only where nvcc is installed (make test calls it and says when it is skipped).
+## Keeps the CUDA code compiling without a GPU: `cargo clippy` of the engine and its runner with `cuda`, in the
+## release profile of build-cuda's target dir, so Candle's kernels compiled by nvcc for one serve the other
+## (the first run compiles them). Runs only where nvcc is installed (make test calls it and says when it skips).
 check-cuda:
 	@if ! command -v nvcc >/dev/null; then \
 	  echo "WARNING: check-cuda skipped: no nvcc on PATH (see doc/engine.md, Build variants)" >&2; \
 	else \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
-	    $(CARGO) clippy -p smollm3-engine --features cuda --all-targets -- -D warnings; \
+	    $(CARGO) clippy --release -p smollm3-engine --features cuda --all-targets -- -D warnings; \
 	fi

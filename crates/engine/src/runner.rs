@@ -74,6 +74,9 @@ const ERR_OTHER: u8 = 1;
 const MAX_REQUEST: usize = 64 * 1024 + PREFILL_CHUNK * 4;
 /// How long `--devices` may take (driver initialisation) before it is killed.
 const DEVICES_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest reply besides logits: an `ERROR` can carry a long message (Candle's errors
+/// include a backtrace when `RUST_BACKTRACE` is set).
+const MAX_REPLY: usize = 1 << 20;
 /// Lines of the runner's stderr kept for an error message.
 const STDERR_LINES: usize = 12;
 
@@ -581,7 +584,7 @@ impl RunnerBackend {
                 .u64(context_len as u64)
                 .u8(kv_code(kv_type)),
             LOADED,
-            1 << 20,
+            MAX_REPLY,
         )?;
         let parse = |f: &mut Fields| -> io::Result<_> {
             let vocab = f.usize()?;
@@ -627,8 +630,8 @@ impl RunnerBackend {
         EngineError::Runner(msg)
     }
 
-    /// Sends `request` and reads its reply, expected to be `tag` of at most `max` bytes.
-    /// Returns the reply's fields.
+    /// Sends `request` and reads its reply, expected to be `tag` of at most `max` bytes (or an
+    /// `ERROR` of at most [`MAX_REPLY`]). Returns the reply's fields.
     fn call(&mut self, request: Frame, tag: u8, max: usize) -> Result<Vec<u8>> {
         if let Some(msg) = &self.dead {
             return Err(EngineError::Runner(msg.clone()));
@@ -636,14 +639,14 @@ impl RunnerBackend {
         if request.write(&mut self.stdin).is_err() {
             return Err(self.died());
         }
-        let frame = match read_frame(&mut self.stdout, max) {
+        let frame = match read_frame(&mut self.stdout, max.max(MAX_REPLY)) {
             Ok(Some(f)) => f,
             Ok(None) => return Err(self.died()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.protocol(e)),
             Err(_) => return Err(self.died()),
         };
         match frame[0] {
-            t if t == tag => Ok(frame[1..].to_vec()),
+            t if t == tag && frame.len() <= max => Ok(frame[1..].to_vec()),
             ERROR => {
                 let mut f = Fields(&frame[1..]);
                 let kind = f.u8().map_err(|e| self.protocol(e))?;

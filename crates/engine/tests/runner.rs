@@ -152,6 +152,19 @@ fn a_runner_that_cannot_start_says_why() {
         "{reason}"
     );
 
+    // A long error (Candle's carry a backtrace when RUST_BACKTRACE is set) comes through whole:
+    // ERROR, kind device, a message of 5000 bytes.
+    let long = script(
+        dir.path(),
+        "long-error",
+        r"printf '\216\023\000\000\200\000\210\023\000\000'
+head -c 5000 /dev/zero | tr '\0' x
+exec sleep 5",
+    );
+    let err = load_err(&model, &options(Some(long.clone())));
+    assert!(matches!(err, EngineError::Device(_)), "{err:?}");
+    assert!(err.to_string().ends_with(&"x".repeat(5000)), "{err}");
+
     // A program that answers outside the protocol.
     let chatty = script(dir.path(), "chatty", "echo hello; exec sleep 5");
     let err = load_err(&model, &options(Some(chatty))).to_string();

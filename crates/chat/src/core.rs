@@ -226,6 +226,7 @@ impl Core {
                 if let Some(p) = log.partial(chat_id, m.id) {
                     m.content.clone_from(&p.content);
                     m.thinking.clone_from(&p.thinking);
+                    m.tools.clone_from(&p.tools);
                 }
             }
         }

@@ -4,6 +4,7 @@ use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Chat, Message, MessageKind, MessageStatus, Role};
+use crate::tools::ToolRecord;
 
 /// An exported chat: the document and a file name to suggest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +85,9 @@ pub fn chat_markdown(chat: &Chat, messages: &[Message]) -> String {
                 m.thinking.trim()
             ));
         }
+        for call in &m.tools {
+            out.push_str(&tool_markdown(call));
+        }
         out.push_str(m.content.trim_end());
         out.push('\n');
         match m.status {
@@ -97,6 +101,25 @@ pub fn chat_markdown(chat: &Chat, messages: &[Message]) -> String {
         }
     }
     out
+}
+
+/// A tool call as a folded block: name, status and duration; arguments and result fenced.
+fn tool_markdown(call: &ToolRecord) -> String {
+    let arguments = match &call.arguments {
+        serde_json::Value::String(raw) => raw.clone(), // a malformed call, as written
+        value => value.to_string(),
+    };
+    let name = match call.name.is_empty() {
+        true => "(malformed call)",
+        false => call.name.as_str(),
+    };
+    let (af, rf) = (fence_for(&arguments), fence_for(&call.result));
+    format!(
+        "<details><summary>Tool {name}: {} ({} ms)</summary>\n\nArguments:\n\n{af}json\n{arguments}\n{af}\n\nResult:\n\n{rf}\n{}\n{rf}\n\n</details>\n\n",
+        call.status.as_str(),
+        call.duration_ms,
+        call.result
+    )
 }
 
 #[cfg(test)]

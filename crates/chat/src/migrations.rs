@@ -61,6 +61,10 @@ pub const MIGRATIONS: &[&str] = &[
         INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
     END;
     "#,
+    // 2: an answer's tool calls, a JSON array of `tools::ToolRecord` (the cards it shows).
+    r#"
+    ALTER TABLE messages ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// Brings the schema up to date; returns how many migrations ran.

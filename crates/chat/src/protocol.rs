@@ -242,11 +242,21 @@ impl Coalescer {
     }
 }
 
+/// Puts `record` in its place among an answer's calls: it replaces the one with its index.
+pub fn upsert_tool(tools: &mut Vec<ToolRecord>, record: &ToolRecord) {
+    match tools.iter_mut().find(|t| t.index == record.index) {
+        Some(old) => old.clone_from(record),
+        None => tools.push(record.clone()),
+    }
+}
+
 /// The text of an answer in progress, as its events so far describe it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Partial {
     pub content: String,
     pub thinking: String,
+    /// The latest record of each tool call so far.
+    pub tools: Vec<ToolRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -297,6 +307,7 @@ impl EventLog {
         match &kind {
             EventKind::Thinking { text } => partial.thinking.push_str(text),
             EventKind::Token { text } => partial.content.push_str(text),
+            EventKind::Tool { call } => upsert_tool(&mut partial.tools, call),
             _ => {}
         }
         let event = StreamEvent {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ChatError, Result};
 use crate::migrations;
 use crate::stats::MessageStats;
+use crate::tools::ToolRecord;
 
 pub type ChatId = i64;
 pub type MessageId = i64;
@@ -100,6 +101,8 @@ pub struct Message {
     /// Why the message failed (status `failed`).
     pub error: Option<String>,
     pub stats: Option<MessageStats>,
+    /// The answer's tool calls, in order.
+    pub tools: Vec<ToolRecord>,
     pub created_at: i64,
 }
 
@@ -135,6 +138,7 @@ pub struct FinishedMessage {
     pub status: Option<MessageStatus>,
     pub error: Option<String>,
     pub stats: Option<MessageStats>,
+    pub tools: Vec<ToolRecord>,
 }
 
 /// The chat database.
@@ -169,7 +173,7 @@ fn chat_from_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
 const CHAT_COLUMNS: &str =
     "id, title, title_is_custom, created_at, updated_at, thinking, settings, last_event_id";
 const MESSAGE_COLUMNS: &str =
-    "id, chat_id, role, kind, content, thinking, thinking_ms, status, error, stats, created_at";
+    "id, chat_id, role, kind, content, thinking, thinking_ms, status, error, stats, created_at, tools";
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
@@ -191,6 +195,9 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         // Stats are informative: an unreadable blob is dropped, not an error.
         stats: stats.and_then(|s| serde_json::from_str(&s).ok()),
         created_at: row.get(10)?,
+        // Written only by this code from `ToolRecord`s: a row that does not read is corrupt.
+        tools: serde_json::from_str(&text(11)?)
+            .map_err(|_| conversion_error(11, "unreadable tool calls"))?,
     })
 }
 
@@ -509,7 +516,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let n = tx.execute(
             "UPDATE messages SET content = ?2, thinking = ?3, thinking_ms = ?4, status = ?5,
-                                 error = ?6, stats = ?7
+                                 error = ?6, stats = ?7, tools = ?8
              WHERE id = ?1",
             params![
                 id,
@@ -518,7 +525,9 @@ impl Store {
                 done.thinking_ms,
                 status.as_str(),
                 done.error,
-                stats
+                stats,
+                serde_json::to_string(&done.tools)
+                    .map_err(|e| ChatError::Invalid(e.to_string()))?
             ],
         )?;
         if n == 0 {

@@ -12,9 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::core::Core;
-use crate::protocol::{Coalescer, DeltaKind, End, EventKind, Frame, StreamInput};
+use crate::protocol::{upsert_tool, Coalescer, DeltaKind, End, EventKind, Frame, StreamInput};
 use crate::stats::{Finish, MessageStats};
 use crate::store::{ChatId, FinishedMessage, MessageId, MessageStatus};
+use crate::tools::ToolRecord;
 
 /// How often the text of an answer in progress is saved (crash recovery).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -27,7 +28,23 @@ struct Active {
     thinking: String,
     thinking_since: Option<Instant>,
     thinking_ms: Option<i64>,
+    tools: Vec<ToolRecord>,
     saved_at: Instant,
+}
+
+impl Active {
+    fn new(chat_id: ChatId, core: &Core, now: Instant) -> Active {
+        Active {
+            chat_id,
+            coalescer: Coalescer::new(core.frame_config()),
+            content: String::new(),
+            thinking: String::new(),
+            thinking_since: None,
+            thinking_ms: None,
+            tools: Vec::new(),
+            saved_at: now,
+        }
+    }
 }
 
 pub(crate) fn spawn(core: Arc<Core>) -> (Sender<StreamInput>, JoinHandle<()>) {
@@ -59,15 +76,9 @@ fn run(core: &Core, rx: Receiver<StreamInput>) {
                 kind,
                 text,
             }) => {
-                let a = active.entry(message_id).or_insert_with(|| Active {
-                    chat_id,
-                    coalescer: Coalescer::new(core.frame_config()),
-                    content: String::new(),
-                    thinking: String::new(),
-                    thinking_since: None,
-                    thinking_ms: None,
-                    saved_at: now,
-                });
+                let a = active
+                    .entry(message_id)
+                    .or_insert_with(|| Active::new(chat_id, core, now));
                 match kind {
                     DeltaKind::Thinking => {
                         a.thinking_since.get_or_insert(now);
@@ -96,12 +107,14 @@ fn run(core: &Core, rx: Receiver<StreamInput>) {
                 message_id,
                 record,
             }) => {
+                let a = active
+                    .entry(message_id)
+                    .or_insert_with(|| Active::new(chat_id, core, now));
                 // Text before the call is shown first: it was said first.
-                if let Some(a) = active.get_mut(&message_id) {
-                    if let Some(frame) = a.coalescer.finish() {
-                        emit_frame(core, chat_id, message_id, frame);
-                    }
+                if let Some(frame) = a.coalescer.finish() {
+                    emit_frame(core, chat_id, message_id, frame);
                 }
+                upsert_tool(&mut a.tools, &record);
                 core.publish(
                     chat_id,
                     message_id,
@@ -147,6 +160,7 @@ fn finish(core: &Core, chat_id: ChatId, message_id: MessageId, a: Option<Active>
         done.content = a.content;
         done.thinking = a.thinking;
         done.thinking_ms = a.thinking_ms;
+        done.tools = a.tools;
     }
     let terminal = match end {
         End::Finished(stats) => {

@@ -105,7 +105,13 @@ impl Harness {
                 },
                 _ => None,
             })
-            .collect();
+            .collect::<Vec<ToolRecord>>();
+        // Stored with the answer: the last record of each call, in order.
+        let mut last: Vec<ToolRecord> = Vec::new();
+        for r in &records {
+            crate::protocol::upsert_tool(&mut last, r);
+        }
+        assert_eq!(answer.tools, last);
         (answer.content, records)
     }
 
@@ -147,6 +153,15 @@ fn a_calculator_call_runs_and_its_result_reaches_the_model_through_the_template(
     assert!(prompts[0].contains("'name': 'current_time'"));
     assert!(prompts[0].contains("'name': 'calculator'"));
     assert!(prompts[0].contains("'name': 'search_chats'"));
+    // The export shows the call with its arguments and result.
+    let chat_id = h.app.list_chats().unwrap()[0].id;
+    let markdown = h.app.export(chat_id).unwrap().markdown;
+    assert!(
+        markdown.contains("<details><summary>Tool calculator: done (")
+            && markdown.contains("```json\n{\"expression\":\"17 * 23\"}\n```")
+            && markdown.contains("Result:\n\n```\n391\n```"),
+        "{markdown}"
+    );
     // The second step sees its own call, then the result as the template renders a tool turn.
     let expected = format!(
         "<|im_start|>assistant\nLet me compute that.\n{call}<|im_end|>\n<|im_start|>user\n{{\"name\":\"calculator\",\"result\":\"391\"}}<|im_end|>\n<|im_start|>assistant\n"

@@ -54,8 +54,19 @@ pub enum ToolStatus {
     Skipped,
 }
 
+impl ToolStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolStatus::Running => "running",
+            ToolStatus::Done => "done",
+            ToolStatus::Failed => "failed",
+            ToolStatus::Skipped => "skipped",
+        }
+    }
+}
+
 /// One tool call of an answer, as the user sees it (and as it is stored).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolRecord {
     /// Its place among the answer's calls (0, 1, ...): a later record with the same index
     /// replaces the earlier one (`running`, then its outcome).

@@ -15,7 +15,7 @@
 (function () {
   "use strict";
 
-  const EVENTS = ["thinking", "token", "stats", "complete", "error"];
+  const EVENTS = ["thinking", "token", "tool", "stats", "complete", "error"];
 
   // --- transports -----------------------------------------------------------------------------------
   // Each has `attach(elt, chat, after, onFrame)`, which starts delivering the chat's frames after id `after`
@@ -144,7 +144,9 @@
     const st = state(elt);
     for (const target of targetsFor(elt, frame.event)) {
       const mode = target.getAttribute("sse-render") || "text";
-      if (frame.event === "stats" || mode === "replace") {
+      if (mode === "tool") {
+        renderToolCard(target, JSON.parse(frame.data));
+      } else if (frame.event === "stats" || mode === "replace") {
         target.textContent = frame.data;
       } else {
         const prev = st.text.get(target) || "";
@@ -158,6 +160,33 @@
       elt.classList.remove("streaming");
       elt.classList.add(frame.event === "error" ? "failed" : "done");
     }
+  }
+
+  /** A `tool` frame's record ({index, name, arguments, status, result, duration_ms}) as the card
+   *  `tool_card.html` renders: it replaces the card with its index, or is added after the others. */
+  function renderToolCard(container, call) {
+    const card = document.createElement("details");
+    card.className = "tool-card status-" + call.status;
+    card.dataset.toolIndex = String(call.index);
+    const summary = document.createElement("summary");
+    const part = (tag, cls, text) => {
+      const e = document.createElement(tag);
+      e.className = cls;
+      e.textContent = text;
+      summary.append(e, " ");
+    };
+    part("span", "tool-name", call.name || "malformed call");
+    const args = typeof call.arguments === "string" ? call.arguments : JSON.stringify(call.arguments);
+    part("code", "tool-args", args);
+    part("span", "tool-status", call.status);
+    part("span", "tool-time", call.status === "running" ? "" : call.duration_ms + " ms");
+    const result = document.createElement("pre");
+    result.className = "tool-result";
+    result.textContent = call.result;
+    card.append(summary, result);
+    const old = container.querySelector('[data-tool-index="' + call.index + '"]');
+    if (old) old.replaceWith(card);
+    else container.append(card);
   }
 
   /** Markdown is re-rendered at most once per animation frame, however many tokens arrive. */

@@ -2,6 +2,7 @@
 //! context meter, the model's state).
 
 use chat::store::{Chat, Message, MessageKind, MessageStatus, Role};
+use chat::tools::{ToolRecord, ToolStatus};
 use chat::{MessageStats, ModelState};
 use serde::Serialize;
 
@@ -52,6 +53,43 @@ pub struct MessageView {
     pub context: Option<ContextMeter>,
     /// The newest answer of its chat: it can be regenerated.
     pub last: bool,
+    /// The answer's tool calls, as cards.
+    pub tools: Vec<ToolView>,
+}
+
+/// A tool call's card (`tool_card.html`).
+#[derive(Serialize)]
+pub struct ToolView {
+    pub index: usize,
+    pub name: String,
+    /// Compact JSON, or the raw text of a malformed call.
+    pub arguments: String,
+    pub status: &'static str,
+    pub result: String,
+    /// Empty while it runs.
+    pub duration: String,
+}
+
+impl ToolView {
+    pub fn new(t: &ToolRecord) -> Self {
+        Self {
+            index: t.index,
+            name: match t.name.is_empty() {
+                true => "malformed call".into(),
+                false => t.name.clone(),
+            },
+            arguments: match &t.arguments {
+                serde_json::Value::String(raw) => raw.clone(),
+                value => value.to_string(),
+            },
+            status: t.status.as_str(),
+            result: t.result.clone(),
+            duration: match t.status {
+                ToolStatus::Running => String::new(),
+                _ => format!("{} ms", t.duration_ms),
+            },
+        }
+    }
 }
 
 impl MessageView {
@@ -85,6 +123,7 @@ impl MessageView {
                     percent: ((s.context_used * 100) / s.context_len.max(1)) as u32,
                 }),
             last,
+            tools: m.tools.iter().map(ToolView::new).collect(),
         }
     }
 }

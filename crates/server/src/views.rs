@@ -26,6 +26,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "composer.html",
     "palette.html",
     "message.html",
+    "tool_card.html",
     "shown.html",
     "settings.html",
     "quick.html",
@@ -136,6 +137,56 @@ mod tests {
         assert!(!hidden.contains("thinking o"), "{hidden}");
         // The slot stays, to come back when a model with thinking mode loads.
         assert!(hidden.contains(r#"hx-get="/chats/3/thinking""#), "{hidden}");
+    }
+
+    #[test]
+    fn tool_calls_show_as_cards_escaped_and_streaming_answers_take_tool_frames() {
+        let views = Views::new();
+        let record = chat::tools::ToolRecord {
+            index: 0,
+            name: "calculator".into(),
+            arguments: json!({"expression": "<b>1</b>+1"}),
+            status: chat::tools::ToolStatus::Done,
+            result: "2".into(),
+            duration_ms: 3,
+        };
+        let tool = crate::pages::ToolView::new(&record);
+        let done = views.render(
+            "message.html",
+            json!({"m": {"id": 7, "chat_id": 1, "role": "assistant", "status": "complete", "content": "It is 2.", "tools": [tool]}}),
+        );
+        assert!(
+            done.contains(r#"<details class="tool-card status-done" data-tool-index="0">"#),
+            "{done}"
+        );
+        assert!(
+            done.contains(r#"<span class="tool-name">calculator</span>"#),
+            "{done}"
+        );
+        assert!(
+            done.contains("&lt;b&gt;1&lt;&#x2f;b&gt;+1") || done.contains("&lt;b&gt;1&lt;/b&gt;+1"),
+            "{done}"
+        );
+        assert!(
+            done.contains(r#"<pre class="tool-result">2</pre>"#),
+            "{done}"
+        );
+        assert!(
+            done.contains(r#"<span class="tool-time">3 ms</span>"#),
+            "{done}"
+        );
+        // Without calls, no card and no empty container.
+        let plain = views.render(
+            "message.html",
+            json!({"m": {"id": 8, "chat_id": 1, "role": "assistant", "status": "complete", "content": "Hi", "tools": []}}),
+        );
+        assert!(!plain.contains("tool"), "{plain}");
+        // A streaming answer has the container the `tool` frames go to, seeded with its calls so far.
+        let streaming = views.render(
+            "message.html",
+            json!({"m": {"id": 9, "chat_id": 1, "role": "assistant", "streaming": true, "tools": [crate::pages::ToolView::new(&record)]}}),
+        );
+        assert!(streaming.contains(r#"<div class="tools" sse-swap="tool" sse-render="tool"><details class="tool-card status-done""#), "{streaming}");
     }
 
     #[test]

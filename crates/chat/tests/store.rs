@@ -92,8 +92,18 @@ fn chats_and_messages_round_trip() {
         status: Some(MessageStatus::Complete),
         error: None,
         stats: Some(stats.clone()),
+        tools: vec![chat::tools::ToolRecord {
+            index: 0,
+            name: "calculator".into(),
+            arguments: serde_json::json!({"expression": "2+2"}),
+            status: chat::tools::ToolStatus::Done,
+            result: "4".into(),
+            duration_ms: 1,
+        }],
     };
     let stored = store.finish_message(a.id, &done, 17).unwrap();
+    assert_eq!(stored.tools, done.tools);
+    assert_eq!(store.message(a.id).unwrap().tools, done.tools);
     assert_eq!(stored.content, "It is 4.");
     assert_eq!(stored.thinking, "2 and 2");
     assert_eq!(stored.thinking_ms, Some(120));

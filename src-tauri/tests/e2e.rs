@@ -5,7 +5,8 @@
 //! 1. no model: the chat explains why and how to get one, and commands still answer; the onboarding
 //!    downloads the test model from a local stand-in for the hub; then a question streams an answer
 //!    that is seen growing, token by token;
-//! 2. a restart: the downloaded model loads again, and the chat and its answer are still there.
+//! 2. a restart: the downloaded model loads again, and the chat and its answer are still there; the settings
+//!    page lists the devices, each unusable one with its reason.
 //!
 //! Screenshots land in `target/e2e/`.
 
@@ -432,5 +433,26 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         "no thinking pill for SmolLM2"
     );
     save_screenshot(&s, "restarted.png");
+
+    // The settings page lists the devices: the CPU offered, CUDA and Metal disabled with the engine's reason.
+    s.execute("window.location.assign('/settings'); return true;", vec![])
+        .unwrap();
+    let cpu = s
+        .wait_for("label.device[data-device='cpu']", Duration::from_secs(20))
+        .unwrap();
+    assert!(s.text(&cpu).unwrap().contains("threads"), "the CPU's name");
+    let cuda = s.find("label.device[data-device='cuda']").unwrap();
+    let why = s.text(&cuda).unwrap();
+    assert!(why.contains("Cannot be used") && why.contains("CUDA"), "{why}");
+    assert!(
+        s.find("label.device[data-device='cuda'] input[disabled]").is_ok(),
+        "an unusable device is not selectable"
+    );
+    s.execute(
+        "document.querySelector('.devices').scrollIntoView({block: 'center'}); return true;",
+        vec![],
+    )
+    .unwrap();
+    save_screenshot(&s, "settings-devices.png");
     s.quit().unwrap();
 }

@@ -443,9 +443,13 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     assert!(s.text(&cpu).unwrap().contains("threads"), "the CPU's name");
     let cuda = s.find("label.device[data-device='cuda']").unwrap();
     let why = s.text(&cuda).unwrap();
-    assert!(why.contains("Cannot be used") && why.contains("CUDA"), "{why}");
     assert!(
-        s.find("label.device[data-device='cuda'] input[disabled]").is_ok(),
+        why.contains("Cannot be used") && why.contains("CUDA"),
+        "{why}"
+    );
+    assert!(
+        s.find("label.device[data-device='cuda'] input[disabled]")
+            .is_ok(),
         "an unusable device is not selectable"
     );
     s.execute(

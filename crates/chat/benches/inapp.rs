@@ -90,6 +90,7 @@ fn engine_run(engine: &mut Engine, settings: &Settings, text: &str) -> Run {
         stop_strings: Vec::new(),
         ignore_eos: false,
         start_in_thinking: false,
+        max_thinking_tokens: None,
     };
     let start = Instant::now();
     let prompt = engine.encode_prompt(&rendered).expect("the prompt encodes");

@@ -14,7 +14,8 @@ pub enum Command {
     Status,
     Model,
     Reset,
-    Think,
+    /// `/think [TOKENS]`: the argument as typed (a thinking budget for the chat, or none).
+    Think(String),
     NoThink,
     Search(String),
     Export,
@@ -73,8 +74,8 @@ const COMMANDS: &[Spec] = &[
     },
     Spec {
         name: "think",
-        args: "",
-        description: "Turn thinking mode on for this chat",
+        args: " [TOKENS]",
+        description: "Turn thinking mode on for this chat, at most TOKENS of thinking per answer",
     },
     Spec {
         name: "no_think",
@@ -174,7 +175,7 @@ pub fn parse(text: &str) -> Parsed {
         "status" => Command::Status,
         "model" => Command::Model,
         "reset" | "clear" => Command::Reset,
-        "think" => Command::Think,
+        "think" => Command::Think(args.to_owned()),
         "no_think" | "no-think" | "nothink" => Command::NoThink,
         "search" => Command::Search(args.to_owned()),
         "export" => Command::Export,

@@ -137,6 +137,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             thinking: true,
+            thinking_budget: None,
             settings: serde_json::Value::Null,
             last_event_id: 0,
         };

@@ -65,6 +65,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE messages ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 3: a chat's own thinking budget (NULL: the settings' `max_thinking_tokens`).
+    r#"
+    ALTER TABLE chats ADD COLUMN thinking_budget INTEGER;
+    "#,
 ];
 
 /// Brings the schema up to date; returns how many migrations ran.

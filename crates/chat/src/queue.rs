@@ -116,6 +116,7 @@ mod tests {
                 repeat_penalty: None,
                 seed: None,
                 max_tokens: 1,
+                max_thinking_tokens: None,
                 stop: Vec::new(),
             }
             .validate()

@@ -12,6 +12,7 @@ use crate::error::{ChatError, Result};
 use crate::events::AppEvent;
 use crate::export::fence_for;
 use crate::quote;
+use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::views::{CommandAction, SendOutcome};
 use crate::worker::{model_name, ModelState};
@@ -43,32 +44,18 @@ impl ChatApp {
                 let reply = self.model_text();
                 self.reply_to_command(chat_id, text, "model", &reply, None)
             }
-            Command::Think | Command::NoThink => {
-                let on = command == Command::Think;
-                self.core().store(|s| s.set_thinking(chat_id, on))?;
-                let mut reply = match on {
-                    true => {
-                        "Thinking is **on** for this chat: the model reasons before it answers."
-                    }
-                    false => "Thinking is **off** for this chat: the model answers directly.",
-                }
-                .to_owned();
-                if let ModelState::Ready { info, .. } = self.model_state() {
-                    if info.config.arch != engine::Arch::SmolLM3 {
-                        let _ = write!(
-                            reply,
-                            " (The loaded model, {}, has no thinking mode; this applies to SmolLM3.)",
-                            model_name(&info)
-                        );
-                    }
-                }
-                let name = if on { "think" } else { "no_think" };
+            Command::Think(budget) => self.think_reply(chat_id, text, &budget),
+            Command::NoThink => {
+                self.core().store(|s| s.set_thinking(chat_id, false))?;
+                let mut reply =
+                    "Thinking is **off** for this chat: the model answers directly.".to_owned();
+                self.note_no_thinking_mode(&mut reply);
                 self.reply_to_command(
                     chat_id,
                     text,
-                    name,
+                    "no_think",
                     &reply,
-                    Some(CommandAction::Thinking { on }),
+                    Some(CommandAction::Thinking { on: false }),
                 )
             }
             Command::Search(query) => self.search_reply(chat_id, text, &query),
@@ -92,6 +79,72 @@ impl ChatApp {
     }
 
     /// Stores the command and its reply.
+    /// `/think [TOKENS]`: thinking on, with the chat's own budget when given, else the
+    /// settings' one. A budget the settings would refuse is refused here with the same words.
+    fn think_reply(&self, chat_id: ChatId, text: &str, arg: &str) -> Result<SendOutcome> {
+        let settings = self.settings();
+        let budget = match arg.trim() {
+            "" => None,
+            n => {
+                let checked = n.parse::<usize>().map_err(|_| {
+                    format!("`/think` takes a number of tokens (e.g. `/think 512`), not “{n}”.")
+                });
+                let checked = checked.and_then(|n| {
+                    Sampling {
+                        max_thinking_tokens: Some(n),
+                        ..settings.sampling()
+                    }
+                    .validate()
+                    .map(|_| n)
+                    .map_err(|e| match e {
+                        ChatError::InvalidSetting { reason, .. } => {
+                            format!("The thinking budget {reason}.")
+                        }
+                        e => e.to_string(),
+                    })
+                });
+                match checked {
+                    Ok(n) => Some(n),
+                    Err(why) => return self.reply_to_command(chat_id, text, "think", &why, None),
+                }
+            }
+        };
+        self.core().store(|s| {
+            s.set_thinking(chat_id, true)?;
+            s.set_thinking_budget(chat_id, budget)
+        })?;
+        let mut reply =
+            "Thinking is **on** for this chat: the model reasons before it answers".to_owned();
+        let _ = match (budget, settings.max_thinking_tokens) {
+            (Some(n), _) => write!(reply, ", at most {n} tokens of it per answer."),
+            (None, Some(n)) => write!(
+                reply,
+                ", at most {n} tokens of it per answer (the settings' budget)."
+            ),
+            (None, None) => write!(reply, "."),
+        };
+        self.note_no_thinking_mode(&mut reply);
+        self.reply_to_command(
+            chat_id,
+            text,
+            "think",
+            &reply,
+            Some(CommandAction::Thinking { on: true }),
+        )
+    }
+
+    /// Adds why a thinking choice does nothing now, when the loaded model has no thinking mode.
+    fn note_no_thinking_mode(&self, reply: &mut String) {
+        let state = self.model_state();
+        if let (false, ModelState::Ready { info, .. }) = (state.supports_thinking(), &state) {
+            let _ = write!(
+                reply,
+                " (The loaded model, {}, has no thinking mode: this applies to models that have one, such as SmolLM3.)",
+                model_name(info)
+            );
+        }
+    }
+
     pub(crate) fn reply_to_command(
         &self,
         chat_id: ChatId,
@@ -157,18 +210,24 @@ impl ChatApp {
         }
         let _ = writeln!(out, "- Queue: {} answer(s) waiting or running", e.queued);
         let _ = writeln!(out, "- Local server: {}", status.server.describe());
-        // Whether a model thinks is its template's fact (`supports_thinking`), not the chat's wish.
+        // Whether a model thinks is its template's fact, not the chat's wish.
+        let budget = chat
+            .thinking_budget
+            .map(|n| format!(", at most {n} tokens per answer"))
+            .or_else(|| {
+                self.settings()
+                    .max_thinking_tokens
+                    .map(|n| format!(", at most {n} tokens per answer (the settings' budget)"))
+            })
+            .unwrap_or_default();
         let _ = match (&status.model, chat.thinking) {
-            (ModelState::Ready { info, .. }, _) if !info.supports_thinking => write!(
+            (ModelState::Ready { info, .. }, _) if !status.model.supports_thinking() => write!(
                 out,
                 "- This chat: no thinking ({} has no thinking mode)",
                 model_name(info)
             ),
-            (_, on) => write!(
-                out,
-                "- This chat: thinking {}",
-                if on { "on" } else { "off" }
-            ),
+            (_, true) => write!(out, "- This chat: thinking on{budget}"),
+            (_, false) => write!(out, "- This chat: thinking off"),
         };
         Ok(out)
     }

@@ -22,6 +22,9 @@ pub struct Sampling {
     pub seed: Option<u64>,
     /// Longest answer, in tokens.
     pub max_tokens: usize,
+    /// Thinking budget: at this many thinking tokens the engine closes the thinking and the
+    /// answer follows (`None`: no limit). Local models only: an endpoint runs its own.
+    pub max_thinking_tokens: Option<usize>,
     /// Text that ends the answer (not included in it).
     pub stop: Vec<String>,
 }
@@ -71,6 +74,12 @@ impl Sampling {
     /// Rejects values that cannot work, naming the field and the accepted range.
     pub fn validate(self) -> Result<AnswerParams> {
         check_range("max_tokens", Some(self.max_tokens), 1, MAX_TOKENS_LIMIT)?;
+        check_range(
+            "max_thinking_tokens",
+            self.max_thinking_tokens,
+            1,
+            MAX_TOKENS_LIMIT,
+        )?;
         for (field, v) in [
             ("temperature", self.temperature),
             ("top_p", self.top_p),
@@ -139,6 +148,10 @@ impl AnswerParams {
         &self.0.stop
     }
 
+    pub fn max_thinking_tokens(&self) -> Option<usize> {
+        self.0.max_thinking_tokens
+    }
+
     /// The engine's sampler settings: `defaults` (the model family's) with these overrides, and
     /// the fixed seed or else `fresh_seed()`.
     pub fn engine_sampling(
@@ -172,6 +185,7 @@ mod tests {
             repeat_penalty: None,
             seed: None,
             max_tokens: 16,
+            max_thinking_tokens: None,
             stop: Vec::new(),
         }
     }
@@ -237,6 +251,13 @@ mod tests {
                 ..base()
             }),
             "max_tokens"
+        );
+        assert_eq!(
+            field(Sampling {
+                max_thinking_tokens: Some(0),
+                ..base()
+            }),
+            "max_thinking_tokens"
         );
         assert_eq!(
             field(Sampling {

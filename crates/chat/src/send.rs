@@ -9,6 +9,7 @@ use crate::commands::{self, Parsed};
 use crate::core::Turn;
 use crate::error::{ChatError, Result};
 use crate::protocol::{DeltaKind, End, StreamInput};
+use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::tools::builtin::Builtins;
 use crate::tools::ToolUse;
@@ -143,7 +144,12 @@ impl ChatApp {
                 thinking: chat.thinking,
                 drop_oldest: true,
             },
-            params: settings.answer_params()?,
+            // The chat's own thinking budget wins over the settings' one.
+            params: Sampling {
+                max_thinking_tokens: chat.thinking_budget.or(settings.max_thinking_tokens),
+                ..settings.sampling()
+            }
+            .validate()?,
             source: format!("chat {chat_id}"),
             cancelled: turn.cancelled.clone(),
             sink,

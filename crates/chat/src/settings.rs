@@ -53,6 +53,9 @@ pub struct Settings {
     pub max_tokens: usize,
     /// Thinking mode of new chats.
     pub thinking_default: bool,
+    /// Most thinking tokens per answer before the engine closes the thinking and the answer
+    /// follows; `None`: no limit. A chat may set its own (`/think N`).
+    pub max_thinking_tokens: Option<usize>,
     /// Sent as the system message of every conversation; empty = the template's default.
     pub system_prompt: String,
     /// Where answers come from: the local GGUF (`model_path`) or a remote `endpoint`.
@@ -89,6 +92,7 @@ impl Default for Settings {
             seed: None,
             max_tokens: 2048,
             thinking_default: true,
+            max_thinking_tokens: None,
             system_prompt: String::new(),
             model_source: ModelSource::Local,
             model_path: None,
@@ -261,6 +265,7 @@ impl Settings {
             repeat_penalty: self.repeat_penalty,
             seed: self.seed,
             max_tokens: self.max_tokens,
+            max_thinking_tokens: self.max_thinking_tokens,
             stop: Vec::new(),
         }
     }
@@ -316,6 +321,11 @@ impl Settings {
         note(
             self.thinking_default != new.thinking_default,
             "thinking_default",
+            Live,
+        );
+        note(
+            self.max_thinking_tokens != new.max_thinking_tokens,
+            "max_thinking_tokens",
             Live,
         );
         note(

@@ -81,6 +81,8 @@ pub struct Chat {
     pub updated_at: i64,
     /// Thinking mode for this chat (`/think`, `/no_think`).
     pub thinking: bool,
+    /// Most thinking tokens per answer in this chat (`/think N`); `None`: the settings' budget.
+    pub thinking_budget: Option<usize>,
     /// The generation settings of the chat's latest answer (JSON), for reference.
     pub settings: serde_json::Value,
     /// Highest stream event id of a stored message (see [`crate::protocol`]).
@@ -167,11 +169,12 @@ fn chat_from_row(row: &Row<'_>) -> rusqlite::Result<Chat> {
         thinking: row.get(5)?,
         settings: serde_json::from_str(&settings).unwrap_or(serde_json::Value::Null),
         last_event_id: row.get::<_, i64>(7)?.max(0) as u64,
+        thinking_budget: row.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as usize),
     })
 }
 
 const CHAT_COLUMNS: &str =
-    "id, title, title_is_custom, created_at, updated_at, thinking, settings, last_event_id";
+    "id, title, title_is_custom, created_at, updated_at, thinking, settings, last_event_id, thinking_budget";
 const MESSAGE_COLUMNS: &str =
     "id, chat_id, role, kind, content, thinking, thinking_ms, status, error, stats, created_at, tools";
 
@@ -389,6 +392,17 @@ impl Store {
         match self.conn.execute(
             "UPDATE chats SET thinking = ?2 WHERE id = ?1",
             params![id, on],
+        )? {
+            0 => Err(ChatError::NoSuchChat(id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The chat's own thinking budget; `None` goes back to the settings' one.
+    pub fn set_thinking_budget(&self, id: ChatId, budget: Option<usize>) -> Result<()> {
+        match self.conn.execute(
+            "UPDATE chats SET thinking_budget = ?2 WHERE id = ?1",
+            params![id, budget.map(|n| n as i64)],
         )? {
             0 => Err(ChatError::NoSuchChat(id)),
             _ => Ok(()),

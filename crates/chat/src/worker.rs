@@ -70,6 +70,17 @@ impl ModelState {
         matches!(self, ModelState::Ready { .. } | ModelState::Remote { .. })
     }
 
+    /// Whether to offer thinking mode: the one rule every view and reply reads. A loaded model
+    /// has one when its template does ([`ModelInfo::supports_thinking`]); otherwise it is
+    /// assumed (a model still loading, a remote endpoint whose template is not ours to read), so
+    /// the chat's choice is kept and shown rather than hidden and lost.
+    pub fn supports_thinking(&self) -> bool {
+        match self {
+            ModelState::Ready { info, .. } => info.supports_thinking,
+            _ => true,
+        }
+    }
+
     /// One sentence for the user about this state.
     pub fn describe(&self) -> String {
         match self {
@@ -786,6 +797,7 @@ fn generate(
         stop_strings: p.stop().to_vec(),
         ignore_eos: false,
         start_in_thinking: open,
+        max_thinking_tokens: p.max_thinking_tokens(),
     };
     let out = engine
         .generate(

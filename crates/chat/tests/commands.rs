@@ -126,6 +126,51 @@ fn think_and_no_think_switch_the_chats_mode() {
     assert!(reply.contains("thinking on"), "{reply}");
 }
 
+#[test]
+fn think_with_a_number_sets_the_chats_thinking_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat_id = {
+        let (app, _rec) = open(dir.path(), None);
+        let chat = app.create_chat().unwrap();
+        assert_eq!(
+            chat.thinking_budget, None,
+            "new chats use the settings' budget"
+        );
+        run(&app, chat.id, "/no_think");
+        let (_, reply, action) = run(&app, chat.id, "/think 64");
+        assert_eq!(action, Some(CommandAction::Thinking { on: true }));
+        assert!(reply.contains("at most 64 tokens"), "{reply}");
+        let c = app.chat(chat.id).unwrap().chat;
+        assert!(c.thinking);
+        assert_eq!(c.thinking_budget, Some(64));
+        for bad in ["/think lots", "/think 0", "/think -3"] {
+            let (_, reply, action) = run(&app, chat.id, bad);
+            assert_eq!(action, None, "{bad}: nothing changes");
+            assert!(
+                reply.contains("number of tokens") || reply.contains("between 1 and"),
+                "{bad}: {reply}"
+            );
+            assert_eq!(
+                app.chat(chat.id).unwrap().chat.thinking_budget,
+                Some(64),
+                "{bad}"
+            );
+        }
+        let (_, reply, _) = run(&app, chat.id, "/status");
+        assert!(reply.contains("thinking on, at most 64 tokens"), "{reply}");
+        chat.id
+    };
+    // Kept with the chat; a plain `/think` goes back to the settings' budget.
+    let (app, _rec) = open(dir.path(), None);
+    assert_eq!(app.chat(chat_id).unwrap().chat.thinking_budget, Some(64));
+    let (_, reply, _) = run(&app, chat_id, "/think");
+    assert!(
+        !reply.contains("at most"),
+        "no budget in the settings: {reply}"
+    );
+    assert_eq!(app.chat(chat_id).unwrap().chat.thinking_budget, None);
+}
+
 /// Stores a conversation directly (there is no model to produce one).
 fn seed_conversation(dir: &std::path::Path) -> i64 {
     let mut store = Store::open(&common::paths(dir).database()).unwrap();

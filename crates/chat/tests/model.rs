@@ -269,6 +269,7 @@ fn api_job(
         repeat_penalty: None,
         seed: Some(1),
         max_tokens,
+        max_thinking_tokens: None,
         stop: Vec::new(),
     }
     .validate()

@@ -199,6 +199,7 @@ fn params(max_tokens: usize) -> chat::AnswerParams {
         repeat_penalty: None,
         seed: Some(7),
         max_tokens,
+        max_thinking_tokens: None,
         stop: Vec::new(),
     }
     .validate()

@@ -157,6 +157,10 @@ enum Command {
         no_think: bool,
         #[arg(long, default_value_t = 512)]
         max_tokens: usize,
+        /// Thinking budget: at this many thinking tokens the thinking is closed and the answer
+        /// follows (local models only).
+        #[arg(long)]
+        max_thinking_tokens: Option<usize>,
         /// Do not stop at end-of-sequence tokens.
         #[arg(long)]
         ignore_eos: bool,
@@ -271,12 +275,16 @@ fn run(cli: Cli) -> Result<()> {
             system,
             no_think,
             max_tokens,
+            max_thinking_tokens,
             ignore_eos,
             stop,
             json,
             prompt,
         } => {
             if let Some(url) = endpoint.endpoint.clone() {
+                if max_thinking_tokens.is_some() {
+                    bail!("--max-thinking-tokens is applied by the local engine: leave it out with --endpoint");
+                }
                 if sampling.repeat_last_n.is_some() {
                     bail!("--repeat-last-n is not part of the OpenAI API: leave it out with --endpoint");
                 }
@@ -293,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
                         repeat_penalty: sampling.repeat_penalty,
                         seed: Some(sampling.seed),
                         max_tokens,
+                        max_thinking_tokens: None,
                         stop,
                     },
                     json,
@@ -319,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 stop_strings: stop,
                 ignore_eos,
                 start_in_thinking,
+                max_thinking_tokens,
             };
             let out = engine.generate(&ids, &params, &|| false, &mut |ev| {
                 if !json {
@@ -456,6 +466,7 @@ fn chat(
         stop_strings: Vec::new(),
         ignore_eos: false,
         start_in_thinking,
+        max_thinking_tokens: None,
     };
     eprintln!(
         "Chatting with {} (/think, /no_think, /reset, /exit)",

@@ -100,6 +100,7 @@ pub fn second_turn(engine: &mut Engine, history: &[u32], new: &[u32]) -> Result<
         stop_strings: Vec::new(),
         ignore_eos: true,
         start_in_thinking: false,
+        max_thinking_tokens: None,
     };
     let ttft = |engine: &mut Engine, prompt: &[u32]| {
         engine

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::backend::{Logits, Session};
 use crate::error::{EngineError, Result};
 use crate::sampler::{Sampler, SamplingParams};
-use crate::textstream::{Delta, TextStream};
+use crate::textstream::{Delta, TextStream, CLOSE};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What to generate and when to stop.
@@ -24,7 +24,15 @@ pub struct GenerationParams {
     pub ignore_eos: bool,
     /// The prompt already opened a `<think>` block.
     pub start_in_thinking: bool,
+    /// Thinking budget: once this many tokens were generated inside a thinking block, the engine
+    /// closes it itself (feeds [`THINKING_CLOSE`] as if sampled) and the answer follows. `None`:
+    /// no limit.
+    pub max_thinking_tokens: Option<usize>,
 }
+
+/// What the engine writes to end a thinking block at the budget: SmolLM3's own shape
+/// (`<think>\n...\n</think>\n`), so the model continues as after a block it closed itself.
+pub const THINKING_CLOSE: &str = "\n</think>\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,6 +167,13 @@ pub fn generate(
         }
     };
 
+    // Tokens generated inside a thinking block, for the budget; the closing tags fed at the
+    // budget (with the special tokens parsed: some vocabularies have `</think>` as one).
+    let mut thinking_tokens = 0;
+    let close_ids = match params.max_thinking_tokens {
+        Some(_) => tokenizer.encode(THINKING_CLOSE, true),
+        None => Vec::new(),
+    };
     let mut ttft_ms = 0.0;
     let decode_start = Instant::now();
     let prefill_cancelled = prefilled.is_none();
@@ -170,12 +185,44 @@ pub fn generate(
         if ids.len() >= params.max_tokens {
             break FinishReason::Length;
         }
+        if stream.in_thinking()
+            && params
+                .max_thinking_tokens
+                .is_some_and(|budget| thinking_tokens >= budget)
+        {
+            // The budget is spent: close the block as the model would have, then let it answer.
+            if ids.len() + close_ids.len() >= params.max_tokens
+                || session.len() + close_ids.len() + 1 > ctx
+            {
+                break FinishReason::Length;
+            }
+            for &id in &close_ids {
+                ids.push(id);
+                history.push(id);
+                let piece = decoder.push(id);
+                emit(stream.push(&piece), &mut text, &mut thinking);
+            }
+            if stream.in_thinking() {
+                // Looping on would feed the tags again and again.
+                return Err(EngineError::Tokenizer(format!(
+                    "the vocabulary does not spell {CLOSE:?} back, so a thinking budget cannot close the thinking"
+                )));
+            }
+            row.copy_from_slice(session.forward(&close_ids, Logits::Last)?);
+            if cancelled() {
+                break FinishReason::Cancelled;
+            }
+            continue;
+        }
         let next = sampler.sample(&mut row, &history);
         if ids.is_empty() {
             ttft_ms = ms(start);
         }
         if !params.ignore_eos && stop_tokens.contains(&next) {
             break FinishReason::Stop;
+        }
+        if stream.in_thinking() {
+            thinking_tokens += 1;
         }
         ids.push(next);
         history.push(next);

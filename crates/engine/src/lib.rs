@@ -61,7 +61,7 @@ pub use engine::{validate, Engine, EngineOptions, ModelInfo, DEFAULT_CONTEXT_LEN
 pub use error::{EngineError, Result};
 pub use generate::{
     FinishReason, GenerationDone, GenerationEvent, GenerationOutput, GenerationParams, Timings,
-    Usage,
+    Usage, THINKING_CLOSE,
 };
 pub use memory::PREFILL_CHUNK;
 pub use sampler::{ModelFamily, SamplingParams};

@@ -13,7 +13,8 @@
 //! more thinking text follows). Answer text that follows no thinking block is untouched.
 
 const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+/// The tag that ends a thinking block (also what the engine writes itself at a thinking budget).
+pub const CLOSE: &str = "</think>";
 
 /// A piece of generated text, classified.
 #[derive(Clone, Debug, PartialEq, Eq)]

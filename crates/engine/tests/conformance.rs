@@ -111,6 +111,7 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         stop_strings: Vec::new(),
         ignore_eos: true,
         start_in_thinking: false,
+        max_thinking_tokens: None,
     };
     engine
         .generate(prompt, &params, &|| false, &mut |_| {})

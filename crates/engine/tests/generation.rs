@@ -6,8 +6,9 @@
 mod refdata;
 
 use engine::{
-    BackendKind, DeviceSpec, Engine, EngineError, EngineOptions, FinishReason, GenerationOutput,
-    GenerationParams, KvType, Placement, SamplingParams,
+    BackendKind, ChatMessage, ChatOptions, DeviceSpec, Engine, EngineError, EngineOptions,
+    FinishReason, GenerationOutput, GenerationParams, KvType, Placement, SamplingParams,
+    THINKING_CLOSE,
 };
 use refdata::smollm2_path;
 
@@ -59,6 +60,7 @@ fn greedy(max_tokens: usize) -> GenerationParams {
         stop_strings: Vec::new(),
         ignore_eos: true,
         start_in_thinking: false,
+        max_thinking_tokens: None,
     }
 }
 
@@ -333,5 +335,63 @@ fn cancelling_a_long_prefill_stops_after_the_chunk_in_progress() {
         let again = run(&mut engine, &tokens, &greedy(1));
         assert_eq!(again.usage.cached_tokens, chunk, "{name}");
         assert_eq!(again.ids.len(), 1, "{name}");
+    }
+}
+
+/// A thinking budget of N: the first N thinking tokens are the ones sampled without a budget,
+/// then come the engine's closing tags, then the answer. The tiny SmolLM3 model (random
+/// weights, its own template) never closes a thinking block by itself, so without the budget
+/// everything stays thinking.
+#[test]
+fn the_thinking_budget_closes_the_thinking_and_the_answer_follows() {
+    engine::threads::init(0);
+    let path = refdata::reference_dir().join("tiny-smollm3-f32.gguf");
+    let opts = EngineOptions {
+        context_len: 1024,
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::load(&path, &opts).expect("the tiny SmolLM3 model loads");
+    assert!(engine.info().supports_thinking);
+    let chat = ChatOptions {
+        add_generation_prompt: true,
+        enable_thinking: Some(true),
+        ..ChatOptions::default()
+    };
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap();
+    let rendered = engine
+        .render_chat(
+            &[ChatMessage::new("user", "Why is the sky blue?")],
+            &chat,
+            today,
+        )
+        .expect("the template renders");
+    // The model opens the block (as SmolLM3 does); here the prompt does it for it.
+    let ids = prompt(&engine, &format!("{rendered}<think>\n"));
+    let params = |budget| GenerationParams {
+        start_in_thinking: true,
+        max_thinking_tokens: budget,
+        ..greedy(40)
+    };
+    let free = run(&mut engine, &ids, &params(None));
+    assert!(
+        free.text.is_empty() && !free.thinking.is_empty(),
+        "without a budget the tiny model only thinks: {free:?}"
+    );
+    assert_eq!(free.ids.len(), 40);
+    let close = engine.tokenizer().encode(THINKING_CLOSE, true);
+    for budget in [0, 1, 7] {
+        let out = run(&mut engine, &ids, &params(Some(budget)));
+        assert_eq!(out.ids[..budget], free.ids[..budget], "budget {budget}");
+        assert_eq!(
+            out.ids[budget..budget + close.len()],
+            close[..],
+            "budget {budget}: the closing tags follow the budget's tokens"
+        );
+        assert!(
+            !out.text.trim().is_empty(),
+            "budget {budget}: an answer follows the thinking: {out:?}"
+        );
+        assert_eq!(out.ids.len(), 40, "the answer runs to max_tokens");
+        assert_eq!(out.finish_reason, FinishReason::Length);
     }
 }

@@ -60,6 +60,7 @@ fn greedy(n: usize) -> GenerationParams {
         stop_strings: Vec::new(),
         ignore_eos: true,
         start_in_thinking: false,
+        max_thinking_tokens: None,
     }
 }
 

@@ -113,6 +113,7 @@ fn sampling(tokens: usize) -> Sampling {
         repeat_penalty: None,
         seed: Some(1),
         max_tokens: tokens,
+        max_thinking_tokens: None,
         stop: Vec::new(),
     }
 }

@@ -185,8 +185,7 @@ pub struct ModelView {
     pub state: &'static str,
     pub label: String,
     pub detail: String,
-    /// Whether to offer thinking mode: the loaded model's template has one (assumed until a model
-    /// is ready, so the chat header does not flicker while one loads).
+    /// Whether to offer thinking mode ([`ModelState::supports_thinking`]).
     pub thinking: bool,
     /// The load failed on a GPU (or Candle's CPU device): offer "Use the CPU" in one click.
     pub use_cpu: bool,
@@ -195,10 +194,7 @@ pub struct ModelView {
 impl ModelView {
     pub fn new(state: ModelState) -> Self {
         let detail = state.describe();
-        let thinking = match &state {
-            ModelState::Ready { info, .. } => info.supports_thinking,
-            _ => true,
-        };
+        let thinking = state.supports_thinking();
         let use_cpu = matches!(&state, ModelState::Failed { placement, .. }
             if *placement != engine::Placement::default());
         let (state, label) = match state {

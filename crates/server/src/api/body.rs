@@ -173,6 +173,7 @@ impl Body {
             repeat_penalty: self.f32("repeat_penalty")?,
             seed: self.u64("seed")?,
             max_tokens: max.map_or(default_max_tokens, |n| n as usize),
+            max_thinking_tokens: None,
             stop: self.stop()?,
         };
         sampling.validate().map_err(|e| match e {

@@ -157,6 +157,7 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "top_k": opt(s.top_k.map(|v| v.to_string())),
         "repeat_penalty": opt(s.repeat_penalty.map(|v| v.to_string())),
         "thinking": s.thinking_default,
+        "max_thinking_tokens": opt(s.max_thinking_tokens.map(|v| v.to_string())),
         "system_prompt": s.system_prompt,
         "shortcut": s.quick_chat_shortcut,
         "server_enabled": s.local_server.enabled,
@@ -237,6 +238,7 @@ pub fn settings_from_form(
     s.top_k = field(form, "top_k", "Top-k")?;
     s.repeat_penalty = field(form, "repeat_penalty", "Repetition penalty")?;
     s.thinking_default = form.get("thinking").is_some_and(|v| v == "on");
+    s.max_thinking_tokens = field(form, "max_thinking_tokens", "Thinking budget")?;
     if let Some(p) = form.get("system_prompt") {
         s.system_prompt = p.trim().to_string();
     }
@@ -276,12 +278,20 @@ mod tests {
         };
         let s = settings_from_form(
             &current,
-            &form(&[("temperature", ""), ("top_k", "40"), ("thinking", "on")]),
+            &form(&[
+                ("temperature", ""),
+                ("top_k", "40"),
+                ("thinking", "on"),
+                ("max_thinking_tokens", "300"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.temperature, None);
         assert_eq!(s.top_k, Some(40));
         assert!(s.thinking_default);
+        assert_eq!(s.max_thinking_tokens, Some(300));
+        let no_limit = settings_from_form(&s, &form(&[("max_thinking_tokens", " ")])).unwrap();
+        assert_eq!(no_limit.max_thinking_tokens, None, "empty = no limit");
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn greedy(max_tokens: usize) -> GenerationParams {
         stop_strings: Vec::new(),
         ignore_eos: true,
         start_in_thinking: false,
+        max_thinking_tokens: None,
     }
 }
 

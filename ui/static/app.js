@@ -1,6 +1,6 @@
 // Page behaviour that htmx attributes do not cover: Markdown rendering of model output (marked, then
 // DOMPurify with every htmx attribute stripped, so model output can never drive the page), the composer's
-// keys, the command palette, copy buttons and scroll pinning.
+// keys, the command palette, copy buttons, syntax highlighting, keyboard shortcuts and scroll pinning.
 (function () {
   "use strict";
 
@@ -22,6 +22,13 @@
       data.keepAttr = false;
     }
   });
+  // The one class model output keeps: a code block's language (`language-rust`, from the fence), which
+  // picks its highlighting. It names nothing in our CSS and no htmx behaviour.
+  DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
+    if (node.tagName === "CODE" && data.attrName === "class" && /^language-[\w#+.-]{1,40}$/.test(data.attrValue)) {
+      data.forceKeepAttr = true;
+    }
+  });
   DOMPurify.addHook("afterSanitizeAttributes", (node) => {
     if (node.tagName === "A" && node.hasAttribute("href")) {
       node.setAttribute("rel", "noopener noreferrer");
@@ -40,7 +47,52 @@
   function renderMarkdownInto(target, text) {
     target.setAttribute("hx-disable", "");
     target.innerHTML = renderMarkdown(text);
-    target.querySelectorAll("pre > code").forEach(addCopyButton);
+    target.querySelectorAll("pre > code").forEach((code) => {
+      addCopyButton(code);
+      highlightCode(code);
+    });
+  }
+
+  // --- syntax highlighting ----------------------------------------------------------------------------
+  // highlight.js's core comes with the page; a language's module is loaded the first time a code block
+  // names it. `aliases.json` (made by ui/build.mjs from the package) maps every name and alias to its module.
+  let aliases = null;
+  const languages = new Map(); // module name -> Promise<boolean>: registered
+
+  function languageOf(tag) {
+    aliases ??= fetch("/vendor/highlight/aliases.json").then((r) => {
+      if (!r.ok) throw new Error(`aliases.json: HTTP ${r.status}`);
+      return r.json();
+    });
+    return aliases.then((map) => (Object.hasOwn(map, tag) ? map[tag] : null));
+  }
+
+  function loadLanguage(name) {
+    if (!languages.has(name)) {
+      const loaded = import(`/vendor/highlight/languages/${name}.js`).then((m) => {
+        window.hljs.registerLanguage(name, m.default);
+        return true;
+      });
+      languages.set(name, loaded);
+    }
+    return languages.get(name);
+  }
+
+  /** Colours `code` when its fence named a language highlight.js knows; other blocks stay plain text. */
+  async function highlightCode(code) {
+    const m = /(?:^|\s)language-([\w#+.-]+)/.exec(code.className);
+    if (!m || !window.hljs) return;
+    try {
+      const name = await languageOf(m[1].toLowerCase());
+      if (!name) return;
+      await loadLanguage(name);
+      // While the answer streams, each frame renders anew: this block may be gone by now.
+      if (!code.isConnected || code.classList.contains("hljs")) return;
+      code.innerHTML = window.hljs.highlight(code.textContent, { language: name, ignoreIllegals: true }).value;
+      code.classList.add("hljs");
+    } catch (err) {
+      console.warn("syntax highlighting failed:", err);
+    }
   }
 
   function addCopyButton(code) {
@@ -103,7 +155,9 @@
       }
       if (area.value.trim() === "" || area.form.hasAttribute("data-busy")) return;
       htmx.trigger(area.form, "submit");
-    } else if (e.key === "Escape" && palette) {
+    } else if (e.key === "Escape" && palette && !palette.hidden) {
+      // Escape closes the palette first; only a second one stops an answer (see shortcuts).
+      e.preventDefault();
       palette.hidden = true;
     }
   }
@@ -127,6 +181,32 @@
   }
 
   document.addEventListener("keydown", onComposerKey);
+
+  // --- keyboard shortcuts -----------------------------------------------------------------------------
+  // New chat: Ctrl+Shift+O (⌘⇧O on a Mac); search chats: Ctrl+K (⌘K); stop the answer: Escape.
+  const MAC = /Mac|iPhone|iPad/.test(navigator.platform);
+  document.addEventListener("keydown", (e) => {
+    if (e.defaultPrevented || e.isComposing) return;
+    const mod = MAC ? e.metaKey && !e.ctrlKey : e.ctrlKey && !e.metaKey;
+    const key = e.key.toLowerCase();
+    if (mod && e.shiftKey && !e.altKey && key === "o") {
+      const button = document.getElementById("new-chat");
+      if (!button) return;
+      e.preventDefault();
+      button.click();
+    } else if (mod && !e.shiftKey && !e.altKey && key === "k") {
+      const search = document.querySelector("input.search");
+      if (!search) return;
+      e.preventDefault();
+      search.focus();
+      search.select();
+    } else if (key === "escape" && !mod && !e.shiftKey && !e.altKey) {
+      const stop = document.querySelector("form[data-composer-form][data-busy] .stop");
+      if (!stop) return;
+      e.preventDefault();
+      stop.click();
+    }
+  });
   document.addEventListener("input", (e) => {
     if (e.target.matches("textarea[data-composer]")) autoGrow(e.target);
   });

@@ -165,6 +165,21 @@ mod tests {
             ("/vendor/htmx.min.js", "text/javascript; charset=utf-8"),
             ("/static/app.css", "text/css; charset=utf-8"),
             ("/static/app.js", "text/javascript; charset=utf-8"),
+            // highlight.js: the core, a language module (loaded by `import()`, which needs a
+            // JavaScript type), the alias map and a theme.
+            (
+                "/vendor/highlight/core.js",
+                "text/javascript; charset=utf-8",
+            ),
+            (
+                "/vendor/highlight/languages/rust.js",
+                "text/javascript; charset=utf-8",
+            ),
+            ("/vendor/highlight/aliases.json", "application/json"),
+            (
+                "/vendor/highlight/github.min.css",
+                "text/css; charset=utf-8",
+            ),
         ] {
             let resp = asset(path).unwrap_or_else(|| panic!("{path} is not embedded"));
             assert_eq!(resp.headers()["content-type"], kind, "{path}");

@@ -255,3 +255,49 @@ test("a path typed in the onboarding's import box survives the re-renders a down
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("code blocks are highlighted by their language and copied with one click", async () => {
+  const page = await open("/");
+  await page.click("#new-chat");
+  await page.waitForSelector("textarea[data-composer]");
+  // `/quote` streams a built-in passage with a ```rust block through the same renderer as answers.
+  await page.fill("textarea[data-composer]", "/quote");
+  await page.press("textarea[data-composer]", "Enter");
+  const keyword = ".msg.assistant .md pre code.language-rust.hljs .hljs-keyword";
+  await page.waitForSelector(keyword, { timeout: 60_000 });
+  const words = await page.$$eval(keyword, (els) => els.map((e) => e.textContent));
+  assert.ok(words.includes("fn") || words.includes("let"), `rust keywords marked: ${words}`);
+  // The language module was loaded on demand, not with the page.
+  const loaded = await page.evaluate(() =>
+    performance.getEntriesByType("resource").map((r) => new URL(r.name).pathname)
+      .filter((p) => p.startsWith("/vendor/highlight/languages/")));
+  assert.deepEqual(loaded, ["/vendor/highlight/languages/rust.js"]);
+  const pre = page.locator(".msg.assistant .md pre").last();
+  await pre.hover();
+  await pre.locator(".copy-code").click();
+  await page.waitForFunction(() => [...document.querySelectorAll(".copy-code")].some((b) => b.textContent === "Copied"));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("keyboard shortcuts: new chat, search, stop", async () => {
+  const page = await open("/");
+  const count = () => page.$$eval("#chat-list .chat-item", (items) => items.length);
+  const before = await count();
+  await page.keyboard.press("Control+Shift+O");
+  await page.waitForFunction((n) => document.querySelectorAll("#chat-list .chat-item").length === n + 1, before,
+    { timeout: 30_000 });
+  await page.waitForSelector("textarea[data-composer]");
+  await page.keyboard.press("Control+K");
+  assert.ok(await page.evaluate(() => document.activeElement.matches("input.search")), "Ctrl+K focuses search");
+  await page.fill("textarea[data-composer]", LONG);
+  await page.press("textarea[data-composer]", "Enter");
+  await page.waitForSelector("article.msg.assistant.streaming");
+  const mid = await page.$eval("article.msg.assistant.streaming", (a) => a.getAttribute("sse-message"));
+  await waitForText(page, mid, 20);
+  await page.keyboard.press("Escape");
+  const text = await stored(page, mid, "interrupted");
+  assert.ok(text.length >= 20, text);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

@@ -3,9 +3,10 @@ SHELL := /bin/bash
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian/Ubuntu packages: WebKitGTK + tray for the app, Xvfb + WebKitWebDriver for its end-to-end test.
+# Debian/Ubuntu packages: WebKitGTK + tray for the app, Xvfb + WebKitWebDriver for its end-to-end test, a D-Bus
+# daemon for the single-instance test's own session bus.
 APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev \
-	pkg-config build-essential file xvfb webkit2gtk-driver
+	pkg-config build-essential file xvfb webkit2gtk-driver dbus-daemon
 TAURI_DRIVER_VERSION := 2.1.0
 
 .PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-kernels deb tauri-driver llama-server build-cuda deb-cuda check-cuda
@@ -80,7 +81,7 @@ test-aarch64: model
 ## System packages, installed only when missing.
 deps:
 	@if ! pkg-config --exists webkit2gtk-4.1 ayatana-appindicator3-0.1 || ! command -v Xvfb >/dev/null \
-	    || ! command -v WebKitWebDriver >/dev/null; then \
+	    || ! command -v WebKitWebDriver >/dev/null || ! command -v dbus-daemon >/dev/null; then \
 	  echo "installing system packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
 	fi

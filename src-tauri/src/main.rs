@@ -61,7 +61,16 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let context = tauri::generate_context!();
+    let instance = startup::instance_id(&context.config().identifier, &args);
     tauri::Builder::default()
+        // First: a second launch on the same data folder hands over its arguments and exits before
+        // it opens anything (a second model load, the first's answers marked interrupted).
+        .plugin(
+            tauri_plugin_single_instance::Builder::new()
+                .dbus_id(instance)
+                .callback(startup::second_launch)
+                .build(),
+        )
         .plugin(tauri_plugin_global_shortcut::Builder::new().build())
         .plugin(tauri_plugin_dialog::init())
         .register_asynchronous_uri_scheme_protocol("app", move |ctx, request, responder| {

@@ -1,9 +1,12 @@
 //! Starting and stopping the app: the chat core and server come up in Tauri's setup; a chat database
 //! the app cannot use is explained in a native dialog that offers a fresh start or quitting (it used
-//! to panic in setup with nothing shown); quitting shuts the chat core down ([`on_exit`]).
+//! to panic in setup with nothing shown); a second launch hands its arguments to the first
+//! ([`second_launch`]); quitting shuts the chat core down ([`on_exit`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::parser::ValueSource;
+use clap::CommandFactory;
 use server::Server;
 use tauri::{AppHandle, Manager};
 use tauri_plugin_dialog::{DialogExt, MessageDialogButtons, MessageDialogKind};
@@ -85,6 +88,57 @@ fn serve(handle: &AppHandle, server: Server) {
     }
 }
 
+/// Another launch of the app (same data folder) handed over its command line: show the main window,
+/// and load the model it names. Runs in the first instance.
+pub fn second_launch(handle: &AppHandle, argv: Vec<String>, cwd: String) {
+    windows::open_main(handle);
+    let Some(model) = model_argument(&argv) else {
+        return;
+    };
+    let Some(server) = handle.try_state::<Server>() else {
+        tracing::warn!(model = %model.display(), "a second launch named a model before this app had started; not loaded");
+        return;
+    };
+    let model = Path::new(&cwd).join(model);
+    tracing::info!(model = %model.display(), "a second launch asks for a model");
+    match server.chat().load_model(model.clone()) {
+        Ok(()) => server.toast(
+            format!("Loading {} (from a second launch)", model.display()),
+            false,
+        ),
+        Err(e) => server.toast(format!("Could not load {}: {e}", model.display()), true),
+    }
+}
+
+/// The `--model` on a second launch's command line. Only the command line counts: clap would fill
+/// the field from this process's own `SMOLLM3_MODEL` (`make run` sets it), and a second launch
+/// without `--model` would reload the model in use.
+fn model_argument(argv: &[String]) -> Option<PathBuf> {
+    let matches = match Args::command().try_get_matches_from(argv) {
+        Ok(matches) => matches,
+        Err(e) => {
+            tracing::warn!(error = %e, ?argv, "a second launch's arguments do not parse");
+            return None;
+        }
+    };
+    (matches.value_source("model") == Some(ValueSource::CommandLine))
+        .then(|| matches.get_one::<PathBuf>("model").cloned())
+        .flatten()
+}
+
+/// The D-Bus name (Linux) that makes launches on one data folder one app: another data folder (a
+/// test, a second profile) is another app.
+pub fn instance_id(identifier: &str, args: &Args) -> String {
+    let folder = bridge::paths(args)
+        .map(|p| p.data_dir.display().to_string())
+        .unwrap_or_default();
+    // FNV-1a: stable across builds and platforms, and D-Bus names allow only [A-Za-z0-9_-].
+    let hash = folder.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{identifier}.i{hash:016x}")
+}
+
 /// The app is quitting (Quit in the tray, the last window closed): the chat core stops its answers
 /// (kept as interrupted) and its threads, so nothing relies on crash recovery.
 pub fn on_exit(handle: &AppHandle) {
@@ -95,6 +149,8 @@ pub fn on_exit(handle: &AppHandle) {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -109,5 +165,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(FRESH_START) && text.contains(QUIT), "{text}");
+    }
+
+    #[test]
+    fn one_data_folder_is_one_instance() {
+        let args = |dir: &str| Args::parse_from(["app", "--data-dir", dir]);
+        let id = |dir| instance_id("org.example.app", &args(dir));
+        assert_eq!(id("/a"), id("/a"));
+        assert_ne!(id("/a"), id("/b"));
+        assert!(id("/a").starts_with("org.example.app."));
+        assert!(id("/a")
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_'));
+    }
+
+    #[test]
+    fn a_second_launch_passes_on_only_the_model_on_its_command_line() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            model_argument(&argv(&["app", "--model", "m.gguf"])),
+            Some(PathBuf::from("m.gguf"))
+        );
+        // `make run` starts the first instance with SMOLLM3_MODEL set: a plain second launch (the
+        // desktop icon) must not reload that model.
+        std::env::set_var("SMOLLM3_MODEL", "/from/the/environment.gguf");
+        assert_eq!(model_argument(&argv(&["app"])), None);
+        assert_eq!(model_argument(&argv(&["app", "--no-such-flag"])), None);
     }
 }

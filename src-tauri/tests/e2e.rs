@@ -14,22 +14,13 @@ mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::process::{require, start_display, Guard, TempDir};
 use support::webdriver::Session;
 
 const APP: &str = env!("CARGO_BIN_EXE_notso-smollm3");
-
-/// A child process killed when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -40,45 +31,6 @@ fn free_port() -> u16 {
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "`{tool}` is not installed: run the tests with `make test`, which installs Xvfb, \
-         WebKitWebDriver (Debian webkit2gtk-driver) and tauri-driver"
-    );
-}
-
-/// Xvfb on a display of its own, unless one is given.
-fn start_display() -> (Option<Guard>, String) {
-    require("Xvfb");
-    for n in 90..120 {
-        if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-            continue;
-        }
-        let display = format!(":{n}");
-        let child = Command::new("Xvfb")
-            .args([&display, "-screen", "0", "1280x860x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start Xvfb");
-        let guard = Guard(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                return (Some(guard), display);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("Xvfb did not start");
 }
 
 /// tauri-driver and the WebKitWebDriver it starts (which outlives a killed tauri-driver).
@@ -143,15 +95,6 @@ struct Dirs {
     data: PathBuf,
     config: PathBuf,
     models: PathBuf,
-}
-
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn dirs() -> Dirs {

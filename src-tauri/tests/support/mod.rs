@@ -1,2 +1,3 @@
 pub mod hub;
+pub mod process;
 pub mod webdriver;

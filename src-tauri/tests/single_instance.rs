@@ -1,0 +1,153 @@
+//! One app per data folder: a second launch hands its `--model` to the running app and exits before
+//! it opens anything (it used to start a second full app on the same chat database: a second model
+//! load, the first's answers marked interrupted by the second's recovery).
+//!
+//! Both launches run under Xvfb, on a D-Bus session bus of the test's own (the single-instance
+//! plugin meets the other launch there on Linux).
+
+mod support {
+    pub mod process;
+}
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::process::{require, start_display, Guard, TempDir};
+
+const APP: &str = env!("CARGO_BIN_EXE_notso-smollm3");
+
+/// A private session bus: the address it listens on, and the daemon.
+fn start_session_bus() -> (Guard, String) {
+    require("dbus-daemon");
+    let mut child = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start dbus-daemon");
+    let mut address = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut address)
+        .expect("read the bus address");
+    assert!(!address.trim().is_empty(), "dbus-daemon printed no address");
+    (Guard(child), address.trim().to_string())
+}
+
+/// Waits for `done`, or fails after `timeout` naming `what`.
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn launch(root: &Path, display: &str, bus: &str, extra: &[&str], log: &str) -> Command {
+    let mut cmd = Command::new(APP);
+    for (flag, dir) in [
+        ("--data-dir", "data"),
+        ("--config-dir", "config"),
+        ("--models-dir", "models"),
+    ] {
+        cmd.arg(flag).arg(root.join(dir));
+    }
+    cmd.args(extra)
+        .env("DISPLAY", display)
+        .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        .env("NO_AT_BRIDGE", "1")
+        .env("GDK_BACKEND", "x11")
+        .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("SMOLLM3_MODEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join(log)).unwrap());
+    cmd
+}
+
+fn log(root: &Path, name: &str) -> String {
+    std::fs::read_to_string(root.join(name)).unwrap_or_default()
+}
+
+#[test]
+fn a_second_launch_hands_its_model_to_the_first_and_exits() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .canonicalize()
+        .expect("the test model: run `make model`");
+    let (_xvfb, display) = start_display();
+    let (_bus, bus) = start_session_bus();
+    let root: PathBuf = std::env::temp_dir().join(format!("notso-single-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let _tmp = TempDir(root.clone());
+    for d in ["data", "config", "models"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+
+    // The first launch, without a model. Its chat database exists once its setup ran, and the
+    // plugin, registered first, holds the bus name by then.
+    let mut first = Guard(
+        launch(&root, &display, &bus, &[], "first.log")
+            .spawn()
+            .expect("start the app"),
+    );
+    let database = root.join("data/chats.sqlite3");
+    wait_for(
+        "the first launch's chat database",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                first.0.try_wait().unwrap().is_none(),
+                "the first launch ended:\n{}",
+                log(&root, "first.log")
+            );
+            database.exists()
+        },
+    );
+
+    // The second launch names a model (relative to its own working folder), then exits by itself.
+    let mut second = launch(
+        &root,
+        &display,
+        &bus,
+        &["--model", model.file_name().unwrap().to_str().unwrap()],
+        "second.log",
+    )
+    .current_dir(model.parent().unwrap())
+    .spawn()
+    .expect("start the app again");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = second.kill();
+            panic!(
+                "the second launch kept running (a second app):\n{}",
+                log(&root, "second.log")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}:\n{}", log(&root, "second.log"));
+
+    // The first got the model: it loads it, as the user's choice (saved in its settings).
+    let settings = root.join("config/settings.json");
+    wait_for(
+        "the first launch to take the model",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&settings).is_ok_and(|s| {
+                s.contains(&serde_json::to_string(&model.display().to_string()).unwrap())
+            })
+        },
+    );
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first launch keeps running:\n{}",
+        log(&root, "first.log")
+    );
+}

@@ -23,7 +23,7 @@ use crate::settings::{ModelSource, Settings, SettingsDiff};
 use crate::store::{Chat, ChatId, Store};
 use crate::stream;
 use crate::views::{AppStatus, ChatView};
-use crate::worker::{LoadRequest, ModelState, StateSink, Worker};
+use crate::worker::{EngineStatus, LoadRequest, ModelState, StateSink, Worker};
 
 pub(crate) struct Inner {
     pub core: Arc<Core>,
@@ -264,14 +264,27 @@ impl ChatApp {
         Ok(())
     }
 
+    /// Everything `/status` reports. It lists the devices, which asks the driver (or starts the
+    /// CUDA runner) and may read the model's metadata: for a poll, use [`ChatApp::engine_status`]
+    /// or [`ChatApp::server_status`].
     pub fn status(&self) -> AppStatus {
         AppStatus {
             model: self.model_state(),
-            engine: self.inner.worker.status(),
+            engine: self.engine_status(),
             threads: engine::threads::current(),
-            server: self.inner.server.lock().unwrap().clone(),
+            server: self.server_status(),
             devices: self.devices(),
         }
+    }
+
+    /// The worker's numbers: KV cache use, queue, the latest answer.
+    pub fn engine_status(&self) -> EngineStatus {
+        self.inner.worker.status()
+    }
+
+    /// Where the local server is serving, or why not.
+    pub fn server_status(&self) -> ServerStatus {
+        self.inner.server.lock().unwrap().clone()
     }
 
     /// Where the local server is serving, for `/status` (set by whoever runs it).

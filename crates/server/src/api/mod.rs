@@ -149,7 +149,7 @@ async fn unknown(req: axum::extract::Request) -> Response {
 async fn health(State(s): State<Server>) -> Response {
     match loaded(&s) {
         Ok(m) => {
-            let engine = s.chat().status().engine;
+            let engine = s.chat().engine_status();
             // The latest answer (any client's or chat's): how it ended and how fast it was, so a
             // client can see that one it dropped was stopped.
             let last = engine.last.map(|l| {

@@ -60,7 +60,7 @@ async fn page(State(s): State<Server>) -> Response {
             "devices": devices.iter().map(device_view).collect::<Vec<_>>(),
             "saved_unusable": saved_unusable,
             "max_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) * 2,
-            "server_status": s.chat().status().server.describe(),
+            "server_status": s.chat().server_status().describe(),
         });
         Ok(Reply::html(s.views().render("settings.html", ctx)))
     })

@@ -66,5 +66,6 @@ pub use search::{SearchHit, SnippetPart};
 pub use settings::{Apply, ModelSource, Settings, SettingsDiff};
 pub use stats::{Finish, MessageStats};
 pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
+pub use tools::{ToolRecord, ToolStatus, Tools};
 pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};
 pub use worker::{EngineStatus, GenerationJob, JobError, JobEvent, ModelState, Prompt};

@@ -12,7 +12,7 @@ use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::tools::builtin::Builtins;
-use crate::tools::ToolUse;
+use crate::tools::{ToolUse, Tools};
 use crate::views::SendOutcome;
 use crate::worker::{GenerationJob, JobEvent, ModelState, Prompt};
 
@@ -158,11 +158,13 @@ impl ChatApp {
     }
 
     /// The tools a chat's answer may call, per the settings.
-    fn tool_use(&self, settings: &crate::Settings) -> Option<ToolUse> {
-        settings.tools.enabled.then(|| ToolUse {
-            host: Arc::new(Builtins::new(self.inner.core.clone())),
-            max_steps: settings.tools.max_steps,
-            timeout: Duration::from_secs(settings.tools.timeout_secs),
+    fn tool_use(&self, settings: &crate::Settings) -> Option<Tools> {
+        settings.tools.enabled.then(|| {
+            Tools::Run(ToolUse {
+                host: Arc::new(Builtins::new(self.inner.core.clone())),
+                max_steps: settings.tools.max_steps,
+                timeout: Duration::from_secs(settings.tools.timeout_secs),
+            })
         })
     }
 

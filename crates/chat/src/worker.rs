@@ -30,7 +30,7 @@ use crate::remote::{Endpoint, RemoteModel};
 use crate::sampling::AnswerParams;
 use crate::stats::{Finish, MessageStats};
 use crate::store::now_ms;
-use crate::tools::{self, ToolCallParser, ToolRecord, ToolUse};
+use crate::tools::{self, ToolCallParser, ToolRecord, ToolStatus, Tools};
 
 /// Where the model stands. JSON: `{"state":"ready","info":{...},
 /// "placement":{"device":"cpu","backend":"native"},"threads":8}`.
@@ -217,7 +217,7 @@ pub struct GenerationJob {
     pub cancelled: Arc<AtomicBool>,
     pub sink: Box<dyn FnMut(JobEvent) + Send>,
     /// Tools offered to the model and run between generation steps (a [`Prompt::Chat`] only).
-    pub tools: Option<ToolUse>,
+    pub tools: Option<Tools>,
 }
 
 enum Request {
@@ -653,7 +653,10 @@ fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats
         ..
     } = job;
     let tools = match (tools.clone(), &prompt) {
-        (Some(tools), Prompt::Chat { .. }) => tools,
+        (Some(Tools::Run(tools)), Prompt::Chat { .. }) => tools,
+        (Some(Tools::Offer(specs)), Prompt::Chat { .. }) => {
+            return offer(backend, prompt, params, cancelled, sink, specs)
+        }
         _ => {
             let mut step_job = Step {
                 prompt,
@@ -730,6 +733,58 @@ fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats
         }
     }
     Ok(total.unwrap_or_default())
+}
+
+/// One generation step offering `specs`; its calls are handed back unrun (`requested`) after
+/// the text. A malformed call is not a call: its text stays in the answer, as written.
+fn offer(
+    backend: &mut Backend,
+    prompt: &mut Prompt,
+    params: &AnswerParams,
+    cancelled: &Arc<AtomicBool>,
+    sink: &mut Box<dyn FnMut(JobEvent) + Send>,
+    specs: Vec<serde_json::Value>,
+) -> Result<MessageStats, Failure> {
+    let mut parser = ToolCallParser::default();
+    let mut step_job = Step {
+        prompt,
+        params,
+        cancelled,
+        xml_tools: Some(serde_json::Value::Array(specs)),
+    };
+    let mut calls = Vec::new();
+    let pass = |text: String, sink: &mut Box<dyn FnMut(JobEvent) + Send>| {
+        if !text.is_empty() {
+            sink(JobEvent::Token(text));
+        }
+    };
+    let stats = step(backend, &mut step_job, &mut |event| match event {
+        JobEvent::Token(text) => {
+            let shown = parser.push(&text);
+            pass(shown, sink);
+            calls.extend(parser.take_calls());
+        }
+        other => sink(other),
+    })?;
+    let (tail, rest) = parser.finish();
+    pass(tail, sink);
+    calls.extend(rest);
+    let mut index = 0;
+    for call in calls {
+        match call {
+            Ok(call) => {
+                let mut record = tools::running(index, &Ok(call));
+                record.status = ToolStatus::Requested;
+                sink(JobEvent::Tool(record));
+                index += 1;
+            }
+            Err(m) => pass(
+                format!("{}{}{}", tools::parse::OPEN, m.raw, tools::parse::CLOSE),
+                sink,
+            ),
+        }
+    }
+    Ok(stats)
 }
 
 fn generate_remote(

@@ -277,3 +277,55 @@ fn search_chats_finds_an_earlier_chat_and_tools_can_be_turned_off() {
     assert!(prompts[2].contains("### Tools"));
     assert!(!prompts[3].contains("### Tools"), "{}", prompts[3]);
 }
+
+#[test]
+fn offered_tools_are_handed_back_unrun_and_a_malformed_call_stays_text() {
+    let h = harness(
+        vec![vec![
+            "Checking.<tool_call>{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Paris\\\"}\"}</tool_call>".into(),
+            "<tool_call>{bad}</tool_call>".into(),
+        ]],
+        ToolSettings::default(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spec = serde_json::json!({"name": "get_weather", "parameters": {"type": "object"}});
+    h.app
+        .submit(crate::GenerationJob {
+            prompt: crate::Prompt::Chat {
+                messages: vec![engine::ChatMessage::new("user", "Weather in Paris?")],
+                thinking: false,
+                drop_oldest: false,
+            },
+            params: Settings::default().answer_params().unwrap(),
+            source: "api test".into(),
+            cancelled: Default::default(),
+            sink: Box::new(move |e| {
+                let _ = tx.send(e);
+            }),
+            tools: Some(crate::tools::Tools::Offer(vec![spec])),
+        })
+        .unwrap();
+    let (mut text, mut calls) = (String::new(), Vec::new());
+    loop {
+        match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+            crate::JobEvent::Token(t) => text.push_str(&t),
+            crate::JobEvent::Tool(r) => calls.push(r),
+            crate::JobEvent::Finished(_) => break,
+            crate::JobEvent::Queued(_) | crate::JobEvent::Thinking(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(text, "Checking.<tool_call>{bad}</tool_call>");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].status, ToolStatus::Requested);
+    assert_eq!(calls[0].name, "get_weather");
+    assert_eq!(calls[0].arguments, serde_json::json!({"city": "Paris"}));
+    // Offered through the template, and nothing ran: one step only.
+    let prompts = h.prompts();
+    assert_eq!(prompts.len(), 1);
+    assert!(
+        prompts[0].contains("<tools>\n{'name': 'get_weather'"),
+        "{}",
+        prompts[0]
+    );
+}

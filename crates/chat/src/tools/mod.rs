@@ -52,6 +52,8 @@ pub enum ToolStatus {
     Failed,
     /// Not run: the answer reached the step limit (or was stopped) first.
     Skipped,
+    /// Handed back to the caller to run (see [`Tools::Offer`]).
+    Requested,
 }
 
 impl ToolStatus {
@@ -61,6 +63,7 @@ impl ToolStatus {
             ToolStatus::Done => "done",
             ToolStatus::Failed => "failed",
             ToolStatus::Skipped => "skipped",
+            ToolStatus::Requested => "requested",
         }
     }
 }
@@ -79,6 +82,16 @@ pub struct ToolRecord {
     /// The result, or a readable note saying why there is none.
     pub result: String,
     pub duration_ms: u64,
+}
+
+/// What a job does with tools.
+#[derive(Clone, Debug)]
+pub enum Tools {
+    /// Offer the host's tools and run the calls (a desktop chat).
+    Run(ToolUse),
+    /// Offer these tools (`xml_tools` specs) and hand the calls back as
+    /// [`ToolStatus::Requested`] records, unrun (an API request: the client runs them).
+    Offer(Vec<Value>),
 }
 
 /// How the worker offers and runs tools for one answer.

@@ -11,12 +11,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chat::{MessageStats, Prompt};
+use chat::{MessageStats, Prompt, ToolRecord, Tools};
 use engine::ChatMessage;
 use serde_json::{json, Value};
 
 use super::body::Body;
-use super::run::{self, finish_reason, usage, Chunks};
+use super::run::{self, finish_reason, tool_call_json, usage, Chunks};
 use super::{loaded, now, response_id, source, ApiError};
 use crate::Server;
 
@@ -36,7 +36,104 @@ const FIELDS: &[&str] = &[
     "seed",
     "chat_template_kwargs",
     "user",
+    "tools",
+    "tool_choice",
 ];
+
+/// The `tools` offered to the model, as its template's `xml_tools` lists them
+/// (`{"name","description","parameters"}`); `None` with no tools or `tool_choice: "none"`.
+fn tools(body: &Body) -> Result<Option<Vec<Value>>, ApiError> {
+    match body.get("tool_choice") {
+        None => {}
+        Some(Value::String(c)) if c == "auto" => {}
+        Some(Value::String(c)) if c == "none" => return Ok(None),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "Only `tool_choice` \"auto\" and \"none\" are supported: the model cannot be forced to call a tool.",
+                Some("tool_choice"),
+            ))
+        }
+    }
+    let list = match body.get("tools") {
+        None => return Ok(None),
+        Some(Value::Array(list)) if list.is_empty() => return Ok(None),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`tools` must be an array.",
+                Some("tools"),
+            ))
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let param = format!("tools[{i}]");
+            let wrong = || {
+                ApiError::invalid(
+                    "A tool must be `{\"type\": \"function\", \"function\": {\"name\": ..., \"description\": ..., \"parameters\": {...}}}`.",
+                    Some(&param),
+                )
+            };
+            let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
+                (Some("function"), Some(Value::Object(f))) => f,
+                _ => return Err(wrong()),
+            };
+            let mut spec = serde_json::Map::new();
+            match f.get("name") {
+                Some(Value::String(n)) if !n.trim().is_empty() => spec.insert("name".into(), json!(n)),
+                _ => return Err(wrong()),
+            };
+            match f.get("description") {
+                None | Some(Value::Null) => {}
+                Some(d @ Value::String(_)) => {
+                    spec.insert("description".into(), d.clone());
+                }
+                Some(_) => return Err(wrong()),
+            }
+            match f.get("parameters") {
+                None | Some(Value::Null) => {}
+                Some(p @ Value::Object(_)) => {
+                    spec.insert("parameters".into(), p.clone());
+                }
+                Some(_) => return Err(wrong()),
+            }
+            Ok(Value::Object(spec))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// An assistant message's `tool_calls`, written back as the model wrote them
+/// (`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`): its template shows only content.
+fn calls_as_text(i: usize, m: &Value) -> Result<String, ApiError> {
+    let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) else {
+        return Ok(String::new());
+    };
+    let param = format!("messages[{i}].tool_calls");
+    let wrong = || {
+        ApiError::invalid(
+            "`tool_calls` must be an array of `{\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": \"{...}\"}}`.",
+            Some(&param),
+        )
+    };
+    let mut out = String::new();
+    for call in calls.as_array().ok_or_else(wrong)? {
+        let f = call.get("function").ok_or_else(wrong)?;
+        let name = f.get("name").and_then(Value::as_str).ok_or_else(wrong)?;
+        let arguments: Value = match f.get("arguments") {
+            Some(Value::String(s)) => serde_json::from_str(s).map_err(|_| wrong())?,
+            Some(v @ Value::Object(_)) => v.clone(),
+            _ => return Err(wrong()),
+        };
+        // Name first, as the template's instructions show the model.
+        let name = json!(name);
+        out.push_str(&format!(
+            "\n<tool_call>\n{{\"name\": {name}, \"arguments\": {arguments}}}\n</tool_call>"
+        ));
+    }
+    Ok(out)
+}
 
 /// `content`: a string, or text parts (`[{"type": "text", "text": ...}]`); null for an assistant
 /// message that only called tools.
@@ -92,7 +189,10 @@ fn messages(body: &Body) -> Result<Vec<ChatMessage>, ApiError> {
                     ))
                 }
             };
-            Ok(ChatMessage::new(role, content(i, m)?))
+            Ok(ChatMessage::new(
+                role,
+                content(i, m)? + calls_as_text(i, m)?.as_str(),
+            ))
         })
         .collect()
 }
@@ -117,6 +217,8 @@ struct ChatChunks {
     model: String,
     /// With `include_usage`, every chunk has `"usage": null` but the last.
     usage_field: bool,
+    /// The answer asked for tool calls (its `finish_reason` is `tool_calls`).
+    called: bool,
 }
 
 impl ChatChunks {
@@ -148,9 +250,18 @@ impl Chunks for ChatChunks {
         self.chunk(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]))
     }
 
+    fn tool_call(&mut self, call: &ToolRecord) -> Option<Value> {
+        self.called = true;
+        let mut c = tool_call_json(call);
+        c["index"] = json!(call.index);
+        Some(self.chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [c]}, "logprobs": null, "finish_reason": null}]),
+        ))
+    }
+
     fn finish(&mut self, stats: &MessageStats) -> Value {
         self.chunk(json!([{"index": 0, "delta": {}, "logprobs": null,
-            "finish_reason": finish_reason(stats)}]))
+            "finish_reason": finish_reason(stats, self.called)}]))
     }
 
     fn usage(&self, stats: &MessageStats) -> Value {
@@ -179,7 +290,8 @@ pub(super) async fn completions(
     };
     let model = loaded(&s)?.named(requested)?;
     let who = source(body.string("user")?, peer);
-    let running = run::start(&s, prompt, params, who, "messages")?;
+    let offered = tools(&body)?.map(Tools::Offer);
+    let running = run::start(&s, prompt, params, who, "messages", offered)?;
     let id = response_id("chatcmpl");
     if stream {
         let chunks = ChatChunks {
@@ -187,6 +299,7 @@ pub(super) async fn completions(
             created: now(),
             model: model.id,
             usage_field: include_usage,
+            called: false,
         };
         return Ok(run::stream(running, chunks, include_usage));
     }
@@ -196,11 +309,81 @@ pub(super) async fn completions(
     if !a.thinking.is_empty() {
         message["reasoning_content"] = json!(a.thinking);
     }
+    if !a.calls.is_empty() {
+        message["tool_calls"] = a.calls.iter().map(tool_call_json).collect();
+    }
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model.id,
         "choices": [{"index": 0, "message": message, "logprobs": null,
-            "finish_reason": finish_reason(&a.stats)}],
+            "finish_reason": finish_reason(&a.stats, !a.calls.is_empty())}],
         "usage": usage(&a.stats),
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Body {
+        let bytes = Bytes::from(v.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        Body::parse(&headers, Ok(bytes), FIELDS).unwrap()
+    }
+
+    #[test]
+    fn tools_become_the_templates_specs_and_tool_choice_is_checked() {
+        let tool = json!({"type": "function", "function": {"name": "get_weather",
+            "description": "Weather now", "parameters": {"type": "object"}}});
+        let specs = tools(&body(json!({"tools": [tool]}))).unwrap().unwrap();
+        assert_eq!(
+            specs,
+            [
+                json!({"name": "get_weather", "description": "Weather now", "parameters": {"type": "object"}})
+            ]
+        );
+        assert!(
+            tools(&body(json!({"tools": [tool], "tool_choice": "none"})))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            tools(&body(json!({"tools": [tool], "tool_choice": "auto"})))
+                .unwrap()
+                .is_some()
+        );
+        let forced = json!({"tools": [tool], "tool_choice": "required"});
+        assert_eq!(
+            tools(&body(forced)).unwrap_err().param.as_deref(),
+            Some("tool_choice")
+        );
+        let bad = json!({"tools": [{"type": "function", "function": {"name": ""}}]});
+        assert_eq!(
+            tools(&body(bad)).unwrap_err().param.as_deref(),
+            Some("tools[0]")
+        );
+    }
+
+    #[test]
+    fn an_assistants_tool_calls_are_written_back_as_the_model_wrote_them() {
+        let m = json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
+        let list = messages(&body(
+            json!({"messages": [{"role": "user", "content": "Hi"}, m,
+            {"role": "tool", "tool_call_id": "call_0", "content": "sunny"}]}),
+        ))
+        .unwrap();
+        assert_eq!(
+            list[1].content,
+            "\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>"
+        );
+        assert_eq!(
+            (list[2].role.as_str(), list[2].content.as_str()),
+            ("tool", "sunny")
+        );
+        let bad = json!({"role": "assistant", "tool_calls": [{"function": {"name": "x", "arguments": "not json"}}]});
+        let err = messages(&body(json!({"messages": [bad]}))).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].tool_calls"));
+    }
 }

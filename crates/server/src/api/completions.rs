@@ -101,6 +101,10 @@ impl Chunks for TextChunks {
         None
     }
 
+    fn tool_call(&mut self, _: &chat::ToolRecord) -> Option<Value> {
+        None // raw completions are offered no tools
+    }
+
     fn delta(&mut self, thinking: bool, text: String) -> Value {
         let piece = self.rejoin.piece(thinking, &text);
         self.chunk(&piece, None)
@@ -108,7 +112,7 @@ impl Chunks for TextChunks {
 
     fn finish(&mut self, stats: &MessageStats) -> Value {
         let tail = self.rejoin.end();
-        self.chunk(tail, Some(finish_reason(stats)))
+        self.chunk(tail, Some(finish_reason(stats, false)))
     }
 
     fn usage(&self, stats: &MessageStats) -> Value {
@@ -133,7 +137,7 @@ pub(super) async fn completions(
     let include_usage = body.include_usage(stream)?;
     let model = loaded(&s)?.named(requested)?;
     let who = source(body.string("user")?, peer);
-    let running = run::start(&s, Prompt::Text(text), params, who, "prompt")?;
+    let running = run::start(&s, Prompt::Text(text), params, who, "prompt", None)?;
     let (id, created) = (response_id("cmpl"), now());
     if stream {
         let chunks = TextChunks {
@@ -154,7 +158,7 @@ pub(super) async fn completions(
     Ok(Json(json!({
         "id": id, "object": "text_completion", "created": created, "model": model.id,
         "choices": [{"index": 0, "text": text, "logprobs": null,
-            "finish_reason": finish_reason(&a.stats)}],
+            "finish_reason": finish_reason(&a.stats, false)}],
         "usage": usage(&a.stats),
     }))
     .into_response())

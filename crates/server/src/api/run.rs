@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use chat::{AnswerParams, ChatError, Finish, GenerationJob, JobEvent, MessageStats, Prompt};
+use chat::{
+    AnswerParams, ChatError, Finish, GenerationJob, JobEvent, MessageStats, Prompt, ToolRecord,
+    Tools,
+};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -40,11 +43,12 @@ pub(crate) fn start(
     params: AnswerParams,
     source: String,
     input: &'static str,
+    tools: Option<Tools>,
 ) -> Result<Running, ApiError> {
     let (tx, rx) = unbounded_channel();
     let cancelled = Arc::new(AtomicBool::new(false));
     let job = GenerationJob {
-        tools: None,
+        tools,
         prompt,
         params,
         source,
@@ -69,6 +73,8 @@ pub(crate) struct Answer {
     pub thinking: String,
     pub text: String,
     pub stats: MessageStats,
+    /// Calls the model asked the client to run (requests that offered `tools`).
+    pub calls: Vec<ToolRecord>,
 }
 
 impl Running {
@@ -78,11 +84,11 @@ impl Running {
 
     /// Waits for the whole answer.
     pub async fn collect(mut self) -> Result<Answer, ApiError> {
-        let (mut thinking, mut text) = (String::new(), String::new());
+        let (mut thinking, mut text, mut calls) = (String::new(), String::new(), Vec::new());
         loop {
             match self.rx.recv().await {
-                // API jobs are given no tools to run (`tools: None`): nothing to report.
-                Some(JobEvent::Queued(_) | JobEvent::Tool(_)) => {}
+                Some(JobEvent::Queued(_)) => {}
+                Some(JobEvent::Tool(call)) => calls.push(call),
                 Some(JobEvent::Thinking(t)) => thinking.push_str(&t),
                 Some(JobEvent::Token(t)) => text.push_str(&t),
                 Some(JobEvent::Finished(stats)) => {
@@ -90,6 +96,7 @@ impl Running {
                         thinking,
                         text,
                         stats,
+                        calls,
                     })
                 }
                 Some(JobEvent::Refused(why)) => return Err(self.refusal(why.to_string())),
@@ -108,12 +115,23 @@ fn upper_first(s: &str) -> String {
     }
 }
 
-/// OpenAI's `finish_reason`.
-pub(crate) fn finish_reason(stats: &MessageStats) -> &'static str {
+/// OpenAI's `finish_reason`; `called`: the answer ended asking for tool calls.
+pub(crate) fn finish_reason(stats: &MessageStats, called: bool) -> &'static str {
     match stats.finish {
         Some(Finish::Length) => "length",
+        _ if called => "tool_calls",
         _ => "stop",
     }
+}
+
+/// A call in OpenAI's shape: `{"id","type":"function","function":{"name","arguments"}}`, the
+/// arguments as a JSON string. The id is unique within the response (its index).
+pub(crate) fn tool_call_json(call: &ToolRecord) -> Value {
+    json!({
+        "id": format!("call_{}", call.index),
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments.to_string()},
+    })
 }
 
 pub(crate) fn usage(stats: &MessageStats) -> Value {
@@ -130,6 +148,8 @@ pub(crate) trait Chunks: Send + 'static {
     /// Sent at once, before the answer (the chat's `role` chunk).
     fn opening(&self) -> Option<Value>;
     fn delta(&mut self, thinking: bool, text: String) -> Value;
+    /// A call the model asked the client to run; `None` where the endpoint offers no tools.
+    fn tool_call(&mut self, call: &ToolRecord) -> Option<Value>;
     fn finish(&mut self, stats: &MessageStats) -> Value;
     /// The extra chunk that carries `usage` (`stream_options.include_usage`).
     fn usage(&self, stats: &MessageStats) -> Value;
@@ -166,7 +186,10 @@ impl<C: Chunks> Feed<C> {
                     Some(JobEvent::Queued(n)) => {
                         Event::default().comment(format!("queued: {n} answer(s) ahead"))
                     }
-                    Some(JobEvent::Tool(_)) => continue, // API jobs run no tools
+                    Some(JobEvent::Tool(call)) => match self.chunks.tool_call(&call) {
+                        Some(v) => data(&v),
+                        None => continue,
+                    },
                     Some(JobEvent::Thinking(t)) => data(&self.chunks.delta(true, t)),
                     Some(JobEvent::Token(t)) => data(&self.chunks.delta(false, t)),
                     Some(JobEvent::Finished(stats)) => {

@@ -235,7 +235,7 @@ async fn every_error_has_openais_shape_and_its_status() {
         (
             ask("hi", json!({"tools": [{"type": "function"}]})),
             400,
-            Some("tools"),
+            Some("tools[0]"),
         ),
         (ask("hi", json!({"n": 2})), 400, Some("n")),
         (

@@ -37,7 +37,8 @@ fn load_err(model: &Path, opts: &EngineOptions) -> EngineError {
     }
 }
 
-/// An executable shell script in `dir`.
+/// An executable shell script in `dir` (the stand-in runners are shell scripts: Unix only).
+#[cfg(unix)]
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = dir.join(name);
@@ -95,6 +96,7 @@ fn logits_through_the_runner_equal_the_in_process_backend() {
 }
 
 #[test]
+#[cfg(unix)]
 fn a_killed_runner_is_an_error_that_says_so_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
@@ -127,6 +129,7 @@ fn a_killed_runner_is_an_error_that_says_so_not_a_hang() {
 }
 
 #[test]
+#[cfg(unix)]
 fn a_runner_that_cannot_start_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2_path();
@@ -206,6 +209,7 @@ fn the_runner_refuses_a_device_its_build_lacks_and_reports_its_devices() {
 }
 
 #[test]
+#[cfg(unix)]
 fn the_memory_check_refuses_what_the_runners_device_cannot_hold() {
     // A runner whose device has 1000 bytes free: the parent's one estimate against the memory
     // the runner reports, refused before the runner is asked to load anything.

@@ -307,9 +307,10 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         seen.len() >= 3,
         "the answer should be seen growing in steps, saw {seen:?}"
     );
+    // Trailing whitespace aside: the stored answer's final rendering drops the stream's last newline.
     for w in seen.windows(2) {
         assert!(
-            w[1].len() >= w[0].len(),
+            w[1].trim_end().len() >= w[0].trim_end().len(),
             "the answer shrank while streaming: {w:?}"
         );
     }

@@ -230,7 +230,9 @@ class Errors(unittest.TestCase):
             (dict(temperature=-1), "temperature"),
             (dict(top_p=3), "top_p"),
             (dict(max_tokens=0), "max_tokens"),
-            (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
+            # Tools are offered to the model, but nothing can force it to call one.
+            (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                  tool_choice="required"), "tool_choice"),
             (dict(extra_body={"frobnicate": True}), "frobnicate"),
             (dict(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
             (dict(messages=[{"role": "user", "content": "word " * 5000}]), "messages"),

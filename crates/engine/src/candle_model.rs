@@ -414,9 +414,13 @@ impl Backend for CandleModel {
         self.max_len
     }
 
+    /// As allocated, like the native model's: the K and V tensors of every layer.
     fn cache_bytes(&self) -> usize {
-        let cfg = &self.cfg;
-        2 * cfg.n_layer * cfg.kv_dim() * self.max_len * self.kv_dtype.size_in_bytes()
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.layers
+            .iter()
+            .map(|l| bytes(&l.k_cache) + bytes(&l.v_cache))
+            .sum()
     }
 
     /// Candle allocates each op's output as the op runs (bounded by the memory estimate's

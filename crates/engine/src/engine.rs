@@ -17,7 +17,7 @@ use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams}
 use crate::gguf::{Gguf, GgufError};
 use crate::memory::{self, MemoryEstimate};
 use crate::model::Model;
-use crate::runner::RunnerBackend;
+use crate::runner::{RunnerBackend, RunnerTimeouts};
 use crate::sampler::SamplingParams;
 use crate::template::{ChatMessage, ChatOptions, ChatTemplate};
 use crate::tokenizer::Tokenizer;
@@ -40,6 +40,8 @@ pub struct EngineOptions {
     /// process. `None`: in this process, except a CUDA device in a build without CUDA, which
     /// runs in the runner next to the executable ([`crate::runner::default_path`]).
     pub runner: Option<PathBuf>,
+    /// How long a runner may take to answer before it is taken for hung and stopped.
+    pub runner_timeouts: RunnerTimeouts,
 }
 
 impl Default for EngineOptions {
@@ -50,6 +52,7 @@ impl Default for EngineOptions {
             kv_type: KvType::default(),
             placement: Placement::default(),
             runner: None,
+            runner_timeouts: RunnerTimeouts::default(),
         }
     }
 }
@@ -279,6 +282,7 @@ impl Engine {
                 context_len,
                 opts.kv_type,
                 &memory,
+                opts.runner_timeouts,
             )?),
             None => {
                 // The device is opened first: its memory is what the estimate is checked against.

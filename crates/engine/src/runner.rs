@@ -27,7 +27,9 @@
 //! | `FORWARD` | position u64, logits u8, n u32, n x token u32 | `LOGITS`: scratch bytes u64, rows u64, rows x vocab f32 |
 //!
 //! Any request may be answered by `ERROR`: kind u8 (device or other), message str. The runner
-//! exits when its stdin closes. `smollm3-cuda-runner --devices` prints the runner's own
+//! exits when its stdin closes. The parent waits for each reply within [`RunnerTimeouts`] (a
+//! load's limit grows with the model file, a pass's with its tokens); a runner that stays alive
+//! but silent past it (a hung GPU or driver) is killed and the error names the limit. `smollm3-cuda-runner --devices` prints the runner's own
 //! device list as JSON instead (what `smollm3 devices` shows for CUDA).
 //!
 //! The runner built without `cuda` serves Candle's CPU device the same way, so the whole pipe
@@ -39,6 +41,8 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -93,6 +97,47 @@ pub fn default_path() -> PathBuf {
     }
 }
 
+/// How long the parent waits for each reply before it takes the runner for hung (alive, but no
+/// longer answering: a GPU or driver stuck in a kernel), kills it and says so. A load reads the
+/// whole model file, so its limit grows with the file; a pass's grows with its tokens, so a
+/// prefill chunk on a slow device is not mistaken for a hang while a single token's step is
+/// caught within [`RunnerTimeouts::forward`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunnerTimeouts {
+    /// `OPEN`: starting the device (the driver's initialisation).
+    pub open: Duration,
+    /// `LOAD`, plus [`RunnerTimeouts::load_per_gb`] for every GB of the model file.
+    pub load: Duration,
+    pub load_per_gb: Duration,
+    /// `FORWARD`, plus [`RunnerTimeouts::forward_per_token`] for every token of the pass.
+    pub forward: Duration,
+    pub forward_per_token: Duration,
+}
+
+impl Default for RunnerTimeouts {
+    /// Generous for the slowest machine that runs a model at all: a disk at 17 MB/s, a pass of
+    /// 512 tokens at 4 tokens/s (Candle's CPU device with a 3B model), a minute for a driver.
+    fn default() -> Self {
+        Self {
+            open: Duration::from_secs(60),
+            load: Duration::from_secs(60),
+            load_per_gb: Duration::from_secs(60),
+            forward: Duration::from_secs(30),
+            forward_per_token: Duration::from_millis(250),
+        }
+    }
+}
+
+impl RunnerTimeouts {
+    fn load_of(&self, file_bytes: u64) -> Duration {
+        self.load + self.load_per_gb.mul_f64(file_bytes as f64 / 1e9)
+    }
+
+    fn forward_of(&self, tokens: usize) -> Duration {
+        self.forward + self.forward_per_token * tokens as u32
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frames
 
@@ -135,6 +180,12 @@ fn bad_data(msg: String) -> io::Error {
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of input.
 fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
+    read_frame_within(r, &|| max)
+}
+
+/// [`read_frame`] with the limit read once the frame's length has arrived: the parent's reader
+/// thread waits for a reply before the request that decides its limit is sent.
+fn read_frame_within(r: &mut impl Read, max: &dyn Fn() -> usize) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     // A clean end is an end before the first byte of a frame.
     match r.read(&mut len[..1])? {
@@ -142,6 +193,7 @@ fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
         _ => r.read_exact(&mut len[1..])?,
     }
     let len = u32::from_le_bytes(len) as usize;
+    let max = max();
     if len == 0 || len > max {
         return Err(bad_data(format!(
             "a frame of {len} bytes (expected 1 to {max})"
@@ -455,27 +507,58 @@ fn exit_reason(path: &Path, status: Option<ExitStatus>, stderr: &str) -> String 
     msg
 }
 
+/// How a wait for a child ended.
+enum Waited {
+    Exited(Option<ExitStatus>),
+    /// It was still running at the limit and was killed.
+    Killed,
+}
+
 /// Waits for `child` to exit, for at most `limit`; kills it after that.
-fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+fn wait_or_kill(child: &mut Child, limit: Duration) -> Waited {
     let start = Instant::now();
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
+            Ok(Some(status)) => return Waited::Exited(Some(status)),
             Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                return child.wait().ok();
+            Ok(None) => {
+                kill(child);
+                return Waited::Killed;
+            }
+            Err(_) => {
+                kill(child);
+                return Waited::Exited(None);
             }
         }
     }
 }
 
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A duration as the user reads it: `60 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// Why a runner that was alive but silent for `limit` while doing `what` was stopped.
+fn hang_reason(path: &Path, what: &str, limit: Duration, stderr: &str) -> String {
+    let mut msg = format!(
+        "the runner {} did not {what} within {} (its device or driver hung); it was stopped",
+        path.display(),
+        seconds(limit)
+    );
+    if !stderr.is_empty() {
+        msg += &format!(": {stderr}");
+    }
+    msg
+}
+
 fn spawn(path: &Path, args: &[&str]) -> Result<Child> {
     if !path.is_file() {
-        return Err(EngineError::Device(format!(
-            "the runner {} is not installed (the CUDA build installs it: `make build-cuda`)",
-            path.display()
-        )));
+        return Err(EngineError::Device(device::no_cuda_runner(path)));
     }
     Command::new(path)
         .args(args)
@@ -500,18 +583,46 @@ pub fn runner_devices(path: &Path) -> std::result::Result<Vec<DeviceReport>, Str
         stdout.read_to_string(&mut s).map(|_| s)
     });
     let mut err = StderrTail::new(child.stderr.take().expect("piped"));
-    let status = wait_or_kill(&mut child, DEVICES_TIMEOUT);
+    let waited = wait_or_kill(&mut child, DEVICES_TIMEOUT);
     let stderr = err.finish();
     let out = out.join().ok().and_then(|r| r.ok()).unwrap_or_default();
-    match status {
-        Some(s) if s.success() => serde_json::from_str(&out).map_err(|e| {
+    match waited {
+        Waited::Exited(Some(s)) if s.success() => serde_json::from_str(&out).map_err(|e| {
             format!(
                 "the runner {} answered no device list ({e}): {out:.200}",
                 path.display()
             )
         }),
-        _ => Err(exit_reason(path, status, &stderr)),
+        Waited::Exited(status) => Err(exit_reason(path, status, &stderr)),
+        Waited::Killed => Err(hang_reason(
+            path,
+            "list its devices",
+            DEVICES_TIMEOUT,
+            &stderr,
+        )),
     }
+}
+
+/// A reply as the parent's reader thread passes it on: a frame, the end of the runner's
+/// output, or a read that failed.
+type Reply = io::Result<Option<Vec<u8>>>;
+
+/// Reads the runner's replies on a thread of their own, so the parent can stop waiting for one
+/// (a hung runner never answers, and a blocking read cannot be given a deadline portably).
+/// Each frame is refused beyond `max`, as the parent sets it before each request.
+fn read_replies(stdout: ChildStdout, max: Arc<AtomicUsize>) -> Receiver<Reply> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        loop {
+            let reply = read_frame_within(&mut r, &|| max.load(Ordering::SeqCst));
+            let last = !matches!(reply, Ok(Some(_)));
+            if tx.send(reply).is_err() || last {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A model served by a runner process: the [`Backend`] the parent's session drives.
@@ -519,8 +630,11 @@ pub struct RunnerBackend {
     path: PathBuf,
     child: Child,
     stdin: BufWriter<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    replies: Receiver<Reply>,
+    /// The largest reply the request in flight may get (see [`read_replies`]).
+    max_reply: Arc<AtomicUsize>,
     stderr: StderrTail,
+    timeouts: RunnerTimeouts,
     vocab: usize,
     max_len: usize,
     cache_bytes: usize,
@@ -534,7 +648,7 @@ pub struct RunnerBackend {
 impl RunnerBackend {
     /// Starts the runner at `path`, opens `device` there, checks `memory` against what it has
     /// free ([`check_fits`]: the same refusal as in-process), and loads `model` with a KV cache
-    /// of `context_len` positions.
+    /// of `context_len` positions. Every reply is waited for within `timeouts`.
     pub fn start(
         path: &Path,
         model: &Path,
@@ -542,17 +656,21 @@ impl RunnerBackend {
         context_len: usize,
         kv_type: KvType,
         memory: &MemoryEstimate,
+        timeouts: RunnerTimeouts,
     ) -> Result<Self> {
         let mut child = spawn(path, &[])?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped"));
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let max_reply = Arc::new(AtomicUsize::new(MAX_REPLY));
+        let replies = read_replies(child.stdout.take().expect("piped"), max_reply.clone());
         let stderr = StderrTail::new(child.stderr.take().expect("piped"));
         let mut r = Self {
             path: path.to_owned(),
             child,
             stdin,
-            stdout,
+            replies,
+            max_reply,
             stderr,
+            timeouts,
             vocab: 0,
             max_len: 0,
             cache_bytes: 0,
@@ -567,6 +685,7 @@ impl RunnerBackend {
                 .str(&device.to_string()),
             OPENED,
             1024,
+            ("open the device", timeouts.open),
         )?;
         let mut f = Fields(&opened);
         let has = f.u8().map_err(|e| r.protocol(e))?;
@@ -575,6 +694,7 @@ impl RunnerBackend {
         f.end().map_err(|e| r.protocol(e))?;
         let available = (has == 1).then_some(Available { bytes, place });
         crate::engine::check_fits(memory, available, device)?;
+        let file_bytes = std::fs::metadata(model).map_or(0, |m| m.len());
         let model = model.to_str().ok_or_else(|| {
             EngineError::Device(format!("the path {} is not UTF-8", model.display()))
         })?;
@@ -585,6 +705,7 @@ impl RunnerBackend {
                 .u8(kv_code(kv_type)),
             LOADED,
             MAX_REPLY,
+            ("load the model", timeouts.load_of(file_bytes)),
         )?;
         let parse = |f: &mut Fields| -> io::Result<_> {
             let vocab = f.usize()?;
@@ -617,33 +738,55 @@ impl RunnerBackend {
             "the runner {} answered outside the protocol ({e}); is it from another build?",
             self.path.display()
         );
-        let _ = self.child.kill();
+        kill(&mut self.child);
         self.dead = Some(msg.clone());
         EngineError::Runner(msg)
     }
 
     /// The runner's stdin or stdout broke: it died. Its exit status and last words say why.
     fn died(&mut self) -> EngineError {
-        let status = wait_or_kill(&mut self.child, Duration::from_secs(2));
+        let status = match wait_or_kill(&mut self.child, Duration::from_secs(2)) {
+            Waited::Exited(status) => status,
+            Waited::Killed => None,
+        };
         let msg = exit_reason(&self.path, status, &self.stderr.finish());
         self.dead = Some(msg.clone());
         EngineError::Runner(msg)
     }
 
-    /// Sends `request` and reads its reply, expected to be `tag` of at most `max` bytes (or an
-    /// `ERROR` of at most [`MAX_REPLY`]). Returns the reply's fields.
-    fn call(&mut self, request: Frame, tag: u8, max: usize) -> Result<Vec<u8>> {
+    /// The runner gave no reply within `limit`: it is killed (it may hold the GPU's memory),
+    /// and every later call says why.
+    fn hung(&mut self, what: &str, limit: Duration) -> EngineError {
+        kill(&mut self.child);
+        let msg = hang_reason(&self.path, what, limit, &self.stderr.finish());
+        self.dead = Some(msg.clone());
+        EngineError::Runner(msg)
+    }
+
+    /// Sends `request` and waits for its reply, expected to be `tag` of at most `max` bytes (or
+    /// an `ERROR` of at most [`MAX_REPLY`]), for at most `deadline`'s limit (what it names the
+    /// request by, and how long). Returns the reply's fields.
+    fn call(
+        &mut self,
+        request: Frame,
+        tag: u8,
+        max: usize,
+        deadline: (&str, Duration),
+    ) -> Result<Vec<u8>> {
         if let Some(msg) = &self.dead {
             return Err(EngineError::Runner(msg.clone()));
         }
+        self.max_reply.store(max.max(MAX_REPLY), Ordering::SeqCst);
         if request.write(&mut self.stdin).is_err() {
             return Err(self.died());
         }
-        let frame = match read_frame(&mut self.stdout, max.max(MAX_REPLY)) {
-            Ok(Some(f)) => f,
-            Ok(None) => return Err(self.died()),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.protocol(e)),
-            Err(_) => return Err(self.died()),
+        let (what, limit) = deadline;
+        let frame = match self.replies.recv_timeout(limit) {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => return Err(self.died()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => return Err(self.protocol(e)),
+            Ok(Err(_)) => return Err(self.died()),
+            Err(RecvTimeoutError::Timeout) => return Err(self.hung(what, limit)),
         };
         match frame[0] {
             t if t == tag && frame.len() <= max => Ok(frame[1..].to_vec()),
@@ -677,7 +820,12 @@ impl Backend for RunnerBackend {
             Logits::All => tokens.len(),
             Logits::None => 0,
         };
-        let reply = self.call(req, LOGITS, 17 + rows * self.vocab * 4)?;
+        let limit = self.timeouts.forward_of(tokens.len());
+        let what = match tokens.len() {
+            1 => "answer a pass of 1 token".to_string(),
+            n => format!("answer a pass of {n} tokens"),
+        };
+        let reply = self.call(req, LOGITS, 17 + rows * self.vocab * 4, (&what, limit))?;
         let mut f = Fields(&reply);
         let scratch = f.usize().map_err(|e| self.protocol(e))?;
         let got = f.usize().map_err(|e| self.protocol(e))?;
@@ -721,8 +869,7 @@ impl Backend for RunnerBackend {
 impl Drop for RunnerBackend {
     /// The runner holds the device's memory until it exits: it goes with the model.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill(&mut self.child);
     }
 }
 

@@ -5,7 +5,9 @@
 mod refdata;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use engine::runner::RunnerTimeouts;
 use engine::{
     BackendKind, DeviceSpec, Engine, EngineError, EngineOptions, GenerationParams, KvType,
     Placement, SamplingParams,
@@ -133,11 +135,15 @@ fn a_killed_runner_is_an_error_that_says_so_not_a_hang() {
 fn a_runner_that_cannot_start_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2_path();
-    // Not installed: where it was looked for.
+    // Not installed: where it was looked for, in the same words as the device list's.
     let missing = dir.path().join("smollm3-cuda-runner");
     let err = load_err(&model, &options(Some(missing.clone()))).to_string();
-    assert!(err.contains("is not installed"), "{err}");
-    assert!(err.contains(&missing.display().to_string()), "{err}");
+    let said = engine::device::no_cuda_runner(&missing);
+    assert_eq!(err, format!("device: {said}"));
+    assert!(said.contains("is not installed"), "{said}");
+    assert!(said.contains(&missing.display().to_string()), "{said}");
+    let listed = engine::device::runner_cuda_devices(&missing);
+    assert_eq!(listed[0].reason.as_deref(), Some(said.as_str()));
 
     // What the dynamic loader does on a machine without the NVIDIA driver.
     let no_driver = script(
@@ -228,4 +234,81 @@ exec sleep 5",
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a model loaded into 1000 bytes"),
     }
+}
+
+/// Timeouts short enough for a test, long enough for a pass of the test model on a busy CI
+/// machine.
+fn short_timeouts(open: Duration, forward: Duration) -> RunnerTimeouts {
+    RunnerTimeouts {
+        open,
+        load: Duration::from_secs(60),
+        load_per_gb: Duration::ZERO,
+        forward,
+        forward_per_token: Duration::ZERO,
+    }
+}
+
+#[test]
+#[cfg(unix)]
+fn a_runner_that_hangs_is_stopped_at_its_deadline_not_waited_for_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    // Alive and silent from the start: the device "hangs" while opening.
+    let silent = script(dir.path(), "silent", "exec sleep 60");
+    let opts = EngineOptions {
+        runner_timeouts: short_timeouts(Duration::from_millis(300), Duration::from_secs(60)),
+        ..options(Some(silent.clone()))
+    };
+    let start = Instant::now();
+    let err = load_err(&smollm2_path(), &opts);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(err, EngineError::Runner(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("did not open the device within 0.3 s") && msg.contains("it was stopped"),
+        "{msg}"
+    );
+
+    // Hangs in the middle of a chat: the real runner, stopped (SIGSTOP) after its first answer.
+    let pid_file = dir.path().join("pid");
+    let runner = script(
+        dir.path(),
+        "runner",
+        &format!("echo $$ > {}\nexec {RUNNER} \"$@\"", pid_file.display()),
+    );
+    let opts = EngineOptions {
+        runner_timeouts: short_timeouts(Duration::from_secs(60), Duration::from_secs(5)),
+        ..options(Some(runner))
+    };
+    let mut engine = Engine::load(&smollm2_path(), &opts).expect("loads in the runner");
+    let tokens = engine.encode_prompt("Hello there").unwrap();
+    engine
+        .generate(&tokens, &greedy(2), &|| false, &mut |_| {})
+        .expect("the runner answers");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = pid.trim();
+    let stop = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(stop("-STOP"));
+    let err = engine
+        .generate(&tokens, &greedy(2), &|| false, &mut |_| {})
+        .expect_err("a hung runner");
+    let msg = err.to_string();
+    assert!(matches!(err, EngineError::Runner(_)), "{err:?}");
+    assert!(
+        msg.contains("did not answer a pass of") && msg.contains("within 5 s"),
+        "{msg}"
+    );
+    // It was killed, not left stopped: signalling it fails once it is gone.
+    assert!(!stop("-0"), "the hung runner {pid} is still there");
+    assert_eq!(engine.logits(&tokens).unwrap_err().to_string(), msg);
 }

@@ -69,7 +69,7 @@ impl ModelArgs {
             tokenizer_json: self.tokenizer_json.clone(),
             kv_type: self.kv_cache,
             placement: engine::Placement::new(self.device, self.backend)?,
-            runner: None,
+            ..EngineOptions::default()
         };
         // The engine's errors already name the file.
         Ok(Engine::load(path, &opts)?)

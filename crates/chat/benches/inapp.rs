@@ -91,6 +91,7 @@ fn engine_run(engine: &mut Engine, settings: &Settings, text: &str) -> Run {
         ignore_eos: false,
         start_in_thinking: false,
         max_thinking_tokens: None,
+        speculative: engine::Speculative::Off,
     };
     let start = Instant::now();
     let prompt = engine.encode_prompt(&rendered).expect("the prompt encodes");

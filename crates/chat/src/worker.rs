@@ -853,6 +853,7 @@ fn generate(
         ignore_eos: false,
         start_in_thinking: open,
         max_thinking_tokens: p.max_thinking_tokens(),
+        speculative: engine::Speculative::Adaptive,
     };
     let out = engine
         .generate(

@@ -96,6 +96,17 @@ struct SamplingArgs {
     /// Random seed (same seed, same output).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Speculative decoding: draft tokens from the prompt and the answer so far and verify them
+    /// in one batched pass, where that pays. The output is the same (greedy) or distributed the
+    /// same (sampled); `off` decodes one token per pass.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    speculative: Switch,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 impl SamplingArgs {
@@ -109,6 +120,13 @@ impl SamplingArgs {
         p.repeat_last_n = self.repeat_last_n.unwrap_or(p.repeat_last_n);
         p.seed = self.seed;
         p
+    }
+
+    fn speculative(&self) -> engine::Speculative {
+        match self.speculative {
+            Switch::On => engine::Speculative::Adaptive,
+            Switch::Off => engine::Speculative::Off,
+        }
     }
 }
 
@@ -329,6 +347,7 @@ fn run(cli: Cli) -> Result<()> {
                 ignore_eos,
                 start_in_thinking,
                 max_thinking_tokens,
+                speculative: sampling.speculative(),
             };
             let out = engine.generate(&ids, &params, &|| false, &mut |ev| {
                 if !json {
@@ -467,6 +486,7 @@ fn chat(
         ignore_eos: false,
         start_in_thinking,
         max_thinking_tokens: None,
+        speculative: sampling.speculative(),
     };
     eprintln!(
         "Chatting with {} (/think, /no_think, /reset, /exit)",
@@ -515,12 +535,14 @@ fn chat(
             Ok(out) => {
                 println!();
                 let t = &out.timings;
+                let u = &out.usage;
+                let drafts = match u.drafted_tokens {
+                    0 => String::new(),
+                    n => format!(", {}/{n} drafts accepted", u.accepted_drafts),
+                };
                 eprintln!(
-                    "\x1b[2m[{} tokens, {:.1} tok/s, first token after {:.0} ms, {} cached]\x1b[0m",
-                    out.usage.completion_tokens,
-                    t.decode_tok_s,
-                    t.time_to_first_token_ms,
-                    out.usage.cached_tokens
+                    "\x1b[2m[{} tokens, {:.1} tok/s, first token after {:.0} ms, {} cached{drafts}]\x1b[0m",
+                    u.completion_tokens, t.decode_tok_s, t.time_to_first_token_ms, u.cached_tokens
                 );
                 messages.push(ChatMessage::new("assistant", out.text));
             }

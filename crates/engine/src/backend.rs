@@ -23,8 +23,19 @@ pub enum Logits {
     Last,
     /// Every new position (teacher-forced scoring).
     All,
+    /// Every new position, each computed exactly as a single-token pass at its position computes
+    /// it (llama.cpp's kernels round a batch differently from a single row): the rows that
+    /// verify drafted tokens in speculative decoding, whose result must be decoding's.
+    Verify,
     /// None: a pass that only fills the cache (a chunk of a longer prompt before its last).
     None,
+}
+
+impl Logits {
+    /// Whether every new position's row is returned.
+    pub fn every_row(self) -> bool {
+        matches!(self, Logits::All | Logits::Verify)
+    }
 }
 
 /// A transformer with a KV cache, on one device.
@@ -32,8 +43,9 @@ pub trait Backend: Send {
     /// Runs `tokens` at positions `pos..pos + tokens.len()`, attending to the cached positions
     /// `0..pos` (what the cache holds from `pos` on is forgotten), and stores their keys and
     /// values. Returns the logits, row-major (n, vocab) with n = 1 for [`Logits::Last`],
-    /// `tokens.len()` for [`Logits::All`] and 0 for [`Logits::None`]; the buffer is reused by the
-    /// next call. The caller guarantees `0 < tokens.len() <= PREFILL_CHUNK` and
+    /// `tokens.len()` for [`Logits::All`] and [`Logits::Verify`] and 0 for [`Logits::None`] (a
+    /// backend whose rows do not depend on the batch treats `Verify` as `All`); the buffer is
+    /// reused by the next call. The caller guarantees `0 < tokens.len() <= PREFILL_CHUNK` and
     /// `pos + tokens.len() <= max_len()`.
     fn forward(&mut self, pos: usize, tokens: &[u32], logits: Logits) -> Result<&[f32]>;
 
@@ -151,7 +163,7 @@ impl Session {
                 other => other,
             };
             let out = pass(&mut *self.backend, &mut self.tokens, chunk, wanted)?;
-            if logits == Logits::All {
+            if logits.every_row() {
                 self.all_rows.extend_from_slice(out);
             }
         }
@@ -159,7 +171,7 @@ impl Session {
             return Ok(None);
         }
         let out = pass(&mut *self.backend, &mut self.tokens, last, logits)?;
-        if logits == Logits::All && !before.is_empty() {
+        if logits.every_row() && !before.is_empty() {
             self.all_rows.extend_from_slice(out);
             return Ok(Some(&self.all_rows));
         }
@@ -181,7 +193,7 @@ fn pass<'a>(
     // The position of the first row returned.
     let first = match logits {
         Logits::Last => pos + tokens.len() - 1,
-        Logits::All | Logits::None => pos,
+        Logits::All | Logits::Verify | Logits::None => pos,
     };
     for (i, row) in out.chunks(vocab.max(1)).enumerate() {
         check_logits(row, first + i)?;

@@ -101,6 +101,7 @@ pub fn second_turn(engine: &mut Engine, history: &[u32], new: &[u32]) -> Result<
         ignore_eos: true,
         start_in_thinking: false,
         max_thinking_tokens: None,
+        speculative: crate::Speculative::Off,
     };
     let ttft = |engine: &mut Engine, prompt: &[u32]| {
         engine

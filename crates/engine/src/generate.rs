@@ -1,5 +1,9 @@
 //! Generation: prefill (reusing the cached prefix), then sample, detokenize and stream until a stop.
 //!
+//! With [`GenerationParams::speculative`] the decode loop drafts tokens from the text so far and
+//! verifies them in one batched pass ([`crate::speculative`]); greedy output is the same token for
+//! token, sampled output is distributed the same.
+//!
 //! Events arrive in order: thinking and answer deltas as the text becomes certain, then one
 //! [`GenerationEvent::Done`] with the finish reason, token counts and timings.
 
@@ -10,6 +14,7 @@ use serde::Serialize;
 use crate::backend::{Logits, Session};
 use crate::error::{EngineError, Result};
 use crate::sampler::{Sampler, SamplingParams};
+use crate::speculative::{Controller, Drafter, Speculative};
 use crate::textstream::{Delta, TextStream, CLOSE};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -28,6 +33,9 @@ pub struct GenerationParams {
     /// closes it itself (feeds [`THINKING_CLOSE`] as if sampled) and the answer follows. `None`:
     /// no limit.
     pub max_thinking_tokens: Option<usize>,
+    /// Whether to draft tokens from the prompt and answer so far and verify them in batched
+    /// passes ([`crate::speculative`]).
+    pub speculative: Speculative,
 }
 
 /// What the engine writes to end a thinking block at the budget: SmolLM3's own shape
@@ -50,6 +58,10 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens whose keys/values were reused from the previous request.
     pub cached_tokens: usize,
+    /// Speculative decoding: tokens drafted and verified in batched passes, and how many of them
+    /// were the tokens generated.
+    pub drafted_tokens: usize,
+    pub accepted_drafts: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -177,7 +189,19 @@ pub fn generate(
     let mut ttft_ms = 0.0;
     let decode_start = Instant::now();
     let prefill_cancelled = prefilled.is_none();
-    let mut row = prefilled.unwrap_or_default();
+    let vocab = session.vocab_size();
+    // The rows of the last pass: row `i` holds the logits after `drafts[..i]` (row 0 after the
+    // token fed before them). `at` is the row being sampled.
+    let mut rows = prefilled.unwrap_or_default();
+    let mut drafts: Vec<u32> = Vec::new();
+    let mut at = 0;
+    // The tokens of a pass: the last one sampled, then the drafts.
+    let mut feed: Vec<u32> = Vec::new();
+    let mut speculation = match params.speculative {
+        Speculative::Off => None,
+        mode => Some((mode, Drafter::default(), Controller::default())),
+    };
+    let (mut drafted_tokens, mut accepted_drafts) = (0, 0);
     let finish_reason = loop {
         if prefill_cancelled || cancelled() {
             break FinishReason::Cancelled;
@@ -191,6 +215,10 @@ pub fn generate(
                 .is_some_and(|budget| thinking_tokens >= budget)
         {
             // The budget is spent: close the block as the model would have, then let it answer.
+            // Drafts fed after the current row are forgotten first.
+            session.truncate(session.len() - (drafts.len() - at));
+            drafts.clear();
+            at = 0;
             if ids.len() + close_ids.len() >= params.max_tokens
                 || session.len() + close_ids.len() + 1 > ctx
             {
@@ -208,13 +236,21 @@ pub fn generate(
                     "the vocabulary does not spell {CLOSE:?} back, so a thinking budget cannot close the thinking"
                 )));
             }
-            row.copy_from_slice(session.forward(&close_ids, Logits::Last)?);
+            rows.clear();
+            rows.extend_from_slice(session.forward(&close_ids, Logits::Last)?);
             if cancelled() {
                 break FinishReason::Cancelled;
             }
             continue;
         }
-        let next = sampler.sample(&mut row, &history);
+        let row = &mut rows[at * vocab..(at + 1) * vocab];
+        let proposal = speculation
+            .as_ref()
+            .and_then(|_| Drafter::propose(&history));
+        let next = sampler.sample_with_draft(row, &history, proposal);
+        if let (Some((_, _, controller)), Some(proposed)) = (&mut speculation, proposal) {
+            controller.observe(proposed == next);
+        }
         if ids.is_empty() {
             ttft_ms = ms(start);
         }
@@ -234,14 +270,51 @@ pub fn generate(
         if ids.len() >= params.max_tokens {
             break FinishReason::Length;
         }
+        // The draft this row verified was the token sampled: its keys and values are cached
+        // and the next row holds the logits after it.
+        if drafts.get(at) == Some(&next) {
+            at += 1;
+            accepted_drafts += 1;
+            continue;
+        }
+        // The drafts after the rejected one are forgotten, as if never fed.
+        session.truncate(session.len() - (drafts.len() - at));
+        drafts.clear();
+        at = 0;
         if session.len() + 1 > ctx {
             break FinishReason::Length;
         }
         if cancelled() {
             break FinishReason::Cancelled;
         }
-        row.copy_from_slice(session.forward(&[next], Logits::Last)?);
+        if let Some((mode, drafter, controller)) = &mut speculation {
+            // Room for the drafts: in the context, and answer tokens left after the one fed now.
+            let room = (ctx - session.len() - 1).min(params.max_tokens - ids.len() - 1);
+            let len = match *mode {
+                Speculative::Fixed(len) => len.min(room),
+                _ => controller.draft_len(room),
+            };
+            drafter.draft(&history, len, &mut drafts);
+        }
+        feed.clear();
+        feed.push(next);
+        feed.extend_from_slice(&drafts);
+        let wanted = match drafts.is_empty() {
+            true => Logits::Last,
+            false => Logits::Verify,
+        };
+        let pass_start = Instant::now();
+        let out = session.forward(&feed, wanted)?;
+        rows.clear();
+        rows.extend_from_slice(out);
+        drafted_tokens += drafts.len();
+        if let Some((_, _, controller)) = &mut speculation {
+            controller.timed(feed.len(), ms(pass_start));
+        }
     };
+    // Drafts fed but never confirmed are forgotten: the cache holds the prompt and the answer
+    // but its last token, as without drafting.
+    session.truncate(session.len() - (drafts.len() - at));
     let decode_ms = ms(decode_start);
     if !stream.stopped() {
         let tail = decoder.finish();
@@ -253,6 +326,8 @@ pub fn generate(
         prompt_tokens: prompt.len(),
         completion_tokens: ids.len(),
         cached_tokens: common,
+        drafted_tokens,
+        accepted_drafts,
     };
     let timings = Timings {
         time_to_first_token_ms: ttft_ms,

@@ -23,7 +23,8 @@
 //!   Candle dtype) that the loader, the kernels, repacking and the Candle backend read.
 //! - [`kernels`]: the quantized matrix products (llama.cpp's arithmetic; AVX-512 VNNI with a
 //!   portable scalar definition), activation quantization, weight repacking.
-//! - [`sampler`], [`textstream`], [`generate`]: sampling, thinking/answer splitting, stop rules,
+//! - [`sampler`], [`textstream`], [`speculative`], [`generate`]: sampling, thinking/answer splitting,
+//!   n-gram drafts verified in batched passes, stop rules,
 //!   and the event stream of one generation.
 //! - [`engine`]: [`Engine`] ties them together: `load` -> `render_chat` -> `encode_prompt` ->
 //!   `generate` (events) / `logits`; [`validate`] checks a file without loading its weights.
@@ -49,6 +50,7 @@ pub mod quant;
 mod quantize;
 pub mod runner;
 pub mod sampler;
+pub mod speculative;
 pub mod template;
 pub mod textstream;
 pub mod threads;
@@ -65,4 +67,5 @@ pub use generate::{
 };
 pub use memory::PREFILL_CHUNK;
 pub use sampler::{ModelFamily, SamplingParams};
+pub use speculative::Speculative;
 pub use template::{ChatMessage, ChatOptions};

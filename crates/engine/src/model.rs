@@ -278,6 +278,7 @@ impl Model {
         let (dim, hd) = (cfg.n_embd, cfg.head_dim);
         let (q_dim, kv_dim, n_ff) = (cfg.n_head * hd, cfg.kv_dim(), cfg.n_ff);
         let mut t = tokens.len();
+        s.acts.set_per_row(logits == Logits::Verify);
         embed.rows_f32(tokens, sized(&mut s.x, t * dim))?;
         let n_layer = layers.len();
         for (il, layer) in layers.iter().enumerate() {

@@ -359,6 +359,14 @@ impl ActBuffers {
             .sum()
     }
 
+    /// Makes every row round as a single-row pass rounds it, or as its batch does
+    /// ([`QActs::set_per_row`]).
+    pub fn set_per_row(&mut self, per_row: bool) {
+        for a in [&mut self.q8_0, &mut self.q8_1, &mut self.q8k] {
+            a.set_per_row(per_row);
+        }
+    }
+
     fn get(&mut self, kind: ActKind) -> &mut QActs {
         match kind {
             ActKind::Q8_0 => &mut self.q8_0,

@@ -141,12 +141,31 @@ impl Sampler {
     /// repetition penalty. NaN logits are never picked. If no logit is usable at all
     /// (every one NaN, or an empty row) the result is token 0.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.sample_with_draft(logits, history, None)
+    }
+
+    /// [`Sampler::sample`] where `draft` is the token a speculative draft proposed here: the
+    /// standard speculative sampling rule for a deterministic draft (its distribution a point
+    /// mass on `draft`), which accepts it with probability p(draft) and otherwise draws from p
+    /// with `draft` removed and renormalised, so the result is distributed as p.
+    ///
+    /// Both steps come from the one random number [`Sampler::sample`] would use, walking the
+    /// cumulative distribution with `draft` first: a uniform below p(draft) accepts it, one
+    /// above lands in the rest in proportion. So every token costs exactly one random number
+    /// and the tokens depend on the seed and the drafts proposed, never on how many of them
+    /// were verified in one pass. Greedy decoding ignores `draft`.
+    pub fn sample_with_draft(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        draft: Option<u32>,
+    ) -> u32 {
         self.apply_penalty(logits, history);
         // Greedy decoding, or nothing left to draw from: the arg-max handles both.
         if self.params.temperature == 0.0 || !self.filter(logits) {
             return argmax(logits);
         }
-        self.draw()
+        self.draw(draft)
     }
 
     /// Collects the candidates from `logits` and applies top-k, top-p and min-p to them.
@@ -255,9 +274,10 @@ impl Sampler {
         }
     }
 
-    /// Applies the temperature and draws one candidate in proportion to its probability.
+    /// Applies the temperature and draws one candidate in proportion to its probability,
+    /// walking `first` (when it is a candidate) before the others.
     /// Always consumes exactly one random number, so a seed fixes the whole sequence.
-    fn draw(&mut self) -> u32 {
+    fn draw(&mut self, first: Option<u32>) -> u32 {
         let max = self.max_logit();
         let temp = self.params.temperature;
         self.weights.clear();
@@ -269,8 +289,21 @@ impl Sampler {
         let target = self.rng.random::<f64>() * total;
         let mut cumulative = 0.0;
         let mut fallback = 0;
+        if let Some(first) = first {
+            let found = self.candidates.iter().position(|c| c.id == first);
+            if let Some(i) = found {
+                let w = self.weights[i];
+                if w > 0.0 {
+                    cumulative += f64::from(w);
+                    fallback = first;
+                    if cumulative > target {
+                        return first;
+                    }
+                }
+            }
+        }
         for (c, &w) in self.candidates.iter().zip(&self.weights) {
-            if w > 0.0 {
+            if w > 0.0 && Some(c.id) != first {
                 cumulative += f64::from(w);
                 fallback = c.id;
                 // Strictly greater: a zero-weight candidate can never be chosen.
@@ -451,6 +484,58 @@ mod tests {
         // Temperature 0.5 squares the probabilities: (1, 4, 9, 16) / 30.
         let stat = chi_square(0.5, probs, [1.0, 4.0, 9.0, 16.0].map(|w| w / 30.0));
         assert!(stat < 16.27, "temperature 0.5: chi-square {stat}");
+    }
+
+    #[test]
+    fn a_drafted_token_is_accepted_with_its_probability_and_the_output_keeps_the_distribution() {
+        // p after top-k 3 and temperature 1: (0.2, 0.3, 0.5) over ids 1..=3, id 0 filtered out.
+        let logits = [0.01f64, 0.2, 0.3, 0.5].map(|p| p.ln() as f32);
+        let p = [0.0, 0.2, 0.3, 0.5];
+        // 3 degrees of freedom (id 0 must never appear): chi-square < 16.27 at p = 0.999.
+        for draft in 0..4u32 {
+            let mut s = sampler(params(1.0, 3, 1.0, 0.0));
+            let (n, mut counts) = (20_000, [0usize; 4]);
+            for _ in 0..n {
+                counts[s.sample_with_draft(&mut logits.clone(), &[], Some(draft)) as usize] += 1;
+            }
+            assert_eq!(counts[0], 0, "draft {draft}: a filtered token was drawn");
+            let chi: f64 = (1..4)
+                .map(|i| (counts[i] as f64 - p[i] * n as f64).powi(2) / (p[i] * n as f64))
+                .sum();
+            assert!(
+                chi < 16.27,
+                "draft {draft}: chi-square {chi}, counts {counts:?}"
+            );
+            // The draft is accepted as often as p gives it: within 4 standard deviations.
+            let q = p[draft as usize];
+            let sd = (q * (1.0 - q) / n as f64).sqrt();
+            let accepted = counts[draft as usize] as f64 / n as f64;
+            assert!(
+                (accepted - q).abs() <= 4.0 * sd + 1e-12,
+                "draft {draft}: {accepted}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_draft_uses_the_same_one_random_number_and_greedy_ignores_it() {
+        let logits = noisy_logits(300, 5);
+        let mut plain = sampler(params(0.9, 0, 0.95, 0.0));
+        let mut drafted = sampler(params(0.9, 0, 0.95, 0.0));
+        for i in 0..200 {
+            plain.sample(&mut logits.clone(), &[]);
+            drafted.sample_with_draft(&mut logits.clone(), &[], Some(i % 300));
+        }
+        // Both generators moved by exactly one number per token.
+        assert_eq!(plain.rng, drafted.rng);
+        let mut greedy = sampler(params(0.0, 0, 1.0, 0.0));
+        let best = argmax(&logits);
+        for draft in [None, Some(0), Some(best + 1)] {
+            assert_eq!(
+                greedy.sample_with_draft(&mut logits.clone(), &[], draft),
+                best
+            );
+        }
     }
 
     #[test]

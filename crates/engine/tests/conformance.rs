@@ -112,6 +112,7 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         ignore_eos: true,
         start_in_thinking: false,
         max_thinking_tokens: None,
+        speculative: engine::Speculative::Off,
     };
     engine
         .generate(prompt, &params, &|| false, &mut |_| {})

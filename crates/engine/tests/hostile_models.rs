@@ -61,6 +61,7 @@ fn greedy(n: usize) -> GenerationParams {
         ignore_eos: true,
         start_in_thinking: false,
         max_thinking_tokens: None,
+        speculative: engine::Speculative::Off,
     }
 }
 

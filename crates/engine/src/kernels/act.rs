@@ -51,6 +51,8 @@ pub struct QActs {
     bsums: Vec<i16>,
     /// Q8_K: per 64 elements, the two 32-element sums as an i16 pair in one i32 (4 per block).
     bpairs: Vec<i32>,
+    /// Every row is rounded as a single-row pass rounds it (see [`QActs::batch_rows`]).
+    per_row: bool,
 }
 
 impl QActs {
@@ -65,6 +67,7 @@ impl QActs {
             ysum: Vec::new(),
             bsums: Vec::new(),
             bpairs: Vec::new(),
+            per_row: false,
         }
     }
 
@@ -100,10 +103,28 @@ impl QActs {
         self.k.div_ceil(64)
     }
 
+    /// Makes every row round as in a single-row pass (`true`) or as llama.cpp rounds a batch of
+    /// this many rows (`false`, the default). Speculative decoding verifies drafted tokens in
+    /// one batched pass whose rows must equal what decoding them one at a time computes.
+    pub fn set_per_row(&mut self, per_row: bool) {
+        self.per_row = per_row;
+    }
+
+    /// The batch size that chooses llama.cpp's kernels, whose rounding differs by batch size
+    /// (GEMM or GEMV rows, tiled K-quant GEMM from 8 rows on): the rows, or 1 when each row
+    /// must round as a single-row pass does.
+    pub fn batch_rows(&self) -> usize {
+        if self.per_row {
+            1
+        } else {
+            self.m
+        }
+    }
+
     /// Rows `[0, gemm_rows)` are the ones llama.cpp multiplies with its 4-row GEMM kernels
     /// (repacked Q4_K); the rest with its single-row GEMV ones. The two round differently.
     pub fn gemm_rows(&self) -> usize {
-        if self.m > 3 {
+        if self.batch_rows() > 3 {
             self.m - self.m % 4
         } else {
             0

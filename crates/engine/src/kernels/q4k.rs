@@ -34,7 +34,7 @@ pub(super) enum Mode {
 /// The mode of activation row `r` for a matrix with `n` weight rows (llama.cpp's choice).
 pub(super) fn mode(a: &QActs, n: usize, r: usize) -> Mode {
     if !n.is_multiple_of(8) {
-        if a.rows() >= 8 {
+        if a.batch_rows() >= 8 {
             Mode::Tiled
         } else {
             Mode::VecDot

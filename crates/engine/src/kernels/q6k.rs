@@ -36,7 +36,7 @@ fn unpack(blk: &[u8]) -> [u8; 256] {
 
 /// Whether llama.cpp takes its tiled GEMM path for this many activation rows.
 pub(super) fn tiled(a: &QActs) -> bool {
-    a.rows() >= 8
+    a.batch_rows() >= 8
 }
 
 /// One output: weight column `w` (whole super-blocks) against activation row `r`.

@@ -258,6 +258,7 @@ fn logits_code(l: Logits) -> u8 {
         Logits::Last => 0,
         Logits::All => 1,
         Logits::None => 2,
+        Logits::Verify => 3,
     }
 }
 
@@ -266,6 +267,7 @@ fn logits_of(code: u8) -> io::Result<Logits> {
         0 => Ok(Logits::Last),
         1 => Ok(Logits::All),
         2 => Ok(Logits::None),
+        3 => Ok(Logits::Verify),
         c => Err(bad_data(format!("unknown logits kind {c}"))),
     }
 }
@@ -817,7 +819,7 @@ impl Backend for RunnerBackend {
         }
         let rows = match logits {
             Logits::Last => 1,
-            Logits::All => tokens.len(),
+            Logits::All | Logits::Verify => tokens.len(),
             Logits::None => 0,
         };
         let limit = self.timeouts.forward_of(tokens.len());
@@ -899,7 +901,10 @@ mod tests {
         assert!(Fields(&[1, 0]).u32().is_err());
         assert!(Fields(&[5, 0, 0, 0, b'a']).str().is_err());
         assert!(Fields(&[1]).end().is_err());
-        assert!(logits_of(3).is_err() && kv_of(2).is_err());
+        assert!(logits_of(4).is_err() && kv_of(2).is_err());
+        for l in [Logits::Last, Logits::All, Logits::None, Logits::Verify] {
+            assert_eq!(logits_of(logits_code(l)).unwrap(), l);
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn greedy(max_tokens: usize) -> GenerationParams {
         ignore_eos: true,
         start_in_thinking: false,
         max_thinking_tokens: None,
+        speculative: engine::Speculative::Off,
     }
 }
 

@@ -243,7 +243,7 @@ mod tests {
                 .push((pos, tokens.len(), logits));
             let rows = match logits {
                 Logits::Last => pos + tokens.len() - 1..pos + tokens.len(),
-                Logits::All => pos..pos + tokens.len(),
+                Logits::All | Logits::Verify => pos..pos + tokens.len(),
                 Logits::None => 0..0,
             };
             self.out = rows.map(|p| p as f32).collect();

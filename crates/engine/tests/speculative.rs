@@ -35,6 +35,7 @@ fn params(temperature: f32, max_tokens: usize, speculative: Speculative) -> Gene
         stop_strings: Vec::new(),
         ignore_eos: true,
         start_in_thinking: false,
+        max_thinking_tokens: None,
         speculative,
     }
 }

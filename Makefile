@@ -9,7 +9,7 @@ APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev 
 	pkg-config build-essential file xvfb webkit2gtk-driver dbus-daemon
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-kernels deb tauri-driver llama-server build-cuda deb-cuda check-cuda
+.PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-speculative bench-kernels deb tauri-driver llama-server build-cuda deb-cuda check-cuda
 
 ## Fetch the default model and every build dependency, then start the desktop app with that model.
 run: deps ui model
@@ -140,6 +140,11 @@ bench: model
 ## pp128/pp512/tg32), when llama.cpp's tools are in LLAMA_BIN or ~/.cache/llama-ref/bin.
 bench-compare: model
 	$(CARGO) bench -p smollm3-engine --bench compare -- $(abspath $(MODEL)) $(BENCH_ARGS)
+
+## `make bench-speculative MODEL=path.gguf`: decode tok/s with and without n-gram drafts on fixed tasks
+## (BENCH_ARGS="--gen N --reps N --fixed K"; see doc/benchmarks.md).
+bench-speculative: model
+	$(CARGO) bench -p smollm3-engine --bench speculative -- $(abspath $(MODEL)) $(BENCH_ARGS)
 
 ## `make bench-api [MODEL=path.gguf]`: time to first token and tokens/s through the OpenAI-compatible API
 ## against the in-process path (BENCH_ARGS="--rounds N --tokens N"; see doc/benchmarks.md).

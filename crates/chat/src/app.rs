@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     overrides: RunOverrides,
     server: Mutex<ServerStatus>,
     estimates: Estimates,
+    /// The devices, probed once (the CUDA runner is a process to start): see [`ChatApp::devices`].
+    probe: engine::device::DeviceProbe,
     threads: Mutex<Vec<JoinHandle<()>>>,
     notices: Vec<String>,
 }
@@ -177,6 +179,7 @@ impl ChatApp {
                 overrides,
                 server: Mutex::new(ServerStatus::Off),
                 estimates: Estimates::default(),
+                probe: engine::device::DeviceProbe::default(),
                 threads: Mutex::new(vec![worker_thread, streamer]),
                 notices,
             }),
@@ -220,7 +223,9 @@ impl ChatApp {
 
     /// Every device with whether it can run the chosen model at the chosen context, and why not:
     /// the engine's reasons (not in this build, no driver, the driver's error) and, for a device
-    /// that works, whether the model fits in its memory.
+    /// that works, whether the model fits in its memory. The GPUs are probed once and kept
+    /// (until [`ChatApp::probe_devices_again`] or a model (re)load or unload, which changes their
+    /// free memory); the CPU's memory is read on every call.
     pub fn devices(&self) -> Vec<engine::device::DeviceReport> {
         let settings = self.settings();
         let need = match settings.model_source {
@@ -241,7 +246,19 @@ impl ChatApp {
             }),
             _ => None,
         };
-        device::devices(need.as_ref(), in_use, &self.inner.estimates)
+        let list = self.inner.probe.list();
+        device::devices(list, need.as_ref(), in_use, &self.inner.estimates)
+    }
+
+    /// Forgets the kept device probe: the next [`ChatApp::devices`] asks the driver (or the CUDA
+    /// runner) again, as after installing a driver or a runner.
+    pub fn probe_devices_again(&self) {
+        self.inner.probe.forget();
+    }
+
+    /// How many times the GPUs were probed (see [`ChatApp::devices`]).
+    pub fn device_probes(&self) -> usize {
+        self.inner.probe.probes()
     }
 
     /// The model file the settings choose, or the first `.gguf` in the models dir.
@@ -316,6 +333,8 @@ impl ChatApp {
     /// source, (re)connects to it instead. This is also "retry".
     pub fn reload_model(&self) -> Result<()> {
         let settings = self.settings();
+        // A load takes or frees a device's memory: the kept probe would tell old numbers.
+        self.inner.probe.forget();
         if settings.model_source == ModelSource::Endpoint {
             return self.inner.worker.connect(settings.endpoint);
         }
@@ -338,6 +357,7 @@ impl ChatApp {
     }
 
     pub fn unload_model(&self) -> Result<()> {
+        self.inner.probe.forget();
         self.inner.worker.unload(
             "the model was unloaded.".into(),
             "Load it again from Settings.".into(),

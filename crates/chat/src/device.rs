@@ -1,4 +1,4 @@
-//! The devices as the app offers them: the engine's list ([`engine::device::list_devices`]: every
+//! The devices as the app offers them: the engine's list ([`engine::device::DeviceProbe`]: every
 //! device this build and machine can use, every other with the engine's reason), each usable one
 //! then checked against the memory the chosen model needs there at the chosen context. A device
 //! that cannot be used says why, and is not offered; a load on it anyway fails with the engine's
@@ -91,15 +91,15 @@ impl Estimates {
     }
 }
 
-/// Every device as the engine reports it, each usable one also checked against what `need`
-/// requires there (none when no local model is chosen). The device `in_use` has its model's
-/// memory counted as free: a load frees the old model first.
+/// Every device of `list` (the engine's report), each usable one also checked against what
+/// `need` requires there (none when no local model is chosen). The device `in_use` has its
+/// model's memory counted as free: a load frees the old model first.
 pub fn devices(
+    mut list: Vec<DeviceReport>,
     need: Option<&ModelNeed>,
     in_use: Option<InUse>,
     estimates: &Estimates,
 ) -> Vec<DeviceReport> {
-    let mut list = engine::device::list_devices();
     let Some(need) = need else {
         return list;
     };

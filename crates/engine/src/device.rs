@@ -232,6 +232,50 @@ pub fn list_devices() -> Vec<DeviceReport> {
     local_devices_with(cuda_devices_via_runner)
 }
 
+/// [`list_devices`] for a caller that asks often (the settings page, `/status`): the CUDA entries
+/// are probed once (a runner process started, or every CUDA context opened) and kept until
+/// [`DeviceProbe::forget`]; the CPU entry, cheap to read, is fresh on every call. A kept CUDA
+/// entry's free memory is as of its probe: a load checks the device's memory again anyway.
+#[derive(Debug, Default)]
+pub struct DeviceProbe {
+    cuda: std::sync::Mutex<Option<Vec<DeviceReport>>>,
+    /// Probes made, for the tests of callers that must not probe on every call.
+    probes: std::sync::atomic::AtomicUsize,
+}
+
+impl DeviceProbe {
+    /// Every device, as [`list_devices`], with the CUDA entries of the last probe.
+    pub fn list(&self) -> Vec<DeviceReport> {
+        self.list_with(cuda_devices_via_runner)
+    }
+
+    fn list_with(&self, probe: fn() -> Vec<DeviceReport>) -> Vec<DeviceReport> {
+        let cuda = {
+            let mut kept = self.cuda.lock().unwrap_or_else(|p| p.into_inner());
+            kept.get_or_insert_with(|| {
+                self.probes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                probe()
+            })
+            .clone()
+        };
+        let mut list = local_devices_with(Vec::new);
+        list.splice(1..1, cuda);
+        list
+    }
+
+    /// Forgets the kept probe: the next [`DeviceProbe::list`] asks again (a driver installed,
+    /// a GPU's memory taken or freed by a load).
+    pub fn forget(&self) {
+        *self.cuda.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// How many times the CUDA devices were probed.
+    pub fn probes(&self) -> usize {
+        self.probes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// [`list_devices`] as this process sees them, without asking a runner: what the runner
 /// itself reports.
 pub fn local_devices() -> Vec<DeviceReport> {
@@ -276,7 +320,8 @@ pub fn runner_cuda_devices(runner: &std::path::Path) -> Vec<DeviceReport> {
     }
 }
 
-fn local_devices_with(cuda: fn() -> Vec<DeviceReport>) -> Vec<DeviceReport> {
+/// The CPU, then `cuda`'s entries, then Metal.
+fn local_devices_with(cuda: impl FnOnce() -> Vec<DeviceReport>) -> Vec<DeviceReport> {
     let host = memory::host_available();
     let mut out = vec![DeviceReport {
         device: "cpu".into(),
@@ -456,6 +501,24 @@ mod tests {
         assert_eq!(p.backend(), BackendKind::Native);
         let err = Placement::new(DeviceSpec::Metal, Some(BackendKind::Native)).unwrap_err();
         assert!(err.to_string().contains("runs only on the CPU"), "{err}");
+    }
+
+    #[test]
+    fn the_probe_asks_for_cuda_devices_once_until_told_to_forget() {
+        fn fake_cuda() -> Vec<DeviceReport> {
+            vec![DeviceReport::unusable("cuda", "probed".into())]
+        }
+        let probe = DeviceProbe::default();
+        for _ in 0..3 {
+            let list = probe.list_with(fake_cuda);
+            let ids: Vec<_> = list.iter().map(|d| d.device.as_str()).collect();
+            assert_eq!(ids, ["cpu", "cuda", "metal"]);
+            assert_eq!(list[1].reason.as_deref(), Some("probed"));
+        }
+        assert_eq!(probe.probes(), 1);
+        probe.forget();
+        probe.list_with(fake_cuda);
+        assert_eq!(probe.probes(), 2);
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -101,6 +101,29 @@ async fn the_settings_list_each_device_with_what_it_is_or_why_it_cannot_be_used(
 }
 
 #[tokio::test]
+async fn the_devices_are_probed_once_until_the_settings_ask_again() {
+    let f = fixture();
+    let probes = || f.server.chat().device_probes();
+    let before = probes();
+    for _ in 0..3 {
+        let (status, html) = f.htmx("GET", "/settings", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("cannot be used") || html.contains("Cannot be used"));
+    }
+    f.server.chat().status();
+    assert!(probes() <= before + 1, "{before} -> {}", probes());
+    let kept = probes();
+    let (_, html) = f.htmx("GET", "/settings?probe=again", "").await;
+    assert!(html.contains(r#"id="probe-again""#), "{html}");
+    assert_eq!(probes(), kept + 1);
+    // The CUDA entry says the same after a new probe.
+    assert!(
+        device_row(&html, "cuda").contains(&format!("Cannot be used: {}", no_cuda())),
+        "{html}"
+    );
+}
+
+#[tokio::test]
 async fn device_and_backend_round_trip_through_the_settings_form() {
     let f = fixture();
     let (_, saved) = f

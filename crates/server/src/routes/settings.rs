@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -36,8 +36,13 @@ pub(super) async fn open_window(
     .await
 }
 
-async fn page(State(s): State<Server>) -> Response {
-    run(s, |s| {
+/// The settings page; `?probe=again` ("Check the devices again") asks the driver or the CUDA
+/// runner anew instead of showing the devices probed before.
+async fn page(State(s): State<Server>, Query(q): Query<HashMap<String, String>>) -> Response {
+    run(s, move |s| {
+        if q.get("probe").map(String::as_str) == Some("again") {
+            s.chat().probe_devices_again();
+        }
         let settings = s.chat().settings();
         let devices = s.chat().devices();
         let saved = settings.device.to_string();

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{ChatError, Result};
 use crate::events::{AppEvent, EventSink};
+use crate::followups::FollowUps;
 use crate::protocol::{EventId, EventKind, EventLog, EventsAfter, FrameConfig, StreamInput};
 use crate::settings::Settings;
 use crate::store::{ChatId, FinishedMessage, Message, MessageId, MessageStatus, Store};
@@ -40,6 +41,16 @@ pub(crate) struct Core {
     sink: EventSink,
     /// Closed (taken) at shutdown, which ends the stream thread once its producers are gone.
     stream: Mutex<Option<Sender<StreamInput>>>,
+    /// Per chat, the follow-ups of its latest answer: asked for, then ready (in memory only).
+    follow_ups: Mutex<HashMap<ChatId, FollowUpSlot>>,
+}
+
+/// The follow-ups of a chat's latest answer.
+struct FollowUpSlot {
+    message_id: MessageId,
+    /// The generation's cancel flag: set when the user types or sends.
+    cancelled: Arc<AtomicBool>,
+    ready: Option<FollowUps>,
 }
 
 impl Core {
@@ -51,6 +62,7 @@ impl Core {
             settings: Mutex::new(settings),
             sink,
             stream: Mutex::new(None),
+            follow_ups: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,6 +198,62 @@ impl Core {
         for job in self.jobs.lock().unwrap().values() {
             job.cancelled.store(true, Ordering::SeqCst);
         }
+    }
+
+    // ---- follow-up suggestions -----------------------------------------------------------
+
+    /// The answer `message_id` of the chat asks for follow-ups: returns their cancel flag. Any
+    /// earlier ones of the chat are cancelled and forgotten.
+    pub fn ask_follow_ups(&self, chat_id: ChatId, message_id: MessageId) -> Arc<AtomicBool> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let old = self.follow_ups.lock().unwrap().insert(
+            chat_id,
+            FollowUpSlot {
+                message_id,
+                cancelled: cancelled.clone(),
+                ready: None,
+            },
+        );
+        if let Some(old) = old {
+            old.cancelled.store(true, Ordering::SeqCst);
+            if old.ready.is_some() {
+                self.emit(AppEvent::FollowUpsChanged { chat_id });
+            }
+        }
+        cancelled
+    }
+
+    /// Keeps the generated follow-ups, unless they were cancelled or a newer answer asked since.
+    pub fn follow_ups_ready(&self, ready: FollowUps) {
+        let chat_id = ready.chat_id;
+        let mut slots = self.follow_ups.lock().unwrap();
+        let Some(slot) = slots.get_mut(&chat_id) else {
+            return;
+        };
+        if slot.message_id != ready.message_id || slot.cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        slot.ready = Some(ready);
+        drop(slots);
+        self.emit(AppEvent::FollowUpsChanged { chat_id });
+    }
+
+    /// The follow-ups of the chat's latest answer, when they are ready.
+    pub fn follow_ups(&self, chat_id: ChatId) -> Option<FollowUps> {
+        let slots = self.follow_ups.lock().unwrap();
+        slots.get(&chat_id).and_then(|s| s.ready.clone())
+    }
+
+    /// Cancels the chat's follow-ups, being generated or shown; whether there were any.
+    pub fn dismiss_follow_ups(&self, chat_id: ChatId) -> bool {
+        let Some(slot) = self.follow_ups.lock().unwrap().remove(&chat_id) else {
+            return false;
+        };
+        slot.cancelled.store(true, Ordering::SeqCst);
+        if slot.ready.is_some() {
+            self.emit(AppEvent::FollowUpsChanged { chat_id });
+        }
+        true
     }
 
     // ---- the event log -------------------------------------------------------------------

@@ -15,6 +15,7 @@
 //!   the answer is stored; `events_after` replays them. [`stats`]: the numbers of an answer.
 //! - [`store`] (+ [`migrations`], [`search`], [`export`]): SQLite with WAL, FTS5 search over
 //!   messages, Markdown export.
+//! - [`followups`]: up to three next questions after an answer, generated on the cached prefix.
 //! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
 //!   streams the built-in passage without a model.
 //! - [`settings`]: the settings file, validation and what a change needs; [`sampling`]: an
@@ -33,6 +34,7 @@ pub mod device;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod followups;
 pub mod local_server;
 pub mod migrations;
 pub mod paths;
@@ -57,6 +59,7 @@ pub use commands::CommandSuggestion;
 pub use error::{ChatError, Result};
 pub use events::{AppEvent, EventSink};
 pub use export::Export;
+pub use followups::{FollowUpSettings, FollowUps};
 pub use local_server::{LocalServer, ServerStatus};
 pub use paths::{default_database_path, AppPaths};
 pub use protocol::{EventId, EventKind, EventLog, EventsAfter, StreamEvent};
@@ -68,4 +71,6 @@ pub use stats::{Finish, MessageStats};
 pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Role, Store};
 pub use tools::{ToolRecord, ToolStatus, Tools};
 pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};
-pub use worker::{EngineStatus, GenerationJob, JobError, JobEvent, ModelState, Prompt};
+pub use worker::{
+    EngineStatus, FollowUpRequest, GenerationJob, JobError, JobEvent, ModelState, Prompt,
+};

@@ -107,6 +107,7 @@ mod tests {
         let (told, name) = (told.clone(), name.to_owned());
         GenerationJob {
             tools: None,
+            follow_ups: None,
             prompt: Prompt::Text(name.clone()),
             params: Sampling {
                 temperature: None,

@@ -14,7 +14,8 @@ use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Ro
 use crate::tools::builtin::Builtins;
 use crate::tools::{ToolUse, Tools};
 use crate::views::SendOutcome;
-use crate::worker::{GenerationJob, JobEvent, ModelState, Prompt};
+use crate::followups::FollowUps;
+use crate::worker::{FollowUpRequest, GenerationJob, JobEvent, ModelState, Prompt};
 
 /// Longest message accepted from the composer.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -27,6 +28,7 @@ impl ChatApp {
         if text.is_empty() {
             return Err(ChatError::Invalid("type a message first".into()));
         }
+        self.core().dismiss_follow_ups(chat_id);
         if text.len() > MAX_MESSAGE_BYTES {
             return Err(ChatError::Invalid(format!(
                 "the message is too long ({} KiB; at most {} KiB)",
@@ -119,6 +121,7 @@ impl ChatApp {
                 .map(|m| engine::ChatMessage::new(m.role.as_str(), m.content)),
         );
         let tx = self.core().stream_sender()?;
+        let core = self.inner.core.clone();
         let sink = Box::new(move |event: JobEvent| {
             let input = match event {
                 // The chat shows its answer as waiting until the first token.
@@ -135,9 +138,32 @@ impl ChatApp {
                 JobEvent::Refused(error) | JobEvent::Failed(error) => {
                     finish(chat_id, answer_id, End::Failed(error.to_string()))
                 }
+                // Not part of the answer's stream: kept beside the chat, in memory.
+                JobEvent::FollowUps { questions, stats } => {
+                    core.follow_ups_ready(FollowUps {
+                        chat_id,
+                        message_id: answer_id,
+                        questions,
+                        stats,
+                    });
+                    return;
+                }
             };
             let _ = tx.send(input);
         });
+        let follow_ups = match settings.follow_ups.enabled {
+            false => None,
+            true => Some(FollowUpRequest {
+                params: Sampling {
+                    max_tokens: settings.follow_ups.max_tokens,
+                    // Suggestions need no thinking: in a thinking chat it closes at once.
+                    max_thinking_tokens: Some(1),
+                    ..settings.sampling()
+                }
+                .validate()?,
+                cancelled: self.core().ask_follow_ups(chat_id, answer_id),
+            }),
+        };
         Ok(GenerationJob {
             prompt: Prompt::Chat {
                 messages,
@@ -154,6 +180,7 @@ impl ChatApp {
             cancelled: turn.cancelled.clone(),
             sink,
             tools: self.tool_use(&settings),
+            follow_ups,
         })
     }
 
@@ -185,6 +212,18 @@ impl ChatApp {
             ModelState::Ready { .. } | ModelState::Remote { .. } => self.inner.worker.generate(job),
             other => Err(ChatError::ModelNotReady(other.describe())),
         }
+    }
+
+    /// The follow-up suggestions under the chat's latest answer, once they are generated (an
+    /// [`crate::AppEvent::FollowUpsChanged`] says when they appear or go).
+    pub fn follow_ups(&self, chat_id: ChatId) -> Option<FollowUps> {
+        self.core().follow_ups(chat_id)
+    }
+
+    /// The user is typing (or chose something else): the chat's follow-ups are cancelled if
+    /// still being generated, and no longer shown. Whether there were any.
+    pub fn dismiss_follow_ups(&self, chat_id: ChatId) -> bool {
+        self.core().dismiss_follow_ups(chat_id)
     }
 
     /// Stops every answer in progress or queued in the chat; each is kept as `interrupted`

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use engine::{BackendKind, DeviceSpec, Placement};
 
 use crate::error::{ChatError, Result};
+use crate::followups::FollowUpSettings;
 use crate::local_server::LocalServer;
 use crate::protocol::FrameConfig;
 use crate::remote::Endpoint;
@@ -74,6 +75,8 @@ pub struct Settings {
     pub local_server: LocalServer,
     /// Tool calling: on or off, how many steps an answer may take, how long a call may run.
     pub tools: ToolSettings,
+    /// Follow-up suggestions after each answer: on or off, and their token limit.
+    pub follow_ups: FollowUpSettings,
 }
 
 impl Default for Settings {
@@ -102,6 +105,7 @@ impl Default for Settings {
             frame_max_tokens: 16,
             local_server: LocalServer::default(),
             tools: ToolSettings::default(),
+            follow_ups: FollowUpSettings::default(),
         }
     }
 }
@@ -244,6 +248,7 @@ impl Settings {
             self.endpoint.validate()?;
         }
         self.tools.validate()?;
+        self.follow_ups.validate()?;
         Ok(())
     }
 
@@ -350,6 +355,7 @@ impl Settings {
         );
         note(self.local_server != new.local_server, "local_server", Live);
         note(self.tools != new.tools, "tools", Live);
+        note(self.follow_ups != new.follow_ups, "follow_ups", Live);
         SettingsDiff { changes }
     }
 }

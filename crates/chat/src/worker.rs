@@ -25,6 +25,7 @@ use engine::{
 use serde::Serialize;
 
 use crate::error::{ChatError, Result};
+use crate::followups;
 use crate::queue::FairQueue;
 use crate::remote::{Endpoint, RemoteModel};
 use crate::sampling::AnswerParams;
@@ -147,7 +148,8 @@ pub struct LoadRequest {
 }
 
 /// What a job reports: `Queued` while it waits (the answers ahead of it, whenever that changes),
-/// then deltas, then exactly one `Finished`, `Refused` or `Failed`.
+/// then deltas, then exactly one `Finished`, `Refused` or `Failed`; after a `Finished` answer
+/// that asked for them, `FollowUps` (unless they were cancelled).
 #[derive(Clone, Debug)]
 pub enum JobEvent {
     Queued(usize),
@@ -161,6 +163,11 @@ pub enum JobEvent {
     Refused(JobError),
     /// The engine failed.
     Failed(JobError),
+    /// The suggestions after the answer (maybe none), and the numbers of their generation.
+    FollowUps {
+        questions: Vec<String>,
+        stats: MessageStats,
+    },
 }
 
 /// Why a job produced no answer. Typed until it is shown: the API picks its status from it, a
@@ -218,6 +225,17 @@ pub struct GenerationJob {
     pub sink: Box<dyn FnMut(JobEvent) + Send>,
     /// Tools offered to the model and run between generation steps (a [`Prompt::Chat`] only).
     pub tools: Option<Tools>,
+    /// Suggestions to generate after the answer (a [`Prompt::Chat`] only; see
+    /// [`crate::followups`]).
+    pub follow_ups: Option<FollowUpRequest>,
+}
+
+/// Follow-up suggestions a job asks for after its answer.
+pub struct FollowUpRequest {
+    /// Their sampling and token limit.
+    pub params: AnswerParams,
+    /// Set when the user types or sends: checked before they start and between their tokens.
+    pub cancelled: Arc<AtomicBool>,
 }
 
 enum Request {
@@ -490,6 +508,8 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 let Some(mut job) = shared.queue.lock().unwrap().pop() else {
                     continue;
                 };
+                // The answer's text (of its last step), for the follow-ups' conversation.
+                let said = job.follow_ups.is_some().then(|| record_answer(&mut job));
                 let outcome = match backend.as_mut() {
                     None => Err(Failure::Failed(JobError::NoModel(
                         shared.state.lock().unwrap().describe(),
@@ -502,7 +522,24 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                         status.cached_tokens = stats.context_used;
                         status.last = Some(stats.clone());
                         drop(status);
+                        let finish = stats.finish;
                         (job.sink)(JobEvent::Finished(stats));
+                        // Not after a stopped answer, and never ahead of a waiting answer:
+                        // suggestions are worth less than someone's turn.
+                        let waiting = shared.queue.lock().unwrap().len() > 1;
+                        let ended = matches!(finish, Some(Finish::Stop | Finish::Length));
+                        if let (Some(backend), Some(said), true, false) =
+                            (backend.as_mut(), said, ended, waiting)
+                        {
+                            let said = said.lock().unwrap().clone();
+                            if let Some(event) = follow_ups(backend, &mut job, said) {
+                                if let JobEvent::FollowUps { stats, .. } = &event {
+                                    let mut status = shared.status.lock().unwrap();
+                                    status.cached_tokens = stats.context_used;
+                                }
+                                (job.sink)(event);
+                            }
+                        }
                     }
                     Err(Failure::Refused(why)) => (job.sink)(JobEvent::Refused(why)),
                     Err(Failure::Failed(error)) => (job.sink)(JobEvent::Failed(error)),
@@ -799,6 +836,83 @@ fn generate_remote(
             ChatError::EndpointRejected { .. } => Failure::Refused(JobError::Remote(Arc::new(e))),
             e => Failure::Failed(JobError::Remote(Arc::new(e))),
         })
+}
+
+/// Wraps the job's sink so that it also keeps the answer's text since its last tool call (the
+/// text of the step that answered), which the follow-ups' conversation repeats.
+fn record_answer(job: &mut GenerationJob) -> Arc<Mutex<String>> {
+    let said = Arc::new(Mutex::new(String::new()));
+    let mut inner = std::mem::replace(&mut job.sink, Box::new(|_| {}));
+    let keep = said.clone();
+    job.sink = Box::new(move |event| {
+        match &event {
+            JobEvent::Token(t) => keep.lock().unwrap().push_str(t),
+            JobEvent::Tool(_) => keep.lock().unwrap().clear(),
+            _ => {}
+        }
+        inner(event)
+    });
+    said
+}
+
+/// Generates the job's follow-up suggestions: its conversation as the answer left it, the answer
+/// (`said`) and [`followups::INSTRUCTION`] as the user's next turn. Rendered the same way as the
+/// answer's prompt, it extends the cached tokens, so only the new turns are prefilled. A remote
+/// endpoint is not asked (its cache is not ours to reuse: they would cost a whole prompt).
+/// `None` when cancelled, not a chat, or the generation failed (logged: nothing to show).
+fn follow_ups(backend: &mut Backend, job: &mut GenerationJob, said: String) -> Option<JobEvent> {
+    let request = job.follow_ups.as_ref()?;
+    if matches!(backend, Backend::Remote(_)) || request.cancelled.load(Ordering::SeqCst) {
+        return None;
+    }
+    let Prompt::Chat {
+        messages, thinking, ..
+    } = &job.prompt
+    else {
+        return None;
+    };
+    let mut messages = messages.clone();
+    messages.push(ChatMessage::new("assistant", said));
+    messages.push(ChatMessage::new("user", followups::INSTRUCTION));
+    let mut prompt = Prompt::Chat {
+        messages,
+        // The same mode as the answer: SmolLM3 writes it into the system turn, which must not
+        // change (the prefix would); the thinking itself is cut short by the params' budget.
+        thinking: *thinking,
+        drop_oldest: false,
+    };
+    // The tools the answer was offered are offered again (SmolLM3 lists them in the system
+    // turn, which must not change); a call the model makes anyway is not a suggestion.
+    let xml_tools = match &job.tools {
+        Some(Tools::Run(tools)) => Some(serde_json::Value::Array(tools.host.specs())),
+        Some(Tools::Offer(specs)) => Some(serde_json::Value::Array(specs.clone())),
+        None => None,
+    };
+    let mut parser = ToolCallParser::default();
+    let mut text = String::new();
+    let mut step_job = Step {
+        prompt: &mut prompt,
+        params: &request.params,
+        cancelled: &request.cancelled,
+        xml_tools,
+    };
+    let stats = step(backend, &mut step_job, &mut |event| {
+        if let JobEvent::Token(t) = event {
+            text.push_str(&parser.push(&t));
+        }
+    });
+    text.push_str(&parser.finish().0);
+    match stats {
+        Ok(stats) if stats.finish != Some(Finish::Cancelled) => Some(JobEvent::FollowUps {
+            questions: followups::parse(&text),
+            stats,
+        }),
+        Ok(_) => None,
+        Err(Failure::Refused(e) | Failure::Failed(e)) => {
+            tracing::warn!(error = %e, "follow-up suggestions failed");
+            None
+        }
+    }
 }
 
 /// Why a job produced no complete answer.

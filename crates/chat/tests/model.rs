@@ -276,6 +276,7 @@ fn api_job(
     .unwrap();
     let job = chat::GenerationJob {
         tools: None,
+        follow_ups: None,
         prompt,
         params,
         source: "api test".into(),
@@ -399,4 +400,77 @@ fn the_device_setting_reaches_the_worker_and_a_gpu_this_build_lacks_is_refused_w
     };
     assert_eq!(placement.backend(), BackendKind::Candle);
     assert_eq!(info.placement, "cpu (candle backend)");
+}
+
+fn follow_up_changes(rec: &common::Recorder, chat_id: i64) -> usize {
+    rec.count(|e| matches!(e, chat::AppEvent::FollowUpsChanged { chat_id: c } if *c == chat_id))
+}
+
+/// Waits until the worker has nothing queued or running (an answer's follow-ups come after it).
+fn wait_idle(app: &chat::ChatApp) {
+    let start = Instant::now();
+    while app.status().engine.queued > 0 {
+        assert!(start.elapsed() < ANSWER, "the worker stays busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn follow_ups_are_generated_on_the_cached_prefix_and_go_when_the_user_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(24)));
+    assert!(rec.wait_model(LOAD).is_ready());
+    let chat = app.create_chat().unwrap();
+    let id = send(&app, chat.id, "What is the capital of France?");
+    let answer = stats_of(&rec.wait_done(id, ANSWER));
+    rec.wait_for(ANSWER, |_| app.follow_ups(chat.id));
+    let f = app.follow_ups(chat.id).unwrap();
+    assert_eq!(f.message_id, id);
+    // Structure, not wording: at most three short, distinct, non-empty lines.
+    assert!(f.questions.len() <= 3, "{:?}", f.questions);
+    for q in &f.questions {
+        assert!(!q.is_empty() && q.chars().count() <= 120 && !q.contains('\n'), "{q:?}");
+    }
+    let mut distinct = f.questions.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), f.questions.len());
+    assert!(f.stats.completion_tokens > 0, "{:?}", f.stats);
+    // Only their own turns were prefilled: the whole answer's prompt and (all but at most its
+    // last token of) the answer came from the cache.
+    assert!(
+        f.stats.cached_tokens + 1 >= answer.prompt_tokens + answer.completion_tokens,
+        "answer {answer:?}\nfollow-ups {:?}",
+        f.stats
+    );
+    let new = f.stats.prompt_tokens - f.stats.cached_tokens;
+    assert!(new < 60, "{new} new tokens prefilled: {:?}", f.stats);
+    assert_eq!(app.chat(chat.id).unwrap().messages.len(), 2, "not stored");
+
+    let before = follow_up_changes(&rec, chat.id);
+    let next = send(&app, chat.id, "And of Italy?");
+    assert!(app.follow_ups(chat.id).is_none(), "sending takes them away");
+    assert_eq!(follow_up_changes(&rec, chat.id), before + 1);
+    // The next turn still reuses the chat (the suggestions' turn is simply not matched).
+    let second = stats_of(&rec.wait_done(next, ANSWER));
+    assert!(second.cached_tokens >= answer.prompt_tokens, "{second:?}");
+}
+
+#[test]
+fn typing_before_the_answer_ends_cancels_its_follow_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(48)));
+    assert!(rec.wait_model(LOAD).is_ready());
+    let chat = app.create_chat().unwrap();
+    let id = send(&app, chat.id, "Tell me about the moon.");
+    assert!(app.dismiss_follow_ups(chat.id), "asked for with the answer");
+    rec.wait_done(id, ANSWER);
+    wait_idle(&app);
+    assert!(app.follow_ups(chat.id).is_none());
+    assert_eq!(follow_up_changes(&rec, chat.id), 0, "none were generated");
+    let cached = app.status().engine.cached_tokens;
+    let answer = stats_of(&rec.stream(id));
+    assert_eq!(
+        cached, answer.context_used,
+        "the worker ran nothing after the answer"
+    );
 }

@@ -123,6 +123,7 @@ fn in_process(app: &ChatApp, text: String, tokens: usize) -> Timing {
     let (tx, rx) = mpsc::channel();
     let job = GenerationJob {
         tools: None,
+        follow_ups: None,
         prompt: Prompt::Chat {
             messages: vec![ChatMessage::new("user", text)],
             thinking: false,

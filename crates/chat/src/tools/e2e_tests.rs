@@ -44,6 +44,11 @@ fn harness(replies: Vec<Vec<String>>, tools: ToolSettings) -> Harness {
     };
     let settings = Settings {
         tools,
+        // Their generation would take the script's next reply.
+        follow_ups: crate::FollowUpSettings {
+            enabled: false,
+            ..Default::default()
+        },
         ..Settings::default()
     };
     settings.save(&paths.settings_file()).unwrap();
@@ -303,6 +308,7 @@ fn offered_tools_are_handed_back_unrun_and_a_malformed_call_stays_text() {
                 let _ = tx.send(e);
             }),
             tools: Some(crate::tools::Tools::Offer(vec![spec])),
+            follow_ups: None,
         })
         .unwrap();
     let (mut text, mut calls) = (String::new(), Vec::new());

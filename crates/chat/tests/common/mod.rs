@@ -59,6 +59,11 @@ impl Recorder {
         }
     }
 
+    /// How many events so far match.
+    pub fn count(&self, matches: impl Fn(&AppEvent) -> bool) -> usize {
+        self.events.lock().unwrap().iter().filter(|e| matches(e)).count()
+    }
+
     /// The stream events of one message, so far.
     pub fn stream(&self, message_id: MessageId) -> Vec<StreamEvent> {
         streams(&self.events.lock().unwrap(), message_id)

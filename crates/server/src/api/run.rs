@@ -49,6 +49,7 @@ pub(crate) fn start(
     let cancelled = Arc::new(AtomicBool::new(false));
     let job = GenerationJob {
         tools,
+        follow_ups: None,
         prompt,
         params,
         source,

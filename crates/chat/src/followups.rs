@@ -1,0 +1,329 @@
+//! Follow-up suggestions: after a chat's answer, up to [`MAX_QUESTIONS`] short next questions,
+//! shown as chips under it and sent when clicked. Never stored as messages.
+//!
+//! They cost only their own tokens: the worker generates them right after the answer, on the same
+//! backend, from the answer's conversation with the answer and [`INSTRUCTION`] appended, so the
+//! engine reuses the whole cached prefix (the chat is not prefilled again). The user typing or
+//! sending cancels them ([`crate::ChatApp::dismiss_follow_ups`]); the model's text is parsed by
+//! [`parse`], and no suggestion at all is a valid outcome.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::check_range;
+use crate::stats::MessageStats;
+use crate::store::{ChatId, MessageId};
+
+/// Most suggestions shown.
+pub const MAX_QUESTIONS: usize = 3;
+/// Longest suggestion kept, in characters: a chip is a short question, not a paragraph.
+pub const MAX_QUESTION_CHARS: usize = 120;
+
+/// The user's turn appended after the answer. Asked as the user, so every chat template renders
+/// it as an ordinary turn after the answer (the cached prefix stays intact).
+pub const INSTRUCTION: &str = "Suggest up to three short follow-up questions I could ask you next \
+about this. Reply with only the questions, one per line, nothing else.";
+
+/// The follow-up settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FollowUpSettings {
+    /// Whether answers get follow-up suggestions.
+    pub enabled: bool,
+    /// Most tokens the suggestions may take (they are generated after every answer).
+    pub max_tokens: usize,
+}
+
+impl Default for FollowUpSettings {
+    fn default() -> Self {
+        FollowUpSettings {
+            enabled: true,
+            max_tokens: 80,
+        }
+    }
+}
+
+impl FollowUpSettings {
+    pub fn validate(&self) -> crate::Result<()> {
+        check_range("follow_ups.max_tokens", Some(self.max_tokens), 16, 512)
+    }
+}
+
+/// An answer's suggestions, and the numbers of the generation that made them (its prompt's
+/// cached tokens show the prefix was reused).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FollowUps {
+    pub chat_id: ChatId,
+    /// The answer they follow.
+    pub message_id: MessageId,
+    pub questions: Vec<String>,
+    pub stats: MessageStats,
+}
+
+/// The suggestions in the model's reply: one per line, list markers (`1.`, `2)`, `-`, `*`, `•`),
+/// quotes and emphasis removed; a line that introduces a list (ends with `:`), an empty one,
+/// a repeat (ignoring case) or one longer than [`MAX_QUESTION_CHARS`] is dropped; at most
+/// [`MAX_QUESTIONS`].
+pub fn parse(text: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let q = clean(line);
+        if q.is_empty() || q.ends_with(':') || q.chars().count() > MAX_QUESTION_CHARS {
+            continue;
+        }
+        if seen.insert(q.to_lowercase()) {
+            out.push(q);
+        }
+        if out.len() == MAX_QUESTIONS {
+            break;
+        }
+    }
+    out
+}
+
+/// One line without its list marker, emphasis and quotes, whitespace collapsed.
+fn clean(line: &str) -> String {
+    let s = strip_number(line.trim());
+    let s = s.trim_start_matches(['-', '*', '•', '–', '+']).trim();
+    s.trim_matches(|c: char| "*_`\"“”'".contains(c))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `s` without a leading `1.`, `2)`, `(3)` or `Q4:` (one or two digits, then a space or the end):
+/// a number that belongs to the question (`2024 was…`, `3.5 or 4?`) stays.
+fn strip_number(s: &str) -> &str {
+    let t = s.strip_prefix('(').unwrap_or(s);
+    let t = t.strip_prefix(['Q', 'q']).unwrap_or(t);
+    let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 || digits > 2 {
+        return s;
+    }
+    match t[digits..].strip_prefix(['.', ')', ':']) {
+        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => rest,
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_lines_and_bullets_become_plain_questions() {
+        let text = "1. What is Rust?\n2) Why is it fast?\n- How do I start?\n* Where next?";
+        assert_eq!(
+            parse(text),
+            ["What is Rust?", "Why is it fast?", "How do I start?"]
+        );
+        assert_eq!(
+            parse("• **Is it safe?**\n(2) \"What about async?\"\nQ3: Any books?"),
+            ["Is it safe?", "What about async?", "Any books?"]
+        );
+    }
+
+    #[test]
+    fn preambles_blanks_repeats_and_long_lines_are_dropped() {
+        let long = format!("Why {}?", "very ".repeat(40));
+        let text = format!(
+            "Here are some questions you could ask:\n\n  \n1. Is it fast?\n2. is it   FAST?\n3. {long}\n4. Can I try it?"
+        );
+        assert_eq!(parse(&text), ["Is it fast?", "Can I try it?"]);
+    }
+
+    #[test]
+    fn nothing_usable_is_no_suggestion() {
+        assert!(parse("").is_empty());
+        assert!(parse("\n - \n1.\nQuestions:").is_empty());
+    }
+
+    #[test]
+    fn a_number_that_is_part_of_the_question_stays() {
+        assert_eq!(parse("2024 was a leap year?"), ["2024 was a leap year?"]);
+        assert_eq!(parse("1. 3.5 or 4?"), ["3.5 or 4?"]);
+    }
+
+    #[test]
+    fn the_setting_is_validated() {
+        assert!(FollowUpSettings::default().validate().is_ok());
+        let err = FollowUpSettings {
+            max_tokens: 4,
+            ..FollowUpSettings::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("follow_ups.max_tokens"), "{err}");
+    }
+}
+
+/// Follow-ups through the real chat app with the model's output scripted at the engine's token
+/// boundary (the template, the worker, the core are the real ones).
+#[cfg(test)]
+mod app_tests {
+    use std::collections::VecDeque;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::events::AppEvent;
+    use crate::worker::scripted::Scripted;
+    use crate::{AppPaths, ChatApp, ModelState, SendOutcome, Settings};
+
+    struct Harness {
+        app: ChatApp,
+        events: Arc<Mutex<Vec<AppEvent>>>,
+        prompts: Arc<Mutex<Vec<String>>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness(replies: &[&str], follow_ups: FollowUpSettings) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = AppPaths {
+            data_dir: dir.path().join("data"),
+            config_dir: dir.path().join("config"),
+            models_dir: dir.path().join("models"),
+        };
+        let settings = Settings {
+            follow_ups,
+            ..Settings::default()
+        };
+        settings.save(&paths.settings_file()).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let app = ChatApp::open(paths, Arc::new(move |e| seen.lock().unwrap().push(e))).unwrap();
+        let template = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/reference/smollm3-official.jinja");
+        let source = std::fs::read_to_string(&template).unwrap();
+        let prompts = Arc::new(Mutex::new(Vec::new()));
+        app.inner.worker.script(Scripted {
+            template: engine::template::ChatTemplate::new(&source, "", "<|im_end|>").unwrap(),
+            // Each reply in pieces of three characters, as tokens arrive.
+            replies: replies
+                .iter()
+                .map(|r| {
+                    let chars: Vec<char> = r.chars().collect();
+                    chars.chunks(3).map(|c| c.iter().collect()).collect()
+                })
+                .collect::<VecDeque<_>>(),
+            prompts: prompts.clone(),
+        });
+        wait(|| matches!(app.model_state(), ModelState::Remote { .. }).then_some(()));
+        Harness {
+            app,
+            events,
+            prompts,
+            _dir: dir,
+        }
+    }
+
+    fn wait<T>(mut check: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = check() {
+                return found;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "timed out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    impl Harness {
+        /// Sends `text`; returns once the answer is stored and the worker is idle (after its
+        /// follow-ups, if any).
+        fn ask(&self, chat_id: ChatId, text: &str) -> MessageId {
+            let SendOutcome::Generating {
+                assistant_message_id: id,
+                ..
+            } = self.app.send(chat_id, text).unwrap()
+            else {
+                panic!("not an answer")
+            };
+            wait(|| {
+                let idle = !self.app.chat(chat_id).unwrap().busy
+                    && self.app.inner.worker.status().queued == 0;
+                idle.then_some(())
+            });
+            id
+        }
+
+        fn changes(&self, chat_id: ChatId) -> usize {
+            let events = self.events.lock().unwrap();
+            events
+                .iter()
+                .filter(|e| matches!(e, AppEvent::FollowUpsChanged { chat_id: c } if *c == chat_id))
+                .count()
+        }
+    }
+
+    #[test]
+    fn suggestions_follow_the_answer_on_its_own_prompt_and_go_when_the_user_sends() {
+        let h = harness(
+            &[
+                "Paris is the capital of France.",
+                "Here are some ideas:\n1. What about Lyon?\n2. How old is Paris?\n3. What about lyon?\n",
+                "Lyon is in the south-east.",
+            ],
+            FollowUpSettings::default(),
+        );
+        let chat = h.app.create_chat().unwrap();
+        let answer = h.ask(chat.id, "What is the capital of France?");
+        let f = h.app.follow_ups(chat.id).expect("follow-ups");
+        assert_eq!((f.chat_id, f.message_id), (chat.id, answer));
+        assert_eq!(f.questions, ["What about Lyon?", "How old is Paris?"]);
+        assert_eq!(h.changes(chat.id), 1);
+        let prompts = h.prompts.lock().unwrap().clone();
+        assert_eq!(prompts.len(), 2);
+        // The suggestions' prompt continues the answer's: the conversation, the answer, then
+        // the instruction as the user's turn.
+        let (answer_prompt, follow_prompt) = (&prompts[0], &prompts[1]);
+        assert!(
+            follow_prompt.starts_with(answer_prompt.as_str()),
+            "{answer_prompt:?}\n{follow_prompt:?}"
+        );
+        let rest = &follow_prompt[answer_prompt.len()..];
+        assert!(rest.contains("Paris is the capital of France."), "{rest}");
+        assert!(rest.contains(INSTRUCTION), "{rest}");
+        // Not stored as messages.
+        assert_eq!(h.app.chat(chat.id).unwrap().messages.len(), 2);
+
+        // Sending takes them away at once; the next answer gets its own.
+        h.app.send(chat.id, "And Lyon?").unwrap();
+        assert!(h.app.follow_ups(chat.id).is_none());
+        assert!(h.changes(chat.id) >= 2);
+        wait(|| (h.app.inner.worker.status().queued == 0).then_some(()));
+        // The script has no reply left for the second answer's suggestions: a failed generation
+        // shows none, and says nothing to the chat.
+        assert!(h.app.follow_ups(chat.id).is_none());
+    }
+
+    #[test]
+    fn typing_dismisses_them() {
+        let h = harness(&["Yes.", "Why?"], FollowUpSettings::default());
+        let chat = h.app.create_chat().unwrap();
+        h.ask(chat.id, "Is it?");
+        assert_eq!(h.app.follow_ups(chat.id).unwrap().questions, ["Why?"]);
+        assert!(h.app.dismiss_follow_ups(chat.id));
+        assert!(h.app.follow_ups(chat.id).is_none());
+        assert_eq!(h.changes(chat.id), 2);
+        assert!(!h.app.dismiss_follow_ups(chat.id), "nothing left to dismiss");
+    }
+
+    #[test]
+    fn with_the_setting_off_none_are_generated() {
+        let off = FollowUpSettings {
+            enabled: false,
+            ..FollowUpSettings::default()
+        };
+        let h = harness(&["Yes.", "1. Why?"], off);
+        let chat = h.app.create_chat().unwrap();
+        h.ask(chat.id, "Is it?");
+        assert_eq!(h.prompts.lock().unwrap().len(), 1, "no second generation");
+        assert!(h.app.follow_ups(chat.id).is_none());
+        assert_eq!(h.changes(chat.id), 0);
+    }
+}

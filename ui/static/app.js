@@ -208,7 +208,15 @@
     }
   });
   document.addEventListener("input", (e) => {
-    if (e.target.matches("textarea[data-composer]")) autoGrow(e.target);
+    if (!e.target.matches("textarea[data-composer]")) return;
+    autoGrow(e.target);
+    // Typing takes the follow-up suggestions away, and cancels them while they are being made:
+    // told once per answer (the mark goes when the text is sent).
+    const form = e.target.closest("form[data-composer-form]");
+    if (form && form.dataset.chat && !form.hasAttribute("data-typed")) {
+      form.setAttribute("data-typed", "");
+      htmx.ajax("POST", `/chats/${form.dataset.chat}/follow-ups/dismiss`, { swap: "none" });
+    }
   });
   // A link in an answer opens in the system browser, never inside the app. A browser tab does that by
   // itself (`target=_blank`); the desktop app's webview would do nothing, so the shell is asked to.
@@ -242,7 +250,9 @@
     const form = e.detail.elt;
     if (!(form.matches && form.matches("form[data-clear-on-send]") && e.detail.successful)) return;
     if (e.detail.xhr && e.detail.xhr.getResponseHeader("HX-Trigger")?.includes("request-failed")) return;
+    form.removeAttribute("data-typed");
     const field = form.querySelector("textarea, input[name=text]");
+    if (!field) return; // a follow-up chip: nothing typed to clear
     field.value = "";
     if (field.matches("textarea")) autoGrow(field);
     const palette = document.getElementById("palette");

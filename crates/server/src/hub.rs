@@ -153,6 +153,10 @@ impl Hub {
             AppEvent::ModelState(_) => self.state(StateEvent::trigger("model-changed")),
             AppEvent::ChatsChanged => self.state(StateEvent::trigger("chats-changed")),
             AppEvent::SettingsChanged(_) => self.state(StateEvent::trigger("settings-changed")),
+            AppEvent::FollowUpsChanged { chat_id } => self.state(StateEvent {
+                chat: Some(*chat_id),
+                ..StateEvent::trigger("follow-ups-changed")
+            }),
         }
     }
 

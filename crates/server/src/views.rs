@@ -27,6 +27,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "palette.html",
     "message.html",
     "tool_card.html",
+    "follow_ups.html",
     "shown.html",
     "settings.html",
     "quick.html",

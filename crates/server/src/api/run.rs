@@ -88,7 +88,8 @@ impl Running {
         let (mut thinking, mut text, mut calls) = (String::new(), String::new(), Vec::new());
         loop {
             match self.rx.recv().await {
-                Some(JobEvent::Queued(_)) => {}
+                // An API job asks for no follow-ups.
+                Some(JobEvent::Queued(_) | JobEvent::FollowUps { .. }) => {}
                 Some(JobEvent::Tool(call)) => calls.push(call),
                 Some(JobEvent::Thinking(t)) => thinking.push_str(&t),
                 Some(JobEvent::Token(t)) => text.push_str(&t),
@@ -187,6 +188,7 @@ impl<C: Chunks> Feed<C> {
                     Some(JobEvent::Queued(n)) => {
                         Event::default().comment(format!("queued: {n} answer(s) ahead"))
                     }
+                    Some(JobEvent::FollowUps { .. }) => continue,
                     Some(JobEvent::Tool(call)) => match self.chunks.tool_call(&call) {
                         Some(v) => data(&v),
                         None => continue,

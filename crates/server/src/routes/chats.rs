@@ -30,6 +30,8 @@ pub(super) fn routes() -> Router<Server> {
         .route("/chats/{cid}/events", get(events))
         .route("/chats/{cid}/messages/{mid}", get(message))
         .route("/chats/{cid}/messages/{mid}/regenerate", post(regenerate))
+        .route("/chats/{cid}/follow-ups", get(follow_ups))
+        .route("/chats/{cid}/follow-ups/dismiss", post(dismiss_follow_ups))
         .route("/commands/suggest", get(suggest))
         .route("/quick", get(quick_page).post(quick_ask))
         .route("/quick/open/{cid}", post(quick_open))
@@ -214,6 +216,34 @@ async fn regenerate(
     .await
 }
 
+/// The chips under the latest answer (refreshed on `follow-ups-changed`).
+async fn follow_ups(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| {
+        let chat = s.chat().chat(cid)?.chat;
+        Ok(Reply::html(s.views().render(
+            "follow_ups.html",
+            json!({"chat": ChatView::new(&chat), "follow_ups": follow_up_questions(s, cid)}),
+        )))
+    })
+    .await
+}
+
+/// The user typed: the suggestions go (and stop being made).
+async fn dismiss_follow_ups(State(s): State<Server>, Path(cid): Path<ChatId>) -> Response {
+    run(s, move |s| {
+        s.chat().dismiss_follow_ups(cid);
+        Ok(Reply::empty())
+    })
+    .await
+}
+
+fn follow_up_questions(s: &Server, cid: ChatId) -> Vec<String> {
+    s.chat()
+        .follow_ups(cid)
+        .map(|f| f.questions)
+        .unwrap_or_default()
+}
+
 #[derive(Deserialize)]
 struct Typed {
     #[serde(default)]
@@ -306,6 +336,7 @@ fn chat_ctx(s: &Server, cid: ChatId) -> Result<serde_json::Value> {
         "chat": ChatView::new(&view.chat),
         "messages": message_views(&view.messages, view.last_event_id),
         "busy": view.busy,
+        "follow_ups": follow_up_questions(s, cid),
     }))
 }
 

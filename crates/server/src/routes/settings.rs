@@ -162,6 +162,7 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "top_k": opt(s.top_k.map(|v| v.to_string())),
         "repeat_penalty": opt(s.repeat_penalty.map(|v| v.to_string())),
         "thinking": s.thinking_default,
+        "follow_ups": s.follow_ups.enabled,
         "max_thinking_tokens": opt(s.max_thinking_tokens.map(|v| v.to_string())),
         "system_prompt": s.system_prompt,
         "shortcut": s.quick_chat_shortcut,
@@ -243,6 +244,7 @@ pub fn settings_from_form(
     s.top_k = field(form, "top_k", "Top-k")?;
     s.repeat_penalty = field(form, "repeat_penalty", "Repetition penalty")?;
     s.thinking_default = form.get("thinking").is_some_and(|v| v == "on");
+    s.follow_ups.enabled = form.get("follow_ups").is_some_and(|v| v == "on");
     s.max_thinking_tokens = field(form, "max_thinking_tokens", "Thinking budget")?;
     if let Some(p) = form.get("system_prompt") {
         s.system_prompt = p.trim().to_string();

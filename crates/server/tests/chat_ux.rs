@@ -1,0 +1,106 @@
+//! Follow-up chips (and edits) as the page shows them, with the SmolLM2 test model.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::{fixture_with, Fixture};
+use server::hub::{PageEvent, StateEvent};
+
+fn model_settings() -> chat::Settings {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "{} is missing: run `make model`", model.display());
+    chat::Settings {
+        model_path: Some(model),
+        temperature: Some(0.0),
+        max_tokens: 24,
+        context_len: 2048,
+        ..chat::Settings::default()
+    }
+}
+
+async fn ready() -> Fixture {
+    let f = fixture_with(Some(&model_settings()));
+    let start = Instant::now();
+    while !f.server.chat().model_state().is_ready() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the model loads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f
+}
+
+async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The questions of the chips in `html`, in order.
+fn chips(html: &str) -> Vec<String> {
+    html.split("<button class=\"chip\"")
+        .skip(1)
+        .map(|b| b[b.find('>').unwrap() + 1..b.find("</button>").unwrap()].to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_up_chips_appear_under_the_answer_send_their_question_and_go_when_typing() {
+    let f = ready().await;
+    let news = Arc::new(Mutex::new(Vec::new()));
+    let seen = news.clone();
+    f.server.hub().listen(move |e| {
+        if let PageEvent::State(s) = e {
+            seen.lock().unwrap().push(s.clone());
+        }
+    });
+    let cid = f.new_chat().await;
+    let (status, _) = f
+        .htmx("POST", &format!("/chats/{cid}/messages"), "text=Name+a+fruit.")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let questions = until("follow-ups", || f.server.chat().follow_ups(cid))
+        .await
+        .questions;
+    assert!(!questions.is_empty(), "this question gets suggestions");
+    let told = StateEvent {
+        chat: Some(cid),
+        ..StateEvent::trigger("follow-ups-changed")
+    };
+    assert!(news.lock().unwrap().contains(&told), "the page is told");
+
+    let (_, fragment) = f.htmx("GET", &format!("/chats/{cid}/follow-ups"), "").await;
+    assert_eq!(chips(&fragment), questions, "{fragment}");
+    for q in &questions {
+        // Each chip sends its question as the composer would.
+        assert!(fragment.contains(&format!("name=\"text\" value=\"{q}\"")), "{fragment}");
+    }
+    assert_eq!(
+        fragment.matches(&format!("hx-post=\"/chats/{cid}/messages\"")).count(),
+        questions.len()
+    );
+    // The chat pane shows them below the messages, refreshed when the chat's news says so.
+    let (_, pane) = f.htmx("GET", &format!("/chats/{cid}"), "").await;
+    let container = &pane[pane.find("id=\"follow-ups-").expect("the container")..];
+    assert!(
+        container.contains(&format!("follow-ups-changed[detail.chat=={cid}] from:body")),
+        "{container}"
+    );
+    assert_eq!(chips(container), questions);
+
+    // Typing dismisses them.
+    let (status, _) = f
+        .htmx("POST", &format!("/chats/{cid}/follow-ups/dismiss"), "")
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, fragment) = f.htmx("GET", &format!("/chats/{cid}/follow-ups"), "").await;
+    assert!(chips(&fragment).is_empty(), "{fragment}");
+}

@@ -24,7 +24,9 @@ pub enum AppEvent {
     SettingsChanged(Box<Settings>),
     /// The chat's follow-up suggestions appeared or went away: read them with
     /// [`crate::ChatApp::follow_ups`].
-    FollowUpsChanged { chat_id: ChatId },
+    FollowUpsChanged {
+        chat_id: ChatId,
+    },
 }
 
 impl AppEvent {

@@ -310,7 +310,10 @@ mod app_tests {
         assert!(h.app.dismiss_follow_ups(chat.id));
         assert!(h.app.follow_ups(chat.id).is_none());
         assert_eq!(h.changes(chat.id), 2);
-        assert!(!h.app.dismiss_follow_ups(chat.id), "nothing left to dismiss");
+        assert!(
+            !h.app.dismiss_follow_ups(chat.id),
+            "nothing left to dismiss"
+        );
     }
 
     #[test]

@@ -8,13 +8,13 @@ use crate::app::ChatApp;
 use crate::commands::{self, Parsed};
 use crate::core::Turn;
 use crate::error::{ChatError, Result};
+use crate::followups::FollowUps;
 use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::tools::builtin::Builtins;
 use crate::tools::{ToolUse, Tools};
 use crate::views::SendOutcome;
-use crate::followups::FollowUps;
 use crate::worker::{FollowUpRequest, GenerationJob, JobEvent, ModelState, Prompt};
 
 /// Longest message accepted from the composer.

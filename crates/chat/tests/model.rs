@@ -429,7 +429,10 @@ fn follow_ups_are_generated_on_the_cached_prefix_and_go_when_the_user_sends() {
     // Structure, not wording: at most three short, distinct, non-empty lines.
     assert!(f.questions.len() <= 3, "{:?}", f.questions);
     for q in &f.questions {
-        assert!(!q.is_empty() && q.chars().count() <= 120 && !q.contains('\n'), "{q:?}");
+        assert!(
+            !q.is_empty() && q.chars().count() <= 120 && !q.contains('\n'),
+            "{q:?}"
+        );
     }
     let mut distinct = f.questions.clone();
     distinct.dedup();

@@ -13,7 +13,11 @@ use server::hub::{PageEvent, StateEvent};
 fn model_settings() -> chat::Settings {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(model.exists(), "{} is missing: run `make model`", model.display());
+    assert!(
+        model.exists(),
+        "{} is missing: run `make model`",
+        model.display()
+    );
     chat::Settings {
         model_path: Some(model),
         temperature: Some(0.0),
@@ -64,7 +68,11 @@ async fn follow_up_chips_appear_under_the_answer_send_their_question_and_go_when
     });
     let cid = f.new_chat().await;
     let (status, _) = f
-        .htmx("POST", &format!("/chats/{cid}/messages"), "text=Name+a+fruit.")
+        .htmx(
+            "POST",
+            &format!("/chats/{cid}/messages"),
+            "text=Name+a+fruit.",
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let questions = until("follow-ups", || f.server.chat().follow_ups(cid))
@@ -81,10 +89,15 @@ async fn follow_up_chips_appear_under_the_answer_send_their_question_and_go_when
     assert_eq!(chips(&fragment), questions, "{fragment}");
     for q in &questions {
         // Each chip sends its question as the composer would.
-        assert!(fragment.contains(&format!("name=\"text\" value=\"{q}\"")), "{fragment}");
+        assert!(
+            fragment.contains(&format!("name=\"text\" value=\"{q}\"")),
+            "{fragment}"
+        );
     }
     assert_eq!(
-        fragment.matches(&format!("hx-post=\"/chats/{cid}/messages\"")).count(),
+        fragment
+            .matches(&format!("hx-post=\"/chats/{cid}/messages\""))
+            .count(),
         questions.len()
     );
     // The chat pane shows them below the messages, refreshed when the chat's news says so.

@@ -61,7 +61,12 @@ impl Recorder {
 
     /// How many events so far match.
     pub fn count(&self, matches: impl Fn(&AppEvent) -> bool) -> usize {
-        self.events.lock().unwrap().iter().filter(|e| matches(e)).count()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches(e))
+            .count()
     }
 
     /// The stream events of one message, so far.

@@ -119,6 +119,7 @@ mod tests {
                 max_tokens: 1,
                 max_thinking_tokens: None,
                 stop: Vec::new(),
+                speculative: true,
             }
             .validate()
             .unwrap(),

@@ -27,6 +27,9 @@ pub struct Sampling {
     pub max_thinking_tokens: Option<usize>,
     /// Text that ends the answer (not included in it).
     pub stop: Vec<String>,
+    /// Whether the engine may draft tokens and verify them several per pass (the answer is the
+    /// same; see [`engine::Speculative`]). Local models only.
+    pub speculative: bool,
 }
 
 /// Validated [`Sampling`]: only [`Sampling::validate`] makes one.
@@ -152,6 +155,14 @@ impl AnswerParams {
         self.0.max_thinking_tokens
     }
 
+    /// The engine's drafting mode: adaptive when allowed (it drafts only while drafting pays).
+    pub fn speculative(&self) -> engine::Speculative {
+        match self.0.speculative {
+            true => engine::Speculative::Adaptive,
+            false => engine::Speculative::Off,
+        }
+    }
+
     /// The engine's sampler settings: `defaults` (the model family's) with these overrides, and
     /// the fixed seed or else `fresh_seed()`.
     pub fn engine_sampling(
@@ -187,6 +198,7 @@ mod tests {
             max_tokens: 16,
             max_thinking_tokens: None,
             stop: Vec::new(),
+            speculative: true,
         }
     }
 

@@ -52,6 +52,10 @@ pub struct Settings {
     pub seed: Option<u64>,
     /// Longest answer, in tokens.
     pub max_tokens: usize,
+    /// Speculative decoding: draft tokens from the prompt and the answer so far and verify them
+    /// several per pass (the same answers; faster when an answer repeats its prompt). The engine
+    /// drafts only while drafting pays. Local models only.
+    pub speculative: bool,
     /// Thinking mode of new chats.
     pub thinking_default: bool,
     /// Most thinking tokens per answer before the engine closes the thinking and the answer
@@ -94,6 +98,7 @@ impl Default for Settings {
             repeat_penalty: None,
             seed: None,
             max_tokens: 2048,
+            speculative: true,
             thinking_default: true,
             max_thinking_tokens: None,
             system_prompt: String::new(),
@@ -272,6 +277,7 @@ impl Settings {
             max_tokens: self.max_tokens,
             max_thinking_tokens: self.max_thinking_tokens,
             stop: Vec::new(),
+            speculative: self.speculative,
         }
     }
 
@@ -323,6 +329,7 @@ impl Settings {
         );
         note(self.seed != new.seed, "seed", Live);
         note(self.max_tokens != new.max_tokens, "max_tokens", Live);
+        note(self.speculative != new.speculative, "speculative", Live);
         note(
             self.thinking_default != new.thinking_default,
             "thinking_default",
@@ -369,13 +376,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(SETTINGS_FILE);
         assert_eq!(Settings::load(&path).unwrap(), Settings::default());
+        assert!(Settings::default().speculative, "drafting is on by default");
         let s = Settings {
             temperature: Some(0.2),
             system_prompt: "Be brief.".into(),
+            speculative: false,
             ..Settings::default()
         };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
+        assert_eq!(
+            s.answer_params().unwrap().speculative(),
+            engine::Speculative::Off
+        );
+        assert_eq!(
+            Settings::default().answer_params().unwrap().speculative(),
+            engine::Speculative::Adaptive
+        );
         assert!(!path.with_extension("json.tmp").exists());
         assert_eq!(s.quick_chat_shortcut, "CommandOrControl+Shift+Space");
         assert_eq!(s.context_len, 8192);
@@ -389,6 +406,10 @@ mod tests {
         let s = Settings::load(&path).unwrap();
         assert_eq!(s.top_k, Some(5));
         assert_eq!(s.max_tokens, Settings::default().max_tokens);
+        assert!(s.speculative, "a file from before the setting drafts");
+        std::fs::write(&path, r#"{"speculative": "no"}"#).unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("expected a boolean"), "{err}");
         std::fs::write(&path, r#"{"top_p": 2.0}"#).unwrap();
         let err = Settings::load(&path).unwrap_err().to_string();
         assert!(err.contains("top_p") && err.contains("(0, 1]"), "{err}");
@@ -500,8 +521,9 @@ mod tests {
         assert!(old.diff(&new).is_empty());
         new.temperature = Some(0.1);
         new.system_prompt = "x".into();
+        new.speculative = false;
         let d = old.diff(&new);
-        assert!(!d.needs_reload() && !d.needs_restart() && d.changes.len() == 2);
+        assert!(!d.needs_reload() && !d.needs_restart() && d.changes.len() == 3);
         new.kv_cache = engine::KvType::F32;
         let kv = Change {
             field: "kv_cache",

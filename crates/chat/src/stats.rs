@@ -33,6 +33,12 @@ pub struct MessageStats {
     pub completion_tokens: usize,
     /// Prompt tokens reused from the KV cache (the previous turn's prefix).
     pub cached_tokens: usize,
+    /// Speculative decoding: tokens drafted and verified, and how many of them were the answer's
+    /// (0 and 0 when nothing was drafted). Absent from answers stored before drafting existed.
+    #[serde(default)]
+    pub drafted_tokens: usize,
+    #[serde(default)]
+    pub accepted_drafts: usize,
     pub time_to_first_token_ms: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
@@ -62,6 +68,8 @@ impl MessageStats {
             prompt_tokens: self.prompt_tokens,
             completion_tokens,
             cached_tokens: self.cached_tokens,
+            drafted_tokens: self.drafted_tokens + next.drafted_tokens,
+            accepted_drafts: self.accepted_drafts + next.accepted_drafts,
             time_to_first_token_ms: self.time_to_first_token_ms,
             prefill_ms,
             decode_ms,

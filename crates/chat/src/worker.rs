@@ -967,7 +967,7 @@ fn generate(
         ignore_eos: false,
         start_in_thinking: open,
         max_thinking_tokens: p.max_thinking_tokens(),
-        speculative: engine::Speculative::Adaptive,
+        speculative: p.speculative(),
     };
     let out = engine
         .generate(
@@ -987,6 +987,8 @@ fn generate(
         prompt_tokens: out.usage.prompt_tokens,
         completion_tokens: out.usage.completion_tokens,
         cached_tokens: out.usage.cached_tokens,
+        drafted_tokens: out.usage.drafted_tokens,
+        accepted_drafts: out.usage.accepted_drafts,
         time_to_first_token_ms: t.time_to_first_token_ms,
         prefill_ms: t.prefill_ms,
         decode_ms: t.decode_ms,

@@ -104,6 +104,47 @@ fn a_chat_round_trip_streams_tokens_then_stats_and_complete_and_stores_the_answe
 }
 
 #[test]
+fn the_speculative_setting_drafts_or_not_and_the_stats_say_which() {
+    // An answer that copies its prompt: what the drafter proposes for. Greedy, so the answer
+    // must be the same either way.
+    const ASK: &str = "Repeat this text exactly, word for word:\n\nThe quick brown fox jumps over \
+        the lazy dog. The dog sleeps in the sun all afternoon, and the fox runs back into the \
+        forest before the farmer comes home.";
+    let dir = tempfile::tempdir().unwrap();
+    let (app, rec) = open(dir.path(), Some(&model_settings(40)));
+    assert!(app.settings().speculative, "on by default");
+    assert!(rec.wait_model(LOAD).is_ready());
+    let answer = |app: &chat::ChatApp| {
+        let chat = app.create_chat().unwrap();
+        let id = send(app, chat.id, ASK);
+        let stats = stats_of(&rec.wait_done(id, ANSWER));
+        let view = app.chat(chat.id).unwrap();
+        let stored = view.messages.iter().find(|m| m.id == id).unwrap();
+        let kept = stored.stats.as_ref().expect("stored stats");
+        assert_eq!(
+            (kept.drafted_tokens, kept.accepted_drafts),
+            (stats.drafted_tokens, stats.accepted_drafts),
+            "stored as streamed"
+        );
+        (stored.content.clone(), stats)
+    };
+    let (drafted, on) = answer(&app);
+    assert!(
+        on.drafted_tokens > 0 && on.accepted_drafts > 0 && on.accepted_drafts <= on.drafted_tokens,
+        "{on:?}"
+    );
+    let off_settings = Settings {
+        speculative: false,
+        ..app.settings()
+    };
+    assert!(!app.update_settings(off_settings).unwrap().needs_reload());
+    let (plain, off) = answer(&app);
+    assert_eq!((off.drafted_tokens, off.accepted_drafts), (0, 0), "{off:?}");
+    assert_eq!(plain, drafted, "drafting changes no greedy token");
+    assert_eq!(off.completion_tokens, on.completion_tokens);
+}
+
+#[test]
 fn the_second_turn_reuses_the_cached_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let (app, rec) = open(dir.path(), Some(&model_settings(8)));
@@ -271,6 +312,7 @@ fn api_job(
         max_tokens,
         max_thinking_tokens: None,
         stop: Vec::new(),
+        speculative: true,
     }
     .validate()
     .unwrap();

@@ -201,6 +201,7 @@ fn params(max_tokens: usize) -> chat::AnswerParams {
         max_tokens,
         max_thinking_tokens: None,
         stop: Vec::new(),
+        speculative: true,
     }
     .validate()
     .unwrap()

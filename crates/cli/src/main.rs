@@ -321,6 +321,8 @@ fn run(cli: Cli) -> Result<()> {
                         max_tokens,
                         max_thinking_tokens: None,
                         stop,
+                        // The endpoint decodes as it does: nothing to send.
+                        speculative: sampling.speculative == Switch::On,
                     },
                     json,
                 };

@@ -115,6 +115,7 @@ fn sampling(tokens: usize) -> Sampling {
         max_tokens: tokens,
         max_thinking_tokens: None,
         stop: Vec::new(),
+        speculative: true,
     }
 }
 

@@ -149,7 +149,9 @@ fn format_secs(s: f64) -> String {
     }
 }
 
-/// `42 tokens · 35.1 tok/s · first token 120 ms`
+/// `42 tokens · 35.1 tok/s · first token 120 ms`, then `· 12 drafted tokens accepted of 20`
+/// when speculative decoding drafted any (the accepted ones are why the rate can pass plain
+/// decoding's).
 pub fn stats_line(s: &MessageStats) -> String {
     let mut line = format!(
         "{} tokens · {:.1} tok/s",
@@ -159,6 +161,12 @@ pub fn stats_line(s: &MessageStats) -> String {
         line.push_str(&format!(
             " · first token {:.0} ms",
             s.time_to_first_token_ms
+        ));
+    }
+    if s.drafted_tokens > 0 {
+        line.push_str(&format!(
+            " · {} drafted tokens accepted of {}",
+            s.accepted_drafts, s.drafted_tokens
         ));
     }
     line
@@ -255,6 +263,25 @@ mod tests {
         assert_eq!(
             stats_line(&s),
             "42 tokens · 35.1 tok/s · first token 120 ms"
+        );
+        let drafted = MessageStats {
+            drafted_tokens: 20,
+            accepted_drafts: 12,
+            ..s
+        };
+        assert_eq!(
+            stats_line(&drafted),
+            "42 tokens · 35.1 tok/s · first token 120 ms · 12 drafted tokens accepted of 20"
+        );
+        // Drafts proposed and all rejected are still shown: drafting ran and did not pay.
+        let missed = MessageStats {
+            accepted_drafts: 0,
+            ..drafted
+        };
+        assert!(
+            stats_line(&missed).ends_with(" · 0 drafted tokens accepted of 20"),
+            "{}",
+            stats_line(&missed)
         );
     }
 }

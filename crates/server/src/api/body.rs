@@ -159,8 +159,13 @@ impl Body {
     }
 
     /// The sampling fields (OpenAI's, and llama.cpp's `top_k`, `min_p`, `repeat_penalty`),
-    /// validated with the same ranges as the settings; `max_tokens` when none is given.
-    pub fn sampling(&self, default_max_tokens: usize) -> Result<AnswerParams, ApiError> {
+    /// validated with the same ranges as the settings; `max_tokens` when none is given. Whether
+    /// the engine drafts is the settings' `speculative` (no API field: the answer is the same).
+    pub fn sampling(
+        &self,
+        default_max_tokens: usize,
+        speculative: bool,
+    ) -> Result<AnswerParams, ApiError> {
         let max = match self.u64("max_completion_tokens")? {
             Some(n) => Some(n),
             None => self.u64("max_tokens")?,
@@ -175,6 +180,7 @@ impl Body {
             max_tokens: max.map_or(default_max_tokens, |n| n as usize),
             max_thinking_tokens: None,
             stop: self.stop()?,
+            speculative,
         };
         sampling.validate().map_err(|e| match e {
             ChatError::InvalidSetting { field, reason } => {

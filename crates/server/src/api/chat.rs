@@ -280,7 +280,8 @@ pub(super) async fn completions(
     let body = Body::parse(&headers, body, FIELDS)?;
     let requested = body.model()?;
     let messages = messages(&body)?;
-    let params = body.sampling(s.chat().settings().max_tokens)?;
+    let settings = s.chat().settings();
+    let params = body.sampling(settings.max_tokens, settings.speculative)?;
     let stream = body.bool("stream")?.unwrap_or(false);
     let include_usage = body.include_usage(stream)?;
     let prompt = Prompt::Chat {

@@ -132,7 +132,7 @@ pub(super) async fn completions(
     let body = Body::parse(&headers, body, FIELDS)?;
     let requested = body.model()?;
     let text = prompt(&body)?;
-    let params = body.sampling(DEFAULT_MAX_TOKENS)?;
+    let params = body.sampling(DEFAULT_MAX_TOKENS, s.chat().settings().speculative)?;
     let stream = body.bool("stream")?.unwrap_or(false);
     let include_usage = body.include_usage(stream)?;
     let model = loaded(&s)?.named(requested)?;

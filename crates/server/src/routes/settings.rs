@@ -161,6 +161,7 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "top_p": opt(s.top_p.map(|v| v.to_string())),
         "top_k": opt(s.top_k.map(|v| v.to_string())),
         "repeat_penalty": opt(s.repeat_penalty.map(|v| v.to_string())),
+        "speculative": s.speculative,
         "thinking": s.thinking_default,
         "follow_ups": s.follow_ups.enabled,
         "max_thinking_tokens": opt(s.max_thinking_tokens.map(|v| v.to_string())),
@@ -243,6 +244,7 @@ pub fn settings_from_form(
     s.top_p = field(form, "top_p", "Top-p")?;
     s.top_k = field(form, "top_k", "Top-k")?;
     s.repeat_penalty = field(form, "repeat_penalty", "Repetition penalty")?;
+    s.speculative = form.get("speculative").is_some_and(|v| v == "on");
     s.thinking_default = form.get("thinking").is_some_and(|v| v == "on");
     s.follow_ups.enabled = form.get("follow_ups").is_some_and(|v| v == "on");
     s.max_thinking_tokens = field(form, "max_thinking_tokens", "Thinking budget")?;
@@ -319,6 +321,8 @@ mod tests {
             device: engine::DeviceSpec::Cuda(1),
             backend: Some(engine::BackendKind::Candle),
             system_prompt: "Be brief.".into(),
+            // Unchecked, so absent from the form: the default (on) must turn off.
+            speculative: false,
             model_source: ModelSource::Endpoint,
             endpoint: chat::Endpoint {
                 base_url: "http://gpu-box:8080/v1".into(),
@@ -351,6 +355,9 @@ mod tests {
         off.remove("server_enabled");
         let saved = settings_from_form(&s, &off).unwrap();
         assert!(!saved.local_server.enabled, "an unchecked box turns it off");
+        let mut on = f.clone();
+        on.insert("speculative".into(), "on".into());
+        assert!(settings_from_form(&s, &on).unwrap().speculative);
         // No device radio checked (the saved one is not offered here): the device stays.
         off.remove("device");
         assert_eq!(settings_from_form(&s, &off).unwrap().device, s.device);

@@ -4,14 +4,17 @@
 //! and a consumer of the frames, as the desktop shell is).
 //!
 //! `cargo bench -p smollm3-chat --bench inapp -- [--model PATH] [--gen N] [--reps N]
-//! [--threads N] [--kv-cache f16|f32]`. Each repetition sends a new prompt (so neither side reuses
+//! [--threads N] [--kv-cache f16|f32] [--neighbour none|cpu|memory]`. Each repetition sends a new prompt (so neither side reuses
 //! a whole cached prompt) to both, alternating which goes first; the table gives medians.
 //! Time to first token is from the request (the engine's call, the app's `send`) to the first
 //! token (the engine's callback, the consumer's first frame with text); decode is tokens per
 //! second after the first, over the same span for both: the engine's callbacks, the
-//! consumer's frames.
+//! consumer's frames. `--neighbour` runs a competing process for the whole measurement, as a
+//! user's other programs (or the app's own webview) would: `cpu` keeps one core busy, `memory`
+//! streams through a buffer far larger than the caches.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,86 @@ struct Args {
     reps: usize,
     threads: usize,
     kv_cache: engine::KvType,
+    neighbour: Neighbour,
+}
+
+/// The competing process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Neighbour {
+    None,
+    /// One core's worth of arithmetic, nothing in memory.
+    Cpu,
+    /// One thread reading and writing a 256 MiB buffer over and over: it takes a core and a share
+    /// of the memory bandwidth decoding depends on.
+    Memory,
+}
+
+impl std::str::FromStr for Neighbour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Neighbour::None),
+            "cpu" => Ok(Neighbour::Cpu),
+            "memory" => Ok(Neighbour::Memory),
+            other => Err(format!("{other:?} is not none, cpu or memory")),
+        }
+    }
+}
+
+impl Neighbour {
+    fn name(self) -> &'static str {
+        match self {
+            Neighbour::None => "none",
+            Neighbour::Cpu => "cpu",
+            Neighbour::Memory => "memory",
+        }
+    }
+
+    /// Starts it as a separate process (this executable with `--burn`), so the scheduler sees
+    /// another program, not a thread of ours.
+    fn start(self) -> Option<Burner> {
+        if self == Neighbour::None {
+            return None;
+        }
+        let exe = std::env::current_exe().expect("the bench's own path");
+        let child = Command::new(exe)
+            .args(["--burn", self.name()])
+            .spawn()
+            .expect("the neighbour starts");
+        Some(Burner(child))
+    }
+
+    /// The neighbour's work, until it is killed.
+    fn burn(self) -> ! {
+        match self {
+            Neighbour::Cpu => {
+                let mut x = 1u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            Neighbour::Memory => {
+                let mut buf = vec![1u64; 32 << 20];
+                loop {
+                    for v in buf.iter_mut() {
+                        *v = v.wrapping_add(1);
+                    }
+                    std::hint::black_box(&mut buf);
+                }
+            }
+            Neighbour::None => std::process::exit(0),
+        }
+    }
+}
+
+/// The running neighbour, killed when the measurement ends (or panics).
+struct Burner(Child);
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,6 +117,7 @@ fn parse() -> Result<Args, String> {
         reps: 5,
         threads: 0,
         kv_cache: engine::KvType::default(),
+        neighbour: Neighbour::None,
     };
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = it.next() {
@@ -45,6 +129,7 @@ fn parse() -> Result<Args, String> {
             "--reps" => a.reps = value()?.parse().map_err(|e| bad(&e))?,
             "--threads" => a.threads = value()?.parse().map_err(|e| bad(&e))?,
             "--kv-cache" => a.kv_cache = value()?.parse().map_err(|e: String| bad(&e))?,
+            "--neighbour" => a.neighbour = value()?.parse().map_err(|e: String| bad(&e))?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -208,6 +293,18 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, kind] = args.as_slice() {
+        if flag == "--burn" {
+            match kind.parse::<Neighbour>() {
+                Ok(n) => n.burn(),
+                Err(e) => {
+                    eprintln!("inapp --burn: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
     let a = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -251,6 +348,7 @@ fn main() {
     };
     let mut engine = Engine::load(&a.model, &opts).expect("the model loads");
 
+    let neighbour = a.neighbour.start();
     let (mut ours, mut apps) = (Vec::new(), Vec::new());
     for rep in 0..a.reps {
         let text = prompt(rep);
@@ -266,6 +364,7 @@ fn main() {
             ours[rep], apps[rep]
         );
     }
+    drop(neighbour);
     app.shutdown();
     let row = |name: &str, runs: &[Run]| {
         let ttft = median(runs.iter().map(|r| r.ttft_ms).collect());
@@ -276,8 +375,12 @@ fn main() {
         (ttft, tok_s)
     };
     println!(
-        "{} threads, KV cache {}, {} reps, up to {} tokens",
-        threads, a.kv_cache, a.reps, a.gen
+        "{} threads, KV cache {}, {} reps, up to {} tokens, neighbour {}",
+        threads,
+        a.kv_cache,
+        a.reps,
+        a.gen,
+        a.neighbour.name()
     );
     println!(
         "| path | prompt tokens | answer tokens | time to first token (ms) | decode (tok/s) |"

@@ -23,7 +23,7 @@ use crate::settings::{ModelSource, Settings, SettingsDiff};
 use crate::store::{Chat, ChatId, Store};
 use crate::stream;
 use crate::views::{AppStatus, ChatView};
-use crate::worker::{EngineStatus, LoadRequest, ModelState, StateSink, Worker};
+use crate::worker::{EngineStatus, LoadError, LoadRequest, ModelState, StateSink, Worker};
 
 pub(crate) struct Inner {
     pub core: Arc<Core>,
@@ -187,9 +187,7 @@ impl ChatApp {
         match crashed {
             Some(path) => app.inner.worker.fail(
                 path,
-                "the app closed while loading this model last time; it was not loaded again \
-                 automatically"
-                    .into(),
+                LoadError::ClosedWhileLoading,
                 app.settings().placement()?,
             ),
             None => app.reload_model()?,

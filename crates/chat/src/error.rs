@@ -44,9 +44,9 @@ pub enum ChatError {
     /// The chat is still producing an answer.
     #[error("this chat is still answering; wait for it or press Stop")]
     Busy(ChatId),
-    /// No model is loaded (or it failed to load); the text says why and what to do.
-    #[error("{0}")]
-    ModelNotReady(String),
+    /// No model is loaded (or it failed to load), in this state; its text says why and what to do.
+    #[error("{}", .0.describe())]
+    ModelNotReady(Box<crate::worker::ModelState>),
     #[error("cannot reach the endpoint {url}: {reason}. Check its address in Settings and that the server runs")]
     EndpointUnreachable { url: String, reason: String },
     #[error("the endpoint {url} sent nothing for {secs} s (the timeout in Settings)")]

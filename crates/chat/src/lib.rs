@@ -72,5 +72,5 @@ pub use store::{Chat, ChatId, Message, MessageId, MessageKind, MessageStatus, Ro
 pub use tools::{ToolRecord, ToolStatus, Tools};
 pub use views::{AppStatus, ChatView, CommandAction, SendOutcome};
 pub use worker::{
-    EngineStatus, FollowUpRequest, GenerationJob, JobError, JobEvent, ModelState, Prompt,
+    EngineStatus, FollowUpRequest, GenerationJob, JobError, JobEvent, LoadError, ModelState, Prompt,
 };

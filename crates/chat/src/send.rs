@@ -52,7 +52,7 @@ impl ChatApp {
             | ModelState::Loading { .. }
             | ModelState::Remote { .. }
             | ModelState::Connecting { .. } => Ok(()),
-            other => Err(ChatError::ModelNotReady(other.describe())),
+            other => Err(ChatError::ModelNotReady(Box::new(other))),
         }
     }
 
@@ -210,7 +210,7 @@ impl ChatApp {
     pub fn submit(&self, job: GenerationJob) -> Result<()> {
         match self.model_state() {
             ModelState::Ready { .. } | ModelState::Remote { .. } => self.inner.worker.generate(job),
-            other => Err(ChatError::ModelNotReady(other.describe())),
+            other => Err(ChatError::ModelNotReady(Box::new(other))),
         }
     }
 

@@ -54,7 +54,8 @@ pub enum ModelState {
     /// possible; nothing is loaded on another device instead.
     Failed {
         path: PathBuf,
-        error: String,
+        #[serde(serialize_with = "serialize_display")]
+        error: LoadError,
         #[serde(serialize_with = "crate::device::serialize_placement")]
         placement: Placement,
     },
@@ -63,7 +64,43 @@ pub enum ModelState {
     /// A remote endpoint answers, with `model`.
     Remote { url: String, model: String },
     /// The endpoint cannot be used; `error` says why. Connecting again (retry) is always possible.
-    RemoteFailed { url: String, error: String },
+    RemoteFailed {
+        url: String,
+        #[serde(serialize_with = "serialize_display")]
+        error: Arc<ChatError>,
+    },
+}
+
+/// Why a model is not loaded. Typed until it is shown; JSON has its text.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The engine refused the file or the device (not a GGUF, an architecture it lacks, not
+    /// enough memory, a driver's error, ...).
+    #[error(transparent)]
+    Engine(Arc<engine::EngineError>),
+    /// The engine panicked while loading; the text is the panic's.
+    #[error("the engine crashed while loading: {0}")]
+    Crashed(String),
+    /// The app ended while loading this model last time (it may abort the process): it is not
+    /// loaded again until the user asks.
+    #[error(
+        "the app closed while loading this model last time; it was not loaded again automatically"
+    )]
+    ClosedWhileLoading,
+}
+
+impl From<engine::EngineError> for LoadError {
+    fn from(e: engine::EngineError) -> Self {
+        LoadError::Engine(Arc::new(e))
+    }
+}
+
+/// An error in JSON: its text, as the user reads it.
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 impl ModelState {
@@ -183,9 +220,9 @@ pub enum JobError {
         prompt_tokens: usize,
         context_len: usize,
     },
-    /// No model to run it on; the text is the model's state.
-    #[error("{0}")]
-    NoModel(String),
+    /// No model to run it on, in this state.
+    #[error("{}", .0.describe())]
+    NoModel(Box<ModelState>),
     /// The remote endpoint refused or failed.
     #[error(transparent)]
     Remote(Arc<ChatError>),
@@ -357,7 +394,7 @@ impl Worker {
 
     /// Puts the worker in the `Failed` state for `path` on `placement` without loading it (a
     /// load that ended the app last time); a retry loads it.
-    pub fn fail(&self, path: PathBuf, error: String, placement: Placement) {
+    pub fn fail(&self, path: PathBuf, error: LoadError, placement: Placement) {
         self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
         self.shared.set_state(ModelState::Failed {
             path,
@@ -455,7 +492,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                         tracing::warn!(%url, error = %e, "endpoint check failed");
                         shared.set_state(ModelState::RemoteFailed {
                             url,
-                            error: e.to_string(),
+                            error: Arc::new(e),
                         });
                     }
                 }
@@ -511,9 +548,9 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 // The answer's text (of its last step), for the follow-ups' conversation.
                 let said = job.follow_ups.is_some().then(|| record_answer(&mut job));
                 let outcome = match backend.as_mut() {
-                    None => Err(Failure::Failed(JobError::NoModel(
-                        shared.state.lock().unwrap().describe(),
-                    ))),
+                    None => Err(Failure::Failed(JobError::NoModel(Box::new(
+                        shared.state.lock().unwrap().clone(),
+                    )))),
                     Some(backend) => answer(backend, &mut job),
                 };
                 match outcome {
@@ -567,7 +604,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
     }
 }
 
-fn load(req: &LoadRequest) -> Result<Engine, String> {
+fn load(req: &LoadRequest) -> Result<Engine, LoadError> {
     let opts = EngineOptions {
         context_len: req.context_len,
         kv_type: req.kv_type,
@@ -575,8 +612,8 @@ fn load(req: &LoadRequest) -> Result<Engine, String> {
         ..Default::default()
     };
     catch_unwind(AssertUnwindSafe(|| Engine::load(&req.path, &opts)))
-        .map_err(|panic| format!("the engine crashed while loading: {}", panic_text(panic)))?
-        .map_err(|e| e.to_string())
+        .map_err(|panic| LoadError::Crashed(panic_text(panic)))?
+        .map_err(LoadError::from)
 }
 
 /// The template variables of a chat's answer besides its messages.
@@ -1037,7 +1074,7 @@ pub(crate) mod scripted {
                 .map_err(|e| Failure::Refused(e.into()))?;
             self.prompts.lock().unwrap().push(prompt);
             let reply = self.replies.pop_front().ok_or_else(|| {
-                Failure::Failed(JobError::NoModel("the script has no more replies".into()))
+                Failure::Failed(JobError::Crashed("the script has no more replies".into()))
             })?;
             let mut stats = MessageStats {
                 finish: Some(Finish::Stop),
@@ -1083,5 +1120,30 @@ mod tests {
         let a = random_seed();
         std::thread::sleep(std::time::Duration::from_millis(1));
         assert_ne!(a, random_seed());
+    }
+
+    /// The typed errors of a state reach JSON (the status API, the shell) as their text.
+    #[test]
+    fn failed_states_serialise_their_errors_as_text() {
+        let failed = ModelState::Failed {
+            path: "m.gguf".into(),
+            error: engine::EngineError::UnsupportedModel("architecture \"x\"".into()).into(),
+            placement: Placement::default(),
+        };
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["error"], "unsupported model: architecture \"x\"");
+        let remote = ModelState::RemoteFailed {
+            url: "http://h/v1".into(),
+            error: Arc::new(ChatError::EndpointTimeout {
+                url: "http://h/v1".into(),
+                secs: 5,
+            }),
+        };
+        let json = serde_json::to_value(&remote).unwrap();
+        assert_eq!(
+            json["error"],
+            "the endpoint http://h/v1 sent nothing for 5 s (the timeout in Settings)"
+        );
     }
 }

@@ -4,8 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chat::{ChatError, EventKind, MessageStatus, ModelState, SendOutcome, Settings};
+use chat::{ChatError, EventKind, LoadError, MessageStatus, ModelState, SendOutcome, Settings};
 use common::{final_status, model_settings, open, run, tokens};
+use engine::EngineError;
 
 const LOAD: Duration = Duration::from_secs(60);
 const ANSWER: Duration = Duration::from_secs(60);
@@ -248,12 +249,26 @@ fn a_missing_model_fails_with_the_reason_and_a_retry_loads_the_right_one() {
         panic!("{:?}", app.model_state())
     };
     assert_eq!(path, missing);
+    // The engine's own error, typed: the file could not be read.
+    let LoadError::Engine(engine_error) = &error else {
+        panic!("{error:?}")
+    };
     assert!(
-        error.contains("cannot read") && error.contains("model.gguf"),
-        "{error}"
+        matches!(&**engine_error, EngineError::Io { path, .. } if *path == missing),
+        "{engine_error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("cannot read") && text.contains("model.gguf"),
+        "{text}"
     );
     let chat = app.create_chat().unwrap();
-    let err = app.send(chat.id, "hello").unwrap_err().to_string();
+    let err = app.send(chat.id, "hello").unwrap_err();
+    assert!(
+        matches!(&err, ChatError::ModelNotReady(state) if matches!(**state, ModelState::Failed { .. })),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("could not be loaded") && err.contains("retry"),
         "{err}"
@@ -285,7 +300,14 @@ fn a_malformed_model_file_fails_cleanly() {
     let ModelState::Failed { error, .. } = rec.wait_model(LOAD) else {
         panic!("{:?}", app.model_state())
     };
-    assert!(error.contains("not a valid GGUF file"), "{error}");
+    assert!(
+        matches!(&error, LoadError::Engine(e) if matches!(**e, EngineError::Gguf { .. })),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("not a valid GGUF file"),
+        "{error}"
+    );
     let chat = app.create_chat().unwrap();
     assert!(matches!(
         app.send(chat.id, "/status").unwrap(),
@@ -406,8 +428,13 @@ fn the_device_setting_reaches_the_worker_and_a_gpu_this_build_lacks_is_refused_w
     };
     assert_eq!(placement.device(), DeviceSpec::Cuda(0));
     assert!(
-        error.contains("CUDA") && error.contains("make build-cuda"),
-        "{error}"
+        matches!(error, LoadError::Engine(e) if matches!(**e, EngineError::Device(_))),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("CUDA") && text.contains("make build-cuda"),
+        "{text}"
     );
     let told = state.describe();
     assert!(

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat::{ChatApp, ChatError, ModelState, Settings};
+use chat::{ChatApp, ChatError, LoadError, ModelState, Settings};
 use common::{paths, Recorder};
 
 fn open(dir: &std::path::Path) -> Result<(ChatApp, Arc<Recorder>), ChatError> {
@@ -152,7 +152,7 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
         panic!("loaded again by itself: {state:?}")
     };
     assert_eq!(path, fifo);
-    assert!(error.contains("closed while loading"), "{error}");
+    assert!(matches!(error, LoadError::ClosedWhileLoading), "{error:?}");
     assert!(
         app.notices()
             .iter()
@@ -181,7 +181,13 @@ fn a_load_that_ended_the_app_is_not_repeated_at_the_next_start() {
     drop(app);
     let (app, _rec) = open(dir.path()).unwrap();
     assert!(
-        !matches!(&app.model_state(), ModelState::Failed { error, .. } if error.contains("closed while loading")),
+        !matches!(
+            &app.model_state(),
+            ModelState::Failed {
+                error: LoadError::ClosedWhileLoading,
+                ..
+            }
+        ),
         "{:?}",
         app.model_state()
     );

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use chat::{ModelState, Settings};
+use chat::{LoadError, ModelState, Settings};
 use common::{fixture, fixture_with, Fixture};
 use engine::{BackendKind, DeviceSpec};
 
@@ -166,6 +166,11 @@ async fn a_gpu_that_fails_says_why_and_offers_the_cpu_in_one_click() {
     let ModelState::Failed { error, .. } = &state else {
         panic!("never a silent CPU load: {state:?}")
     };
+    assert!(
+        matches!(error, LoadError::Engine(e) if matches!(**e, engine::EngineError::Device(_))),
+        "{error:?}"
+    );
+    let error = error.to_string();
     assert!(error.contains("make build-cuda"), "{error}");
     let (_, banner) = f.htmx("GET", "/model/banner", "").await;
     assert!(

@@ -204,7 +204,11 @@ async fn the_settings_form_makes_an_endpoint_the_model_and_names_a_bad_url() {
         match f.server.chat().model_state() {
             chat::ModelState::RemoteFailed { url, error } => {
                 assert_eq!(url, "http://127.0.0.1:1/v1");
-                assert!(error.contains("cannot reach"), "{error}");
+                assert!(
+                    matches!(*error, chat::ChatError::EndpointUnreachable { .. }),
+                    "{error:?}"
+                );
+                assert!(error.to_string().contains("cannot reach"), "{error}");
                 break;
             }
             other => assert!(std::time::Instant::now() < deadline, "{other:?}"),

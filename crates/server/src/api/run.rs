@@ -59,7 +59,7 @@ pub(crate) fn start(
         }),
     };
     s.chat().submit(job).map_err(|e| match e {
-        ChatError::ModelNotReady(why) => ApiError::unavailable(why),
+        ChatError::ModelNotReady(state) => ApiError::unavailable(state.describe()),
         other => ApiError::internal(other.to_string()),
     })?;
     Ok(Running {

@@ -163,7 +163,7 @@ mod tests {
 /// Follow-ups through the real chat app with the model's output scripted at the engine's token
 /// boundary (the template, the worker, the core are the real ones).
 #[cfg(test)]
-mod app_tests {
+pub(crate) mod app_tests {
     use std::collections::VecDeque;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
@@ -174,14 +174,14 @@ mod app_tests {
     use crate::worker::scripted::Scripted;
     use crate::{AppPaths, ChatApp, ModelState, SendOutcome, Settings};
 
-    struct Harness {
-        app: ChatApp,
+    pub(crate) struct Harness {
+        pub app: ChatApp,
         events: Arc<Mutex<Vec<AppEvent>>>,
-        prompts: Arc<Mutex<Vec<String>>>,
+        pub prompts: Arc<Mutex<Vec<String>>>,
         _dir: tempfile::TempDir,
     }
 
-    fn harness(replies: &[&str], follow_ups: FollowUpSettings) -> Harness {
+    pub(crate) fn harness(replies: &[&str], follow_ups: FollowUpSettings) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let paths = AppPaths {
             data_dir: dir.path().join("data"),
@@ -235,7 +235,7 @@ mod app_tests {
     impl Harness {
         /// Sends `text`; returns once the answer is stored and the worker is idle (after its
         /// follow-ups, if any).
-        fn ask(&self, chat_id: ChatId, text: &str) -> MessageId {
+        pub fn ask(&self, chat_id: ChatId, text: &str) -> MessageId {
             let SendOutcome::Generating {
                 assistant_message_id: id,
                 ..
@@ -243,12 +243,17 @@ mod app_tests {
             else {
                 panic!("not an answer")
             };
+            self.wait_idle(chat_id);
+            id
+        }
+
+        /// Waits until the chat's answer is stored and the worker is idle.
+        pub fn wait_idle(&self, chat_id: ChatId) {
             wait(|| {
                 let idle = !self.app.chat(chat_id).unwrap().busy
                     && self.app.inner.worker.status().queued == 0;
                 idle.then_some(())
             });
-            id
         }
 
         fn changes(&self, chat_id: ChatId) -> usize {

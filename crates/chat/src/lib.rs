@@ -28,6 +28,7 @@
 //! [`worker::GenerationJob`] -> [`worker::JobEvent`] -> [`StreamEvent`] -> [`AppEvent`].
 
 pub mod app;
+pub mod branches;
 pub mod commands;
 mod core;
 pub mod device;
@@ -55,6 +56,7 @@ pub mod views;
 pub mod worker;
 
 pub use app::{ChatApp, RunOverrides};
+pub use branches::{Branches, Switch};
 pub use commands::CommandSuggestion;
 pub use error::{ChatError, Result};
 pub use events::{AppEvent, EventSink};

@@ -69,6 +69,20 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE chats ADD COLUMN thinking_budget INTEGER;
     "#,
+    // 4: versions of a chat after an edit (see `branches.rs`). A branch holds what an edit or a
+    // switch replaced, forked after message `after_id` (NULL: from the chat's start); its
+    // messages carry its id, the version shown has NULL.
+    r#"
+    CREATE TABLE branches (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id    INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        after_id   INTEGER,
+        created_at INTEGER NOT NULL                    -- unix ms
+    );
+    CREATE INDEX branches_by_chat ON branches(chat_id, after_id);
+    ALTER TABLE messages ADD COLUMN branch_id INTEGER REFERENCES branches(id) ON DELETE CASCADE;
+    CREATE INDEX messages_by_branch ON messages(branch_id) WHERE branch_id IS NOT NULL;
+    "#,
 ];
 
 /// Brings the schema up to date; returns how many migrations ran.

@@ -124,7 +124,7 @@ impl Store {
         let mut stmt = self.conn().prepare_cached(
             "SELECT m.id, m.chat_id FROM messages_fts
              JOIN messages m ON m.id = messages_fts.rowid
-             WHERE messages_fts MATCH ?1
+             WHERE messages_fts MATCH ?1 AND m.branch_id IS NULL
              ORDER BY rank",
         )?;
         let mut rows = stmt.query(params![fts])?;
@@ -150,7 +150,7 @@ impl Store {
              FROM messages_fts
              JOIN messages m ON m.id = messages_fts.rowid
              JOIN chats c ON c.id = m.chat_id
-             WHERE messages_fts MATCH ?1
+             WHERE messages_fts MATCH ?1 AND m.branch_id IS NULL
                AND (?5 IS NULL OR m.id IN (SELECT value FROM json_each(?5)))
              ORDER BY rank
              LIMIT ?4",

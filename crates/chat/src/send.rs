@@ -24,18 +24,8 @@ impl ChatApp {
     /// Handles the composer's text: a slash command runs (its reply is stored), anything else
     /// is stored as the user's message and an answer is queued.
     pub fn send(&self, chat_id: ChatId, text: &str) -> Result<SendOutcome> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(ChatError::Invalid("type a message first".into()));
-        }
+        let text = checked_text(text)?;
         self.core().dismiss_follow_ups(chat_id);
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(ChatError::Invalid(format!(
-                "the message is too long ({} KiB; at most {} KiB)",
-                text.len() / 1024,
-                MAX_MESSAGE_BYTES / 1024
-            )));
-        }
         match commands::parse(text) {
             Parsed::Message(message) => self.send_message(chat_id, &message),
             Parsed::Command(command) => self.run_command(chat_id, text, command),
@@ -46,7 +36,7 @@ impl ChatApp {
         }
     }
 
-    fn ensure_model_usable(&self) -> Result<()> {
+    pub(crate) fn ensure_model_usable(&self) -> Result<()> {
         match self.model_state() {
             ModelState::Ready { .. }
             | ModelState::Loading { .. }
@@ -75,7 +65,7 @@ impl ChatApp {
 
     /// Queues the generation of `turn`'s answer to the conversation before it; if that fails,
     /// the answer is stored as `failed` with the reason.
-    fn queue_answer(&self, chat_id: ChatId, turn: Turn) -> Result<SendOutcome> {
+    pub(crate) fn queue_answer(&self, chat_id: ChatId, turn: Turn) -> Result<SendOutcome> {
         let answer_id = turn.answer.id;
         self.generation_job(chat_id, &turn)
             .and_then(|job| self.inner.worker.generate(job))
@@ -260,6 +250,22 @@ impl ChatApp {
         })?;
         self.queue_answer(chat_id, turn)
     }
+}
+
+/// The composer's text, trimmed: refused when empty or longer than [`MAX_MESSAGE_BYTES`].
+pub(crate) fn checked_text(text: &str) -> Result<&str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ChatError::Invalid("type a message first".into()));
+    }
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(ChatError::Invalid(format!(
+            "the message is too long ({} KiB; at most {} KiB)",
+            text.len() / 1024,
+            MAX_MESSAGE_BYTES / 1024
+        )));
+    }
+    Ok(text)
 }
 
 pub(crate) fn delta(

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+use crate::branches::Branches;
 use crate::error::{ChatError, Result};
 use crate::migrations;
 use crate::stats::MessageStats;
@@ -106,6 +107,10 @@ pub struct Message {
     /// The answer's tool calls, in order.
     pub tools: Vec<ToolRecord>,
     pub created_at: i64,
+    /// Where it stands among the versions of the chat from here on (after an edit), if there
+    /// are others: see [`crate::branches`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Branches>,
 }
 
 /// A message to add.
@@ -201,6 +206,7 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         // Written only by this code from `ToolRecord`s: a row that does not read is corrupt.
         tools: serde_json::from_str(&text(11)?)
             .map_err(|_| conversion_error(11, "unreadable tool calls"))?,
+        branches: None,
     })
 }
 
@@ -328,6 +334,10 @@ impl Store {
 
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     pub fn create_chat(&self, thinking: bool, settings: &serde_json::Value) -> Result<Chat> {
@@ -477,14 +487,18 @@ impl Store {
             .ok_or(ChatError::NoSuchMessage(id))
     }
 
-    /// A chat's messages in order.
+    /// A chat's messages in order: the version it shows (see [`crate::branches`]), each with
+    /// its place among the versions where there are several.
     pub fn messages(&self, chat_id: ChatId) -> Result<Vec<Message>> {
         self.chat(chat_id)?;
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 ORDER BY id"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND branch_id IS NULL
+             ORDER BY id"
         ))?;
         let rows = stmt.query_map([chat_id], message_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+        self.mark_branches(chat_id, &mut messages)?;
+        Ok(messages)
     }
 
     /// What the model sees of a chat before `before` (or all of it): the conversation after
@@ -493,11 +507,12 @@ impl Store {
         let before = before.unwrap_or(MessageId::MAX);
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE chat_id = ?1 AND id < ?2 AND kind = 'chat'
+             WHERE chat_id = ?1 AND id < ?2 AND kind = 'chat' AND branch_id IS NULL
                AND status IN ('complete', 'interrupted')
                AND (role != 'assistant' OR content != '')
                AND id > (SELECT coalesce(max(id), 0) FROM messages
-                         WHERE chat_id = ?1 AND id < ?2 AND kind = 'reset')
+                         WHERE chat_id = ?1 AND id < ?2 AND kind = 'reset'
+                           AND branch_id IS NULL)
              ORDER BY id"
         ))?;
         let rows = stmt.query_map(params![chat_id, before], message_from_row)?;
@@ -556,12 +571,13 @@ impl Store {
         self.message(id)
     }
 
-    /// Deletes message `from` and every later message of its chat (regenerating an answer
-    /// replaces it and what followed it).
-    pub fn delete_messages_from(&self, chat_id: ChatId, from: MessageId) -> Result<usize> {
-        Ok(self.conn.execute(
-            "DELETE FROM messages WHERE chat_id = ?1 AND id >= ?2",
-            params![chat_id, from],
-        )?)
+    /// Deletes message `from` and every later message of the chat's version shown
+    /// (regenerating an answer replaces it and what followed it), and the versions that
+    /// branched off what it deleted. One transaction.
+    pub fn delete_messages_from(&mut self, chat_id: ChatId, from: MessageId) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let n = crate::branches::delete_active_from(&tx, chat_id, from)?;
+        tx.commit()?;
+        Ok(n)
     }
 }

@@ -370,3 +370,144 @@ fn search_lists_a_chat_once_with_its_best_match() {
         Err(ChatError::InvalidQuery(_))
     ));
 }
+
+#[test]
+fn a_database_of_the_previous_version_is_migrated_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chats.sqlite3");
+    {
+        // What the app before branches (schema 3) wrote.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO chats (title, created_at, updated_at) VALUES ('old', 1, 1);
+             INSERT INTO messages (chat_id, role, content, status, created_at)
+               VALUES (1, 'user', 'old question', 'complete', 1),
+                      (1, 'assistant', 'old answer', 'complete', 2);",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    let texts = |s: &Store| -> Vec<String> {
+        s.messages(1)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.content)
+            .collect()
+    };
+    assert_eq!(texts(&store), ["old question", "old answer"]);
+    assert_eq!(store.context(1, None).unwrap().len(), 2);
+    assert_eq!(store.search("old").unwrap().len(), 2);
+    // An old message can be edited, and the old version kept.
+    store.edit_message(1, 1, "new question", true).unwrap();
+    assert_eq!(texts(&store), ["new question"]);
+    store.integrity_check().unwrap();
+}
+
+fn texts(store: &Store, chat_id: i64) -> Vec<(String, Option<(usize, usize)>)> {
+    store
+        .messages(chat_id)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.content, m.branches.map(|b| (b.index, b.count))))
+        .collect()
+}
+
+fn plain(items: &[&str]) -> Vec<(String, Option<(usize, usize)>)> {
+    items.iter().map(|t| (t.to_string(), None)).collect()
+}
+
+#[test]
+fn an_edit_keeps_the_old_version_as_a_branch_to_switch_back_to() {
+    use chat::Switch::{Next, Previous};
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(&mut store, chat.id, Role::User, "q1");
+    add(&mut store, chat.id, Role::Assistant, "a1");
+    let q2 = add(&mut store, chat.id, Role::User, "q2 zebra");
+    add(&mut store, chat.id, Role::Assistant, "a2");
+
+    let q2b = store.edit_message(chat.id, q2.id, "q2b", true).unwrap();
+    add(&mut store, chat.id, Role::Assistant, "a2b");
+    let shown = texts(&store, chat.id);
+    assert_eq!(shown[..2], plain(&["q1", "a1"]));
+    assert_eq!(shown[2], ("q2b".into(), Some((2, 2))));
+    assert_eq!(shown[3], ("a2b".into(), None));
+    // The model, search and the title see the version shown.
+    let context: Vec<String> = store
+        .context(chat.id, None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(context, ["q1", "a1", "q2b", "a2b"]);
+    assert!(store.search("zebra").unwrap().is_empty());
+
+    // Back to the first version, and forward again; there is nothing past either end.
+    store.switch_branch(chat.id, q2b.id, Previous).unwrap();
+    let shown = texts(&store, chat.id);
+    assert_eq!(shown[2], ("q2 zebra".into(), Some((1, 2))));
+    assert_eq!(shown[3].0, "a2");
+    assert_eq!(store.search("zebra").unwrap().len(), 1);
+    let err = store.switch_branch(chat.id, q2.id, Previous).unwrap_err();
+    assert!(err.to_string().contains("no earlier version"), "{err}");
+    store.switch_branch(chat.id, q2.id, Next).unwrap();
+    assert_eq!(texts(&store, chat.id)[2], ("q2b".into(), Some((2, 2))));
+    // A message of the version not shown cannot be edited or switched from.
+    assert!(matches!(
+        store.edit_message(chat.id, q2.id, "x", true),
+        Err(ChatError::NoSuchMessage(_))
+    ));
+
+    // Editing the first message forks from the chat's start; the later fork stays inside the
+    // version it belongs to.
+    let q1 = store.messages(chat.id).unwrap()[0].clone();
+    let q1b = store.edit_message(chat.id, q1.id, "q1b", true).unwrap();
+    assert_eq!(texts(&store, chat.id), [("q1b".to_string(), Some((2, 2)))]);
+    assert_eq!(
+        store.chat(chat.id).unwrap().title,
+        "q1b",
+        "titled by the version shown"
+    );
+    store.switch_branch(chat.id, q1b.id, Previous).unwrap();
+    assert_eq!(store.chat(chat.id).unwrap().title, "q1");
+    let shown = texts(&store, chat.id);
+    assert_eq!(shown[0], ("q1".into(), Some((1, 2))));
+    assert_eq!(shown[2], ("q2b".into(), Some((2, 2))));
+    store.integrity_check().unwrap();
+}
+
+#[test]
+fn an_edit_that_discards_leaves_no_branch_and_regenerating_drops_the_branches_it_cuts_off() {
+    let mut store = Store::open_in_memory().unwrap();
+    let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
+    add(&mut store, chat.id, Role::User, "q1");
+    let a1 = add(&mut store, chat.id, Role::Assistant, "a1");
+    let q2 = add(&mut store, chat.id, Role::User, "q2");
+    add(&mut store, chat.id, Role::Assistant, "a2");
+    let q2b = store.edit_message(chat.id, q2.id, "q2b", false).unwrap();
+    assert_eq!(texts(&store, chat.id), plain(&["q1", "a1", "q2b"]));
+    assert!(matches!(
+        store.message(q2.id),
+        Err(ChatError::NoSuchMessage(_))
+    ));
+
+    // Keep a version after a1, then replace a1 (regenerate): that version went with it.
+    store.edit_message(chat.id, q2b.id, "q2c", true).unwrap();
+    assert_eq!(texts(&store, chat.id)[2].1, Some((2, 2)));
+    store.delete_messages_from(chat.id, a1.id).unwrap();
+    assert_eq!(texts(&store, chat.id), plain(&["q1"]));
+    assert!(matches!(
+        store.message(q2b.id),
+        Err(ChatError::NoSuchMessage(_))
+    ));
+    // Only chat messages the user sent can be edited.
+    let a = add(&mut store, chat.id, Role::Assistant, "a");
+    let err = store.edit_message(chat.id, a.id, "x", true).unwrap_err();
+    assert!(err.to_string().contains("only a message you sent"), "{err}");
+    store.integrity_check().unwrap();
+}

@@ -55,6 +55,8 @@ pub struct MessageView {
     pub last: bool,
     /// The answer's tool calls, as cards.
     pub tools: Vec<ToolView>,
+    /// A message with other versions (after an edit): which one this is, of how many.
+    pub branches: Option<chat::Branches>,
 }
 
 /// A tool call's card (`tool_card.html`).
@@ -124,6 +126,7 @@ impl MessageView {
                 }),
             last,
             tools: m.tools.iter().map(ToolView::new).collect(),
+            branches: m.branches,
         }
     }
 }

@@ -28,6 +28,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "message.html",
     "tool_card.html",
     "follow_ups.html",
+    "edit.html",
     "shown.html",
     "settings.html",
     "quick.html",

@@ -117,3 +117,95 @@ async fn follow_up_chips_appear_under_the_answer_send_their_question_and_go_when
     let (_, fragment) = f.htmx("GET", &format!("/chats/{cid}/follow-ups"), "").await;
     assert!(chips(&fragment).is_empty(), "{fragment}");
 }
+
+/// Waits until the chat has no answer in progress.
+async fn until_idle(f: &Fixture, cid: i64) {
+    until("the answer ends", || {
+        (!f.server.chat().chat(cid).unwrap().busy).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sent_message_is_edited_in_place_and_its_versions_are_switched_with_arrows() {
+    let f = ready().await;
+    let cid = f.new_chat().await;
+    f.htmx(
+        "POST",
+        &format!("/chats/{cid}/messages"),
+        "text=Name+a+colour.",
+    )
+    .await;
+    until_idle(&f, cid).await;
+    let messages = f.server.chat().chat(cid).unwrap().messages;
+    let (mid, answer) = (messages[0].id, messages[1].id);
+
+    let (_, pane) = f.htmx("GET", &format!("/chats/{cid}"), "").await;
+    let edit = format!("hx-get=\"/chats/{cid}/messages/{mid}/edit\"");
+    assert!(
+        pane.contains(&edit),
+        "an Edit button on the question: {pane}"
+    );
+    assert!(
+        !pane.contains(&format!("/messages/{answer}/edit")),
+        "none on the answer"
+    );
+    assert!(!pane.contains("class=\"branches\""), "one version only");
+
+    let (status, form) = f
+        .htmx("GET", &format!("/chats/{cid}/messages/{mid}/edit"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(form.contains(">Name a colour.</textarea>"), "{form}");
+    assert!(
+        form.contains("name=\"keep\" value=\"on\" checked"),
+        "{form}"
+    );
+    assert!(form.contains(&format!("hx-post=\"/chats/{cid}/messages/{mid}/edit\"")));
+    let (status, _) = f
+        .htmx("GET", &format!("/chats/{cid}/messages/{answer}/edit"), "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an answer is not edited");
+
+    let (status, pane) = f
+        .htmx(
+            "POST",
+            &format!("/chats/{cid}/messages/{mid}/edit"),
+            "text=Name+a+fruit.&keep=on",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        pane.contains("Name a fruit.") && !pane.contains("Name a colour."),
+        "{pane}"
+    );
+    assert!(pane.contains("class=\"branch-index\">2/2<"), "{pane}");
+    assert!(pane.contains("streaming"), "the new answer streams: {pane}");
+    until_idle(&f, cid).await;
+    let new_mid = f.server.chat().chat(cid).unwrap().messages[0].id;
+    assert_ne!(new_mid, mid);
+
+    let (status, pane) = f
+        .htmx(
+            "POST",
+            &format!("/chats/{cid}/messages/{new_mid}/branch?to=previous"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        pane.contains("Name a colour.") && !pane.contains("Name a fruit."),
+        "{pane}"
+    );
+    assert!(pane.contains("class=\"branch-index\">1/2<"), "{pane}");
+    let (status, html) = f
+        .htmx(
+            "POST",
+            &format!("/chats/{cid}/messages/{mid}/branch?to=sideways"),
+            "",
+        )
+        .await;
+    // A refusal is a toast (answered 200 so htmx shows it).
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("previous or next"), "{html}");
+}

@@ -30,6 +30,11 @@ pub(super) fn routes() -> Router<Server> {
         .route("/chats/{cid}/events", get(events))
         .route("/chats/{cid}/messages/{mid}", get(message))
         .route("/chats/{cid}/messages/{mid}/regenerate", post(regenerate))
+        .route(
+            "/chats/{cid}/messages/{mid}/edit",
+            get(edit_form).post(edit),
+        )
+        .route("/chats/{cid}/messages/{mid}/branch", post(switch_branch))
         .route("/chats/{cid}/follow-ups", get(follow_ups))
         .route("/chats/{cid}/follow-ups/dismiss", post(dismiss_follow_ups))
         .route("/commands/suggest", get(suggest))
@@ -211,6 +216,67 @@ async fn regenerate(
     run(s, move |s| {
         s.chat().regenerate(cid, mid)?;
         s.hub().state(StateEvent::busy(cid, true));
+        chat_pane(s, cid)
+    })
+    .await
+}
+
+/// A sent message as a form to edit it.
+async fn edit_form(
+    State(s): State<Server>,
+    Path((cid, mid)): Path<(ChatId, MessageId)>,
+) -> Response {
+    run(s, move |s| {
+        let view = s.chat().chat(cid)?;
+        let m = message_views(&view.messages, view.last_event_id)
+            .into_iter()
+            .find(|v| v.id == mid && v.role == "user" && !v.command)
+            .ok_or_else(|| RouteError::NotFound(format!("message {mid}")))?;
+        Ok(Reply::html(
+            s.views().render("edit.html", json!({ "m": m })),
+        ))
+    })
+    .await
+}
+
+/// The edited message replaces it and what followed; the old version is kept (`keep=on`) or
+/// deleted. Answers with the chat, its new answer streaming.
+async fn edit(
+    State(s): State<Server>,
+    Path((cid, mid)): Path<(ChatId, MessageId)>,
+    Form(f): Fields,
+) -> Response {
+    run(s, move |s| {
+        let keep = field(&f, "keep") == "on";
+        s.chat().edit(cid, mid, field(&f, "text"), keep)?;
+        s.hub().state(StateEvent::busy(cid, true));
+        chat_pane(s, cid)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct To {
+    to: String,
+}
+
+/// `‹` / `›` on a message with other versions (`?to=previous|next`): the chat, showing that one.
+async fn switch_branch(
+    State(s): State<Server>,
+    Path((cid, mid)): Path<(ChatId, MessageId)>,
+    Query(q): Query<To>,
+) -> Response {
+    run(s, move |s| {
+        let to = match q.to.as_str() {
+            "previous" => chat::Switch::Previous,
+            "next" => chat::Switch::Next,
+            other => {
+                return Err(RouteError::BadRequest(format!(
+                    "to must be previous or next, not “{other}”"
+                )))
+            }
+        };
+        s.chat().switch_branch(cid, mid, to)?;
         chat_pane(s, cid)
     })
     .await

@@ -3,7 +3,9 @@
 //!
 //! `cargo bench -p smollm3-engine --bench speculative -- MODEL.gguf [--gen N] [--reps N] [--fixed K]`
 //! (`make bench-speculative MODEL=...`). Greedy decoding, so both runs produce the same tokens
-//! (checked); each line prints the median tokens/s of both, their ratio and the drafts accepted.
+//! (checked); each line prints the median tokens/s of both, the median and range of the ratios of
+//! same-pair runs (each pair runs back to back, which one first alternating, so both see the same
+//! neighbours on a shared machine) and the drafts accepted.
 
 use std::path::PathBuf;
 
@@ -152,8 +154,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| task | tokens | plain tok/s | drafting tok/s | ratio | drafts accepted |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| task | tokens | plain tok/s | drafting tok/s | ratio (median of pairs) | pair ratios | drafts accepted |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, ask) in tasks() {
         let rendered = engine
             .render_chat(
@@ -163,23 +167,37 @@ fn main() {
             )
             .expect("the template renders");
         let prompt = engine.encode_prompt(&rendered).expect("the prompt encodes");
-        let (mut plain, mut drafted) = (Vec::new(), Vec::new());
+        let (mut plain, mut drafted, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let mut last = None;
-        // Alternating, so both see the same neighbours on a shared machine.
-        for _ in 0..a.reps {
-            let p = run(&mut engine, &prompt, a.gen, Speculative::Off);
-            let d = run(&mut engine, &prompt, a.gen, on);
+        // In pairs, back to back, so both see the same neighbours on a shared machine; which
+        // goes first alternates, so neither always runs on a cache the other warmed.
+        for rep in 0..a.reps {
+            let (p, d) = match rep % 2 {
+                0 => {
+                    let p = run(&mut engine, &prompt, a.gen, Speculative::Off);
+                    (p, run(&mut engine, &prompt, a.gen, on))
+                }
+                _ => {
+                    let d = run(&mut engine, &prompt, a.gen, on);
+                    (run(&mut engine, &prompt, a.gen, Speculative::Off), d)
+                }
+            };
             assert_eq!(p.ids, d.ids, "{name}: drafting changed the greedy output");
             plain.push(p.timings.decode_tok_s);
             drafted.push(d.timings.decode_tok_s);
+            ratios.push(d.timings.decode_tok_s / p.timings.decode_tok_s);
             last = Some(d);
         }
         let d = last.expect("one run");
-        let (p, s) = (median(plain), median(drafted));
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         println!(
-            "| {name} | {} | {p:.1} | {s:.1} | {:.2}x | {}/{} |",
+            "| {name} | {} | {:.1} | {:.1} | {:.2}x | {lo:.2}-{hi:.2}x | {}/{} |",
             d.ids.len(),
-            s / p,
+            median(plain),
+            median(drafted),
+            median(ratios),
             d.usage.accepted_drafts,
             d.usage.drafted_tokens
         );

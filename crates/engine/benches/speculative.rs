@@ -129,9 +129,14 @@ fn run(
         .expect("generation")
 }
 
+/// The middle value; for an even count, the mean of the two middle ones.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    match n % 2 {
+        1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn main() {

@@ -22,6 +22,7 @@ use crate::search::SearchHit;
 use crate::settings::{ModelSource, Settings, SettingsDiff};
 use crate::store::{Chat, ChatId, Store};
 use crate::stream;
+use crate::tools::mcp::{McpServerStatus, McpServers};
 use crate::views::{AppStatus, ChatView};
 use crate::worker::{EngineStatus, LoadError, LoadRequest, ModelState, StateSink, Worker};
 
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     probe: engine::device::DeviceProbe,
     threads: Mutex<Vec<JoinHandle<()>>>,
     notices: Vec<String>,
+    /// The user's MCP servers, started on first use.
+    pub mcp: Arc<McpServers>,
 }
 
 /// Settings for this run only (`smollm3 serve --model --context --threads`): in effect while the
@@ -147,6 +150,7 @@ impl ChatApp {
                 store.recovered()
             ));
         }
+        let mcp = Arc::new(McpServers::new(&settings.tools.mcp_servers)?);
         let core = Arc::new(Core::new(store, settings, sink.clone()));
         let (stream_tx, streamer) = stream::spawn(core.clone());
         core.set_stream(stream_tx);
@@ -182,6 +186,7 @@ impl ChatApp {
                 probe: engine::device::DeviceProbe::default(),
                 threads: Mutex::new(vec![worker_thread, streamer]),
                 notices,
+                mcp,
             }),
         };
         match crashed {
@@ -445,12 +450,26 @@ impl ChatApp {
             return Ok(diff);
         }
         self.save_settings(&new)?;
+        self.inner.mcp.configure(&new.tools.mcp_servers);
         self.core().set_settings(new.clone());
         self.emit(AppEvent::SettingsChanged(Box::new(new)));
         if diff.needs_reload() {
             self.reload_model()?;
         }
         Ok(diff)
+    }
+
+    /// Where each configured MCP server stands (the settings page).
+    pub fn mcp_servers(&self) -> Vec<McpServerStatus> {
+        self.inner.mcp.statuses()
+    }
+
+    /// Starts the MCP server `name`, or starts it again; blocks until it runs or fails (at most
+    /// the tool timeout). Not to be called on an async runtime's worker thread.
+    pub fn start_mcp_server(&self, name: &str) -> Result<McpServerStatus> {
+        self.inner
+            .mcp
+            .restart(name, self.settings().tools.timeout())
     }
 
     // ---- lifetime ------------------------------------------------------------------------
@@ -465,6 +484,7 @@ impl ChatApp {
 impl Inner {
     fn shutdown(&self) {
         self.core.stop_all();
+        self.mcp.shutdown();
         self.worker.shutdown();
         let threads: Vec<_> = self.threads.lock().unwrap().drain(..).collect();
         let mut threads = threads.into_iter();

@@ -2,7 +2,6 @@
 //! message with a queued answer; `stop` and `regenerate`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::app::ChatApp;
 use crate::commands::{self, Parsed};
@@ -13,6 +12,7 @@ use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
 use crate::tools::builtin::Builtins;
+use crate::tools::host::AppTools;
 use crate::tools::{ToolUse, Tools};
 use crate::views::SendOutcome;
 use crate::worker::{FollowUpRequest, GenerationJob, JobEvent, ModelState, Prompt};
@@ -178,9 +178,13 @@ impl ChatApp {
     fn tool_use(&self, settings: &crate::Settings) -> Option<Tools> {
         settings.tools.enabled.then(|| {
             Tools::Run(ToolUse {
-                host: Arc::new(Builtins::new(self.inner.core.clone())),
+                host: Arc::new(AppTools::new(
+                    Builtins::new(self.inner.core.clone()),
+                    self.inner.mcp.clone(),
+                    settings.tools.timeout(),
+                )),
                 max_steps: settings.tools.max_steps,
-                timeout: Duration::from_secs(settings.tools.timeout_secs),
+                timeout: settings.tools.timeout(),
             })
         })
     }

@@ -29,6 +29,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "tool_card.html",
     "follow_ups.html",
     "edit.html",
+    "mcp_server.html",
     "shown.html",
     "settings.html",
     "quick.html",
@@ -189,6 +190,46 @@ mod tests {
             json!({"m": {"id": 9, "chat_id": 1, "role": "assistant", "streaming": true, "tools": [crate::pages::ToolView::new(&record)]}}),
         );
         assert!(streaming.contains(r#"<div class="tools" sse-swap="tool" sse-render="tool"><details class="tool-card status-done""#), "{streaming}");
+    }
+
+    #[test]
+    fn an_mcp_server_card_starts_it_when_shown_and_says_how_it_stands() {
+        use chat::tools::mcp::{McpServerStatus, McpState, McpTool};
+        let views = Views::new();
+        let card = |state| {
+            views.render(
+                "mcp_server.html",
+                json!({"server": McpServerStatus {name: "files".into(), state}}),
+            )
+        };
+        let stopped = card(McpState::Stopped);
+        assert!(
+            stopped.contains(r#"hx-post="/settings/mcp/files/start" hx-trigger="load""#),
+            "{stopped}"
+        );
+        let running = card(McpState::Running {
+            tools: vec![McpTool {
+                server: "files".into(),
+                name: "read_file".into(),
+                description: "Read <a> file.".into(),
+                input_schema: json!({}),
+            }],
+        });
+        assert!(!running.contains("hx-trigger=\"load\""), "{running}");
+        assert!(
+            running.contains("<li><code>files__read_file</code> Read &lt;a&gt; file.</li>"),
+            "{running}"
+        );
+        assert!(running.contains(">Restart</button>"), "{running}");
+        let failed = card(McpState::Failed {
+            why: "cannot run \"npx\": not found".into(),
+        });
+        assert!(
+            failed.contains("Failed: cannot run &quot;npx&quot;: not found")
+                && failed.contains(">Start</button>"),
+            "{failed}"
+        );
+        assert!(!card(McpState::Disabled).contains("<button"));
     }
 
     #[test]

@@ -335,3 +335,44 @@ fn offered_tools_are_handed_back_unrun_and_a_malformed_call_stays_text() {
         prompts[0]
     );
 }
+
+/// The test MCP server (see `tests/mcp.rs`), configured as `demo`.
+fn demo_server() -> crate::tools::mcp::McpServerConfig {
+    crate::tools::mcp::McpServerConfig {
+        name: "demo".into(),
+        command: "python3".into(),
+        args: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_demo_server.py").into()],
+        enabled: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_mcp_tool_is_offered_beside_the_builtins_and_its_call_runs_in_the_loop() {
+    let call =
+        "<tool_call>{\"name\": \"demo__add\", \"arguments\": {\"a\": 19, \"b\": 23}}</tool_call>";
+    let h = harness(
+        vec![vec![call.into()], vec!["It is 42.".into()]],
+        ToolSettings {
+            mcp_servers: vec![demo_server()],
+            ..ToolSettings::default()
+        },
+    );
+    let (content, records) = h.ask("What is 19 + 23?");
+    assert_eq!(content, "It is 42.");
+    let done = records.last().unwrap();
+    assert_eq!(
+        (done.name.as_str(), done.status, done.result.as_str()),
+        ("demo__add", ToolStatus::Done, "42")
+    );
+    let prompts = h.prompts();
+    assert!(prompts[0].contains("'name': 'demo__add'"), "{}", prompts[0]);
+    assert!(prompts[0].contains("'name': 'calculator'"));
+    assert!(prompts[1].contains("{\"name\":\"demo__add\",\"result\":\"42\"}"));
+    let servers = h.app.mcp_servers();
+    assert_eq!(servers.len(), 1);
+    assert!(matches!(
+        servers[0].state,
+        crate::tools::mcp::McpState::Running { .. }
+    ));
+}

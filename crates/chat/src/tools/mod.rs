@@ -2,14 +2,16 @@
 //! worker runs it between two generation steps (see [`crate::worker`]) and feeds the result back
 //! as a `tool` message through the model's template.
 //!
-//! What a tool is and how it runs is a [`ToolHost`]'s business: the app's host offers the
-//! built-in tools ([`builtin`]). The loop's rules live here: each call gets a [`ToolRecord`] (the
+//! What a tool is and how it runs is a [`ToolHost`]'s business: the app's host ([`host`])
+//! offers the built-in tools ([`builtin`]) and those of the user's MCP servers ([`mcp`]). The loop's rules live here: each call gets a [`ToolRecord`] (the
 //! card the user sees), and every outcome, failures included, becomes the text the model reads
 //! next ([`tool_message`]).
 
 pub mod builtin;
 #[cfg(test)]
 mod e2e_tests;
+pub mod host;
+pub mod mcp;
 pub mod parse;
 
 use std::sync::mpsc;
@@ -122,8 +124,10 @@ pub struct ToolSettings {
     pub enabled: bool,
     /// Generation steps of one answer that may end in tool calls (see [`ToolUse::max_steps`]).
     pub max_steps: usize,
-    /// Seconds one call may run.
+    /// Seconds one call may run (and an MCP server may take to start).
     pub timeout_secs: u64,
+    /// MCP servers whose tools are offered beside the built-ins.
+    pub mcp_servers: Vec<mcp::McpServerConfig>,
 }
 
 impl Default for ToolSettings {
@@ -132,14 +136,30 @@ impl Default for ToolSettings {
             enabled: true,
             max_steps: 5,
             timeout_secs: 30,
+            mcp_servers: Vec::new(),
         }
     }
 }
 
 impl ToolSettings {
+    /// How long one call may run, and an MCP server may take to start.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
     pub fn validate(&self) -> crate::Result<()> {
         crate::sampling::check_range("tools.max_steps", Some(self.max_steps), 1, 50)?;
         crate::sampling::check_range("tools.timeout_secs", Some(self.timeout_secs), 1, 3600)?;
+        let mut names = std::collections::HashSet::new();
+        for server in &self.mcp_servers {
+            server.validate()?;
+            if !names.insert(server.name.as_str()) {
+                return Err(crate::sampling::invalid(
+                    "tools.mcp_servers",
+                    format!("two servers are named {:?}", server.name),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -331,5 +351,41 @@ mod tests {
             .result
             .ends_with(&format!("[cut: {} bytes in all]", 2 * MAX_RESULT_BYTES)));
         assert!(r.result.len() < MAX_RESULT_BYTES + 40);
+    }
+
+    #[test]
+    fn mcp_servers_are_validated_with_the_settings() {
+        let server = |name: &str, command: &str| mcp::McpServerConfig {
+            name: name.into(),
+            command: command.into(),
+            enabled: true,
+            ..Default::default()
+        };
+        let with = |servers: Vec<mcp::McpServerConfig>| ToolSettings {
+            mcp_servers: servers,
+            ..ToolSettings::default()
+        };
+        with(vec![server("files", "npx"), server("git-2", "uvx")])
+            .validate()
+            .unwrap();
+        let mut bad_env = server("files", "npx");
+        bad_env.env.insert("A=B".into(), "x".into());
+        for (servers, why) in [
+            (vec![server("", "npx")], "1 to 32 characters"),
+            (vec![server("my files", "npx")], "only letters"),
+            (vec![server("a__b", "npx")], "single '_'"),
+            (vec![server("files", " ")], "no command"),
+            (vec![bad_env], "environment variable"),
+            (
+                vec![server("x", "a"), server("x", "b")],
+                "two servers are named \"x\"",
+            ),
+        ] {
+            let err = with(servers).validate().unwrap_err().to_string();
+            assert!(
+                err.contains("tools.mcp_servers") && err.contains(why),
+                "{err}"
+            );
+        }
     }
 }

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use chat::{ModelSource, ModelState, Settings};
 use engine::device::DeviceReport;
@@ -18,7 +18,22 @@ use crate::shell::MaybeShell;
 use crate::Server;
 
 pub(super) fn routes() -> Router<Server> {
-    Router::new().route("/settings", get(page).post(save))
+    Router::new()
+        .route("/settings", get(page).post(save))
+        .route("/settings/mcp/{name}/start", post(start_mcp))
+}
+
+/// Starts an MCP server (or starts it again) and shows where it stands: its tools, or why it
+/// could not start.
+async fn start_mcp(State(s): State<Server>, Path(name): Path<String>) -> Response {
+    run(s, move |s| {
+        let status = s.chat().start_mcp_server(&name)?;
+        Ok(Reply::html(
+            s.views()
+                .render("mcp_server.html", json!({"server": status})),
+        ))
+    })
+    .await
 }
 
 /// "Settings": the desktop app opens its settings window; a browser goes to the page.
@@ -66,6 +81,7 @@ async fn page(State(s): State<Server>, Query(q): Query<HashMap<String, String>>)
             "saved_unusable": saved_unusable,
             "max_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) * 2,
             "server_status": s.chat().server_status().describe(),
+            "mcp": s.chat().mcp_servers(),
         });
         Ok(Reply::html(s.views().render("settings.html", ctx)))
     })
@@ -171,7 +187,19 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "server_host": s.local_server.host,
         "server_port": s.local_server.port,
         "server_api_key": s.local_server.api_key,
+        "tools_enabled": s.tools.enabled,
+        "tools_max_steps": s.tools.max_steps,
+        "tools_timeout": s.tools.timeout_secs,
+        "mcp_servers": mcp_servers_text(&s.tools.mcp_servers),
     })
+}
+
+/// The MCP servers as the form's text: a JSON list, empty when there are none.
+fn mcp_servers_text(servers: &[chat::tools::mcp::McpServerConfig]) -> String {
+    match servers.is_empty() {
+        true => String::new(),
+        false => serde_json::to_string_pretty(servers).expect("settings serialize"),
+    }
 }
 
 /// The submitted form over `current`; a field that does not parse is an error naming it.
@@ -265,6 +293,23 @@ pub fn settings_from_form(
             s.local_server.api_key = key.trim().to_string();
         }
     }
+    // The checkbox is absent when off: read the section only from a form that has it.
+    if form.contains_key("tools_max_steps") {
+        s.tools.enabled = form.get("tools_enabled").is_some_and(|v| v == "on");
+        if let Some(n) = field(form, "tools_max_steps", "Tool steps")? {
+            s.tools.max_steps = n;
+        }
+        if let Some(t) = field(form, "tools_timeout", "Tool timeout")? {
+            s.tools.timeout_secs = t;
+        }
+        let text = form.get("mcp_servers").map_or("", |v| v.trim());
+        s.tools.mcp_servers = match text {
+            "" => Vec::new(),
+            text => serde_json::from_str(text).map_err(|e| {
+                format!("MCP servers: not a JSON list of servers as the hint shows ({e})")
+            })?,
+        };
+    }
     Ok(s)
 }
 
@@ -336,6 +381,18 @@ mod tests {
                 port: 9000,
                 api_key: "k".into(),
             },
+            tools: chat::tools::ToolSettings {
+                max_steps: 3,
+                mcp_servers: vec![chat::tools::mcp::McpServerConfig {
+                    name: "files".into(),
+                    command: "npx".into(),
+                    args: vec!["-y".into(), "server-filesystem".into()],
+                    env: [("ROOT".to_string(), "/tmp".to_string())].into(),
+                    enabled: true,
+                    trusted: vec!["read_file".into()],
+                }],
+                ..Default::default()
+            },
             ..Settings::default()
         };
         // What the browser submits: every text field, checkboxes only when checked.
@@ -368,6 +425,18 @@ mod tests {
         );
         let err = settings_from_form(&s, &form(&[("backend", "vulkan")])).unwrap_err();
         assert!(err.contains("Backend: "), "{err}");
+        // Tools off (the box unchecked), and the MCP list emptied.
+        let mut tools = f.clone();
+        tools.remove("tools_enabled");
+        tools.insert("mcp_servers".into(), " ".into());
+        let saved = settings_from_form(&s, &tools).unwrap();
+        assert!(!saved.tools.enabled && saved.tools.mcp_servers.is_empty());
+        let err = settings_from_form(
+            &s,
+            &form(&[("tools_max_steps", "3"), ("mcp_servers", "{\"name\": 1}")]),
+        )
+        .unwrap_err();
+        assert!(err.starts_with("MCP servers: not a JSON list"), "{err}");
     }
 
     #[test]

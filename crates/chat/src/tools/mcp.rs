@@ -1,0 +1,539 @@
+//! MCP servers (the Model Context Protocol) over stdio, through the official Rust SDK (`rmcp`).
+//!
+//! Each configured server ([`McpServerConfig`]) is a program the app starts on demand: the
+//! first answer that may call tools, or the settings page, starts it; its tools are then offered
+//! to the model beside the built-ins, named `server__tool` ([`exposed_name`]) so that two
+//! servers (or a server and a built-in) never offer the same name. A server that cannot start,
+//! or that stops, is marked failed with its reason (its own last words on stderr where it said
+//! any); it stays failed, and its tools are not offered, until the user starts it again or
+//! changes its settings.
+//!
+//! `rmcp` is async: the clients live on a small runtime owned by [`McpServers`], and the
+//! blocking methods here wait on it. They must not be called from inside another async
+//! runtime's worker (the server crate calls them from `spawn_blocking`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
+use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::TokioChildProcess;
+use rmcp::ServiceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::ToolError;
+use crate::sampling::invalid;
+
+/// Separates a server's name from its tool's in the name the model sees.
+pub const NAME_SEPARATOR: &str = "__";
+/// The most of a server's stderr kept to say why it stopped.
+const STDERR_TAIL_BYTES: usize = 2048;
+/// Longest server name: it prefixes every tool name the model reads.
+const MAX_NAME_LEN: usize = 32;
+
+/// One MCP server as the user configures it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct McpServerConfig {
+    /// Letters, digits, `-` and `_`: the prefix of its tools' names.
+    pub name: String,
+    /// The program to run (a path, or a name looked up on `PATH`).
+    pub command: String,
+    pub args: Vec<String>,
+    /// Environment variables set for it (on top of the app's own).
+    pub env: BTreeMap<String, String>,
+    pub enabled: bool,
+    /// Its tools (their names as the server gives them) the user lets run without asking.
+    pub trusted: Vec<String>,
+}
+
+impl McpServerConfig {
+    /// Checks one server's fields (`tools.mcp_servers[i]`); names are checked for uniqueness
+    /// by [`super::ToolSettings::validate`].
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let field = "tools.mcp_servers";
+        let name = &self.name;
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(invalid(
+                field,
+                format!("a server's name must have 1 to {MAX_NAME_LEN} characters, got {name:?}"),
+            ));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || name.contains(NAME_SEPARATOR)
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "server {name:?}: use only letters, digits, '-' and single '_' in its name"
+                ),
+            ));
+        }
+        if self.command.trim().is_empty() {
+            return Err(invalid(
+                field,
+                format!("server {name:?} has no command to run"),
+            ));
+        }
+        if let Some(key) = self
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return Err(invalid(
+                field,
+                format!("server {name:?}: {key:?} is not a valid environment variable name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `other` runs the same program the same way (the trusted tools aside): a
+    /// running server is restarted only when it does not.
+    fn same_process(&self, other: &McpServerConfig) -> bool {
+        self.command == other.command && self.args == other.args && self.env == other.env
+    }
+}
+
+/// The name the model sees for `tool` of `server`.
+pub fn exposed_name(server: &str, tool: &str) -> String {
+    format!("{server}{NAME_SEPARATOR}{tool}")
+}
+
+/// A tool a running server offers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct McpTool {
+    pub server: String,
+    /// Its name as the server gives it.
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub input_schema: Value,
+}
+
+impl McpTool {
+    /// Its description for the template's `xml_tools`.
+    pub fn spec(&self) -> Value {
+        serde_json::json!({
+            "name": exposed_name(&self.server, &self.name),
+            "description": self.description,
+            "parameters": self.input_schema,
+        })
+    }
+}
+
+/// Where a server stands, for the settings page.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum McpState {
+    /// Switched off in the settings.
+    Disabled,
+    /// Not started yet (it starts on first use).
+    Stopped,
+    Running {
+        tools: Vec<McpTool>,
+    },
+    /// It could not start, or it stopped: why.
+    Failed {
+        why: String,
+    },
+}
+
+/// One configured server and where it stands.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct McpServerStatus {
+    pub name: String,
+    pub state: McpState,
+}
+
+/// A started server: the client, its tools, and what it said on stderr.
+struct Connection {
+    client: RunningService<RoleClient, ()>,
+    tools: Vec<McpTool>,
+    stderr: Arc<Mutex<StderrTail>>,
+}
+
+#[derive(Default)]
+struct StderrTail {
+    text: String,
+    /// The server closed its stderr: it has exited (or is about to).
+    closed: bool,
+}
+
+enum Slot {
+    Stopped,
+    Running(Arc<Connection>),
+    Failed(String),
+}
+
+struct Server {
+    config: McpServerConfig,
+    slot: Slot,
+}
+
+/// The configured MCP servers and their clients. Cheap to share (`Arc`); thread-safe.
+pub struct McpServers {
+    /// `None` once shut down.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    servers: Mutex<Vec<Server>>,
+    /// Held while a server starts, so two first uses start it once.
+    starting: Mutex<()>,
+}
+
+impl McpServers {
+    pub fn new(configs: &[McpServerConfig]) -> crate::Result<McpServers> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mcp")
+            .enable_all()
+            .build()
+            .map_err(|e| crate::ChatError::Invalid(format!("cannot start the MCP runtime: {e}")))?;
+        let servers = McpServers {
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+            servers: Mutex::new(Vec::new()),
+            starting: Mutex::new(()),
+        };
+        servers.configure(configs);
+        Ok(servers)
+    }
+
+    /// Takes new settings: a server removed, switched off or changed (command, arguments,
+    /// environment) is stopped; a changed one starts again on its next use.
+    pub fn configure(&self, configs: &[McpServerConfig]) {
+        let mut servers = self.servers.lock().unwrap();
+        let mut old: HashMap<String, Server> = servers
+            .drain(..)
+            .map(|s| (s.config.name.clone(), s))
+            .collect();
+        for config in configs {
+            let slot = match old.remove(&config.name) {
+                Some(s) if config.enabled && s.config.enabled && s.config.same_process(config) => {
+                    s.slot
+                }
+                _ => Slot::Stopped,
+            };
+            servers.push(Server {
+                config: config.clone(),
+                slot,
+            });
+        }
+        // Dropping a connection ends its process (`kill_on_drop`).
+    }
+
+    /// Where each configured server stands, in the settings' order.
+    pub fn statuses(&self) -> Vec<McpServerStatus> {
+        let servers = self.servers.lock().unwrap();
+        servers.iter().map(status).collect()
+    }
+
+    /// Starts every enabled server not started yet (a failed one stays failed: see
+    /// [`McpServers::restart`]) and returns the tools of those running.
+    pub fn tools(&self, timeout: Duration) -> Vec<McpTool> {
+        let names: Vec<String> = {
+            let servers = self.servers.lock().unwrap();
+            servers
+                .iter()
+                .filter(|s| s.config.enabled && matches!(s.slot, Slot::Stopped))
+                .map(|s| s.config.name.clone())
+                .collect()
+        };
+        for name in names {
+            self.start(&name, timeout, false);
+        }
+        let servers = self.servers.lock().unwrap();
+        servers
+            .iter()
+            .filter_map(|s| match &s.slot {
+                Slot::Running(c) if !c.exited() => Some(c.tools.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Starts `name` (again, when it failed or stopped); returns where it stands then.
+    pub fn restart(&self, name: &str, timeout: Duration) -> crate::Result<McpServerStatus> {
+        self.start(name, timeout, true);
+        let servers = self.servers.lock().unwrap();
+        servers
+            .iter()
+            .find(|s| s.config.name == name)
+            .map(status)
+            .ok_or_else(|| {
+                crate::ChatError::Invalid(format!("there is no MCP server named {name:?}"))
+            })
+    }
+
+    fn start(&self, name: &str, timeout: Duration, again: bool) {
+        let _one_at_a_time = self.starting.lock().unwrap();
+        let config = {
+            let mut servers = self.servers.lock().unwrap();
+            let Some(server) = servers.iter_mut().find(|s| s.config.name == name) else {
+                return;
+            };
+            if !server.config.enabled {
+                return;
+            }
+            match &server.slot {
+                Slot::Stopped => {}
+                Slot::Running(c) if !again && !c.exited() => return,
+                Slot::Failed(_) if !again => return,
+                _ => server.slot = Slot::Stopped,
+            }
+            server.config.clone()
+        };
+        let slot = match self.connect(&config, timeout) {
+            Ok(connection) => Slot::Running(Arc::new(connection)),
+            Err(why) => {
+                tracing::warn!(server = name, "MCP server failed to start: {why}");
+                Slot::Failed(why)
+            }
+        };
+        let mut servers = self.servers.lock().unwrap();
+        // The settings may have changed meanwhile: keep the result only for the same server.
+        if let Some(server) = servers
+            .iter_mut()
+            .find(|s| s.config.name == name && s.config.same_process(&config))
+        {
+            server.slot = slot;
+        }
+    }
+
+    fn connect(&self, config: &McpServerConfig, timeout: Duration) -> Result<Connection, String> {
+        let mut command = tokio::process::Command::new(&config.command);
+        command
+            .args(&config.args)
+            .envs(&config.env)
+            .kill_on_drop(true);
+        let stderr = Arc::new(Mutex::new(StderrTail::default()));
+        let tail = stderr.clone();
+        let name = config.name.clone();
+        let program = config.command.clone();
+        let handshake = async move {
+            let (transport, pipe) = TokioChildProcess::builder(command)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+            if let Some(mut pipe) = pipe {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match pipe.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => tail.lock().unwrap().push(&buf[..n]),
+                        }
+                    }
+                    tail.lock().unwrap().closed = true;
+                });
+            }
+            let client = ().serve(transport).await.map_err(|e| e.to_string())?;
+            let listed = client.list_all_tools().await.map_err(|e| e.to_string())?;
+            let tools = listed
+                .into_iter()
+                .map(|t| McpTool {
+                    server: name.clone(),
+                    name: t.name.to_string(),
+                    description: t.description.as_deref().unwrap_or_default().to_owned(),
+                    input_schema: Value::Object((*t.input_schema).clone()),
+                })
+                .collect();
+            Ok::<_, String>((client, tools))
+        };
+        let outcome = self.block_on(async move { tokio::time::timeout(timeout, handshake).await });
+        let why = match outcome {
+            Some(Ok(Ok((client, tools)))) => {
+                return Ok(Connection {
+                    client,
+                    tools,
+                    stderr,
+                })
+            }
+            Some(Ok(Err(why))) => why,
+            Some(Err(_)) => format!("it did not answer within {} s", timeout.as_secs_f64()),
+            None => "the app is shutting down".into(),
+        };
+        // Its stderr usually says more than the protocol error; give it a moment to arrive.
+        std::thread::sleep(Duration::from_millis(100));
+        let said = stderr.lock().unwrap().said();
+        Err(format!("{why}{said}"))
+    }
+
+    /// Calls `tool` of `server` with `arguments`, waiting at most `timeout`.
+    pub fn call(
+        &self,
+        server: &str,
+        tool: &str,
+        arguments: serde_json::Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<String, ToolError> {
+        let connection = {
+            let servers = self.servers.lock().unwrap();
+            let found = servers.iter().find(|s| s.config.name == server);
+            match found.map(|s| &s.slot) {
+                Some(Slot::Running(c)) => c.clone(),
+                Some(Slot::Failed(why)) => {
+                    return Err(ToolError::Failed(format!(
+                        "the MCP server {server:?} is not running: {why}"
+                    )))
+                }
+                Some(Slot::Stopped) => {
+                    return Err(ToolError::Failed(format!(
+                        "the MCP server {server:?} is not running"
+                    )))
+                }
+                None => return Err(ToolError::Unknown(exposed_name(server, tool))),
+            }
+        };
+        if !connection.tools.iter().any(|t| t.name == tool) {
+            return Err(ToolError::Unknown(exposed_name(server, tool)));
+        }
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let client = connection.clone();
+        let outcome = self.block_on(async move {
+            tokio::time::timeout(timeout, client.client.call_tool(params)).await
+        });
+        match outcome {
+            Some(Ok(Ok(result))) => result_text(result),
+            Some(Ok(Err(ServiceError::McpError(e)))) => {
+                Err(ToolError::Failed(e.message.to_string()))
+            }
+            Some(Ok(Err(e))) => {
+                // The transport is gone (or broken): the server stopped.
+                std::thread::sleep(Duration::from_millis(100));
+                let why = format!(
+                    "it stopped ({e}){}",
+                    connection.stderr.lock().unwrap().said()
+                );
+                self.mark_failed(server, &connection, why.clone());
+                Err(ToolError::Failed(format!(
+                    "the MCP server {server:?} stopped: {why}"
+                )))
+            }
+            Some(Err(_)) => Err(ToolError::Failed(format!(
+                "timed out after {} s",
+                timeout.as_secs_f64()
+            ))),
+            None => Err(ToolError::Failed("the app is shutting down".into())),
+        }
+    }
+
+    /// Marks `server` failed, if `connection` is still the one it runs.
+    fn mark_failed(&self, server: &str, connection: &Arc<Connection>, why: String) {
+        let mut servers = self.servers.lock().unwrap();
+        if let Some(s) = servers.iter_mut().find(|s| s.config.name == server) {
+            if matches!(&s.slot, Slot::Running(c) if Arc::ptr_eq(c, connection)) {
+                s.slot = Slot::Failed(why);
+            }
+        }
+    }
+
+    /// Runs `future` on the MCP runtime and waits for it; `None` once shut down.
+    fn block_on<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.runtime.lock().unwrap().is_none() {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv().ok()
+    }
+
+    /// Stops every server and the runtime. Does not block (safe inside another runtime).
+    pub fn shutdown(&self) {
+        self.servers.lock().unwrap().clear();
+        if let Some(runtime) = self.runtime.lock().unwrap().take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for McpServers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Connection {
+    fn exited(&self) -> bool {
+        self.stderr.lock().unwrap().closed || self.client.is_closed()
+    }
+}
+
+impl StderrTail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.text.push_str(&String::from_utf8_lossy(bytes));
+        if self.text.len() > STDERR_TAIL_BYTES {
+            let mut cut = self.text.len() - STDERR_TAIL_BYTES;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+        }
+    }
+
+    /// What the server said on stderr, as the end of a reason.
+    fn said(&self) -> String {
+        match self.text.trim() {
+            "" => String::new(),
+            text => format!("; it said: {text}"),
+        }
+    }
+}
+
+fn status(server: &Server) -> McpServerStatus {
+    let state = match &server.slot {
+        _ if !server.config.enabled => McpState::Disabled,
+        Slot::Stopped => McpState::Stopped,
+        Slot::Running(c) if c.exited() => McpState::Failed {
+            why: format!("it stopped{}", c.stderr.lock().unwrap().said()),
+        },
+        Slot::Running(c) => McpState::Running {
+            tools: c.tools.clone(),
+        },
+        Slot::Failed(why) => McpState::Failed { why: why.clone() },
+    };
+    McpServerStatus {
+        name: server.config.name.clone(),
+        state,
+    }
+}
+
+/// The text the model reads: the result's text parts (other content is named, not shown); a
+/// result flagged as an error is the tool's error.
+fn result_text(result: CallToolResult) -> Result<String, ToolError> {
+    let mut parts: Vec<String> = result
+        .content
+        .iter()
+        .map(|c| match c {
+            ContentBlock::Text(t) => t.text.clone(),
+            ContentBlock::Image(_) => "[an image, not shown]".into(),
+            ContentBlock::Audio(_) => "[an audio clip, not shown]".into(),
+            _ => "[content that cannot be shown as text]".into(),
+        })
+        .collect();
+    if parts.is_empty() {
+        if let Some(structured) = &result.structured_content {
+            parts.push(structured.to_string());
+        }
+    }
+    let text = parts.join("\n");
+    match result.is_error {
+        Some(true) => Err(ToolError::Failed(match text.is_empty() {
+            true => "the tool failed without saying why".into(),
+            false => text,
+        })),
+        _ => Ok(text),
+    }
+}

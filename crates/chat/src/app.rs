@@ -338,6 +338,9 @@ impl ChatApp {
         let settings = self.settings();
         // A load takes or frees a device's memory: the kept probe would tell old numbers.
         self.inner.probe.forget();
+        self.inner
+            .worker
+            .set_kept_caches(settings.kept_caches_bytes())?;
         if settings.model_source == ModelSource::Endpoint {
             return self.inner.worker.connect(settings.endpoint);
         }
@@ -452,9 +455,12 @@ impl ChatApp {
         self.save_settings(&new)?;
         self.inner.mcp.configure(&new.tools.mcp_servers);
         self.core().set_settings(new.clone());
+        let kept_caches = new.kept_caches_bytes();
         self.emit(AppEvent::SettingsChanged(Box::new(new)));
         if diff.needs_reload() {
             self.reload_model()?;
+        } else if kept_caches != old.kept_caches_bytes() {
+            self.inner.worker.set_kept_caches(kept_caches)?;
         }
         Ok(diff)
     }

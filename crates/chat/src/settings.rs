@@ -21,6 +21,12 @@ use crate::tools::ToolSettings;
 
 /// The settings file's name inside the config dir.
 pub const SETTINGS_FILE: &str = "settings.json";
+/// Memory for the caches of recent chats by default: a 3B model's F16 cache takes ~74 kB a
+/// token, so ~3 chats of 4,000 tokens.
+pub const DEFAULT_KEPT_CACHES_MB: usize = 1024;
+/// The most that can be set: far beyond a machine that runs these models.
+const MAX_KEPT_CACHES_MB: usize = 1 << 20;
+
 /// Default global shortcut of the quick-chat window (Tauri accelerator syntax).
 pub const DEFAULT_QUICK_CHAT_SHORTCUT: &str = "CommandOrControl+Shift+Space";
 
@@ -43,6 +49,9 @@ pub struct Settings {
     pub context_len: usize,
     /// KV cache element type: F16 (half the memory, llama.cpp's default) or F32 (exact).
     pub kv_cache: engine::KvType,
+    /// Host memory, in MB, for the KV caches of recent chats other than the one answering, so
+    /// that returning to one prefills only its new message (0: none kept).
+    pub kept_caches_mb: usize,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
@@ -91,6 +100,7 @@ impl Default for Settings {
             threads: engine::threads::available(),
             context_len: engine::DEFAULT_CONTEXT_LEN,
             kv_cache: engine::KvType::default(),
+            kept_caches_mb: DEFAULT_KEPT_CACHES_MB,
             temperature: None,
             top_p: None,
             top_k: None,
@@ -231,6 +241,12 @@ impl Settings {
             ));
         }
         check_range("context_len", Some(self.context_len), 256, 1 << 20)?;
+        check_range(
+            "kept_caches_mb",
+            Some(self.kept_caches_mb),
+            0,
+            MAX_KEPT_CACHES_MB,
+        )?;
         self.sampling().validate()?;
         check_range("frame_interval_ms", Some(self.frame_interval_ms), 0, 1000)?;
         check_range("frame_max_tokens", Some(self.frame_max_tokens), 1, 1024)?;
@@ -255,6 +271,11 @@ impl Settings {
         self.tools.validate()?;
         self.follow_ups.validate()?;
         Ok(())
+    }
+
+    /// [`Settings::kept_caches_mb`] in bytes, for the engine.
+    pub fn kept_caches_bytes(&self) -> usize {
+        self.kept_caches_mb.saturating_mul(1_000_000)
     }
 
     /// Where the model loads: the device with the backend asked for (checked by
@@ -311,6 +332,11 @@ impl Settings {
             ReloadModel,
         );
         note(self.kv_cache != new.kv_cache, "kv_cache", ReloadModel);
+        note(
+            self.kept_caches_mb != new.kept_caches_mb,
+            "kept_caches_mb",
+            Live,
+        );
         note(self.model_path != new.model_path, "model_path", ReloadModel);
         note(
             self.model_source != new.model_source,
@@ -443,6 +469,10 @@ mod tests {
                 quick_chat_shortcut: " ".into(),
                 ..Settings::default()
             },
+            Settings {
+                kept_caches_mb: MAX_KEPT_CACHES_MB + 1,
+                ..Settings::default()
+            },
         ];
         let fields = [
             "threads",
@@ -450,6 +480,7 @@ mod tests {
             "temperature",
             "temperature",
             "quick_chat_shortcut",
+            "kept_caches_mb",
         ];
         for (s, field) in bad.iter().zip(fields) {
             let err = s.validate().unwrap_err().to_string();

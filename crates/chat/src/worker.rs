@@ -281,6 +281,8 @@ enum Request {
     Unload,
     /// Run the next generation of the queue (one per queued generation).
     Next,
+    /// The memory other chats' KV caches may keep, in bytes.
+    KeptCaches(usize),
     Reset,
     Shutdown,
     #[cfg(test)]
@@ -422,6 +424,12 @@ impl Worker {
         self.send(Request::Next)
     }
 
+    /// Sets the memory the KV caches of chats other than the one answering may keep (see
+    /// [`Engine::use_cache_of`]), for this model and the next ones.
+    pub fn set_kept_caches(&self, bytes: usize) -> Result<()> {
+        self.send(Request::KeptCaches(bytes))
+    }
+
     /// Empties the KV cache (after the requests already queued).
     pub fn reset(&self) -> Result<()> {
         self.send(Request::Reset)
@@ -464,6 +472,7 @@ enum Backend {
 
 fn run(rx: Receiver<Request>, shared: &Shared) {
     let mut backend: Option<Backend> = None;
+    let mut kept_caches = 0;
     while let Ok(req) = rx.recv() {
         match req {
             Request::Connect(endpoint, seq) => {
@@ -507,7 +516,8 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                     continue;
                 }
                 match loaded {
-                    Ok(e) => {
+                    Ok(mut e) => {
+                        e.set_kept_cache_budget(kept_caches);
                         let info = Box::new(e.info().clone());
                         *shared.status.lock().unwrap() = EngineStatus {
                             context_len: e.context_len(),
@@ -528,6 +538,12 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                             placement: req.placement,
                         });
                     }
+                }
+            }
+            Request::KeptCaches(bytes) => {
+                kept_caches = bytes;
+                if let Some(Backend::Local(e)) = backend.as_mut() {
+                    e.set_kept_cache_budget(bytes);
                 }
             }
             Request::Unload => {
@@ -551,7 +567,9 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                     None => Err(Failure::Failed(JobError::NoModel(Box::new(
                         shared.state.lock().unwrap().clone(),
                     )))),
-                    Some(backend) => answer(backend, &mut job),
+                    Some(backend) => {
+                        use_cache_of(backend, &job).and_then(|()| answer(backend, &mut job))
+                    }
                 };
                 match outcome {
                     Ok(stats) => {
@@ -701,6 +719,16 @@ fn step(
         #[cfg(test)]
         Backend::Scripted(s) => s.generate(job, sink),
     }
+}
+
+/// Gives the local engine's KV cache to the job's source (a chat, an API client) before its
+/// answer: its cache is restored if it was kept, so only its new tokens are prefilled.
+fn use_cache_of(backend: &mut Backend, job: &GenerationJob) -> Result<(), Failure> {
+    if let Backend::Local(e) = backend {
+        e.use_cache_of(&job.source)
+            .map_err(|e| Failure::Failed(JobError::from(e)))?;
+    }
+    Ok(())
 }
 
 /// What one generation step needs of its job.

@@ -163,6 +163,39 @@ fn the_second_turn_reuses_the_cached_prefix() {
     assert!(second.prompt_tokens > first.prompt_tokens);
 }
 
+/// A, then B, then A again: A's second turn prefills only its new message when the caches of
+/// recent chats are kept, and all but the shared system prompt when none is.
+fn switch_back(kept_caches_mb: usize) -> (chat::MessageStats, chat::MessageStats) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        kept_caches_mb,
+        ..model_settings(8)
+    };
+    let (app, rec) = open(dir.path(), Some(&settings));
+    assert!(rec.wait_model(LOAD).is_ready());
+    let (a, b) = (app.create_chat().unwrap(), app.create_chat().unwrap());
+    let first = send(&app, a.id, "Name a colour.");
+    let first = stats_of(&rec.wait_done(first, ANSWER));
+    let other = send(&app, b.id, "Which planet is the largest?");
+    rec.wait_done(other, ANSWER);
+    let again = send(&app, a.id, "Name another one.");
+    (first, stats_of(&rec.wait_done(again, ANSWER)))
+}
+
+#[test]
+fn switching_back_to_a_chat_prefills_only_its_new_message() {
+    let (first, again) = switch_back(64);
+    assert!(
+        again.cached_tokens >= first.prompt_tokens,
+        "A's first turn is reused after B's: {first:?} {again:?}"
+    );
+    let (first, again) = switch_back(0);
+    assert!(
+        again.cached_tokens < first.prompt_tokens,
+        "with no memory for kept caches, B's turn replaced A's: {first:?} {again:?}"
+    );
+}
+
 #[test]
 fn stop_interrupts_within_a_token_and_keeps_the_partial_answer() {
     let dir = tempfile::tempdir().unwrap();

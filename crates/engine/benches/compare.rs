@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use engine::bench::{
-    context_for, decode_tok_s, median, peak_rss_mib, prefill_tok_s, second_turn, timed_loads,
-    SecondTurn, TokenSource, TURN_TOKENS,
+    context_for, decode_tok_s, median, peak_rss_mib, prefill_tok_s, second_turn, switch_back,
+    timed_loads, SecondTurn, SwitchBack, TokenSource, TURN_TOKENS,
 };
 use engine::{Engine, EngineOptions};
 
@@ -60,6 +60,8 @@ struct Measured {
     tests: Vec<(String, f64)>,
     /// History length and the second turn after it (ours only).
     turn: Option<(usize, SecondTurn)>,
+    /// The second turn after another conversation ran in between (ours only).
+    switch: Option<SwitchBack>,
 }
 
 fn ours(a: &Args) -> Measured {
@@ -96,11 +98,17 @@ fn ours(a: &Args) -> Measured {
             second_turn(&mut engine, &h, &n).expect("second turn"),
         )
     });
+    let switch = (history > 0).then(|| {
+        let (a, b) = (source.take(history), source.take(history));
+        let n = source.take(TURN_TOKENS);
+        switch_back(&mut engine, &a, &b, &n).expect("switch back")
+    });
     Measured {
         load_s: Some(load_s),
         rss_mib,
         tests,
         turn,
+        switch,
     }
 }
 
@@ -163,6 +171,7 @@ fn llama(bin: &Path, a: &Args) -> Option<Measured> {
         rss_mib: rss,
         tests,
         turn: None,
+        switch: None,
     })
 }
 
@@ -223,5 +232,12 @@ fn main() {
              {:.1} ms from an empty cache",
             t.cached_tokens, t.ttft_ms, t.cold_ttft_ms
         );
+        if let Some(s) = ours.switch {
+            println!(
+                "switch back: the same turn after another chat of {history} tokens ran: first \
+                 token in {:.1} ms with its cache kept ({} cached), {:.1} ms without ({} cached)",
+                s.kept_ttft_ms, s.kept_cached_tokens, s.cold_ttft_ms, s.cold_cached_tokens
+            );
+        }
     }
 }

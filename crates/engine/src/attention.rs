@@ -14,6 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::backend::HostRows;
 use crate::threads::pool;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -203,6 +204,90 @@ impl KvCache {
             Store::F32(k, v) => KvLayer::F32(&k[il], &v[il]),
             Store::F16(k, v) => KvLayer::F16(&k[il], &v[il]),
         }
+    }
+
+    /// Copies every layer's keys and values of positions `0..len` (see
+    /// [`crate::backend::Backend::save_cache`]).
+    pub fn save(&self, len: usize) -> Vec<(HostRows, HostRows)> {
+        let n = len.min(self.tokens.len()) * self.kv_dim;
+        match &self.store {
+            Store::F32(k, v) => k
+                .iter()
+                .zip(v)
+                .map(|(k, v)| {
+                    (
+                        HostRows::F32(k[..n].to_vec()),
+                        HostRows::F32(v[..n].to_vec()),
+                    )
+                })
+                .collect(),
+            Store::F16(k, v) => k
+                .iter()
+                .zip(v)
+                .map(|(k, v)| {
+                    (
+                        HostRows::F16(k[..n].to_vec()),
+                        HostRows::F16(v[..n].to_vec()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes `layers` (from [`KvCache::save`] of a cache like this one) the cache of `tokens`.
+    /// On an error the cache is empty.
+    pub fn restore(
+        &mut self,
+        tokens: &[u32],
+        layers: &[(HostRows, HostRows)],
+    ) -> Result<(), String> {
+        let n = tokens.len() * self.kv_dim;
+        let mismatch = || {
+            format!(
+                "a saved KV cache of {} positions does not fit this cache",
+                tokens.len()
+            )
+        };
+        let n_layer = match &self.store {
+            Store::F32(k, _) => k.len(),
+            Store::F16(k, _) => k.len(),
+        };
+        if tokens.len() > self.max_len || layers.len() != n_layer {
+            return Err(mismatch());
+        }
+        self.tokens.clear();
+        match &mut self.store {
+            Store::F32(k, v) => {
+                for ((k, v), rows) in k.iter_mut().zip(v).zip(layers) {
+                    let (HostRows::F32(sk), HostRows::F32(sv)) = rows else {
+                        return Err(mismatch());
+                    };
+                    if sk.len() != n || sv.len() != n {
+                        return Err(mismatch());
+                    }
+                    k.clear();
+                    k.extend_from_slice(sk);
+                    v.clear();
+                    v.extend_from_slice(sv);
+                }
+            }
+            Store::F16(k, v) => {
+                for ((k, v), rows) in k.iter_mut().zip(v).zip(layers) {
+                    let (HostRows::F16(sk), HostRows::F16(sv)) = rows else {
+                        return Err(mismatch());
+                    };
+                    if sk.len() != n || sv.len() != n {
+                        return Err(mismatch());
+                    }
+                    k.clear();
+                    k.extend_from_slice(sk);
+                    v.clear();
+                    v.extend_from_slice(sv);
+                }
+            }
+        }
+        self.tokens = tokens.to_vec();
+        Ok(())
     }
 
     /// Marks `tokens` (whose rows every layer has `put`) as cached.

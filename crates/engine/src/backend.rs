@@ -63,6 +63,62 @@ pub trait Backend: Send {
 
     /// Weight types of the matrices, with how many tensors of each (for `inspect`).
     fn weight_types(&self) -> Vec<(TensorType, usize)>;
+
+    /// Copies the keys and values of cached positions `0..len` to host memory, each layer's
+    /// (keys, values) in the backend's own layout, for [`Backend::restore_cache`] to write back.
+    /// `None`: this backend keeps no copies (the runner, whose cache is in another process).
+    fn save_cache(&self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+        let _ = len;
+        Ok(None)
+    }
+
+    /// Writes back what [`Backend::save_cache`] copied of the positions of `tokens`; what the
+    /// cache held after them is forgotten.
+    fn restore_cache(&mut self, tokens: &[u32], layers: &[(HostRows, HostRows)]) -> Result<()> {
+        let _ = (tokens, layers);
+        Err(EngineError::Device(
+            "this backend cannot restore a saved KV cache".into(),
+        ))
+    }
+}
+
+/// One cached tensor's elements, copied to host memory in the cache's element type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostRows {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl HostRows {
+    pub fn bytes(&self) -> usize {
+        match self {
+            HostRows::F32(v) => v.len() * 4,
+            HostRows::F16(v) => v.len() * 2,
+        }
+    }
+}
+
+/// A session's cache copied out of its backend: the tokens it held and, per layer, their keys
+/// and values ([`Session::snapshot`], [`Session::restore`]).
+pub struct KvSnapshot {
+    tokens: Vec<u32>,
+    layers: Vec<(HostRows, HostRows)>,
+}
+
+impl KvSnapshot {
+    pub fn new(tokens: Vec<u32>, layers: Vec<(HostRows, HostRows)>) -> Self {
+        Self { tokens, layers }
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Host memory it holds.
+    pub fn bytes(&self) -> usize {
+        let rows: usize = self.layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum();
+        rows + self.tokens.len() * 4
+    }
 }
 
 /// A backend and the tokens its KV cache holds.
@@ -112,6 +168,27 @@ impl Session {
     /// Forgets cached positions from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.tokens.truncate(len);
+    }
+
+    /// The cache copied out (see [`KvSnapshot`]); `None` when it is empty or the backend keeps
+    /// no copies.
+    pub fn snapshot(&self) -> Result<Option<KvSnapshot>> {
+        if self.tokens.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .backend
+            .save_cache(self.tokens.len())?
+            .map(|layers| KvSnapshot::new(self.tokens.clone(), layers)))
+    }
+
+    /// Makes `snapshot` (of this session's backend) the cache. On an error the cache is empty.
+    pub fn restore(&mut self, snapshot: KvSnapshot) -> Result<()> {
+        self.tokens.clear();
+        self.backend
+            .restore_cache(&snapshot.tokens, &snapshot.layers)?;
+        self.tokens = snapshot.tokens;
+        Ok(())
     }
 
     /// Runs `tokens` after the cached positions and caches them (see [`Backend::forward`]), in

@@ -91,18 +91,7 @@ pub struct SecondTurn {
 /// Measures [`SecondTurn`] through [`Engine::generate`], the path the chat app takes (one greedy
 /// token per request).
 pub fn second_turn(engine: &mut Engine, history: &[u32], new: &[u32]) -> Result<SecondTurn> {
-    let params = GenerationParams {
-        max_tokens: 1,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..engine.default_sampling()
-        },
-        stop_strings: Vec::new(),
-        ignore_eos: true,
-        start_in_thinking: false,
-        max_thinking_tokens: None,
-        speculative: crate::Speculative::Off,
-    };
+    let params = first_token_params(engine);
     let ttft = |engine: &mut Engine, prompt: &[u32]| {
         engine
             .generate(prompt, &params, &|| false, &mut |_| {})
@@ -119,6 +108,75 @@ pub fn second_turn(engine: &mut Engine, history: &[u32], new: &[u32]) -> Result<
         ttft_ms,
         cold_ttft_ms,
     })
+}
+
+/// Switching back to a chat: time to first token (the switch included) for `new` tokens after
+/// `history_a`, when
+/// another conversation (`history_b`) ran in between, with `history_a`'s cache kept and restored
+/// ([`Engine::use_cache_of`]) and without (prefix reuse only, from B's cache).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwitchBack {
+    /// Prompt tokens found in the cache, and the time to first token, with A's cache kept.
+    pub kept_cached_tokens: usize,
+    pub kept_ttft_ms: f64,
+    /// The same with no memory for kept caches.
+    pub cold_cached_tokens: usize,
+    pub cold_ttft_ms: f64,
+}
+
+/// Measures [`SwitchBack`] through [`Engine::use_cache_of`] and [`Engine::generate`], the path
+/// the chat worker takes; the budget is left as it was.
+pub fn switch_back(
+    engine: &mut Engine,
+    history_a: &[u32],
+    history_b: &[u32],
+    new: &[u32],
+) -> Result<SwitchBack> {
+    let params = first_token_params(engine);
+    let both: Vec<u32> = history_a.iter().chain(new).copied().collect();
+    let run = |engine: &mut Engine, budget: usize| -> Result<(usize, f64)> {
+        engine.set_kept_cache_budget(budget);
+        engine.reset();
+        // Fresh names each run: nothing kept from the run before.
+        let (a, b) = (format!("a{budget}"), format!("b{budget}"));
+        for (who, prompt) in [(&a, history_a), (&b, history_b)] {
+            engine.use_cache_of(who)?;
+            engine.generate(prompt, &params, &|| false, &mut |_| {})?;
+        }
+        // The switch (copying B's cache out, A's back in) counts: the user waits for it too.
+        let start = Instant::now();
+        engine.use_cache_of(&a)?;
+        let switch_ms = start.elapsed().as_secs_f64() * 1e3;
+        let out = engine.generate(&both, &params, &|| false, &mut |_| {})?;
+        Ok((
+            out.usage.cached_tokens,
+            switch_ms + out.timings.time_to_first_token_ms,
+        ))
+    };
+    let (kept_cached_tokens, kept_ttft_ms) = run(engine, usize::MAX)?;
+    let (cold_cached_tokens, cold_ttft_ms) = run(engine, 0)?;
+    Ok(SwitchBack {
+        kept_cached_tokens,
+        kept_ttft_ms,
+        cold_cached_tokens,
+        cold_ttft_ms,
+    })
+}
+
+/// One greedy token per request: what the time-to-first-token measurements generate.
+fn first_token_params(engine: &Engine) -> GenerationParams {
+    GenerationParams {
+        max_tokens: 1,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..engine.default_sampling()
+        },
+        stop_strings: Vec::new(),
+        ignore_eos: true,
+        start_in_thinking: false,
+        max_thinking_tokens: None,
+        speculative: crate::Speculative::Off,
+    }
 }
 
 /// The median (the mean of the middle two for an even count); 0 for no values.
@@ -193,6 +251,17 @@ mod tests {
         let t = second_turn(&mut engine, &history, &new).expect("second turn");
         assert_eq!(t.cached_tokens, 100, "the whole history is reused");
         assert!(t.ttft_ms > 0.0 && t.cold_ttft_ms > 0.0);
+    }
+
+    #[test]
+    fn switching_back_restores_the_first_history() {
+        let (model, opts) = test_model(256);
+        let mut engine = Engine::load(&model, &opts).expect("the test model loads (make model)");
+        let mut source = TokenSource::new(engine.tokenizer().vocab_size());
+        let (a, b, new) = (source.take(60), source.take(60), source.take(8));
+        let t = switch_back(&mut engine, &a, &b, &new).expect("switch back");
+        assert_eq!(t.kept_cached_tokens, 60, "A's history is restored");
+        assert!(t.cold_cached_tokens < 60, "{t:?}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use candle_nn::rotary_emb::rope_i;
 use memmap2::Mmap;
 
 use crate::attention::KvType;
-use crate::backend::{Backend, Logits};
+use crate::backend::{Backend, HostRows, Logits};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::gguf::{Gguf, TensorType};
@@ -412,6 +412,45 @@ impl Backend for CandleModel {
 
     fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// Each layer's first `len` positions, copied to the host (from a GPU: one transfer per
+    /// tensor, not per position).
+    fn save_cache(&self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+        let rows = |t: &Tensor| -> Result<HostRows> {
+            let t = t.narrow(1, 0, len)?.flatten_all()?; // (n_kv * len * hd)
+            Ok(match t.dtype() {
+                DType::F16 => HostRows::F16(t.to_vec1()?),
+                _ => HostRows::F32(t.to_dtype(DType::F32)?.to_vec1()?),
+            })
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| Ok((rows(&l.k_cache)?, rows(&l.v_cache)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(layers))
+    }
+
+    fn restore_cache(&mut self, tokens: &[u32], layers: &[(HostRows, HostRows)]) -> Result<()> {
+        let len = tokens.len();
+        if len > self.max_len || layers.len() != self.layers.len() {
+            return Err(EngineError::InvalidModel(format!(
+                "a saved KV cache of {len} positions does not fit this cache"
+            )));
+        }
+        for (l, (k, v)) in self.layers.iter().zip(layers) {
+            for (cache, rows) in [(&l.k_cache, k), (&l.v_cache, v)] {
+                let (n_kv, _, hd) = cache.dims3()?;
+                let shape = (n_kv, len, hd);
+                let saved = match rows {
+                    HostRows::F32(x) => Tensor::from_slice(x, shape, &self.device)?,
+                    HostRows::F16(x) => Tensor::from_slice(x, shape, &self.device)?,
+                };
+                cache.slice_set(&saved.to_dtype(cache.dtype())?, 1, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// As allocated, like the native model's: the K and V tensors of every layer.

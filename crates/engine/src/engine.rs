@@ -15,6 +15,7 @@ use crate::device::{BackendKind, Placement};
 use crate::error::{EngineError, Result};
 use crate::generate::{self, GenerationEvent, GenerationOutput, GenerationParams};
 use crate::gguf::{Gguf, GgufError};
+use crate::kept::KeptCaches;
 use crate::memory::{self, MemoryEstimate};
 use crate::model::Model;
 use crate::runner::{RunnerBackend, RunnerTimeouts};
@@ -84,6 +85,10 @@ pub struct ModelInfo {
 /// A model ready to run: weights, tokenizer, template and KV cache.
 pub struct Engine {
     session: Session,
+    /// The conversation the live cache belongs to ([`Engine::use_cache_of`]).
+    live: Option<String>,
+    /// Other conversations' caches, copied out (see [`crate::kept`]).
+    kept: KeptCaches,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     stop_tokens: Vec<u32>,
@@ -338,6 +343,8 @@ impl Engine {
         tracing::info!(path = %path.display(), load_ms = info.load_ms, "model loaded");
         Ok(Self {
             session: Session::new(model),
+            live: None,
+            kept: KeptCaches::default(),
             tokenizer,
             template,
             stop_tokens,
@@ -385,6 +392,41 @@ impl Engine {
     /// Forgets the KV cache (the next prompt is prefilled from scratch).
     pub fn reset(&mut self) {
         self.session.truncate(0);
+    }
+
+    /// Sets the host memory other conversations' KV caches may keep (0: none is kept; the
+    /// least recently used go first when it shrinks).
+    pub fn set_kept_cache_budget(&mut self, bytes: usize) {
+        self.kept.set_budget(bytes);
+    }
+
+    /// Host memory the kept caches hold now.
+    pub fn kept_cache_bytes(&self) -> usize {
+        self.kept.bytes()
+    }
+
+    /// Makes the KV cache `conversation`'s before its turn: the live cache, another
+    /// conversation's, is copied out and kept (within the budget), and `conversation`'s kept
+    /// cache, if any, is written back, so the next [`Engine::generate`] for it prefills only
+    /// what follows. A conversation with no kept cache goes on from the live one (prefix reuse
+    /// still takes a common beginning, e.g. the system prompt). Returns the cached positions.
+    /// A backend that keeps no copies (the runner) keeps nothing and goes on from the live cache.
+    pub fn use_cache_of(&mut self, conversation: &str) -> Result<usize> {
+        if self.live.as_deref() == Some(conversation) {
+            return Ok(self.session.len());
+        }
+        if let Some(previous) = self.live.take() {
+            if self.kept.budget() > 0 {
+                if let Some(snapshot) = self.session.snapshot()? {
+                    self.kept.keep(previous, snapshot);
+                }
+            }
+        }
+        self.live = Some(conversation.to_owned());
+        if let Some(snapshot) = self.kept.take(conversation) {
+            self.session.restore(snapshot)?;
+        }
+        Ok(self.session.len())
     }
 
     /// Tokens that end a generation: end-of-sequence and end-of-turn tokens.

@@ -41,6 +41,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod kept;
 pub mod kernels;
 pub mod memory;
 pub mod model;

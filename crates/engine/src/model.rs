@@ -11,7 +11,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::attention::{attention, AttnShape, KvCache, KvType};
-use crate::backend::{Backend, Logits};
+use crate::backend::{Backend, HostRows, Logits};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::gguf::{Gguf, TensorType};
@@ -379,6 +379,16 @@ impl Backend for Model {
 
     fn max_len(&self) -> usize {
         self.cache.max_len()
+    }
+
+    fn save_cache(&self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+        Ok(Some(self.cache.save(len)))
+    }
+
+    fn restore_cache(&mut self, tokens: &[u32], layers: &[(HostRows, HostRows)]) -> Result<()> {
+        self.cache
+            .restore(tokens, layers)
+            .map_err(EngineError::InvalidModel)
     }
 
     fn cache_bytes(&self) -> usize {

@@ -396,3 +396,57 @@ fn the_thinking_budget_closes_the_thinking_and_the_answer_follows() {
         assert_eq!(out.finish_reason, FinishReason::Length);
     }
 }
+
+#[test]
+fn switching_back_to_a_conversation_prefills_only_its_new_tokens() {
+    for (name, opts) in backends() {
+        let mut engine = load(&opts, 256);
+        engine.set_kept_cache_budget(64 << 20);
+        let a1 = prompt(&engine, "The capital of France is");
+        let b1 = prompt(&engine, "Rust is a programming language that");
+        assert_eq!(engine.use_cache_of("a").unwrap(), 0);
+        let out_a = run(&mut engine, &a1, &greedy(4));
+        engine.use_cache_of("b").unwrap();
+        let out_b = run(&mut engine, &b1, &greedy(4));
+        let a_cached = a1.len() + out_a.ids.len() - 1;
+        let b_cached = b1.len() + out_b.ids.len() - 1;
+        let more = |first: &[u32], ids: &[u32], text: &str| -> Vec<u32> {
+            let mut v: Vec<u32> = first.iter().chain(ids).copied().collect();
+            v.extend(engine.tokenizer().encode(text, false));
+            v
+        };
+        let a2 = more(&a1, &out_a.ids, " and of Spain");
+        let b2 = more(&b1, &out_b.ids, " and it is fast");
+        if name.contains("runner") {
+            // The runner's cache is in another process: nothing is kept, the live cache (b's)
+            // goes on, and a is prefilled again past what it shares with b.
+            assert_eq!(engine.use_cache_of("a").unwrap(), b_cached, "{name}");
+            let again = run(&mut engine, &a2, &greedy(1));
+            assert!(again.usage.cached_tokens < a1.len(), "{name}");
+            assert_eq!(engine.kept_cache_bytes(), 0, "{name}");
+            continue;
+        }
+        // Back to a: its cache is restored, and only the new tokens are prefilled.
+        assert_eq!(engine.use_cache_of("a").unwrap(), a_cached, "{name}");
+        assert!(engine.kept_cache_bytes() > 0, "{name}: b's cache is kept");
+        let again = run(&mut engine, &a2, &greedy(1));
+        assert_eq!(again.usage.prompt_tokens, a2.len(), "{name}");
+        assert_eq!(again.usage.cached_tokens, a_cached, "{name}");
+        // Back to b: what is restored is b's own cache, bit for bit: its next logits are those
+        // of an engine that ran b alone, through the same passes.
+        assert_eq!(engine.use_cache_of("b").unwrap(), b_cached, "{name}");
+        let row = engine.feed(&b2[b_cached..]).expect("b's new tokens");
+        let mut alone = load(&opts, 256);
+        run(&mut alone, &b1, &greedy(4));
+        let expected = alone.feed(&b2[b_cached..]).expect("b alone");
+        assert!(row == expected, "{name}: b's restored cache is not b's");
+        // With no budget, nothing is kept: a is not restored.
+        engine.set_kept_cache_budget(0);
+        assert_eq!(engine.kept_cache_bytes(), 0, "{name}");
+        assert_eq!(
+            engine.use_cache_of("a").unwrap(),
+            b2.len(),
+            "{name}: b's stays live"
+        );
+    }
+}

@@ -170,6 +170,7 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "endpoint_timeout": s.endpoint.timeout_secs,
         "context_len": s.context_len,
         "kv_cache": s.kv_cache.name(),
+        "kept_caches_mb": s.kept_caches_mb,
         "device": s.device.to_string(),
         "backend": s.backend.map(|b| b.to_string()).unwrap_or_default(),
         "threads": s.threads,
@@ -249,6 +250,9 @@ pub fn settings_from_form(
     }
     if let Some(v) = form.get("kv_cache") {
         s.kv_cache = v.parse().map_err(|e| format!("KV cache: {e}"))?;
+    }
+    if let Some(n) = field(form, "kept_caches_mb", "Caches of recent chats")? {
+        s.kept_caches_mb = n;
     }
     if let Some(n) = field(form, "threads", "Threads")? {
         s.threads = n;

@@ -5,8 +5,9 @@
 //! 1. no model: the chat explains why and how to get one, and commands still answer; the onboarding
 //!    downloads the test model from a local stand-in for the hub; then a question streams an answer
 //!    that is seen growing, token by token;
-//! 2. a restart: the downloaded model loads again, and the chat and its answer are still there; the settings
-//!    page lists the devices, each unusable one with its reason.
+//! 2. a restart: the downloaded model loads again, and the chat and its answer are still there; a new
+//!    question gets follow-up chips, one is clicked and sent, and the question is edited (two versions);
+//!    the settings page lists the devices, each unusable one with its reason.
 //!
 //! Screenshots land in `target/e2e/`.
 
@@ -378,6 +379,80 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         "no thinking pill for SmolLM2"
     );
     save_screenshot(&s, "restarted.png");
+
+    // Follow-up chips: after an answer, up to three next questions under it (made after the answer,
+    // on its cached prefix); a click sends one as the next message.
+    type_and_send(&s, "What is the capital of France?");
+    let chip_count = || {
+        s.execute(
+            "return document.querySelectorAll('.follow-ups .chip').length;",
+            vec![],
+        )
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+    };
+    let chips = poll("follow-up chips", Duration::from_secs(120), || {
+        (last_answer_done(&s) && chip_count() > 0).then(chip_count)
+    });
+    assert!(chips <= 3, "{chips} chips");
+    save_screenshot(&s, "follow-ups.png");
+    let chip = s.find(".follow-ups .chip").unwrap();
+    let asked = s.text(&chip).unwrap();
+    s.click(&chip).unwrap();
+    let last_question = || {
+        s.execute(
+            "const q = document.querySelectorAll('#messages article.msg.user .bubble'); \
+             return q.length ? q[q.length - 1].textContent : '';",
+            vec![],
+        )
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+    };
+    poll("the chip's question sent", Duration::from_secs(20), || {
+        (last_question().trim() == asked.trim()).then_some(())
+    });
+    poll("its answer", Duration::from_secs(120), || {
+        last_answer_done(&s).then_some(())
+    });
+
+    // Editing the question: the conversation from there is answered again, the old version kept
+    // (1/2 <-> 2/2 under the question).
+    s.execute(
+        "const b = document.querySelectorAll('#messages article.msg.user button[hx-get$=\"/edit\"]'); \
+         b[b.length - 1].click(); return true;",
+        vec![],
+    )
+    .unwrap();
+    s.wait_for("form.edit-form textarea", Duration::from_secs(20))
+        .unwrap();
+    s.execute(
+        "document.querySelector('form.edit-form textarea').value = 'Name three colours.'; return true;",
+        vec![],
+    )
+    .unwrap();
+    s.click(&s.find("form.edit-form button[type=submit]").unwrap())
+        .unwrap();
+    poll(
+        "the edited question's answer",
+        Duration::from_secs(120),
+        || {
+            let shown = s
+            .execute(
+                "const b = document.querySelector('#messages .branch-index'); return b ? b.textContent : '';",
+                vec![],
+            )
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+            (shown == "2/2"
+                && last_question().trim() == "Name three colours."
+                && last_answer_done(&s))
+            .then_some(())
+        },
+    );
+    save_screenshot(&s, "edited.png");
 
     // The settings page lists the devices: the CPU offered, CUDA and Metal disabled with the engine's reason.
     s.execute("window.location.assign('/settings'); return true;", vec![])

@@ -367,7 +367,7 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     });
     // Compared as words: the page's text of rendered Markdown may differ in blank lines.
     assert_eq!(words(&stored), words(&regenerated));
-    let question = s.find("#messages article.msg.user").unwrap();
+    let question = s.find("#messages article.msg.user .bubble").unwrap();
     assert_eq!(s.text(&question).unwrap().trim(), QUESTION);
     // SmolLM2's template has no thinking mode, so the chat header offers none.
     assert!(

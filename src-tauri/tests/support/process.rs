@@ -1,7 +1,7 @@
 //! The processes and folders the app's tests set up around it: a display (Xvfb), a child process
 //! that ends with the test, a temporary folder.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,12 @@ pub fn require(tool: &str) {
 /// Xvfb on a display of its own.
 pub fn start_display() -> (Guard, String) {
     require("Xvfb");
+    // A display is in use when its socket answers: a killed Xvfb leaves its socket and lock file
+    // behind, and a new Xvfb takes such a display over (it checks the lock's process is gone).
+    let live =
+        |n: u32| std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{n}")).is_ok();
     for n in 90..120 {
-        if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+        if live(n) {
             continue;
         }
         let display = format!(":{n}");
@@ -46,7 +50,7 @@ pub fn start_display() -> (Guard, String) {
         let guard = Guard(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+            if live(n) {
                 return (guard, display);
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -179,14 +179,37 @@
     const args = typeof call.arguments === "string" ? call.arguments : JSON.stringify(call.arguments);
     part("code", "tool-args", args);
     part("span", "tool-status", call.status);
-    part("span", "tool-time", call.status === "running" ? "" : call.duration_ms + " ms");
+    const waiting = call.status === "running" || call.status === "pending";
+    part("span", "tool-time", waiting ? "" : call.duration_ms + " ms");
     const result = document.createElement("pre");
     result.className = "tool-result";
     result.textContent = call.result;
     card.append(summary, result);
+    if (call.status === "pending") {
+      // Allow once / Always / Deny, as tool_card.html renders them.
+      card.open = true;
+      const msg = container.closest("article");
+      const url = "/chats/" + msg.getAttribute("sse-connect") + "/messages/" +
+        msg.getAttribute("sse-message") + "/tools/" + call.index + "/decide";
+      const ask = document.createElement("div");
+      ask.className = "tool-approval";
+      ask.setAttribute("hx-swap", "none");
+      ask.append("Run this tool? ");
+      for (const [decision, label, cls] of [["once", "Allow once", "btn primary"],
+        ["always", "Always for this tool", "btn"], ["deny", "Deny", "btn"]]) {
+        const b = document.createElement("button");
+        b.className = cls;
+        b.textContent = label;
+        b.setAttribute("hx-post", url);
+        b.setAttribute("hx-vals", JSON.stringify({ decision }));
+        ask.append(b, " ");
+      }
+      card.append(ask);
+    }
     const old = container.querySelector('[data-tool-index="' + call.index + '"]');
     if (old) old.replaceWith(card);
     else container.append(card);
+    if (call.status === "pending") htmx.process(card);
   }
 
   /** Markdown is re-rendered at most once per animation frame, however many tokens arrive. */

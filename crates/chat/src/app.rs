@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     notices: Vec<String>,
     /// The user's MCP servers, started on first use.
     pub mcp: Arc<McpServers>,
+    /// Tool calls waiting for the user's approval.
+    pub approvals: Arc<crate::tools::approval::Approvals>,
 }
 
 /// Settings for this run only (`smollm3 serve --model --context --threads`): in effect while the
@@ -187,6 +189,7 @@ impl ChatApp {
                 threads: Mutex::new(vec![worker_thread, streamer]),
                 notices,
                 mcp,
+                approvals: Default::default(),
             }),
         };
         match crashed {

@@ -11,9 +11,10 @@ use crate::followups::FollowUps;
 use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::tools::approval::Decision;
 use crate::tools::builtin::Builtins;
 use crate::tools::host::AppTools;
-use crate::tools::{ToolUse, Tools};
+use crate::tools::{mcp, Approval, ToolUse, Tools};
 use crate::views::SendOutcome;
 use crate::worker::{FollowUpRequest, GenerationJob, JobEvent, ModelState, Prompt};
 
@@ -169,13 +170,13 @@ impl ChatApp {
             source: format!("chat {chat_id}"),
             cancelled: turn.cancelled.clone(),
             sink,
-            tools: self.tool_use(&settings),
+            tools: self.tool_use(&settings, answer_id),
             follow_ups,
         })
     }
 
     /// The tools a chat's answer may call, per the settings.
-    fn tool_use(&self, settings: &crate::Settings) -> Option<Tools> {
+    fn tool_use(&self, settings: &crate::Settings, answer: MessageId) -> Option<Tools> {
         settings.tools.enabled.then(|| {
             Tools::Run(ToolUse {
                 host: Arc::new(AppTools::new(
@@ -185,6 +186,10 @@ impl ChatApp {
                 )),
                 max_steps: settings.tools.max_steps,
                 timeout: settings.tools.timeout(),
+                approval: Some(Approval {
+                    approvals: self.inner.approvals.clone(),
+                    answer,
+                }),
             })
         })
     }
@@ -224,6 +229,48 @@ impl ChatApp {
     /// with the text it had. Returns whether there was one.
     pub fn stop(&self, chat_id: ChatId) -> bool {
         self.core().stop(chat_id)
+    }
+
+    /// The user's answer to call `index` of the answer `message_id`, waiting for approval.
+    /// "Always" first marks the tool trusted in the settings.
+    pub fn decide_tool(
+        &self,
+        chat_id: ChatId,
+        message_id: MessageId,
+        index: usize,
+        decision: Decision,
+    ) -> Result<()> {
+        if self.core().store(|s| s.message(message_id))?.chat_id != chat_id {
+            return Err(ChatError::NoSuchMessage(message_id));
+        }
+        let gone = || ChatError::Invalid("this tool call no longer waits for an answer".into());
+        let approvals = &self.inner.approvals;
+        let name = approvals.waiting(message_id, index).ok_or_else(gone)?;
+        if decision == Decision::Always {
+            self.trust_tool(&name)?;
+        }
+        match approvals.decide(message_id, index, decision) {
+            true => Ok(()),
+            false => Err(gone()),
+        }
+    }
+
+    /// Adds the MCP tool the model calls `exposed` to its server's trusted tools.
+    fn trust_tool(&self, exposed: &str) -> Result<()> {
+        let not_mcp = || ChatError::Invalid(format!("{exposed:?} is not an MCP server's tool"));
+        let (server, tool) = mcp::split_exposed(exposed).ok_or_else(not_mcp)?;
+        let mut settings = self.settings();
+        let config = settings
+            .tools
+            .mcp_servers
+            .iter_mut()
+            .find(|s| s.name == server)
+            .ok_or_else(not_mcp)?;
+        if !config.trusted.iter().any(|t| t == tool) {
+            config.trusted.push(tool.into());
+        }
+        self.update_settings(settings)?;
+        Ok(())
     }
 
     /// Replaces an answer of `chat_id` (and every later message of the chat) with a new one. A

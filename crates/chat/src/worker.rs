@@ -824,6 +824,13 @@ fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats
         };
         messages.push(ChatMessage::new("assistant", said));
         for call in &calls {
+            let refused = tools.ask(index, call, cancelled, &mut |r| sink(JobEvent::Tool(r)));
+            if let Some(record) = refused {
+                messages.push(ChatMessage::new("tool", tools::tool_message(&record)));
+                sink(JobEvent::Tool(record));
+                index += 1;
+                continue;
+            }
             sink(JobEvent::Tool(tools::running(index, call)));
             let record = tools.run(index, call);
             messages.push(ChatMessage::new("tool", tools::tool_message(&record)));
@@ -831,6 +838,11 @@ fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats
             index += 1;
         }
         if cancelled.load(Ordering::SeqCst) {
+            // Stopped between steps (while a call ran or waited for approval): the answer
+            // ends here as stopped, not as the last step ended.
+            if let Some(t) = total.as_mut() {
+                t.finish = Some(Finish::Cancelled);
+            }
             break;
         }
     }

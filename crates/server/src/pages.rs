@@ -87,7 +87,7 @@ impl ToolView {
             status: t.status.as_str(),
             result: t.result.clone(),
             duration: match t.status {
-                ToolStatus::Running => String::new(),
+                ToolStatus::Running | ToolStatus::Pending => String::new(),
                 _ => format!("{} ms", t.duration_ms),
             },
         }

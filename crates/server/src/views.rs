@@ -193,6 +193,38 @@ mod tests {
     }
 
     #[test]
+    fn a_call_waiting_for_approval_offers_allow_once_always_and_deny_while_streaming() {
+        let views = Views::new();
+        let record = chat::tools::ToolRecord {
+            index: 1,
+            name: "files__write".into(),
+            arguments: json!({"path": "a"}),
+            status: chat::tools::ToolStatus::Pending,
+            result: String::new(),
+            duration_ms: 0,
+        };
+        let tool = crate::pages::ToolView::new(&record);
+        let html = |streaming: bool| {
+            views.render(
+                "message.html",
+                json!({"m": {"id": 9, "chat_id": 2, "role": "assistant", "streaming": streaming, "status": "interrupted", "content": "", "tools": [&tool]}}),
+            )
+        };
+        let live = html(true);
+        for decision in ["once", "always", "deny"] {
+            let button = format!(
+                r#"hx-post="/chats/2/messages/9/tools/1/decide" hx-vals='{{"decision": "{decision}"}}'"#
+            );
+            assert!(live.contains(&button), "{live}");
+        }
+        assert!(live.contains(">Always for this tool</button>"), "{live}");
+        assert!(
+            !html(false).contains("<button class=\"btn primary\" hx-post"),
+            "a stored card asks nothing"
+        );
+    }
+
+    #[test]
     fn an_mcp_server_card_starts_it_when_shown_and_says_how_it_stands() {
         use chat::tools::mcp::{McpServerStatus, McpState, McpTool};
         let views = Views::new();

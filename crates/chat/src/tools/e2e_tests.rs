@@ -354,7 +354,11 @@ fn an_mcp_tool_is_offered_beside_the_builtins_and_its_call_runs_in_the_loop() {
     let h = harness(
         vec![vec![call.into()], vec!["It is 42.".into()]],
         ToolSettings {
-            mcp_servers: vec![demo_server()],
+            // Trusted: it runs without asking (asking: see the next test).
+            mcp_servers: vec![crate::tools::mcp::McpServerConfig {
+                trusted: vec!["add".into()],
+                ..demo_server()
+            }],
             ..ToolSettings::default()
         },
     );
@@ -375,4 +379,100 @@ fn an_mcp_tool_is_offered_beside_the_builtins_and_its_call_runs_in_the_loop() {
         servers[0].state,
         crate::tools::mcp::McpState::Running { .. }
     ));
+}
+
+/// Sends `text` in a new chat and waits until call `index` of its answer waits for approval.
+fn ask_until_pending(h: &Harness, text: &str, index: usize) -> (crate::ChatId, crate::MessageId) {
+    let chat = h.app.create_chat().unwrap();
+    let SendOutcome::Generating {
+        assistant_message_id: id,
+        ..
+    } = h.app.send(chat.id, text).unwrap()
+    else {
+        panic!("not an answer")
+    };
+    wait(|| h.app.inner.approvals.waiting(id, index));
+    (chat.id, id)
+}
+
+fn stored(h: &Harness, chat: crate::ChatId, id: crate::MessageId) -> crate::Message {
+    wait(|| {
+        let view = h.app.chat(chat).unwrap();
+        let m = view.messages.into_iter().find(|m| m.id == id)?;
+        (!view.busy && m.status != MessageStatus::Streaming).then_some(m)
+    })
+}
+
+#[test]
+fn an_mcp_call_waits_for_approval_deny_always_and_stop() {
+    use crate::tools::approval::Decision;
+    let call =
+        "<tool_call>{\"name\": \"demo__add\", \"arguments\": {\"a\": 1, \"b\": 2}}</tool_call>";
+    let h = harness(
+        vec![
+            vec![call.into()],
+            vec!["You declined.".into()],
+            vec![call.into()],
+            vec!["It is 3.".into()],
+            vec![call.into()],
+            vec!["Again 3.".into()],
+            vec!["<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"1+2\"}}</tool_call>".into()],
+            vec!["3.".into()],
+        ],
+        ToolSettings {
+            mcp_servers: vec![demo_server()],
+            ..ToolSettings::default()
+        },
+    );
+    // Deny: the model is told the user declined; the tool did not run.
+    let (chat, id) = ask_until_pending(&h, "1+2?", 0);
+    let err = h.app.decide_tool(chat, id, 5, Decision::Once).unwrap_err();
+    assert!(err.to_string().contains("no longer waits"), "{err}");
+    h.app.decide_tool(chat, id, 0, Decision::Deny).unwrap();
+    let m = stored(&h, chat, id);
+    assert_eq!(m.content, "You declined.");
+    assert_eq!(
+        (m.tools[0].status, m.tools[0].result.as_str()),
+        (ToolStatus::Declined, crate::tools::approval::DECLINED)
+    );
+    assert!(h.prompts()[1].contains("the user declined to run this tool"));
+
+    // Always: it runs, the tool is trusted in the settings, and the next call does not ask.
+    let (chat, id) = ask_until_pending(&h, "1+2 again?", 0);
+    h.app.decide_tool(chat, id, 0, Decision::Always).unwrap();
+    let m = stored(&h, chat, id);
+    assert_eq!(
+        (m.tools[0].status, m.tools[0].result.as_str()),
+        (ToolStatus::Done, "3")
+    );
+    assert_eq!(h.app.settings().tools.mcp_servers[0].trusted, ["add"]);
+    let (content, records) = h.ask("and again?");
+    assert_eq!(content, "Again 3.");
+    assert!(records.iter().all(|r| r.status != ToolStatus::Pending));
+
+    // Built-ins are read-only: they never ask.
+    let (_, records) = h.ask("1+2 with the calculator?");
+    assert!(records.iter().all(|r| r.status != ToolStatus::Pending));
+}
+
+#[test]
+fn stop_ends_the_wait_for_approval() {
+    let call =
+        "<tool_call>{\"name\": \"demo__add\", \"arguments\": {\"a\": 1, \"b\": 2}}</tool_call>";
+    let h = harness(
+        vec![vec![call.into()]],
+        ToolSettings {
+            mcp_servers: vec![demo_server()],
+            ..ToolSettings::default()
+        },
+    );
+    let (chat, id) = ask_until_pending(&h, "1+2?", 0);
+    assert!(h.app.stop(chat));
+    let m = stored(&h, chat, id);
+    assert_eq!(m.status, MessageStatus::Interrupted);
+    assert_eq!(
+        (m.tools[0].status, m.tools[0].result.as_str()),
+        (ToolStatus::Skipped, "not run: the answer was stopped")
+    );
+    assert_eq!(h.prompts().len(), 1, "no step after the stop");
 }

@@ -41,6 +41,15 @@ impl ToolHost for AppTools {
         specs
     }
 
+    /// Every MCP tool asks first unless the user trusts it (read live: "Always" during an
+    /// answer applies to its later calls).
+    fn needs_approval(&self, name: &str) -> bool {
+        self.mcp_tools()
+            .iter()
+            .find(|t| super::mcp::exposed_name(&t.server, &t.name) == name)
+            .is_some_and(|t| !self.mcp.is_trusted(&t.server, &t.name))
+    }
+
     fn run(&self, call: &ToolCall) -> Result<String, ToolError> {
         let offered = self
             .mcp_tools()

@@ -100,6 +100,11 @@ impl McpServerConfig {
     }
 }
 
+/// The server and tool of a name [`exposed_name`] made (server names have no `__`).
+pub fn split_exposed(name: &str) -> Option<(&str, &str)> {
+    name.split_once(NAME_SEPARATOR)
+}
+
 /// The name the model sees for `tool` of `server`.
 pub fn exposed_name(server: &str, tool: &str) -> String {
     format!("{server}{NAME_SEPARATOR}{tool}")
@@ -225,6 +230,14 @@ impl McpServers {
             });
         }
         // Dropping a connection ends its process (`kill_on_drop`).
+    }
+
+    /// Whether the user lets `tool` of `server` run without asking.
+    pub fn is_trusted(&self, server: &str, tool: &str) -> bool {
+        let servers = self.servers.lock().unwrap();
+        servers
+            .iter()
+            .any(|s| s.config.name == server && s.config.trusted.iter().any(|t| t == tool))
     }
 
     /// Where each configured server stands, in the settings' order.

@@ -7,6 +7,7 @@
 //! card the user sees), and every outcome, failures included, becomes the text the model reads
 //! next ([`tool_message`]).
 
+pub mod approval;
 pub mod builtin;
 #[cfg(test)]
 mod e2e_tests;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod mcp;
 pub mod parse;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,12 @@ pub trait ToolHost: Send + Sync {
     fn specs(&self) -> Vec<Value>;
     /// Runs a call; `Err` is the tool's own error, said to the model and the user.
     fn run(&self, call: &ToolCall) -> Result<String, ToolError>;
+    /// Whether the user must allow a call of `name` first (see [`approval`]): tools that are
+    /// not read-only. The built-ins are.
+    fn needs_approval(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 /// Why a call produced no result.
@@ -56,6 +64,10 @@ pub enum ToolStatus {
     Skipped,
     /// Handed back to the caller to run (see [`Tools::Offer`]).
     Requested,
+    /// Waiting for the user to allow it (see [`approval`]).
+    Pending,
+    /// The user did not allow it: `result` says so.
+    Declined,
 }
 
 impl ToolStatus {
@@ -66,6 +78,8 @@ impl ToolStatus {
             ToolStatus::Failed => "failed",
             ToolStatus::Skipped => "skipped",
             ToolStatus::Requested => "requested",
+            ToolStatus::Pending => "pending",
+            ToolStatus::Declined => "declined",
         }
     }
 }
@@ -105,6 +119,17 @@ pub struct ToolUse {
     pub max_steps: usize,
     /// How long one call may run before its result is "timed out".
     pub timeout: Duration,
+    /// Where calls that need approval wait for the user; `None`: such a call is declined,
+    /// as there is no one to ask.
+    pub approval: Option<Approval>,
+}
+
+/// Where an answer's calls wait for the user's approval.
+#[derive(Clone)]
+pub struct Approval {
+    pub approvals: Arc<approval::Approvals>,
+    /// The answer the calls belong to.
+    pub answer: crate::store::MessageId,
 }
 
 impl std::fmt::Debug for ToolUse {
@@ -168,6 +193,47 @@ impl ToolSettings {
 pub const MAX_RESULT_BYTES: usize = 16 * 1024;
 
 impl ToolUse {
+    /// Asks the user before a call the host does not run freely (`show` gets the `pending`
+    /// record the card shows meanwhile). `None`: run it; otherwise the record of a call that
+    /// will not run: declined, or the answer was stopped while it waited.
+    pub fn ask(
+        &self,
+        index: usize,
+        call: &ParsedCall,
+        cancelled: &AtomicBool,
+        show: &mut dyn FnMut(ToolRecord),
+    ) -> Option<ToolRecord> {
+        let Ok(c) = call else { return None };
+        if !self.host.needs_approval(&c.name) {
+            return None;
+        }
+        let Some(approval) = &self.approval else {
+            return Some(ToolRecord {
+                status: ToolStatus::Declined,
+                ..skipped(
+                    index,
+                    call,
+                    "not run: it needs approval, and no one can give it here",
+                )
+            });
+        };
+        show(ToolRecord {
+            status: ToolStatus::Pending,
+            ..skipped(index, call, "")
+        });
+        let decision = approval
+            .approvals
+            .wait(approval.answer, index, &c.name, cancelled);
+        match decision {
+            Some(approval::Decision::Once | approval::Decision::Always) => None,
+            Some(approval::Decision::Deny) => Some(ToolRecord {
+                status: ToolStatus::Declined,
+                ..skipped(index, call, approval::DECLINED)
+            }),
+            None => Some(skipped(index, call, "not run: the answer was stopped")),
+        }
+    }
+
     /// Runs a parsed call with the time limit; returns its record (never `Running`).
     pub fn run(&self, index: usize, call: &ParsedCall) -> ToolRecord {
         let (name, arguments) = match call {
@@ -295,6 +361,7 @@ mod tests {
             host: Arc::new(Slow),
             max_steps: 3,
             timeout: Duration::from_millis(100),
+            approval: None,
         }
     }
 

@@ -35,6 +35,10 @@ pub(super) fn routes() -> Router<Server> {
             get(edit_form).post(edit),
         )
         .route("/chats/{cid}/messages/{mid}/branch", post(switch_branch))
+        .route(
+            "/chats/{cid}/messages/{mid}/tools/{index}/decide",
+            post(decide_tool),
+        )
         .route("/chats/{cid}/follow-ups", get(follow_ups))
         .route("/chats/{cid}/follow-ups/dismiss", post(dismiss_follow_ups))
         .route("/commands/suggest", get(suggest))
@@ -261,6 +265,21 @@ struct To {
 }
 
 /// `‹` / `›` on a message with other versions (`?to=previous|next`): the chat, showing that one.
+/// The user's answer to a tool call waiting for approval (`decision`: once, always, deny);
+/// the card follows from the call's `tool` frames.
+async fn decide_tool(
+    State(s): State<Server>,
+    Path((cid, mid, index)): Path<(ChatId, MessageId, usize)>,
+    Form(form): Fields,
+) -> Response {
+    run(s, move |s| {
+        let decision = field(&form, "decision").parse()?;
+        s.chat().decide_tool(cid, mid, index, decision)?;
+        Ok(Reply::empty())
+    })
+    .await
+}
+
 async fn switch_branch(
     State(s): State<Server>,
     Path((cid, mid)): Path<(ChatId, MessageId)>,

@@ -164,72 +164,29 @@ mod tests {
 /// boundary (the template, the worker, the core are the real ones).
 #[cfg(test)]
 pub(crate) mod app_tests {
-    use std::collections::VecDeque;
-    use std::path::Path;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
     use super::*;
     use crate::events::AppEvent;
-    use crate::worker::scripted::Scripted;
-    use crate::{AppPaths, ChatApp, ModelState, SendOutcome, Settings};
+    use crate::scripted_app::{self, pieces, wait, ScriptedApp};
+    use crate::{SendOutcome, Settings};
 
-    pub(crate) struct Harness {
-        pub app: ChatApp,
-        events: Arc<Mutex<Vec<AppEvent>>>,
-        pub prompts: Arc<Mutex<Vec<String>>>,
-        _dir: tempfile::TempDir,
+    /// The scripted app, with the follow-ups' own ways to ask and wait.
+    pub(crate) struct Harness(ScriptedApp);
+
+    impl std::ops::Deref for Harness {
+        type Target = ScriptedApp;
+        fn deref(&self) -> &ScriptedApp {
+            &self.0
+        }
     }
 
     pub(crate) fn harness(replies: &[&str], follow_ups: FollowUpSettings) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = AppPaths {
-            data_dir: dir.path().join("data"),
-            config_dir: dir.path().join("config"),
-            models_dir: dir.path().join("models"),
-        };
         let settings = Settings {
             follow_ups,
             ..Settings::default()
         };
-        settings.save(&paths.settings_file()).unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let seen = events.clone();
-        let app = ChatApp::open(paths, Arc::new(move |e| seen.lock().unwrap().push(e))).unwrap();
-        let template = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/reference/smollm3-official.jinja");
-        let source = std::fs::read_to_string(&template).unwrap();
-        let prompts = Arc::new(Mutex::new(Vec::new()));
-        app.inner.worker.script(Scripted {
-            template: engine::template::ChatTemplate::new(&source, "", "<|im_end|>").unwrap(),
-            // Each reply in pieces of three characters, as tokens arrive.
-            replies: replies
-                .iter()
-                .map(|r| {
-                    let chars: Vec<char> = r.chars().collect();
-                    chars.chunks(3).map(|c| c.iter().collect()).collect()
-                })
-                .collect::<VecDeque<_>>(),
-            prompts: prompts.clone(),
-        });
-        wait(|| matches!(app.model_state(), ModelState::Remote { .. }).then_some(()));
-        Harness {
-            app,
-            events,
-            prompts,
-            _dir: dir,
-        }
-    }
-
-    fn wait<T>(mut check: impl FnMut() -> Option<T>) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(found) = check() {
-                return found;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "timed out");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Each reply in pieces of three characters, as tokens arrive.
+        let replies = replies.iter().map(|r| pieces(r, 3)).collect();
+        Harness(scripted_app::open(settings, replies))
     }
 
     impl Harness {

@@ -45,6 +45,8 @@ pub mod quote;
 pub mod remote;
 pub mod replies;
 pub mod sampling;
+#[cfg(test)]
+mod scripted_app;
 pub mod search;
 pub mod send;
 pub mod settings;

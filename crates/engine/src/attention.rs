@@ -94,6 +94,30 @@ pub struct KvCache {
     max_len: usize,
 }
 
+/// Copies saved `layers` into the cache's `k` and `v` of one element type (`rows` picks a saved
+/// layer's values of that type): false when a layer is of the other type or not `n` values long.
+fn fill_layers<T: Copy>(
+    k: &mut [Vec<T>],
+    v: &mut [Vec<T>],
+    layers: &[(HostRows, HostRows)],
+    n: usize,
+    rows: impl Fn(&HostRows) -> Option<&[T]>,
+) -> bool {
+    for ((k, v), (sk, sv)) in k.iter_mut().zip(v).zip(layers) {
+        let (Some(sk), Some(sv)) = (rows(sk), rows(sv)) else {
+            return false;
+        };
+        if sk.len() != n || sv.len() != n {
+            return false;
+        }
+        k.clear();
+        k.extend_from_slice(sk);
+        v.clear();
+        v.extend_from_slice(sv);
+    }
+    true
+}
+
 /// Appends `new` at element `pos` of `buf` (forgetting what followed), growing it geometrically
 /// but never past `max` elements: the cache of a long context stays small for short chats.
 fn put_rows<T: Copy + Default>(
@@ -256,35 +280,18 @@ impl KvCache {
             return Err(mismatch());
         }
         self.tokens.clear();
-        match &mut self.store {
-            Store::F32(k, v) => {
-                for ((k, v), rows) in k.iter_mut().zip(v).zip(layers) {
-                    let (HostRows::F32(sk), HostRows::F32(sv)) = rows else {
-                        return Err(mismatch());
-                    };
-                    if sk.len() != n || sv.len() != n {
-                        return Err(mismatch());
-                    }
-                    k.clear();
-                    k.extend_from_slice(sk);
-                    v.clear();
-                    v.extend_from_slice(sv);
-                }
-            }
-            Store::F16(k, v) => {
-                for ((k, v), rows) in k.iter_mut().zip(v).zip(layers) {
-                    let (HostRows::F16(sk), HostRows::F16(sv)) = rows else {
-                        return Err(mismatch());
-                    };
-                    if sk.len() != n || sv.len() != n {
-                        return Err(mismatch());
-                    }
-                    k.clear();
-                    k.extend_from_slice(sk);
-                    v.clear();
-                    v.extend_from_slice(sv);
-                }
-            }
+        let filled = match &mut self.store {
+            Store::F32(k, v) => fill_layers(k, v, layers, n, |rows| match rows {
+                HostRows::F32(r) => Some(r.as_slice()),
+                HostRows::F16(_) => None,
+            }),
+            Store::F16(k, v) => fill_layers(k, v, layers, n, |rows| match rows {
+                HostRows::F16(r) => Some(r.as_slice()),
+                HostRows::F32(_) => None,
+            }),
+        };
+        if !filled {
+            return Err(mismatch());
         }
         self.tokens = tokens.to_vec();
         Ok(())

@@ -2,46 +2,18 @@
 //! engine's token boundary (no tool-capable model fits the test machine); everything else (the
 //! template, the parser, the worker's steps, the tools, the stream, the store) is the real path.
 
-use std::collections::VecDeque;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::events::AppEvent;
 use crate::protocol::EventKind;
+use crate::scripted_app::{self, pieces, wait, ScriptedApp};
 use crate::store::MessageStatus;
 use crate::tools::{ToolRecord, ToolSettings, ToolStatus};
-use crate::worker::scripted::Scripted;
-use crate::{AppPaths, ChatApp, ModelState, SendOutcome, Settings};
+use crate::{SendOutcome, Settings};
 
-struct Harness {
-    app: ChatApp,
-    events: Arc<Mutex<Vec<AppEvent>>>,
-    prompts: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-fn smollm3_template() -> engine::template::ChatTemplate {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/smollm3-official.jinja");
-    let source =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    engine::template::ChatTemplate::new(&source, "", "<|im_end|>").unwrap()
-}
-
-/// Splits `text` into pieces of at most `n` chars, as tokens would arrive.
-fn pieces(text: &str, n: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    chars.chunks(n).map(|c| c.iter().collect()).collect()
-}
+type Harness = ScriptedApp;
 
 fn harness(replies: Vec<Vec<String>>, tools: ToolSettings) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let paths = AppPaths {
-        data_dir: dir.path().join("data"),
-        config_dir: dir.path().join("config"),
-        models_dir: dir.path().join("models"),
-    };
     let settings = Settings {
         tools,
         // Their generation would take the script's next reply.
@@ -51,34 +23,7 @@ fn harness(replies: Vec<Vec<String>>, tools: ToolSettings) -> Harness {
         },
         ..Settings::default()
     };
-    settings.save(&paths.settings_file()).unwrap();
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let seen = events.clone();
-    let app = ChatApp::open(paths, Arc::new(move |e| seen.lock().unwrap().push(e))).unwrap();
-    let prompts = Arc::new(Mutex::new(Vec::new()));
-    app.inner.worker.script(Scripted {
-        template: smollm3_template(),
-        replies: VecDeque::from(replies),
-        prompts: prompts.clone(),
-    });
-    wait(|| matches!(app.model_state(), ModelState::Remote { .. }).then_some(()));
-    Harness {
-        app,
-        events,
-        prompts,
-        _dir: dir,
-    }
-}
-
-fn wait<T>(mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    scripted_app::open(settings, replies)
 }
 
 impl Harness {

@@ -7,7 +7,8 @@
 //!    that is seen growing, token by token;
 //! 2. a restart: the downloaded model loads again, and the chat and its answer are still there; a new
 //!    question gets follow-up chips, one is clicked and sent, and the question is edited (two versions);
-//!    the settings page lists the devices, each unusable one with its reason.
+//!    the settings page lists the devices, each unusable one with its reason; a stored tool call
+//!    is shown as a card.
 //!
 //! Screenshots land in `target/e2e/`.
 
@@ -208,6 +209,43 @@ fn last_answer_done(s: &Session) -> bool {
 }
 
 /// Asks for a few sentences, so the answer streams over many frames on a fast machine too.
+/// Stores a chat whose answer made one calculator call, in the database of the data directory
+/// `data` (while the app is not running); returns its id.
+fn seed_tool_chat(data: &Path) -> chat::store::ChatId {
+    use chat::store::{FinishedMessage, MessageKind, MessageStatus, NewMessage, Role, Store};
+    use chat::tools::{ToolRecord, ToolStatus};
+    let mut store = Store::open(&data.join(chat::paths::DATABASE_FILE)).unwrap();
+    let chat = store.create_chat(false, &serde_json::json!({})).unwrap();
+    store.rename_chat(chat.id, "Arithmetic").unwrap();
+    store
+        .add_message(NewMessage {
+            chat_id: chat.id,
+            role: Role::User,
+            kind: MessageKind::Chat,
+            content: "What is 17 * 23?",
+            status: MessageStatus::Complete,
+        })
+        .unwrap();
+    let answer = store
+        .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
+        .unwrap();
+    let call = ToolRecord {
+        index: 0,
+        name: "calculator".into(),
+        arguments: serde_json::json!({"expression": "17 * 23"}),
+        status: ToolStatus::Done,
+        result: "391".into(),
+        duration_ms: 2,
+    };
+    let done = FinishedMessage {
+        content: "17 * 23 = 391.".into(),
+        tools: vec![call],
+        ..Default::default()
+    };
+    store.finish_message(answer.id, &done, 0).unwrap();
+    chat.id
+}
+
 const QUESTION: &str = "Tell me about the sea in three sentences.";
 
 #[test]
@@ -353,14 +391,26 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     save_screenshot(&s, "regenerated.png");
     s.quit().unwrap();
 
+    // A chat with a tool call, stored as the chat core stores an answer's calls: SmolLM2 does not
+    // call tools (the tool loop itself is tested in the chat core with the model's output
+    // scripted); the restarted app shows the call as a card.
+    let tool_chat = seed_tool_chat(&d.data);
+
     // 2. Restart: the model loads again; the chat is listed, and opening it shows the question and the answer.
     let s = Session::start(&base, APP, &app_args(&d, &hub.endpoint)).expect("restart the app");
     s.wait_for(".model-state.state-ready", Duration::from_secs(60))
         .expect("the model from the last run loads");
-    let item = s
-        .wait_for("#chat-list .chat-link", Duration::from_secs(20))
+    // The first run's chat (the seeded one is newer, so listed first).
+    s.wait_for("#chat-list .chat-link", Duration::from_secs(20))
         .unwrap();
-    s.click(&item).unwrap();
+    s.execute(
+        &format!(
+            "const l = [...document.querySelectorAll('#chat-list .chat-link')] \
+               .find(a => a.getAttribute('hx-get') !== '/chats/{tool_chat}'); l.click(); return true;"
+        ),
+        vec![],
+    )
+    .unwrap();
     let stored = poll("the stored answer", Duration::from_secs(20), || {
         let t = last_answer(&s);
         (!t.is_empty()).then_some(t)
@@ -478,5 +528,35 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     )
     .unwrap();
     save_screenshot(&s, "settings-devices.png");
+
+    // The stored tool call is a card: name, arguments, status; the result opens on a click.
+    s.execute("window.location.assign('/'); return true;", vec![])
+        .unwrap();
+    let link = s
+        .wait_for(
+            &format!("#chat-list a[hx-get='/chats/{tool_chat}']"),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    s.click(&link).unwrap();
+    s.wait_for("#messages details.tool-card", Duration::from_secs(20))
+        .unwrap();
+    let summary = s.find("#messages details.tool-card summary").unwrap();
+    let shown = s.text(&summary).unwrap();
+    assert!(
+        shown.contains("calculator") && shown.contains("17 * 23") && shown.contains("done"),
+        "{shown}"
+    );
+    save_screenshot(&s, "tool-card.png");
+    // Its result, collapsed inside the card (opened here by script: a screenshot after a
+    // WebDriver click on the <summary> times out in WebKitWebDriver).
+    let result = s
+        .execute(
+            "const d = document.querySelector('#messages details.tool-card'); d.open = true; \
+             return d.querySelector('.tool-result').textContent;",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(result.as_str().map(str::trim), Some("391"));
     s.quit().unwrap();
 }

@@ -308,7 +308,13 @@
         if (String(p.chat) === f.dataset.chat) f.toggleAttribute("data-busy", p.busy);
       });
     }
-    if (p.trigger) htmx.trigger(document.body, p.trigger, p);
+    if (p.trigger) {
+      htmx.trigger(document.body, p.trigger, p);
+      // News about one chat also goes out under a name of its own ("follow-ups-changed-7"), so an
+      // element listens for its chat without an hx-trigger filter (filters need eval, which the
+      // page's CSP forbids: htmx:evalDisallowedError).
+      if (p.chat !== undefined) htmx.trigger(document.body, p.trigger + "-" + p.chat, p);
+    }
   }
   // News is applied to the page's elements: listen once htmx has processed them (its own
   // DOMContentLoaded handler runs first, as htmx loads before this file). Listening earlier, the

@@ -104,7 +104,7 @@ async fn follow_up_chips_appear_under_the_answer_send_their_question_and_go_when
     let (_, pane) = f.htmx("GET", &format!("/chats/{cid}"), "").await;
     let container = &pane[pane.find("id=\"follow-ups-").expect("the container")..];
     assert!(
-        container.contains(&format!("follow-ups-changed[detail.chat=={cid}] from:body")),
+        container.contains(&format!("follow-ups-changed-{cid} from:body")),
         "{container}"
     );
     assert_eq!(chips(container), questions);

@@ -5,8 +5,10 @@
 mod refdata;
 
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use engine::runner::RunnerTimeouts;
 use engine::{
     BackendKind, DeviceSpec, Engine, EngineError, EngineOptions, GenerationParams, KvType,
@@ -239,6 +241,7 @@ exec sleep 5",
 
 /// Timeouts short enough for a test, long enough for a pass of the test model on a busy CI
 /// machine.
+#[cfg(unix)]
 fn short_timeouts(open: Duration, forward: Duration) -> RunnerTimeouts {
     RunnerTimeouts {
         open,

@@ -432,7 +432,6 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
 
     // Follow-up chips: after an answer, up to three next questions under it (made after the answer,
     // on its cached prefix); a click sends one as the next message.
-    type_and_send(&s, "What is the capital of France?");
     let chip_count = || {
         s.execute(
             "return document.querySelectorAll('.follow-ups .chip').length;",
@@ -442,9 +441,27 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         .and_then(|v| v.as_u64())
         .unwrap_or(0)
     };
-    let chips = poll("follow-up chips", Duration::from_secs(120), || {
-        (last_answer_done(&s) && chip_count() > 0).then(chip_count)
-    });
+    // SmolLM2-135M sometimes writes nothing usable as a suggestion (only a preamble, or one
+    // overlong line): no chips is then the right page, so up to three questions are asked.
+    let mut chips = 0;
+    for question in [
+        "What is the capital of France?",
+        "What is the largest ocean?",
+        "Who wrote Hamlet?",
+    ] {
+        type_and_send(&s, question);
+        let start = Instant::now();
+        while chips == 0 && start.elapsed() < Duration::from_secs(60) {
+            if last_answer_done(&s) {
+                chips = chip_count();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if chips > 0 {
+            break;
+        }
+    }
+    assert!(chips > 0, "no follow-up chips after three answers");
     assert!(chips <= 3, "{chips} chips");
     save_screenshot(&s, "follow-ups.png");
     let chip = s.find(".follow-ups .chip").unwrap();

@@ -6,26 +6,18 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chat::Finish;
-use common::{fixture, serve_http, Fixture};
+use common::{fixture, serve_http, test_model, Fixture};
 use serde_json::{json, Value};
-
-fn model_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run `make model`", p.display());
-    p
-}
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
 /// A server with the test model loaded, listening on a free loopback port (and `key`).
 async fn ready_server(key: &str) -> (Fixture, String) {
     let f = fixture();
-    f.server.chat().load_model(model_path()).unwrap();
+    f.server.chat().load_model(test_model()).unwrap();
     let start = Instant::now();
     while !f.server.chat().model_state().is_ready() {
         assert!(start.elapsed() < Duration::from_secs(60), "the model loads");

@@ -2,24 +2,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{fixture_with, Fixture};
+use common::{fixture_with, test_model, Fixture};
 use server::hub::{PageEvent, StateEvent};
 
 fn model_settings() -> chat::Settings {
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run `make model`",
-        model.display()
-    );
     chat::Settings {
-        model_path: Some(model),
+        model_path: Some(test_model()),
         temperature: Some(0.0),
         max_tokens: 24,
         context_len: 2048,

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use chat::{LoadError, ModelState, Settings};
-use common::{fixture, fixture_with, Fixture};
+use common::{fixture, fixture_with, test_model, Fixture};
 use engine::{BackendKind, DeviceSpec};
 
 /// Why the engine says CUDA cannot be used here: this build has no CUDA, and no CUDA runner is
@@ -24,17 +23,6 @@ fn no_cuda() -> String {
     let why = cuda.reason.clone().unwrap();
     assert!(why.contains("make build-cuda"), "{why}");
     why
-}
-
-fn model() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make model`",
-        path.display()
-    );
-    path
 }
 
 /// Waits until the model is ready or failed.
@@ -158,7 +146,7 @@ async fn device_and_backend_round_trip_through_the_settings_form() {
 async fn a_gpu_that_fails_says_why_and_offers_the_cpu_in_one_click() {
     let f = fixture_with(Some(&Settings {
         device: DeviceSpec::Cuda(0),
-        model_path: Some(model()),
+        model_path: Some(test_model()),
         context_len: 2048,
         ..Settings::default()
     }));
@@ -188,7 +176,7 @@ async fn a_gpu_that_fails_says_why_and_offers_the_cpu_in_one_click() {
         "{html}"
     );
     // The form, with no device radio checked, keeps the saved device.
-    let form = format!("temperature=0.5&model_path={}", model().display());
+    let form = format!("temperature=0.5&model_path={}", test_model().display());
     let (_, saved) = f.htmx("POST", "/settings", &form).await;
     assert!(saved.contains("Saved."), "{saved}");
     assert_eq!(f.server.chat().settings().device, DeviceSpec::Cuda(0));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{fixture, text, unescape};
+use common::{fixture, test_model, text, unescape};
 use server::{Shell, WithShell};
 
 #[tokio::test]
@@ -300,14 +300,7 @@ async fn the_model_in_use_is_listed_even_from_outside_the_models_folder() {
     let f = fixture();
     let (_, html) = f.htmx("GET", "/settings", "").await;
     assert!(html.contains("No models in"), "{html}");
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "{} is missing: run `make model`",
-        model.display()
-    );
-    f.server.chat().load_model(model).unwrap();
+    f.server.chat().load_model(test_model()).unwrap();
     let (_, html) = f.htmx("GET", "/settings", "").await;
     assert!(
         !html.contains("No models in") && html.contains("SmolLM2-135M-Instruct.Q4_1.gguf"),

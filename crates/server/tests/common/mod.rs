@@ -43,6 +43,18 @@ pub async fn serve_http(
     (port, task)
 }
 
+/// The SmolLM2 test model (`make model` fetches it).
+pub fn test_model() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make model`",
+        path.display()
+    );
+    path
+}
+
 pub fn fixture() -> Fixture {
     fixture_with(None)
 }

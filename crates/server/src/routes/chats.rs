@@ -201,16 +201,26 @@ async fn events(
 
 async fn message(State(s): State<Server>, Path((cid, mid)): Path<(ChatId, MessageId)>) -> Response {
     run(s, move |s| {
-        let view = s.chat().chat(cid)?;
-        let m = message_views(&view.messages, view.last_event_id)
-            .into_iter()
-            .find(|v| v.id == mid)
-            .ok_or_else(|| RouteError::NotFound(format!("message {mid}")))?;
+        let m = message_view(s, cid, mid, |_| true)?;
         Ok(Reply::html(
             s.views().render("message.html", json!({ "m": m })),
         ))
     })
     .await
+}
+
+/// Message `mid` of chat `cid` as the page shows it, if `shown` accepts it.
+fn message_view(
+    s: &Server,
+    cid: ChatId,
+    mid: MessageId,
+    shown: impl Fn(&MessageView) -> bool,
+) -> Result<MessageView> {
+    let view = s.chat().chat(cid)?;
+    message_views(&view.messages, view.last_event_id)
+        .into_iter()
+        .find(|v| v.id == mid && shown(v))
+        .ok_or_else(|| RouteError::NotFound(format!("message {mid}")))
 }
 
 async fn regenerate(
@@ -231,11 +241,7 @@ async fn edit_form(
     Path((cid, mid)): Path<(ChatId, MessageId)>,
 ) -> Response {
     run(s, move |s| {
-        let view = s.chat().chat(cid)?;
-        let m = message_views(&view.messages, view.last_event_id)
-            .into_iter()
-            .find(|v| v.id == mid && v.role == "user" && !v.command)
-            .ok_or_else(|| RouteError::NotFound(format!("message {mid}")))?;
+        let m = message_view(s, cid, mid, |v| v.role == "user" && !v.command)?;
         Ok(Reply::html(
             s.views().render("edit.html", json!({ "m": m })),
         ))

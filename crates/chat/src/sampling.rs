@@ -68,7 +68,13 @@ fn engine_accepts(
     let mut params = engine::SamplingParams::for_family(engine::ModelFamily::Llama);
     set(&mut params);
     params.validate().map_err(|e| match e {
-        engine::EngineError::Sampling(why) => invalid(field, why),
+        // The sampler's text starts with the setting's own name, which the error names already.
+        engine::EngineError::Sampling(why) => {
+            let rule = why
+                .strip_prefix(field)
+                .map_or(why.as_str(), str::trim_start);
+            invalid(field, rule.to_string())
+        }
         other => invalid(field, other.to_string()),
     })
 }
@@ -115,7 +121,7 @@ impl Sampling {
             return Err(invalid(
                 "stop",
                 format!(
-                    "at most {MAX_STOP_STRINGS} strings, got {}",
+                    "must hold at most {MAX_STOP_STRINGS} strings, got {}",
                     self.stop.len()
                 ),
             ));
@@ -249,6 +255,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("top_p") && err.contains("(0, 1]"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_value_names_its_field_once() {
+        // The API put the field before the sampler's text, which starts with the field:
+        // "`temperature` temperature must be ...".
+        match (Sampling {
+            temperature: Some(-1.0),
+            ..base()
+        })
+        .validate()
+        {
+            Err(ChatError::InvalidSetting { field, reason }) => {
+                assert_eq!(field, "temperature");
+                assert!(reason.starts_with("must be finite"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

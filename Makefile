@@ -137,7 +137,8 @@ bench: model
 	$(CARGO) run --release --bin smollm3 -- bench --model $(MODEL) --json
 
 ## `make bench-compare MODEL=path.gguf`: this engine next to llama.cpp's llama-bench (-t 2, 3 runs,
-## pp128/pp512/tg32), when llama.cpp's tools are in LLAMA_BIN or ~/.cache/llama-ref/bin.
+## pp128/pp512/tg32), when llama.cpp's tools are in LLAMA_BIN or ~/.cache/llama-ref/bin, then the decode
+## in alternating pairs (BENCH_ARGS="--pairs N --neighbour memory --pairs-only"; see doc/benchmarks.md).
 bench-compare: model
 	$(CARGO) bench -p smollm3-engine --bench compare -- $(abspath $(MODEL)) $(BENCH_ARGS)
 

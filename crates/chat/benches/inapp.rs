@@ -14,11 +14,11 @@
 //! streams through a buffer far larger than the caches.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chat::{AppEvent, AppPaths, ChatApp, EventKind, ModelState, SendOutcome, Settings};
+use engine::bench::Neighbour;
 use engine::{ChatMessage, ChatOptions, Engine, EngineOptions, GenerationEvent, GenerationParams};
 
 struct Args {
@@ -28,85 +28,6 @@ struct Args {
     threads: usize,
     kv_cache: engine::KvType,
     neighbour: Neighbour,
-}
-
-/// The competing process.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Neighbour {
-    None,
-    /// One core's worth of arithmetic, nothing in memory.
-    Cpu,
-    /// One thread reading and writing a 256 MiB buffer over and over: it takes a core and a share
-    /// of the memory bandwidth decoding depends on.
-    Memory,
-}
-
-impl std::str::FromStr for Neighbour {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(Neighbour::None),
-            "cpu" => Ok(Neighbour::Cpu),
-            "memory" => Ok(Neighbour::Memory),
-            other => Err(format!("{other:?} is not none, cpu or memory")),
-        }
-    }
-}
-
-impl Neighbour {
-    fn name(self) -> &'static str {
-        match self {
-            Neighbour::None => "none",
-            Neighbour::Cpu => "cpu",
-            Neighbour::Memory => "memory",
-        }
-    }
-
-    /// Starts it as a separate process (this executable with `--burn`), so the scheduler sees
-    /// another program, not a thread of ours.
-    fn start(self) -> Option<Burner> {
-        if self == Neighbour::None {
-            return None;
-        }
-        let exe = std::env::current_exe().expect("the bench's own path");
-        let child = Command::new(exe)
-            .args(["--burn", self.name()])
-            .spawn()
-            .expect("the neighbour starts");
-        Some(Burner(child))
-    }
-
-    /// The neighbour's work, until it is killed.
-    fn burn(self) -> ! {
-        match self {
-            Neighbour::Cpu => {
-                let mut x = 1u64;
-                loop {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            }
-            Neighbour::Memory => {
-                let mut buf = vec![1u64; 32 << 20];
-                loop {
-                    for v in buf.iter_mut() {
-                        *v = v.wrapping_add(1);
-                    }
-                    std::hint::black_box(&mut buf);
-                }
-            }
-            Neighbour::None => std::process::exit(0),
-        }
-    }
-}
-
-/// The running neighbour, killed when the measurement ends (or panics).
-struct Burner(Child);
-
-impl Drop for Burner {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn parse() -> Result<Args, String> {
@@ -298,18 +219,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, kind] = args.as_slice() {
-        if flag == "--burn" {
-            match kind.parse::<Neighbour>() {
-                Ok(n) => n.burn(),
-                Err(e) => {
-                    eprintln!("inapp --burn: {e}");
-                    std::process::exit(2);
-                }
-            }
-        }
-    }
+    Neighbour::serve_if_asked();
     let a = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -361,7 +271,7 @@ fn main() {
     };
     let mut engine = Engine::load(&a.model, &opts).expect("the model loads");
 
-    let neighbour = a.neighbour.start();
+    let neighbour = a.neighbour.start().expect("the neighbour starts");
     let (mut ours, mut apps) = (Vec::new(), Vec::new());
     for rep in 0..a.reps {
         let text = prompt(rep);

@@ -179,6 +179,106 @@ fn first_token_params(engine: &Engine) -> GenerationParams {
     }
 }
 
+/// A competing process for contention benchmarks (`benches/compare.rs`, the chat crate's
+/// `inapp`): a user's other programs, or the host's other tenants, as the engine meets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Neighbour {
+    None,
+    /// One core's worth of arithmetic, nothing in memory.
+    Cpu,
+    /// One thread reading and writing a 256 MiB buffer (8x this machine's L3) over and over: it
+    /// takes a core and a share of the memory bandwidth decoding depends on.
+    Memory,
+}
+
+/// The flag a bench binary is re-executed with to become a [`Neighbour`]; see
+/// [`Neighbour::serve_if_asked`].
+const BURN_FLAG: &str = "--burn";
+
+impl std::str::FromStr for Neighbour {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Neighbour::None),
+            "cpu" => Ok(Neighbour::Cpu),
+            "memory" => Ok(Neighbour::Memory),
+            other => Err(format!("{other:?} is not none, cpu or memory")),
+        }
+    }
+}
+
+impl Neighbour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Neighbour::None => "none",
+            Neighbour::Cpu => "cpu",
+            Neighbour::Memory => "memory",
+        }
+    }
+
+    /// Starts it as a separate process (the running executable with `--burn KIND`, which must
+    /// call [`Neighbour::serve_if_asked`] first thing in `main`), so the scheduler sees another
+    /// program, not a thread of ours. `None` for [`Neighbour::None`].
+    pub fn start(self) -> std::io::Result<Option<NeighbourProcess>> {
+        if self == Neighbour::None {
+            return Ok(None);
+        }
+        let exe = std::env::current_exe()?;
+        let child = std::process::Command::new(exe)
+            .args([BURN_FLAG, self.name()])
+            .spawn()?;
+        Ok(Some(NeighbourProcess(child)))
+    }
+
+    /// In a process started by [`Neighbour::start`] (arguments `--burn KIND`), does the
+    /// neighbour's work until killed and never returns; otherwise returns at once.
+    pub fn serve_if_asked() {
+        let args: Vec<String> = std::env::args().collect();
+        if let [_, flag, kind] = args.as_slice() {
+            if flag == BURN_FLAG {
+                match kind.parse::<Neighbour>() {
+                    Ok(n) => n.burn(),
+                    Err(e) => {
+                        eprintln!("{BURN_FLAG}: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+        }
+    }
+
+    fn burn(self) -> ! {
+        match self {
+            Neighbour::Cpu => {
+                let mut x = 1u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            Neighbour::Memory => {
+                let mut buf = vec![1u64; 32 << 20];
+                loop {
+                    for v in buf.iter_mut() {
+                        *v = v.wrapping_add(1);
+                    }
+                    std::hint::black_box(&mut buf);
+                }
+            }
+            Neighbour::None => std::process::exit(0),
+        }
+    }
+}
+
+/// A running [`Neighbour`], killed when dropped (also when the measurement panics).
+pub struct NeighbourProcess(std::process::Child);
+
+impl Drop for NeighbourProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The median (the mean of the middle two for an even count); 0 for no values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

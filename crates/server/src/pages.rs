@@ -152,7 +152,7 @@ fn format_secs(s: f64) -> String {
     }
 }
 
-/// `42 tokens · 35.1 tok/s · first token 120 ms`, then `· 12 drafted tokens accepted of 20`
+/// `42 tokens · 35.1 tok/s · first token 120 ms`, then `· 12 of 20 drafted tokens accepted`
 /// when speculative decoding drafted any (the accepted ones are why the rate can pass plain
 /// decoding's).
 pub fn stats_line(s: &MessageStats) -> String {
@@ -167,8 +167,9 @@ pub fn stats_line(s: &MessageStats) -> String {
         ));
     }
     if s.drafted_tokens > 0 {
+        let plural = if s.drafted_tokens == 1 { "" } else { "s" };
         line.push_str(&format!(
-            " · {} drafted tokens accepted of {}",
+            " · {} of {} drafted token{plural} accepted",
             s.accepted_drafts, s.drafted_tokens
         ));
     }
@@ -274,7 +275,7 @@ mod tests {
         };
         assert_eq!(
             stats_line(&drafted),
-            "42 tokens · 35.1 tok/s · first token 120 ms · 12 drafted tokens accepted of 20"
+            "42 tokens · 35.1 tok/s · first token 120 ms · 12 of 20 drafted tokens accepted"
         );
         // Drafts proposed and all rejected are still shown: drafting ran and did not pay.
         let missed = MessageStats {
@@ -282,9 +283,19 @@ mod tests {
             ..drafted
         };
         assert!(
-            stats_line(&missed).ends_with(" · 0 drafted tokens accepted of 20"),
+            stats_line(&missed).ends_with(" · 0 of 20 drafted tokens accepted"),
             "{}",
             stats_line(&missed)
+        );
+        let one = MessageStats {
+            drafted_tokens: 1,
+            accepted_drafts: 1,
+            ..missed
+        };
+        assert!(
+            stats_line(&one).ends_with(" · 1 of 1 drafted token accepted"),
+            "{}",
+            stats_line(&one)
         );
     }
 }

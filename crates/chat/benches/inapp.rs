@@ -67,6 +67,10 @@ struct Run {
     decode_tok_s: f64,
     tokens: usize,
     prompt_tokens: usize,
+    /// Tokens drafted by speculative decoding (the app's path only; off on both sides).
+    drafted: usize,
+    /// Prompt tokens found in the KV cache (a prefix shared with the previous prompt).
+    cached_tokens: usize,
 }
 
 /// Each repetition's prompt: new text every time, answers long enough to measure decoding.
@@ -120,6 +124,8 @@ fn engine_run(engine: &mut Engine, settings: &Settings, text: &str) -> Run {
         decode_tok_s: per_s(out.ids.len(), first, last),
         tokens: out.ids.len(),
         prompt_tokens: prompt.len(),
+        cached_tokens: out.usage.cached_tokens,
+        drafted: 0,
     }
 }
 
@@ -210,6 +216,8 @@ fn app_run(app: &ChatApp, consumer: &Consumer, text: &str) -> Run {
         decode_tok_s: per_s(stats.completion_tokens, first, last),
         tokens: stats.completion_tokens,
         prompt_tokens: stats.prompt_tokens,
+        cached_tokens: stats.cached_tokens,
+        drafted: stats.drafted_tokens,
     }
 }
 
@@ -294,7 +302,10 @@ fn main() {
         let tok_s = median(runs.iter().map(|r| r.decode_tok_s).collect());
         let tokens = median(runs.iter().map(|r| r.tokens as f64).collect());
         let prompt = median(runs.iter().map(|r| r.prompt_tokens as f64).collect());
-        println!("| {name} | {prompt:.0} | {tokens:.0} | {ttft:.1} | {tok_s:.1} |");
+        let cached = median(runs.iter().map(|r| r.cached_tokens as f64).collect());
+        println!(
+            "| {name} | {prompt:.0} ({cached:.0} cached) | {tokens:.0} | {ttft:.1} | {tok_s:.1} |"
+        );
         (ttft, tok_s)
     };
     println!(
@@ -316,6 +327,8 @@ fn main() {
         a_ttft / e_ttft,
         a_tok_s / e_tok_s
     );
+    let drafted: usize = apps.iter().map(|r| r.drafted).sum();
+    println!("app's drafted tokens (speculative decoding, expected 0): {drafted}");
     let worker = median(apps.iter().map(|r| r.worker_ttft_ms).collect());
     let added = median(apps.iter().map(|r| r.ttft_ms - r.worker_ttft_ms).collect());
     println!(

@@ -64,6 +64,8 @@ struct Run {
     /// The engine's own time to first token as the worker measured it (the app's path only):
     /// the rest of `ttft_ms` is the chat core's (storing, queueing, the stream thread).
     worker_ttft_ms: f64,
+    /// The engine's prefill of the prompt's uncached tokens (the worker's, on the app's path).
+    prefill_ms: f64,
     decode_tok_s: f64,
     tokens: usize,
     prompt_tokens: usize,
@@ -121,6 +123,7 @@ fn engine_run(engine: &mut Engine, settings: &Settings, text: &str) -> Run {
     Run {
         ttft_ms: ms(first - start),
         worker_ttft_ms: f64::NAN,
+        prefill_ms: out.timings.prefill_ms,
         decode_tok_s: per_s(out.ids.len(), first, last),
         tokens: out.ids.len(),
         prompt_tokens: prompt.len(),
@@ -213,6 +216,7 @@ fn app_run(app: &ChatApp, consumer: &Consumer, text: &str) -> Run {
     Run {
         ttft_ms: ms(first - start),
         worker_ttft_ms: stats.time_to_first_token_ms,
+        prefill_ms: stats.prefill_ms,
         decode_tok_s: per_s(stats.completion_tokens, first, last),
         tokens: stats.completion_tokens,
         prompt_tokens: stats.prompt_tokens,
@@ -329,6 +333,12 @@ fn main() {
     );
     let drafted: usize = apps.iter().map(|r| r.drafted).sum();
     println!("app's drafted tokens (speculative decoding, expected 0): {drafted}");
+    let prefill = |runs: &[Run]| median(runs.iter().map(|r| r.prefill_ms).collect());
+    println!(
+        "prefill of the uncached prompt tokens: engine {:.1} ms, the engine in the worker {:.1} ms",
+        prefill(&ours),
+        prefill(&apps)
+    );
     let worker = median(apps.iter().map(|r| r.worker_ttft_ms).collect());
     let added = median(apps.iter().map(|r| r.ttft_ms - r.worker_ttft_ms).collect());
     println!(

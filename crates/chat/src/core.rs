@@ -137,6 +137,8 @@ impl Core {
 
     /// Begins an answer in an idle chat: `write` stores the question and the answer's placeholder
     /// (returned in that order); the answer becomes a job (busy until [`Core::end_answer`]).
+    /// The writes are committed without waiting for the disk ([`Store::unsynced`]): the caller
+    /// starts the answer, then waits with [`Core::sync`] before telling the user it is sent.
     pub fn begin_answer(
         &self,
         chat_id: ChatId,
@@ -150,7 +152,7 @@ impl Core {
             if Self::answering(&jobs, chat_id) {
                 return Err(ChatError::Busy(chat_id));
             }
-            write(&mut store)?
+            store.unsynced(write)?
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         jobs.insert(
@@ -167,6 +169,15 @@ impl Core {
             answer,
             cancelled,
         })
+    }
+
+    /// Waits until every write so far is on disk (see [`Store::unsynced`]), without holding the
+    /// store meanwhile.
+    pub fn sync(&self) -> Result<()> {
+        match self.store(|s| Ok(s.pending_sync()))? {
+            Some(pending) => pending.wait(),
+            None => Ok(()),
+        }
     }
 
     /// An answer that could not be queued: stored as `failed` with the reason, no longer a job.

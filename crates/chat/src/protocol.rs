@@ -123,6 +123,9 @@ pub(crate) enum StreamInput {
         message_id: MessageId,
         kind: DeltaKind,
         text: String,
+        /// Already published as a frame by its producer (an answer's first delta, see
+        /// `stream::Producer`): the stream thread keeps its text and publishes nothing.
+        shown: bool,
     },
     /// A tool call's record (see [`EventKind::Tool`]).
     Tool {
@@ -219,6 +222,12 @@ impl Coalescer {
             out.extend(self.flush_due(now));
         }
         out
+    }
+
+    /// The first delta of `kind` was published as a frame by its producer: the deltas after it
+    /// batch as they would after a first frame of ours.
+    pub fn shown(&mut self, kind: DeltaKind) {
+        self.started[kind as usize] = true;
     }
 
     /// When the pending frame is due, if there is one.

@@ -97,6 +97,7 @@ pub(crate) fn spawn(
                     message_id,
                     kind: DeltaKind::Answer,
                     text: piece.to_owned(),
+                    shown: false,
                 };
                 if tx.send(delta).is_err() {
                     return;

@@ -365,7 +365,12 @@ impl ChatApp {
             ))?;
             Ok((user, answer))
         })?;
-        quote::spawn(tx, chat_id, turn.answer.id, turn.cancelled);
+        quote::spawn(tx, chat_id, turn.answer.id, turn.cancelled.clone());
+        // As an answer's: the question reaches the disk while the passage starts streaming.
+        self.core().sync().inspect_err(|_| {
+            turn.cancelled
+                .store(true, std::sync::atomic::Ordering::SeqCst)
+        })?;
         Ok(SendOutcome::Command {
             command: "quote".into(),
             user_message_id: turn.question.id,

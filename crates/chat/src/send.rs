@@ -11,6 +11,7 @@ use crate::followups::FollowUps;
 use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
+use crate::stream::Producer;
 use crate::tools::approval::Decision;
 use crate::tools::builtin::Builtins;
 use crate::tools::host::AppTools;
@@ -65,12 +66,19 @@ impl ChatApp {
     }
 
     /// Queues the generation of `turn`'s answer to the conversation before it; if that fails,
-    /// the answer is stored as `failed` with the reason.
+    /// the answer is stored as `failed` with the reason. Returns once the question is on disk.
     pub(crate) fn queue_answer(&self, chat_id: ChatId, turn: Turn) -> Result<SendOutcome> {
         let answer_id = turn.answer.id;
         self.generation_job(chat_id, &turn)
             .and_then(|job| self.inner.worker.generate(job))
             .inspect_err(|e| self.core().abandon_answer(answer_id, e))?;
+        // The engine has started on the rows written unsynced (they are committed: the worker
+        // needs nothing more); the question reaches the disk meanwhile. If it cannot, the
+        // answer stops (stored as interrupted when it ends) and the send fails with the cause.
+        self.core().sync().inspect_err(|_| {
+            turn.cancelled
+                .store(true, std::sync::atomic::Ordering::SeqCst)
+        })?;
         Ok(SendOutcome::Generating {
             user_message_id: turn.question.id,
             assistant_message_id: answer_id,
@@ -92,8 +100,9 @@ impl ChatApp {
             "max_tokens": settings.max_tokens,
             "context_len": settings.context_len,
         });
+        // Unsynced as the question: queue_answer waits for the disk once the answer has started.
         let (chat, context) = self.core().store(|store| {
-            store.set_chat_settings(chat_id, &snapshot)?;
+            store.unsynced(|store| store.set_chat_settings(chat_id, &snapshot))?;
             Ok((
                 store.chat(chat_id)?,
                 store.context(chat_id, Some(answer_id))?,
@@ -111,7 +120,7 @@ impl ChatApp {
                 .into_iter()
                 .map(|m| engine::ChatMessage::new(m.role.as_str(), m.content)),
         );
-        let tx = self.core().stream_sender()?;
+        let mut stream = Producer::new(self.inner.core.clone(), self.core().stream_sender()?);
         let core = self.inner.core.clone();
         let sink = Box::new(move |event: JobEvent| {
             let input = match event {
@@ -140,7 +149,7 @@ impl ChatApp {
                     return;
                 }
             };
-            let _ = tx.send(input);
+            stream.send(input);
         });
         let follow_ups = match settings.follow_ups.enabled {
             false => None,
@@ -334,6 +343,7 @@ pub(crate) fn delta(
         message_id,
         kind,
         text,
+        shown: false,
     }
 }
 

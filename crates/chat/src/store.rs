@@ -1,6 +1,9 @@
 //! [`Store`]: chats and messages in SQLite (WAL, `synchronous=FULL`, foreign keys on).
 //!
 //! Every write is one transaction, so a crash (even `kill -9`) keeps each committed message.
+//! Writes made through [`Store::unsynced`] are committed without waiting for the disk (the WAL
+//! holds them, so a crash of the app keeps them; a power cut may not until [`Store::sync`]):
+//! an answer starts on its question while the disk catches up.
 //! An answer being generated is a row with status `streaming`, checkpointed as it grows; a row
 //! still `streaming` when the store opens belonged to a process that died and becomes
 //! `interrupted`, with the text of its last checkpoint.
@@ -153,6 +156,26 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     recovered: usize,
+    /// Whether the database is in WAL mode (a file database always should be).
+    wal: bool,
+}
+
+/// A flush of the WAL that the caller runs outside the store's lock ([`Store::pending_sync`]).
+#[must_use = "the commits are not on disk until it is waited for"]
+pub struct PendingSync(PathBuf);
+
+impl PendingSync {
+    /// Flushes the WAL file to disk (as SQLite's `synchronous=FULL` does at each commit).
+    pub fn wait(self) -> Result<()> {
+        let io = |error| ChatError::Io {
+            action: "flush to disk",
+            path: self.0.clone(),
+            error,
+        };
+        std::fs::File::open(&self.0)
+            .and_then(|f| f.sync_data())
+            .map_err(io)
+    }
 }
 
 fn conversion_error(column: usize, what: &str) -> rusqlite::Error {
@@ -266,7 +289,8 @@ impl Store {
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open_err)?;
-        if mode != "wal" && path.as_os_str() != ":memory:" {
+        let wal = mode == "wal";
+        if !wal && path.as_os_str() != ":memory:" {
             tracing::warn!(%mode, "the chat database could not switch to WAL");
         }
         conn.pragma_update(None, "synchronous", "FULL")
@@ -288,7 +312,51 @@ impl Store {
             conn,
             path,
             recovered,
+            wal,
         })
+    }
+
+    /// Runs `write` with commits that do not wait for the disk (`synchronous=NORMAL`): in WAL
+    /// mode each is complete in the WAL, so a crash of the app keeps it and only a power cut
+    /// before the next [`Store::sync`] (or synced commit) can lose it. The answer's writes use
+    /// it so the engine starts while the disk catches up; [`Store::sync`] then waits for it.
+    /// Outside WAL mode the commits stay synchronous.
+    pub fn unsynced<T>(&mut self, write: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        if !self.wal {
+            return write(self);
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let out = write(self);
+        // Every other write keeps waiting for the disk, whatever `write` returned.
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        out
+    }
+
+    /// Waits until every commit so far is on disk: flushes the WAL, which holds them (see
+    /// [`Store::unsynced`]). A database outside WAL mode has nothing waiting.
+    pub fn sync(&self) -> Result<()> {
+        match self.pending_sync() {
+            Some(pending) => pending.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`Store::sync`] does, to run without holding the store (the flush needs no
+    /// connection: it flushes the WAL file the connection wrote).
+    pub fn pending_sync(&self) -> Option<PendingSync> {
+        self.wal.then(|| {
+            let mut wal = self.path.clone().into_os_string();
+            wal.push("-wal");
+            PendingSync(PathBuf::from(wal))
+        })
+    }
+
+    /// The connection's `synchronous` level (2 = FULL, 1 = NORMAL).
+    #[cfg(test)]
+    fn synchronous(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))?)
     }
 
     pub fn path(&self) -> &Path {
@@ -579,5 +647,75 @@ impl Store {
         let n = crate::branches::delete_active_from(&tx, chat_id, from)?;
         tx.commit()?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn question(chat_id: ChatId) -> NewMessage<'static> {
+        NewMessage {
+            chat_id,
+            role: Role::User,
+            kind: MessageKind::Chat,
+            content: "the question",
+            status: MessageStatus::Complete,
+        }
+    }
+
+    /// The answer's writes skip the disk wait; every other write still waits for it, also
+    /// after an unsynced write that failed.
+    #[test]
+    fn unsynced_writes_are_committed_and_full_sync_comes_back_even_after_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chats.sqlite3");
+        let mut store = Store::open(&path).unwrap();
+        let chat = store.create_chat(false, &serde_json::json!({})).unwrap();
+        assert_eq!(store.synchronous().unwrap(), 2);
+        let id = store
+            .unsynced(|s| {
+                assert_eq!(s.synchronous()?, 1);
+                Ok(s.add_message(question(chat.id))?.id)
+            })
+            .unwrap();
+        assert_eq!(store.synchronous().unwrap(), 2);
+        let failed = store.unsynced(|s| {
+            s.add_message(question(chat.id))?;
+            Err::<(), _>(ChatError::Invalid("stop here".into()))
+        });
+        assert!(matches!(failed, Err(ChatError::Invalid(_))));
+        assert_eq!(store.synchronous().unwrap(), 2);
+        store.sync().unwrap();
+        // Committed: another connection reads it.
+        let other = Store::open(&path).unwrap();
+        assert_eq!(other.message(id).unwrap().content, "the question");
+        assert_eq!(other.messages(chat.id).unwrap().len(), 2);
+    }
+
+    /// A flush that cannot happen is an error naming the file, not a silent success.
+    #[test]
+    fn a_sync_that_cannot_flush_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chats.sqlite3");
+        let store = Store::open(&path).unwrap();
+        let pending = store
+            .pending_sync()
+            .expect("a file database is in WAL mode");
+        let wal = pending.0.clone();
+        drop(store); // the last connection removes its WAL
+        let err = pending.wait().unwrap_err();
+        assert!(
+            matches!(&err, ChatError::Io { path, .. } if *path == wal),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_in_memory_store_has_nothing_to_sync() {
+        let mut store = Store::open_in_memory().unwrap();
+        assert!(store.pending_sync().is_none());
+        store.unsynced(|s| s.sync()).unwrap();
+        assert_eq!(store.synchronous().unwrap(), 2);
     }
 }

@@ -227,6 +227,14 @@ fn app_survives_sigkill_mid_generation() {
     }
     let cut = store.message(in_progress).unwrap();
     assert_eq!(cut.status, MessageStatus::Interrupted);
+    // Its question was written without waiting for the disk (the answer started meanwhile):
+    // the crash keeps it, right before the answer.
+    let messages = store.messages(cut.chat_id).unwrap();
+    let at = messages.iter().position(|m| m.id == in_progress).unwrap();
+    let question = &messages[at - 1];
+    assert_eq!(question.role, Role::User);
+    assert_eq!(question.status, MessageStatus::Complete);
+    assert!(!question.content.is_empty());
     assert!(!cut.content.is_empty(), "the checkpointed text is kept");
     // Both are prefixes of one answer (a checkpoint may hold text not yet sent as a frame).
     let seen = &text[&in_progress];

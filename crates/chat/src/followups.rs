@@ -18,12 +18,17 @@ use crate::store::{ChatId, MessageId};
 /// Most suggestions shown.
 pub const MAX_QUESTIONS: usize = 3;
 /// Longest suggestion kept, in characters: a chip is a short question, not a paragraph.
-pub const MAX_QUESTION_CHARS: usize = 120;
+pub const MAX_QUESTION_CHARS: usize = 80;
+/// Highest sampling temperature the suggestions use (a lower chat temperature wins). With the
+/// chat's default temperature SmolLM2-135M mostly chats on instead of listing questions; at
+/// this one most of its replies are a usable list.
+pub const MAX_TEMPERATURE: f32 = 0.3;
 
 /// The user's turn appended after the answer. Asked as the user, so every chat template renders
-/// it as an ordinary turn after the answer (the cached prefix stays intact).
-pub const INSTRUCTION: &str = "Suggest up to three short follow-up questions I could ask you next \
-about this. Reply with only the questions, one per line, nothing else.";
+/// it as an ordinary turn after the answer (the cached prefix stays intact). Worded as a question
+/// because small models answer a question with a list far more often than they follow an order.
+pub const INSTRUCTION: &str =
+    "What three short questions could I ask you next about this? List only the questions, one per line.";
 
 /// The follow-up settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,36 +66,127 @@ pub struct FollowUps {
     pub stats: MessageStats,
 }
 
-/// The suggestions in the model's reply: one per line, list markers (`1.`, `2)`, `-`, `*`, `•`),
-/// quotes and emphasis removed; a line that introduces a list (ends with `:`), an empty one,
-/// a repeat (ignoring case) or one longer than [`MAX_QUESTION_CHARS`] is dropped; at most
-/// [`MAX_QUESTIONS`].
-pub fn parse(text: &str) -> Vec<String> {
-    let mut seen = HashSet::new();
+/// Words a suggestion that is an order rather than a question may start with
+/// ("Tell me more about Lyon").
+const REQUESTS: [&str; 10] = [
+    "tell",
+    "explain",
+    "describe",
+    "compare",
+    "show",
+    "give",
+    "list",
+    "suggest",
+    "summarize",
+    "recommend",
+];
+
+/// What a preamble may open with before the question on the same line ("Sure, what…?").
+const INTERJECTIONS: [&str; 6] = ["sure", "certainly", "of course", "okay", "ok", "great"];
+
+/// The suggestions in the model's reply to [`INSTRUCTION`] after the user `asked` something.
+///
+/// One per line; a line listing several (`1. A? 2. B?`) is split. List markers (`1.`, `2)`,
+/// `-`, `*`, `•`), labels (`Q:`, `Question:`), quotes and emphasis are removed. Kept are only
+/// short questions-like lines: one sentence that ends with `?` or starts with a request word
+/// ([`REQUESTS`]), at most [`MAX_QUESTION_CHARS`]. Dropped are preambles and statements (the
+/// model chatting on), answers (`A: …`), questions about questions (echoes of the instruction),
+/// the user's own question again, and repeats (ignoring case); at most [`MAX_QUESTIONS`].
+pub fn parse(text: &str, asked: &str) -> Vec<String> {
+    let mut seen = HashSet::from([normal_form(asked)]);
     let mut out = Vec::new();
-    for line in text.lines() {
-        let q = clean(line);
-        if q.is_empty() || q.ends_with(':') || q.chars().count() > MAX_QUESTION_CHARS {
-            continue;
-        }
-        if seen.insert(q.to_lowercase()) {
-            out.push(q);
-        }
+    for q in text.lines().flat_map(split_numbered).map(|l| clean(&l)) {
         if out.len() == MAX_QUESTIONS {
             break;
+        }
+        if is_suggestion(&q) && seen.insert(normal_form(&q)) {
+            out.push(q);
         }
     }
     out
 }
 
-/// One line without its list marker, emphasis and quotes, whitespace collapsed.
+/// Whether a cleaned line reads as one short next question.
+fn is_suggestion(q: &str) -> bool {
+    let lower = q.to_lowercase();
+    let first = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("");
+    let question = q.ends_with('?') || REQUESTS.contains(&first);
+    // A sentence end inside the line means a remark before (or after) the question.
+    let body = q.trim_end_matches(['?', '.', '!']);
+    let one_sentence = [". ", "? ", "! "].iter().all(|end| !body.contains(end));
+    question
+        && one_sentence
+        && q.split_whitespace().count() >= 2
+        && q.chars().count() <= MAX_QUESTION_CHARS
+        && !lower.contains("question")
+}
+
+/// The question's words, lower case, contractions spelt out: "What's it?" == "what is it".
+fn normal_form(q: &str) -> String {
+    q.to_lowercase()
+        .replace("'s ", " is ")
+        .replace("’s ", " is ")
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A line that lists several numbered items inline (`1. A? 2. B?`), one item each; any other
+/// line as it is.
+fn split_numbered(line: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut rest = line;
+    let mut n = 2;
+    // Only the next number in sequence after a question mark starts an item, so a number in a
+    // question ("3.5 or 4?") never splits it.
+    while let Some(at) = rest.find(&format!("? {n}. ")) {
+        items.push(rest[..=at].to_string());
+        rest = &rest[at + 2..];
+        n += 1;
+    }
+    items.push(rest.to_string());
+    items
+}
+
+/// One line without its list marker, label, interjection, emphasis and quotes, whitespace
+/// collapsed.
 fn clean(line: &str) -> String {
     let s = strip_number(line.trim());
     let s = s.trim_start_matches(['-', '*', '•', '–', '+']).trim();
+    let s = strip_label(s.trim_start_matches(|c: char| "*_`\"“”'".contains(c)));
+    let s = strip_interjection(s);
     s.trim_matches(|c: char| "*_`\"“”'".contains(c))
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `s` without a leading `Q:` or `Question:` label.
+fn strip_label(s: &str) -> &str {
+    for label in ["Question:", "question:", "Q:", "q:"] {
+        if let Some(rest) = s.strip_prefix(label) {
+            return rest.trim_start();
+        }
+    }
+    s
+}
+
+/// `s` without a leading "Sure, " or "Of course! " (the question after it is kept).
+fn strip_interjection(s: &str) -> &str {
+    for word in INTERJECTIONS {
+        if s.get(..word.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(word))
+        {
+            if let Some(rest) = s[word.len()..].strip_prefix([',', '!', '.']) {
+                return rest.trim_start();
+            }
+        }
+    }
+    s
 }
 
 /// `s` without a leading `1.`, `2)`, `(3)` or `Q4:` (one or two digits, then a space or the end):
@@ -116,34 +212,114 @@ mod tests {
     fn numbered_lines_and_bullets_become_plain_questions() {
         let text = "1. What is Rust?\n2) Why is it fast?\n- How do I start?\n* Where next?";
         assert_eq!(
-            parse(text),
+            parse(text, ""),
             ["What is Rust?", "Why is it fast?", "How do I start?"]
         );
         assert_eq!(
-            parse("• **Is it safe?**\n(2) \"What about async?\"\nQ3: Any books?"),
+            parse(
+                "• **Is it safe?**\n(2) \"What about async?\"\nQ3: Any books?",
+                ""
+            ),
             ["Is it safe?", "What about async?", "Any books?"]
         );
     }
 
     #[test]
     fn preambles_blanks_repeats_and_long_lines_are_dropped() {
-        let long = format!("Why {}?", "very ".repeat(40));
+        let long = format!("Why {}?", "very ".repeat(20));
         let text = format!(
             "Here are some questions you could ask:\n\n  \n1. Is it fast?\n2. is it   FAST?\n3. {long}\n4. Can I try it?"
         );
-        assert_eq!(parse(&text), ["Is it fast?", "Can I try it?"]);
+        assert_eq!(parse(&text, ""), ["Is it fast?", "Can I try it?"]);
+    }
+
+    // The outputs below are SmolLM2-135M's own replies to INSTRUCTION (sampled at 0.3 and at
+    // the default temperature), as the worker received them.
+
+    #[test]
+    fn a_preamble_and_a_closing_remark_around_the_list_are_dropped() {
+        let text = "Here are three short questions I'd like you to ask me:\n\n1. What's the most \
+            memorable scene in the play?\n2. How do you feel about the way I've portrayed Hamlet?\n\
+            3. What's the most interesting fact about Hamlet?\n\nThese questions will help me \
+            provide more specific and thoughtful answers to your questions.";
+        assert_eq!(
+            parse(text, "Who wrote Hamlet?"),
+            [
+                "What's the most memorable scene in the play?",
+                "How do you feel about the way I've portrayed Hamlet?",
+                "What's the most interesting fact about Hamlet?"
+            ]
+        );
+    }
+
+    #[test]
+    fn statements_and_chatter_are_no_suggestions() {
+        for text in [
+            "The largest ocean is thought to be the world's deepest known place, the Mariana Trench.",
+            "I'm ready to help. What would you like to ask next?",
+            "What a wonderful topic! I'd love to delve into it.\n\nWhat a wonderful topic!",
+            "Please go ahead.\n\nNow, I'm ready to explore the wonders of the ocean. You have the chance to",
+            "### Step-by-Step Guide to Making a Perfect German Bread",
+            "Feel free to ask the next follow-up question.\n\nShakespeare's original play\n\nWhich",
+        ] {
+            assert_eq!(parse(text, "What is it?"), Vec::<String>::new(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_users_question_and_echoes_of_the_instruction_are_dropped() {
+        let text = "1. What is the largest ocean?\n2. What three short questions can I ask you \
+            next about this?\n3. What's the largest ocean?\n4. How deep is it?";
+        assert_eq!(
+            parse(text, "What is the largest ocean?"),
+            ["How deep is it?"]
+        );
+    }
+
+    #[test]
+    fn questions_and_answers_keep_only_the_questions() {
+        let text = "Q: What's the biggest planet?\nA: Jupiter is.\nQuestion: \"Where is Paris?\"";
+        assert_eq!(
+            parse(text, ""),
+            ["What's the biggest planet?", "Where is Paris?"]
+        );
+    }
+
+    #[test]
+    fn an_inline_numbered_list_is_split() {
+        let text = "1. How does Rust work? 2. What are its benefits? 3. Is 3.5 or 4 faster?";
+        assert_eq!(
+            parse(text, "What is Rust?"),
+            [
+                "How does Rust work?",
+                "What are its benefits?",
+                "Is 3.5 or 4 faster?"
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_count_and_an_interjection_is_removed() {
+        let text = "Sure, what about Lyon?\nTell me more about Lyon.\nLyon is nice.";
+        assert_eq!(
+            parse(text, ""),
+            ["what about Lyon?", "Tell me more about Lyon."]
+        );
     }
 
     #[test]
     fn nothing_usable_is_no_suggestion() {
-        assert!(parse("").is_empty());
-        assert!(parse("\n - \n1.\nQuestions:").is_empty());
+        assert!(parse("", "").is_empty());
+        assert!(parse("\n - \n1.\nQuestions:", "").is_empty());
     }
 
     #[test]
     fn a_number_that_is_part_of_the_question_stays() {
-        assert_eq!(parse("2024 was a leap year?"), ["2024 was a leap year?"]);
-        assert_eq!(parse("1. 3.5 or 4?"), ["3.5 or 4?"]);
+        assert_eq!(
+            parse("2024 was a leap year?", ""),
+            ["2024 was a leap year?"]
+        );
+        assert_eq!(parse("1. 3.5 or 4?", ""), ["3.5 or 4?"]);
     }
 
     #[test]
@@ -227,7 +403,7 @@ pub(crate) mod app_tests {
         let h = harness(
             &[
                 "Paris is the capital of France.",
-                "Here are some ideas:\n1. What about Lyon?\n2. How old is Paris?\n3. What about lyon?\n",
+                "Here are some ideas:\n1. What is the capital of France?\n2. What about Lyon?\n3. How old is Paris?\n4. What about lyon?\n",
                 "Lyon is in the south-east.",
             ],
             FollowUpSettings::default(),
@@ -265,10 +441,10 @@ pub(crate) mod app_tests {
 
     #[test]
     fn typing_dismisses_them() {
-        let h = harness(&["Yes.", "Why?"], FollowUpSettings::default());
+        let h = harness(&["Yes.", "Why is it?"], FollowUpSettings::default());
         let chat = h.app.create_chat().unwrap();
         h.ask(chat.id, "Is it?");
-        assert_eq!(h.app.follow_ups(chat.id).unwrap().questions, ["Why?"]);
+        assert_eq!(h.app.follow_ups(chat.id).unwrap().questions, ["Why is it?"]);
         assert!(h.app.dismiss_follow_ups(chat.id));
         assert!(h.app.follow_ups(chat.id).is_none());
         assert_eq!(h.changes(chat.id), 2);

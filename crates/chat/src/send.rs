@@ -7,7 +7,7 @@ use crate::app::ChatApp;
 use crate::commands::{self, Parsed};
 use crate::core::Turn;
 use crate::error::{ChatError, Result};
-use crate::followups::FollowUps;
+use crate::followups::{self, FollowUps};
 use crate::protocol::{DeltaKind, End, StreamInput};
 use crate::sampling::Sampling;
 use crate::store::{ChatId, MessageId, MessageKind, MessageStatus, NewMessage, Role};
@@ -158,6 +158,13 @@ impl ChatApp {
                     max_tokens: settings.follow_ups.max_tokens,
                     // Suggestions need no thinking: in a thinking chat it closes at once.
                     max_thinking_tokens: Some(1),
+                    temperature: Some(
+                        settings
+                            .temperature
+                            .map_or(followups::MAX_TEMPERATURE, |t| {
+                                t.min(followups::MAX_TEMPERATURE)
+                            }),
+                    ),
                     ..settings.sampling()
                 }
                 .validate()?,

@@ -949,6 +949,11 @@ fn follow_ups(backend: &mut Backend, job: &mut GenerationJob, said: String) -> O
         return None;
     };
     let mut messages = messages.clone();
+    let asked = messages
+        .iter()
+        .rfind(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
     messages.push(ChatMessage::new("assistant", said));
     messages.push(ChatMessage::new("user", followups::INSTRUCTION));
     let mut prompt = Prompt::Chat {
@@ -980,10 +985,16 @@ fn follow_ups(backend: &mut Backend, job: &mut GenerationJob, said: String) -> O
     });
     text.push_str(&parser.finish().0);
     match stats {
-        Ok(stats) if stats.finish != Some(Finish::Cancelled) => Some(JobEvent::FollowUps {
-            questions: followups::parse(&text),
-            stats,
-        }),
+        Ok(stats) if stats.finish != Some(Finish::Cancelled) => {
+            let questions = followups::parse(&text, &asked);
+            if questions.is_empty() {
+                // The small models often chat on instead of listing questions: say what they
+                // wrote, so a page without chips can be told apart from a broken pipeline.
+                let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+                tracing::info!(lines, kept = 0, %text, "no follow-up suggestion in the model's reply");
+            }
+            Some(JobEvent::FollowUps { questions, stats })
+        }
         Ok(_) => None,
         Err(Failure::Refused(e) | Failure::Failed(e)) => {
             tracing::warn!(error = %e, "follow-up suggestions failed");

@@ -445,9 +445,9 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     // overlong line): no chips is then the right page, so up to three questions are asked.
     let mut chips = 0;
     for question in [
-        "What is the capital of France?",
-        "What is the largest ocean?",
+        "Tell me about the moon.",
         "Who wrote Hamlet?",
+        "Tell me about Paris.",
     ] {
         type_and_send(&s, question);
         let start = Instant::now();

@@ -114,6 +114,33 @@ fn is_active(conn: &Connection, chat_id: ChatId, message_id: MessageId) -> Resul
         .is_some())
 }
 
+/// The kept versions forked after `after` (None: the chat's start), in the order they began:
+/// (first message id, branch id).
+fn alternatives(
+    conn: &Connection,
+    chat_id: ChatId,
+    after: Option<MessageId>,
+) -> Result<Vec<(MessageId, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT min(m.id), b.id FROM branches b JOIN messages m ON m.branch_id = b.id
+         WHERE b.chat_id = ?1 AND b.after_id IS ?2 GROUP BY b.id ORDER BY 1",
+    )?;
+    let rows = stmt.query_map(params![chat_id, after], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Makes the kept version `branch` the one shown (its messages active, the branch row gone).
+fn restore(conn: &Connection, branch: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE messages SET branch_id = NULL WHERE branch_id = ?1",
+        [branch],
+    )?;
+    conn.execute("DELETE FROM branches WHERE id = ?1", [branch])?;
+    Ok(())
+}
+
 impl Store {
     /// Marks each active message (given in id order) that has alternatives with its place
     /// among them.
@@ -159,16 +186,10 @@ impl Store {
         // The alternatives here in the order they began: (first message id, branch id), the
         // active continuation with no branch id.
         let after = fork_point(&tx, chat_id, message_id)?;
-        let mut all: Vec<(MessageId, Option<i64>)> = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT min(m.id), b.id FROM branches b JOIN messages m ON m.branch_id = b.id
-                 WHERE b.chat_id = ?1 AND b.after_id IS ?2 GROUP BY b.id",
-            )?;
-            let rows = stmt.query_map(params![chat_id, after], |row| {
-                Ok((row.get(0)?, Some(row.get(1)?)))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        let mut all: Vec<(MessageId, Option<i64>)> = alternatives(&tx, chat_id, after)?
+            .into_iter()
+            .map(|(first, branch)| (first, Some(branch)))
+            .collect();
         all.push((message_id, None));
         all.sort();
         let at = all
@@ -189,12 +210,40 @@ impl Store {
             )));
         };
         archive_from(&tx, chat_id, message_id)?;
-        tx.execute(
-            "UPDATE messages SET branch_id = NULL WHERE branch_id = ?1",
-            [branch],
-        )?;
-        tx.execute("DELETE FROM branches WHERE id = ?1", [branch])?;
+        restore(&tx, branch)?;
         retitle(&tx, chat_id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes the version shown at `message_id`'s place (an active message with
+    /// alternatives): it and every later message of it go, with the versions forked inside
+    /// it, and the version before it (the next one when it was the first) is shown instead.
+    /// One transaction.
+    pub fn delete_version(&mut self, chat_id: ChatId, message_id: MessageId) -> Result<()> {
+        let tx = self.conn_mut().transaction()?;
+        if !is_active(&tx, chat_id, message_id)? {
+            return Err(ChatError::NoSuchMessage(message_id));
+        }
+        let others = alternatives(&tx, chat_id, fork_point(&tx, chat_id, message_id)?)?;
+        let shown = others
+            .iter()
+            .rev()
+            .find(|(first, _)| *first < message_id)
+            .or(others.first());
+        let Some(&(_, branch)) = shown else {
+            return Err(ChatError::Invalid(
+                "this message has no other version to show instead: edit it or delete the chat"
+                    .into(),
+            ));
+        };
+        delete_active_from(&tx, chat_id, message_id)?;
+        restore(&tx, branch)?;
+        retitle(&tx, chat_id)?;
+        tx.execute(
+            "UPDATE chats SET updated_at = ?2 WHERE id = ?1",
+            params![chat_id, now_ms()],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -281,6 +330,17 @@ impl ChatApp {
         self.core().emit(crate::AppEvent::ChatsChanged);
         Ok(())
     }
+
+    /// Deletes the version of the chat shown from `message_id` on (a message with
+    /// alternatives); the version before it is shown instead. Refused while the chat answers
+    /// (`Busy`).
+    pub fn delete_version(&self, chat_id: ChatId, message_id: MessageId) -> Result<()> {
+        self.core().dismiss_follow_ups(chat_id);
+        self.core()
+            .while_idle(chat_id, |store| store.delete_version(chat_id, message_id))?;
+        self.core().emit(crate::AppEvent::ChatsChanged);
+        Ok(())
+    }
 }
 
 /// Editing through the real chat app, the model's output scripted at the engine's token boundary.
@@ -349,5 +409,108 @@ mod app_tests {
         assert_eq!(shown, ["Name a sky colour.", "Red."]);
         let b = view.messages[0].branches.expect("the other version stays");
         assert_eq!((b.index, b.count), (2, 2), "one kept, one discarded");
+    }
+
+    /// How many messages (of any version) search's index finds `word` in.
+    fn indexed(h: &crate::followups::app_tests::Harness, word: &str) -> i64 {
+        h.app
+            .core()
+            .store(|store| {
+                Ok(store.conn().query_row(
+                    "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?1",
+                    [word],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap()
+    }
+
+    fn shown(h: &crate::followups::app_tests::Harness, chat: i64) -> Vec<String> {
+        let view = h.app.chat(chat).unwrap();
+        view.messages.into_iter().map(|m| m.content).collect()
+    }
+
+    #[test]
+    fn deleting_a_version_shows_the_one_before_and_leaves_no_trace_of_it() {
+        let off = FollowUpSettings {
+            enabled: false,
+            ..FollowUpSettings::default()
+        };
+        let h = harness(&["Blue.", "Green.", "Yellow.", "Lime.", "Kiwi."], off);
+        let chat = h.app.create_chat().unwrap();
+        h.ask(chat.id, "Name a colour.");
+        let first = h.app.chat(chat.id).unwrap().messages[0].id;
+        h.app
+            .edit(chat.id, first, "Name a leaf colour.", true)
+            .unwrap();
+        h.wait_idle(chat.id);
+        let second = h.app.chat(chat.id).unwrap().messages[0].id;
+        h.app
+            .edit(chat.id, second, "Name a sun colour.", true)
+            .unwrap();
+        h.wait_idle(chat.id);
+        // A version forked inside the second one: it goes with it.
+        h.app
+            .switch_branch(
+                chat.id,
+                h.app.chat(chat.id).unwrap().messages[0].id,
+                Switch::Previous,
+            )
+            .unwrap();
+        assert_eq!(shown(&h, chat.id), ["Name a leaf colour.", "Green."]);
+        h.ask(chat.id, "And a lime?");
+        let lime = h.app.chat(chat.id).unwrap().messages[2].id;
+        h.app.edit(chat.id, lime, "And a kiwi?", true).unwrap();
+        h.wait_idle(chat.id);
+        let view = h.app.chat(chat.id).unwrap();
+        assert_eq!(view.messages.len(), 4);
+        let b = view.messages[0].branches.unwrap();
+        assert_eq!((b.index, b.count), (2, 3));
+        assert_eq!(view.messages[2].branches.unwrap().count, 2);
+
+        h.app.delete_version(chat.id, second).unwrap();
+        let view = h.app.chat(chat.id).unwrap();
+        assert_eq!(shown(&h, chat.id), ["Name a colour.", "Blue."]);
+        let b = view.messages[0].branches.expect("two versions left");
+        assert_eq!((b.index, b.count), (1, 2));
+        assert_eq!(view.chat.title, "Name a colour.");
+        // Gone from the store: search's index, export, the next prompt.
+        assert_eq!(indexed(&h, "leaf"), 0);
+        assert_eq!(indexed(&h, "lime"), 0);
+        assert_eq!(indexed(&h, "kiwi"), 0);
+        let kept: i64 = h
+            .app
+            .core()
+            .store(|store| {
+                Ok(store.conn().query_row(
+                    "SELECT count(*) FROM branches WHERE chat_id = ?1",
+                    [chat.id],
+                    |row| row.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(
+            kept, 1,
+            "only the sun version is kept: lime's went with its version"
+        );
+        assert_eq!(indexed(&h, "sun"), 1, "the other version stays");
+        let md = h.app.export(chat.id).unwrap().markdown;
+        assert!(!md.contains("leaf") && md.contains("Blue."), "{md}");
+        h.app.switch_branch(chat.id, first, Switch::Next).unwrap();
+        assert_eq!(shown(&h, chat.id), ["Name a sun colour.", "Yellow."]);
+
+        // The first version deleted: the next one shows; then no other version is left.
+        let sun = h.app.chat(chat.id).unwrap().messages[0].id;
+        h.app.switch_branch(chat.id, sun, Switch::Previous).unwrap();
+        h.app.delete_version(chat.id, first).unwrap();
+        assert_eq!(shown(&h, chat.id), ["Name a sun colour.", "Yellow."]);
+        assert!(h.app.chat(chat.id).unwrap().messages[0].branches.is_none());
+        assert_eq!(indexed(&h, "blue"), 0);
+        let err = h.app.delete_version(chat.id, sun).unwrap_err();
+        assert!(err.to_string().contains("no other version"), "{err}");
+        assert!(matches!(
+            h.app.delete_version(chat.id, first),
+            Err(ChatError::NoSuchMessage(_))
+        ));
     }
 }

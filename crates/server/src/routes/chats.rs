@@ -36,6 +36,10 @@ pub(super) fn routes() -> Router<Server> {
         )
         .route("/chats/{cid}/messages/{mid}/branch", post(switch_branch))
         .route(
+            "/chats/{cid}/messages/{mid}/version",
+            axum::routing::delete(delete_version),
+        )
+        .route(
             "/chats/{cid}/messages/{mid}/tools/{index}/decide",
             post(decide_tool),
         )
@@ -302,6 +306,18 @@ async fn switch_branch(
             }
         };
         s.chat().switch_branch(cid, mid, to)?;
+        chat_pane(s, cid)
+    })
+    .await
+}
+
+/// "Delete this version" on a message with other versions: the chat, showing the version before.
+async fn delete_version(
+    State(s): State<Server>,
+    Path((cid, mid)): Path<(ChatId, MessageId)>,
+) -> Response {
+    run(s, move |s| {
+        s.chat().delete_version(cid, mid)?;
         chat_pane(s, cid)
     })
     .await

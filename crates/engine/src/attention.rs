@@ -342,17 +342,59 @@ struct HeadScratch {
     widened: Option<(usize, usize, usize)>,
 }
 
-/// Rows `0..n` of `src` (stride `kv_dim`), elements `off..off + hd` each, as F32 rows of `hd`.
-fn widen(src: &[f16], n: usize, kv_dim: usize, off: usize, hd: usize, dst: &mut Vec<f32>) {
+/// Rows `0..n` of `src` (stride `stride`), elements `off..off + hd` each, as F32 rows of `hd`.
+fn widen(src: &[f16], n: usize, stride: usize, off: usize, hd: usize, dst: &mut Vec<f32>) {
     dst.resize(n * hd, 0.0);
     for (j, row) in dst.chunks_exact_mut(hd).enumerate() {
-        src[j * kv_dim + off..][..hd].convert_to_f32_slice(row);
+        src[j * stride + off..][..hd].convert_to_f32_slice(row);
+    }
+}
+
+/// Where a layer's cached keys (or values) lie: row `j` of KV head `g` starts at element
+/// `g * group_stride + j * row_stride`, and its `head_dim` elements follow one another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub row_stride: usize,
+    pub group_stride: usize,
+}
+
+impl KvLayout {
+    /// The native cache's: one row of `n_head_kv * head_dim` per position.
+    pub fn position_major(n_head_kv: usize, head_dim: usize) -> Self {
+        Self {
+            row_stride: n_head_kv * head_dim,
+            group_stride: head_dim,
+        }
+    }
+
+    /// The Candle backend's (n_head_kv, max_len, head_dim) tensors: each KV head's positions
+    /// one after another.
+    pub fn head_major(max_len: usize, head_dim: usize) -> Self {
+        Self {
+            row_stride: head_dim,
+            group_stride: max_len * head_dim,
+        }
+    }
+
+    /// Elements a cache of `len` positions must hold.
+    fn min_len(&self, len: usize, n_head_kv: usize, head_dim: usize) -> usize {
+        match len {
+            0 => 0,
+            _ => (n_head_kv - 1) * self.group_stride + (len - 1) * self.row_stride + head_dim,
+        }
     }
 }
 
 /// `out (t, n_head*head_dim) = softmax(q k^T * scale, causal) v` for queries at positions
 /// `pos..pos+t` against cached keys/values `0..pos+t` (`kv`: (pos+t, n_head_kv*head_dim) each).
 pub fn attention(q: &[f32], kv: KvLayer, s: AttnShape, out: &mut [f32]) {
+    let layout = KvLayout::position_major(s.n_head_kv, s.head_dim);
+    attention_in(q, kv, layout, s, out)
+}
+
+/// [`attention`] over a cache laid out as `layout` says (the same arithmetic in the same order,
+/// whatever the layout).
+pub fn attention_in(q: &[f32], kv: KvLayer, layout: KvLayout, s: AttnShape, out: &mut [f32]) {
     let AttnShape {
         t,
         pos,
@@ -361,13 +403,21 @@ pub fn attention(q: &[f32], kv: KvLayer, s: AttnShape, out: &mut [f32]) {
         head_dim: hd,
         ..
     } = s;
-    let kv_dim = n_head_kv * hd;
-    debug_assert_eq!(q.len(), t * n_head * hd);
-    debug_assert!(match kv {
-        KvLayer::F32(k, v) => k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim,
-        KvLayer::F16(k, v) => k.len() >= (pos + t) * kv_dim && v.len() >= (pos + t) * kv_dim,
-    });
-    debug_assert_eq!(out.len(), t * n_head * hd);
+    let KvLayout {
+        row_stride,
+        group_stride,
+    } = layout;
+    let need = layout.min_len(pos + t, n_head_kv, hd);
+    assert_eq!(q.len(), t * n_head * hd, "attention: query rows");
+    assert!(
+        match kv {
+            KvLayer::F32(k, v) => k.len() >= need && v.len() >= need,
+            KvLayer::F16(k, v) => k.len() >= need && v.len() >= need,
+        },
+        "attention: the cache holds fewer than {} positions",
+        pos + t
+    );
+    assert_eq!(out.len(), t * n_head * hd, "attention: output rows");
     let out_ptr = out.as_mut_ptr() as usize;
     // Tells this call's widened rows from an earlier call's (same buffers, other contents).
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -402,8 +452,8 @@ pub fn attention(q: &[f32], kv: KvLayer, s: AttnShape, out: &mut [f32]) {
                         let rows = GroupRows {
                             k,
                             v,
-                            stride: kv_dim,
-                            off: g * hd,
+                            stride: row_stride,
+                            off: g * group_stride,
                         };
                         head(q, rows, s, (i, h), scores, acc, o)
                     }
@@ -413,8 +463,8 @@ pub fn attention(q: &[f32], kv: KvLayer, s: AttnShape, out: &mut [f32]) {
                         let g = h / (n_head / n_head_kv);
                         if *widened != Some((call, g, i)) {
                             let n_keys = pos + i + 1;
-                            widen(k, n_keys, kv_dim, g * hd, hd, kf);
-                            widen(v, n_keys, kv_dim, g * hd, hd, vf);
+                            widen(k, n_keys, row_stride, g * group_stride, hd, kf);
+                            widen(v, n_keys, row_stride, g * group_stride, hd, vf);
                             *widened = Some((call, g, i));
                         }
                         let rows = GroupRows {

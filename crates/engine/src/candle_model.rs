@@ -6,8 +6,14 @@
 //! matrices are the native backend's [`QMatrix`] (memory-mapped, repacked), multiplied by the
 //! engine's own kernels as a Candle custom op: Candle's x86 quantized kernels compute with
 //! pre-multiplied f32 scales and missed the 98% argmax bar on the reference's Q4_K_M
-//! model (96.0%), where ours compute llama.cpp's arithmetic. The norms, RoPE (`rope_i`, for
-//! GGUF's permuted Q/K) and softmax are candle-nn's on every device. The KV cache is allocated once on the device at the context
+//! model (96.0%), where ours compute llama.cpp's arithmetic. For the same reason RoPE, SwiGLU
+//! and attention are, on Candle's CPU device, Candle ops that run the native backend's code
+//! (ggml's fused rotation, its `expf`, its dot products, block-wise softmax and tinyBLAS's
+//! accumulation order): with candle-nn's (`rope_i`, `silu`, `softmax_last_dim`, matmuls in the
+//! gemm crate's order) the last bits differ, flip the rounding of the next matmul's 8-bit
+//! activations, and agreement stayed at 97.1%. On a GPU these are candle-nn's ops (`rope_i` for
+//! GGUF's permuted Q/K, a masked softmax, batched matmuls), unchanged. The RMS norm is one
+//! graph on every device, summing as ggml does. The KV cache is allocated once on the device at the context
 //! length and written in place (`slice_set`); a pass reads the cached prefix as a view. Tokens
 //! go up and logits come down once per pass, nothing in between. The [`Session`] above decides
 //! which positions the cache holds; a pass writes only at and after its own position, so a
@@ -18,12 +24,14 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Module, Shape, Tensor, D,
+};
 use candle_nn::ops::{silu, softmax_last_dim};
 use candle_nn::rotary_emb::rope_i;
 use memmap2::Mmap;
 
-use crate::attention::KvType;
+use crate::attention::{attention_in, AttnShape, KvLayer, KvLayout, KvType};
 use crate::backend::{Backend, HostRows, Logits};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -72,6 +80,121 @@ impl CustomOp1 for NativeMatMul {
     }
 }
 
+/// The contiguous F32 elements of a CPU tensor.
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: the input is not contiguous");
+    };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// The native backend's RoPE (ggml's rotation with fused products, its angle table) on rows of
+/// `(t, n_heads * head_dim)` at positions `pos..pos + t`.
+struct GgmlRope<'a> {
+    table: &'a [f32], // (max_len, hd / 2, 2)
+    hd: usize,
+    pos: usize,
+}
+
+impl CustomOp1 for GgmlRope<'_> {
+    fn name(&self) -> &'static str {
+        "ggml-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (t, w) = l.shape().dims2()?;
+        if !w.is_multiple_of(self.hd) || (self.pos + t) * self.hd > self.table.len() {
+            candle_core::bail!("ggml-rope: rows of {w} at {} do not fit the table", self.pos);
+        }
+        let mut x = cpu_f32(s, l, "ggml-rope")?.to_vec();
+        crate::model::rope_rows(self.table, self.hd, &mut x, t, self.pos);
+        Ok((CpuStorage::F32(x), Shape::from((t, w))))
+    }
+}
+
+/// `silu(gate) * up` as ggml computes it (its `expf`, per row), on `(t, n_ff)` rows.
+struct GgmlSwiGlu;
+
+impl CustomOp2 for GgmlSwiGlu {
+    fn name(&self) -> &'static str {
+        "ggml-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (t, n) = gl.shape().dims2()?;
+        if ul.shape().dims2()? != (t, n) {
+            candle_core::bail!("ggml-swiglu: gate {:?}, up {:?}", gl.shape(), ul.shape());
+        }
+        let mut gate = cpu_f32(gs, gl, "ggml-swiglu")?.to_vec();
+        crate::ops::swiglu_rows(&mut gate, cpu_f32(us, ul, "ggml-swiglu")?, n);
+        Ok((CpuStorage::F32(gate), Shape::from((t, n))))
+    }
+}
+
+/// The native backend's attention (ggml's dot products and block-wise softmax, tinyBLAS's
+/// accumulation of the values) of queries `(t, n_head * hd)` over the layer's whole cache
+/// tensors `(n_kv, max_len, hd)`, of which it reads positions `0..pos + t`.
+struct GgmlAttention {
+    shape: AttnShape,
+    max_len: usize,
+}
+
+impl CustomOp3 for GgmlAttention {
+    fn name(&self) -> &'static str {
+        "ggml-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let s = self.shape;
+        let (n_kv, hd) = (s.n_head_kv, s.head_dim);
+        let q_shape = (s.t, s.n_head * hd);
+        if ql.shape().dims2()? != q_shape {
+            candle_core::bail!("ggml-attention: queries {:?}, expected {q_shape:?}", ql.shape());
+        }
+        let cache_shape = (n_kv, self.max_len, hd);
+        if kl.shape().dims3()? != cache_shape || vl.shape().dims3()? != cache_shape {
+            candle_core::bail!("ggml-attention: caches {:?} {:?}", kl.shape(), vl.shape());
+        }
+        if s.pos + s.t > self.max_len {
+            candle_core::bail!("ggml-attention: {} positions > {}", s.pos + s.t, self.max_len);
+        }
+        let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets())
+        else {
+            candle_core::bail!("ggml-attention: the cache is not contiguous");
+        };
+        let kv = match (ks, vs) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => KvLayer::F32(&k[k0..k1], &v[v0..v1]),
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => KvLayer::F16(&k[k0..k1], &v[v0..v1]),
+            _ => candle_core::bail!("ggml-attention: the cache is neither F32 nor F16"),
+        };
+        let mut out = vec![0f32; q_shape.0 * q_shape.1];
+        let layout = KvLayout::head_major(self.max_len, hd);
+        attention_in(cpu_f32(qs, ql, "ggml-attention")?, kv, layout, s, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from(q_shape)))
+    }
+}
+
+/// The rotation tables: on Candle's CPU device the native backend's (read by [`GgmlRope`]),
+/// elsewhere the cosines and sines `rope_i` reads, (max_len, hd / 2) each, on the device.
+enum Rope {
+    Host(Vec<f32>),
+    Device { cos: Tensor, sin: Tensor },
+}
+
 /// The token embedding: a `QTensor` on the device, or on Candle's CPU device the native
 /// backend's matrix (rows dequantized as the native backend does).
 enum Embedding {
@@ -117,8 +240,7 @@ pub struct CandleModel {
     layers: Vec<Layer>,
     norm: Tensor,    // (dim)
     lm_head: Linear, // (vocab, dim); token_embd when the model ties them
-    cos: Tensor,     // (max_len, hd / 2)
-    sin: Tensor,     // (max_len, hd / 2)
+    rope: Rope,
     max_len: usize,
     kv_dtype: DType,
     vocab: usize,
@@ -278,17 +400,22 @@ impl CandleModel {
         }
         // The angles as the native backend (and ggml) computes them, so both agree bit for bit.
         let table = crate::model::rope_table(&cfg, max_len); // (max_len, hd / 2, 2)
-        let table = Tensor::from_vec(table, (max_len, hd / 2, 2), device)?;
-        let cos = table.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?;
-        let sin = table.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?;
+        let rope = if native {
+            Rope::Host(table)
+        } else {
+            let table = Tensor::from_vec(table, (max_len, hd / 2, 2), device)?;
+            Rope::Device {
+                cos: table.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?,
+                sin: table.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?,
+            }
+        };
         Ok(Self {
             device: device.clone(),
             embed,
             layers,
             norm,
             lm_head,
-            cos,
-            sin,
+            rope,
             max_len,
             kv_dtype,
             vocab,
@@ -308,66 +435,23 @@ impl CandleModel {
         Tensor::from_vec(mask, (t, len), &self.device)
     }
 
-    /// The forward pass: the logits of the wanted rows, (rows, vocab), on the device.
     /// The forward pass: the logits of the wanted rows, (rows, vocab), on the device; `None`
     /// for [`Logits::None`], which stops once the last layer's keys and values are cached.
-    fn forward_tensor(
-        &mut self,
-        pos: usize,
-        tokens: &[u32],
-        logits: Logits,
-    ) -> Result<Option<Tensor>> {
-        let cfg = &self.cfg;
-        let (t, len) = (tokens.len(), pos + tokens.len());
-        let (n_head, n_kv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-        let n_rep = n_head / n_kv;
-        let eps = cfg.rms_eps;
+    fn forward_tensor(&self, pos: usize, tokens: &[u32], logits: Logits) -> Result<Option<Tensor>> {
+        let t = tokens.len();
+        let eps = self.cfg.rms_eps;
         let mut x = self.embed.rows(tokens, &self.device)?; // (t, dim)
-        let mask = if t > 1 {
-            Some(self.mask(t, pos)?)
-        } else {
-            None
+        let mask = match (&self.rope, t) {
+            (Rope::Device { .. }, 2..) => Some(self.mask(t, pos)?),
+            _ => None,
         };
-        let (cos, sin) = (self.cos.narrow(0, pos, t)?, self.sin.narrow(0, pos, t)?);
         let n_layer = self.layers.len();
-        for (il, l) in self.layers.iter_mut().enumerate() {
+        for (il, l) in self.layers.iter().enumerate() {
             let h = rms_norm_ggml(&x, &l.attn_norm, eps)?;
-            let heads =
-                |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
-            let q = heads(l.wq.forward(&h)?, n_head)?; // (1, n_head, t, hd)
-            let k = heads(l.wk.forward(&h)?, n_kv)?; // (1, n_kv, t, hd)
-            let v = heads(l.wv.forward(&h)?, n_kv)?; // (1, n_kv, t, hd)
-            let (q, k) = if l.use_rope {
-                (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
-            } else {
-                (q, k)
-            };
-            // An F16 cache rounds keys and values as they are stored and widens them back to
-            // F32 for attention, as the native backend does.
-            let kvd = self.kv_dtype;
-            l.k_cache.slice_set(&k.squeeze(0)?.to_dtype(kvd)?, 1, pos)?;
-            l.v_cache.slice_set(&v.squeeze(0)?.to_dtype(kvd)?, 1, pos)?;
-            if il + 1 == n_layer && logits == Logits::None {
+            let store_only = il + 1 == n_layer && logits == Logits::None;
+            let Some(y) = self.attention(l, &h, pos, mask.as_ref(), store_only)? else {
                 return Ok(None);
-            }
-            let kc = l.k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
-            let vc = l.v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
-                                                                         // GQA: the n_rep query heads sharing a KV head are one batch of n_rep * t rows (head
-                                                                         // h reads KV head h / n_rep, as in ggml), so the cache is never repeated.
-            let q = q.reshape((n_kv, n_rep * t, hd))?;
-            let att = (q.matmul(&kc.t()?)? * cfg.attention_scale as f64)?; // (n_kv, n_rep*t, len)
-            let att = match &mask {
-                Some(m) => att
-                    .reshape((n_kv, n_rep, t, len))?
-                    .broadcast_add(m)?
-                    .reshape((n_kv, n_rep * t, len))?,
-                None => att,
             };
-            let y = softmax_last_dim(&att)?.matmul(&vc)?; // (n_kv, n_rep * t, hd)
-            let y = y
-                .reshape((n_head, t, hd))?
-                .transpose(0, 1)?
-                .reshape((t, n_head * hd))?;
             let mut out = l.wo.forward(&y)?; // (t, dim)
             if il + 1 == n_layer && logits == Logits::Last && t > 1 {
                 // As llama.cpp: the last layer's feed-forward runs only for the rows whose
@@ -377,8 +461,7 @@ impl CandleModel {
             }
             x = (x + out)?;
             let h = rms_norm_ggml(&x, &l.ffn_norm, eps)?;
-            let gate = silu(&l.w_gate.forward(&h)?)?;
-            let h = (gate * l.w_up.forward(&h)?)?;
+            let h = self.swiglu(&l.w_gate.forward(&h)?, &l.w_up.forward(&h)?)?;
             x = (x + l.w_down.forward(&h)?)?;
         }
         if logits == Logits::Last && x.dim(0)? > 1 {
@@ -386,6 +469,109 @@ impl CandleModel {
         }
         let h = rms_norm_ggml(&x, &self.norm, eps)?;
         Ok(Some(self.lm_head.forward(&h)?))
+    }
+
+    /// `silu(gate) * up`.
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+        match self.rope {
+            Rope::Host(_) => gate.apply_op2_no_bwd(up, &GgmlSwiGlu),
+            Rope::Device { .. } => silu(gate)? * up,
+        }
+    }
+
+    /// Layer `l`'s attention of the normalised rows `h` (t, dim) at `pos`: caches their keys
+    /// and values, then returns the heads' outputs (t, n_head * hd), or `None` when
+    /// `store_only`. `mask`: the causal mask of [`Self::mask`] on a GPU when t > 1.
+    fn attention(
+        &self,
+        l: &Layer,
+        h: &Tensor,
+        pos: usize,
+        mask: Option<&Tensor>,
+        store_only: bool,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let cfg = &self.cfg;
+        let t = h.dim(0)?;
+        let len = pos + t;
+        let (n_head, n_kv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+        let q = l.wq.forward(h)?; // (t, n_head * hd)
+        let k = l.wk.forward(h)?; // (t, n_kv * hd)
+        let v = l.wv.forward(h)?; // (t, n_kv * hd)
+        // An F16 cache rounds keys and values as they are stored and widens them back to F32
+        // for attention, as the native backend does.
+        let kvd = self.kv_dtype;
+        let store = |k: Tensor, v: Tensor| -> candle_core::Result<()> {
+            // (n_kv, t, hd) each
+            l.k_cache.slice_set(&k.to_dtype(kvd)?.contiguous()?, 1, pos)?;
+            l.v_cache.slice_set(&v.to_dtype(kvd)?.contiguous()?, 1, pos)
+        };
+        match &self.rope {
+            Rope::Host(table) => {
+                let (q, k) = match l.use_rope {
+                    true => {
+                        let rope = GgmlRope { table, hd, pos };
+                        (q.apply_op1_no_bwd(&rope)?, k.apply_op1_no_bwd(&rope)?)
+                    }
+                    false => (q, k),
+                };
+                let heads = |y: Tensor| y.reshape((t, n_kv, hd))?.transpose(0, 1);
+                store(heads(k)?, heads(v)?)?;
+                if store_only {
+                    return Ok(None);
+                }
+                let shape = AttnShape {
+                    t,
+                    pos,
+                    n_head,
+                    n_head_kv: n_kv,
+                    head_dim: hd,
+                    scale: cfg.attention_scale,
+                };
+                let op = GgmlAttention {
+                    shape,
+                    max_len: self.max_len,
+                };
+                Ok(Some(q.apply_op3_no_bwd(&l.k_cache, &l.v_cache, &op)?))
+            }
+            Rope::Device { cos, sin } => {
+                let heads =
+                    |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+                let q = heads(q, n_head)?; // (1, n_head, t, hd)
+                let k = heads(k, n_kv)?; // (1, n_kv, t, hd)
+                let v = heads(v, n_kv)?; // (1, n_kv, t, hd)
+                let (q, k) = match l.use_rope {
+                    true => {
+                        let (cos, sin) = (cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?);
+                        (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
+                    }
+                    false => (q, k),
+                };
+                store(k.squeeze(0)?, v.squeeze(0)?)?;
+                if store_only {
+                    return Ok(None);
+                }
+                let kc = l.k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
+                let vc = l.v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
+                // GQA: the n_rep query heads sharing a KV head are one batch of n_rep * t rows
+                // (head h reads KV head h / n_rep, as in ggml), so the cache is never repeated.
+                let n_rep = n_head / n_kv;
+                let q = q.reshape((n_kv, n_rep * t, hd))?;
+                let att = (q.matmul(&kc.t()?)? * cfg.attention_scale as f64)?; // (n_kv, n_rep*t, len)
+                let att = match mask {
+                    Some(m) => att
+                        .reshape((n_kv, n_rep, t, len))?
+                        .broadcast_add(m)?
+                        .reshape((n_kv, n_rep * t, len))?,
+                    None => att,
+                };
+                let y = softmax_last_dim(&att)?.matmul(&vc)?; // (n_kv, n_rep * t, hd)
+                Ok(Some(
+                    y.reshape((n_head, t, hd))?
+                        .transpose(0, 1)?
+                        .reshape((t, n_head * hd))?,
+                ))
+            }
+        }
     }
 }
 

@@ -104,7 +104,10 @@ impl CustomOp1 for GgmlRope<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (t, w) = l.shape().dims2()?;
         if !w.is_multiple_of(self.hd) || (self.pos + t) * self.hd > self.table.len() {
-            candle_core::bail!("ggml-rope: rows of {w} at {} do not fit the table", self.pos);
+            candle_core::bail!(
+                "ggml-rope: rows of {w} at {} do not fit the table",
+                self.pos
+            );
         }
         let mut x = cpu_f32(s, l, "ggml-rope")?.to_vec();
         crate::model::rope_rows(self.table, self.hd, &mut x, t, self.pos);
@@ -163,14 +166,21 @@ impl CustomOp3 for GgmlAttention {
         let (n_kv, hd) = (s.n_head_kv, s.head_dim);
         let q_shape = (s.t, s.n_head * hd);
         if ql.shape().dims2()? != q_shape {
-            candle_core::bail!("ggml-attention: queries {:?}, expected {q_shape:?}", ql.shape());
+            candle_core::bail!(
+                "ggml-attention: queries {:?}, expected {q_shape:?}",
+                ql.shape()
+            );
         }
         let cache_shape = (n_kv, self.max_len, hd);
         if kl.shape().dims3()? != cache_shape || vl.shape().dims3()? != cache_shape {
             candle_core::bail!("ggml-attention: caches {:?} {:?}", kl.shape(), vl.shape());
         }
         if s.pos + s.t > self.max_len {
-            candle_core::bail!("ggml-attention: {} positions > {}", s.pos + s.t, self.max_len);
+            candle_core::bail!(
+                "ggml-attention: {} positions > {}",
+                s.pos + s.t,
+                self.max_len
+            );
         }
         let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets())
         else {
@@ -497,12 +507,13 @@ impl CandleModel {
         let q = l.wq.forward(h)?; // (t, n_head * hd)
         let k = l.wk.forward(h)?; // (t, n_kv * hd)
         let v = l.wv.forward(h)?; // (t, n_kv * hd)
-        // An F16 cache rounds keys and values as they are stored and widens them back to F32
-        // for attention, as the native backend does.
+                                  // An F16 cache rounds keys and values as they are stored and widens them back to F32
+                                  // for attention, as the native backend does.
         let kvd = self.kv_dtype;
         let store = |k: Tensor, v: Tensor| -> candle_core::Result<()> {
             // (n_kv, t, hd) each
-            l.k_cache.slice_set(&k.to_dtype(kvd)?.contiguous()?, 1, pos)?;
+            l.k_cache
+                .slice_set(&k.to_dtype(kvd)?.contiguous()?, 1, pos)?;
             l.v_cache.slice_set(&v.to_dtype(kvd)?.contiguous()?, 1, pos)
         };
         match &self.rope {
@@ -552,8 +563,8 @@ impl CandleModel {
                 }
                 let kc = l.k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
                 let vc = l.v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?; // (n_kv, len, hd)
-                // GQA: the n_rep query heads sharing a KV head are one batch of n_rep * t rows
-                // (head h reads KV head h / n_rep, as in ggml), so the cache is never repeated.
+                                                                             // GQA: the n_rep query heads sharing a KV head are one batch of n_rep * t rows
+                                                                             // (head h reads KV head h / n_rep, as in ggml), so the cache is never repeated.
                 let n_rep = n_head / n_kv;
                 let q = q.reshape((n_kv, n_rep * t, hd))?;
                 let att = (q.matmul(&kc.t()?)? * cfg.attention_scale as f64)?; // (n_kv, n_rep*t, len)

@@ -48,24 +48,32 @@ enum Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `per_row`: every row rounded as a single-row pass rounds it (a speculative verify pass,
+    /// whose rows must equal one-at-a-time decoding); only the native kernels promise it.
+    fn forward(&self, x: &Tensor, per_row: bool) -> candle_core::Result<Tensor> {
         match self {
             Linear::Candle(m) => m.forward(x),
-            Linear::Native(m) => x.apply_op1_no_bwd(m),
+            Linear::Native(m) => x.apply_op1_no_bwd(&NativeMatMulOp { m: &m.0, per_row }),
         }
     }
 }
 
-/// [`QMatrix::matmul_slices`] as a Candle op on CPU tensors.
+/// A weight matrix for the engine's kernels.
 struct NativeMatMul(QMatrix);
 
-impl CustomOp1 for NativeMatMul {
+/// [`QMatrix::matmul_slices`] as a Candle op on CPU tensors.
+struct NativeMatMulOp<'a> {
+    m: &'a QMatrix,
+    per_row: bool,
+}
+
+impl CustomOp1 for NativeMatMulOp<'_> {
     fn name(&self) -> &'static str {
         "native-qmatmul"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, cols) = self.0.dims();
+        let (rows, cols) = self.m.dims();
         let (t, k) = l.shape().dims2()?;
         if k != cols {
             candle_core::bail!("native-qmatmul: input rows of {k}, the matrix takes {cols}");
@@ -75,7 +83,7 @@ impl CustomOp1 for NativeMatMul {
         };
         let x = &s.as_slice::<f32>()?[start..end];
         let mut dst = vec![0f32; t * rows];
-        self.0.matmul_slices(t, x, &mut dst)?;
+        self.m.matmul_slices(t, x, &mut dst, self.per_row)?;
         Ok((CpuStorage::F32(dst), Shape::from((t, rows))))
     }
 }
@@ -456,13 +464,14 @@ impl CandleModel {
             _ => None,
         };
         let n_layer = self.layers.len();
+        let per_row = logits == Logits::Verify;
         for (il, l) in self.layers.iter().enumerate() {
             let h = rms_norm_ggml(&x, &l.attn_norm, eps)?;
             let store_only = il + 1 == n_layer && logits == Logits::None;
-            let Some(y) = self.attention(l, &h, pos, mask.as_ref(), store_only)? else {
+            let Some(y) = self.attention(l, &h, pos, mask.as_ref(), store_only, per_row)? else {
                 return Ok(None);
             };
-            let mut out = l.wo.forward(&y)?; // (t, dim)
+            let mut out = l.wo.forward(&y, per_row)?; // (t, dim)
             if il + 1 == n_layer && logits == Logits::Last && t > 1 {
                 // As llama.cpp: the last layer's feed-forward runs only for the rows whose
                 // logits are wanted.
@@ -471,14 +480,17 @@ impl CandleModel {
             }
             x = (x + out)?;
             let h = rms_norm_ggml(&x, &l.ffn_norm, eps)?;
-            let h = self.swiglu(&l.w_gate.forward(&h)?, &l.w_up.forward(&h)?)?;
-            x = (x + l.w_down.forward(&h)?)?;
+            let h = self.swiglu(
+                &l.w_gate.forward(&h, per_row)?,
+                &l.w_up.forward(&h, per_row)?,
+            )?;
+            x = (x + l.w_down.forward(&h, per_row)?)?;
         }
         if logits == Logits::Last && x.dim(0)? > 1 {
             x = x.narrow(0, x.dim(0)? - 1, 1)?;
         }
         let h = rms_norm_ggml(&x, &self.norm, eps)?;
-        Ok(Some(self.lm_head.forward(&h)?))
+        Ok(Some(self.lm_head.forward(&h, per_row)?))
     }
 
     /// `silu(gate) * up`.
@@ -491,7 +503,8 @@ impl CandleModel {
 
     /// Layer `l`'s attention of the normalised rows `h` (t, dim) at `pos`: caches their keys
     /// and values, then returns the heads' outputs (t, n_head * hd), or `None` when
-    /// `store_only`. `mask`: the causal mask of [`Self::mask`] on a GPU when t > 1.
+    /// `store_only`. `mask`: the causal mask of [`Self::mask`] on a GPU when t > 1; `per_row`
+    /// as [`Linear::forward`].
     fn attention(
         &self,
         l: &Layer,
@@ -499,16 +512,17 @@ impl CandleModel {
         pos: usize,
         mask: Option<&Tensor>,
         store_only: bool,
+        per_row: bool,
     ) -> candle_core::Result<Option<Tensor>> {
         let cfg = &self.cfg;
         let t = h.dim(0)?;
         let len = pos + t;
         let (n_head, n_kv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
-        let q = l.wq.forward(h)?; // (t, n_head * hd)
-        let k = l.wk.forward(h)?; // (t, n_kv * hd)
-        let v = l.wv.forward(h)?; // (t, n_kv * hd)
-                                  // An F16 cache rounds keys and values as they are stored and widens them back to F32
-                                  // for attention, as the native backend does.
+        let q = l.wq.forward(h, per_row)?; // (t, n_head * hd)
+        let k = l.wk.forward(h, per_row)?; // (t, n_kv * hd)
+        let v = l.wv.forward(h, per_row)?; // (t, n_kv * hd)
+                                           // An F16 cache rounds keys and values as they are stored and widens them back to F32
+                                           // for attention, as the native backend does.
         let kvd = self.kv_dtype;
         let store = |k: Tensor, v: Tensor| -> candle_core::Result<()> {
             // (n_kv, t, hd) each

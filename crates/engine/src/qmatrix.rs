@@ -318,10 +318,18 @@ impl QMatrix {
         })
     }
 
-    /// Raw matmul on slices: `dst (m x rows) = lhs (m x cols) @ W^T`.
-    pub fn matmul_slices(&self, m: usize, lhs: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
+    /// Raw matmul on slices: `dst (m x rows) = lhs (m x cols) @ W^T`; `per_row`: every row
+    /// rounded as a single-row pass rounds it ([`QActs::set_per_row`]).
+    pub fn matmul_slices(
+        &self,
+        m: usize,
+        lhs: &[f32],
+        dst: &mut [f32],
+        per_row: bool,
+    ) -> candle_core::Result<()> {
         if let Some(w) = self.weights() {
             let mut x = QActs::new(kernels::act_kind(self.dtype).expect("checked"));
+            x.set_per_row(per_row);
             x.quantize(&lhs[..m * self.cols], self.cols);
             kernels::matmul([Job { w, dst }], &x);
             return Ok(());
@@ -403,7 +411,8 @@ pub fn matmul_shared(
         kernels::matmul(batch, a);
     }
     for (w, dst) in jobs.iter_mut().filter(|(w, _)| w.weights().is_none()) {
-        w.matmul_slices(t, &x[..t * w.cols], &mut dst[..t * w.rows])?;
+        // Types without kernels round every row alike, whatever the batch.
+        w.matmul_slices(t, &x[..t * w.cols], &mut dst[..t * w.rows], false)?;
     }
     Ok(())
 }

@@ -237,6 +237,9 @@
     }
     const dismiss = e.target.closest("[data-dismiss]");
     if (dismiss) dismiss.closest(".notice")?.remove();
+    // "Remove this server" in the settings: its entry leaves the form (saving makes it final).
+    const remove = e.target.closest("[data-remove-closest]");
+    if (remove) remove.closest(remove.dataset.removeClosest)?.remove();
     const copy = e.target.closest("[data-copy-from]");
     if (copy) {
       const src = document.getElementById(copy.dataset.copyFrom);

@@ -35,6 +35,15 @@ pub enum ChatError {
     InvalidQuery(String),
     #[error("invalid setting `{field}`: {reason}")]
     InvalidSetting { field: &'static str, reason: String },
+    /// A field of the MCP server at `index` of `tools.mcp_servers` (the settings form shows it
+    /// beside that field).
+    #[error("invalid setting `tools.mcp_servers[{index}].{field}`: {reason}")]
+    InvalidMcpServer {
+        index: usize,
+        /// `name`, `command` or `env`.
+        field: &'static str,
+        reason: String,
+    },
     #[error("the settings file {path} is not valid: {reason}")]
     SettingsFile { path: PathBuf, reason: String },
     /// A request that makes no sense in the current state (empty message, regenerating a user

@@ -1,6 +1,6 @@
 //! MCP round trips against a small MCP server the test starts (`mcp_demo_server.py`, speaking
 //! the protocol over stdio): tools listed, a call, the tool's errors, a server that cannot
-//! start and one that dies.
+//! start and one that dies, and both started again on a later use.
 
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ fn a_server_that_dies_or_cannot_start_says_why() {
     // The broken one fails to start; the other's tools are still offered.
     let tools = servers.tools(TIMEOUT);
     assert!(tools.iter().all(|t| t.server == "demo") && !tools.is_empty());
-    let McpState::Failed { why } = state(&servers, "broken") else {
+    let McpState::Failed { why, .. } = state(&servers, "broken") else {
         panic!("{:?}", servers.statuses())
     };
     assert!(why.contains("demo server: no configuration found"), "{why}");
@@ -105,7 +105,9 @@ fn a_server_that_dies_or_cannot_start_says_why() {
         panic!("a dead server answered")
     };
     assert!(
-        later.contains("is not running") && later.contains("crashing on purpose"),
+        later.contains("is not running")
+            && later.contains("crashing on purpose")
+            && later.contains("started again on its next use after"),
         "{later}"
     );
     // Started again by the user, it works.
@@ -124,7 +126,7 @@ fn a_missing_program_and_settings_changes() {
     missing.command = "/nonexistent/mcp-server".into();
     let servers = McpServers::new(&[missing.clone()]).unwrap();
     assert!(servers.tools(TIMEOUT).is_empty());
-    let McpState::Failed { why } = state(&servers, "gone") else {
+    let McpState::Failed { why, .. } = state(&servers, "gone") else {
         panic!()
     };
     assert!(
@@ -149,4 +151,73 @@ fn a_missing_program_and_settings_changes() {
     }]);
     assert_eq!(state(&servers, "gone"), McpState::Disabled);
     assert!(servers.tools(TIMEOUT).is_empty());
+}
+
+/// Waits until `server`'s wait before its next try is over (its status says 0 s).
+fn until_retry_is_due(servers: &McpServers, name: &str) {
+    let start = Instant::now();
+    loop {
+        match state(servers, name) {
+            McpState::Failed { retry_in_s: 0, .. } => return,
+            McpState::Failed { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < TIMEOUT, "the wait never ends");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_server_that_failed_is_started_again_on_a_use_after_its_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started-once");
+    let flaky = demo("flaky", &["--fail-first", marker.to_str().unwrap()]);
+    let first_wait = Duration::from_millis(1500);
+    let servers = McpServers::new(&[flaky])
+        .unwrap()
+        .with_first_retry_after(first_wait);
+    let failed_at = Instant::now();
+    assert!(servers.tools(TIMEOUT).is_empty());
+    let McpState::Failed { why, retry_in_s } = state(&servers, "flaky") else {
+        panic!("{:?}", servers.statuses())
+    };
+    assert!(why.contains("failing the first start on purpose"), "{why}");
+    assert_eq!(retry_in_s, 2, "1.5 s, rounded up");
+    // Used again at once: not started again (a server that always fails would slow every
+    // answer by its start-up time).
+    assert!(servers.tools(TIMEOUT).is_empty());
+    if failed_at.elapsed() < first_wait {
+        assert!(matches!(state(&servers, "flaky"), McpState::Failed { .. }));
+    }
+    until_retry_is_due(&servers, "flaky");
+    assert_eq!(servers.tools(TIMEOUT).len(), 5, "{:?}", servers.statuses());
+    assert!(matches!(state(&servers, "flaky"), McpState::Running { .. }));
+
+    // Dying counts as a failure: the next use after the wait starts it again (the marker is
+    // there now, so it starts well).
+    assert!(servers.call("flaky", "crash", Map::new(), TIMEOUT).is_err());
+    assert!(matches!(state(&servers, "flaky"), McpState::Failed { .. }));
+    until_retry_is_due(&servers, "flaky");
+    assert_eq!(servers.tools(TIMEOUT).len(), 5);
+    let sum = servers.call("flaky", "add", args(json!({"a": 2, "b": 3})), TIMEOUT);
+    assert_eq!(sum.unwrap(), "5");
+}
+
+#[test]
+fn each_failure_in_a_row_doubles_the_wait_and_retry_skips_it() {
+    let broken = demo("broken", &["--exit-at-start"]);
+    let servers = McpServers::new(&[broken])
+        .unwrap()
+        .with_first_retry_after(Duration::from_secs(10));
+    servers.tools(TIMEOUT);
+    let McpState::Failed { retry_in_s, .. } = state(&servers, "broken") else {
+        panic!()
+    };
+    assert_eq!(retry_in_s, 10);
+    // The user's "Retry" starts it at once; failing again, it waits twice as long.
+    let status = servers.restart("broken", TIMEOUT).unwrap();
+    let McpState::Failed { retry_in_s, why } = status.state else {
+        panic!("{status:?}")
+    };
+    assert_eq!(retry_in_s, 20, "{why}");
 }

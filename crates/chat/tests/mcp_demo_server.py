@@ -2,7 +2,8 @@
 
 Tools: add (a + b), fail (a result flagged as an error), reject (a JSON-RPC error),
 crash (writes to stderr and exits), sleep (answers after `seconds`).
-`--exit-at-start` makes it say why on stderr and exit before the handshake.
+`--exit-at-start` makes it say why on stderr and exit before the handshake; `--fail-first PATH`
+does so only when the file PATH does not exist yet (and creates it): it fails once, then works.
 The environment variable DEMO_GREETING, when set, is the description of `add`.
 """
 
@@ -69,6 +70,12 @@ def main():
     if "--exit-at-start" in sys.argv:
         sys.stderr.write("demo server: no configuration found\n")
         sys.exit(2)
+    if "--fail-first" in sys.argv:
+        marker = sys.argv[sys.argv.index("--fail-first") + 1]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            sys.stderr.write("demo server: failing the first start on purpose\n")
+            sys.exit(2)
     for line in sys.stdin:
         if not line.strip():
             continue

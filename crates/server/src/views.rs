@@ -30,6 +30,9 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "follow_ups.html",
     "edit.html",
     "mcp_server.html",
+    "mcp_entry.html",
+    "mcp_add.html",
+    "mcp_list.html",
     "shown.html",
     "settings.html",
     "quick.html",
@@ -255,13 +258,75 @@ mod tests {
         assert!(running.contains(">Restart</button>"), "{running}");
         let failed = card(McpState::Failed {
             why: "cannot run \"npx\": not found".into(),
+            retry_in_s: 7,
         });
         assert!(
             failed.contains("Failed: cannot run &quot;npx&quot;: not found")
-                && failed.contains(">Start</button>"),
+                && failed.contains("started again on its next use after 7 s.")
+                && failed.contains(">Retry</button>"),
             "{failed}"
         );
+        let due = card(McpState::Failed {
+            why: "it stopped".into(),
+            retry_in_s: 0,
+        });
+        assert!(due.contains("started again on its next use."), "{due}");
         assert!(!card(McpState::Disabled).contains("<button"));
+    }
+
+    #[test]
+    fn an_mcp_entry_has_its_fields_error_slots_and_trust_boxes() {
+        use chat::tools::mcp::{McpServerStatus, McpState, McpTool};
+        let views = Views::new();
+        let tool = |name: &str| McpTool {
+            server: "files".into(),
+            name: name.into(),
+            description: format!("{name} a file"),
+            input_schema: json!({}),
+        };
+        let status = McpServerStatus {
+            name: "files".into(),
+            state: McpState::Running {
+                tools: vec![tool("read"), tool("write")],
+            },
+        };
+        let entry = json!({"e": {
+            "index": 2, "name": "files", "command": "npx", "args": "-y\nfs", "env": "A=1\n",
+            "enabled": true,
+            "card": {"server": status, "index": 2, "trust": [
+                {"name": "read", "description": "read a file", "trusted": true},
+                {"name": "write", "description": "write a file", "trusted": false},
+            ]},
+        }});
+        let html = views.render("mcp_entry.html", entry);
+        for field in [
+            r#"name="mcp_2_name" value="files""#,
+            r#"name="mcp_2_command" value="npx""#,
+            ">-y\nfs</textarea>",
+            ">A=1\n</textarea>",
+            r#"name="mcp_2_enabled" value="on" checked"#,
+            r#"id="mcp-2-name-error""#,
+            r#"id="mcp-2-env-error""#,
+            r#"data-remove-closest=".mcp-entry""#,
+            r#"name="mcp_2_trust_read" value="on" checked>"#,
+            r#"name="mcp_2_trust_write" value="on" >"#,
+            r#"hx-post="/settings/mcp/files/start?index=2""#,
+        ] {
+            assert!(html.contains(field), "{field}\n{html}");
+        }
+        let added = views.render(
+            "mcp_entry.html",
+            json!({"e": {"index": 5, "name": "", "command": "", "args": "", "env": "",
+                "enabled": true, "card": null}}),
+        );
+        assert!(added.contains("<legend>New server</legend>"), "{added}");
+        assert!(!added.contains("mcp-server"), "no card before it is saved");
+        let button = views.render("mcp_add.html", json!({"next": 6, "oob": true}));
+        assert!(
+            button.contains(r#"hx-get="/settings/mcp/new?index=6""#)
+                && button.contains("hx-swap-oob"),
+            "{button}"
+        );
     }
 
     #[test]

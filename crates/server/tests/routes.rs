@@ -395,3 +395,76 @@ async fn download_errors_stay_download_errors() {
     );
     assert!(html.contains("/nowhere/model.gguf"), "{html}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_servers_are_added_edited_and_removed_as_form_fields_with_errors_beside_them() {
+    let f = fixture();
+    let (_, html) = f.htmx("GET", "/settings", "").await;
+    assert!(
+        html.contains("id=\"mcp-list\"") && html.contains("hx-get=\"/settings/mcp/new?index=0\""),
+        "{html}"
+    );
+    // "Add a server": an empty entry, and the button for the next one.
+    let (_, added) = f.htmx("GET", "/settings/mcp/new?index=0", "").await;
+    assert!(added.contains("name=\"mcp_0_name\" value=\"\""), "{added}");
+    assert!(added.contains("/settings/mcp/new?index=1"), "{added}");
+
+    // A bad name is said beside its field (the chat core's rule), and nothing is saved.
+    let (_, bad) = f
+        .htmx(
+            "POST",
+            "/settings",
+            "tools_max_steps=5&mcp_0_name=my+files&mcp_0_command=npx",
+        )
+        .await;
+    let slot = "id=\"mcp-0-name-error\" hx-swap-oob=\"true\">";
+    let at = bad.find(slot).expect(&bad);
+    assert!(bad[at..].contains("use only letters"), "{bad}");
+    assert!(bad.contains("id=\"mcp-0-command-error\" hx-swap-oob=\"true\"></span>"));
+    assert!(f.server.chat().settings().tools.mcp_servers.is_empty());
+
+    // Saved (switched off, so nothing starts): the list comes back numbered as saved.
+    let form = "tools_max_steps=5&mcp_4_name=files&mcp_4_command=npx&mcp_4_args=-y%0D%0Afs%0D%0A&mcp_4_env=ROOT%3D%2Ftmp";
+    let (_, saved) = f.htmx("POST", "/settings", form).await;
+    assert!(saved.contains("Saved."), "{saved}");
+    let (_, list) = f.htmx("GET", "/settings/mcp", "").await;
+    assert!(
+        list.contains("hx-trigger=\"mcp-servers-saved from:body\"")
+            && list.contains("name=\"mcp_0_name\" value=\"files\"")
+            && list.contains("switched off")
+            && list.contains("/settings/mcp/new?index=1"),
+        "{list}"
+    );
+    let servers = f.server.chat().settings().tools.mcp_servers;
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0].args, ["-y", "fs"]);
+    assert_eq!(servers[0].env["ROOT"], "/tmp");
+    assert!(!servers[0].enabled);
+
+    // Edited; then a second one named the same is refused beside its own name.
+    f.htmx(
+        "POST",
+        "/settings",
+        "tools_max_steps=5&mcp_0_name=files&mcp_0_command=uvx",
+    )
+    .await;
+    assert_eq!(
+        f.server.chat().settings().tools.mcp_servers[0].command,
+        "uvx"
+    );
+    let (_, twice) = f
+        .htmx(
+            "POST",
+            "/settings",
+            "tools_max_steps=5&mcp_0_name=files&mcp_0_command=uvx&mcp_1_name=files&mcp_1_command=npx",
+        )
+        .await;
+    let at = twice
+        .find("id=\"mcp-1-name-error\" hx-swap-oob=\"true\">")
+        .expect(&twice);
+    assert!(twice[at..].contains("two servers are named"), "{twice}");
+
+    // Removed: its entry is not in the form any more.
+    f.htmx("POST", "/settings", "tools_max_steps=5").await;
+    assert!(f.server.chat().settings().tools.mcp_servers.is_empty());
+}

@@ -5,8 +5,10 @@
 //! to the model beside the built-ins, named `server__tool` ([`exposed_name`]) so that two
 //! servers (or a server and a built-in) never offer the same name. A server that cannot start,
 //! or that stops, is marked failed with its reason (its own last words on stderr where it said
-//! any); it stays failed, and its tools are not offered, until the user starts it again or
-//! changes its settings.
+//! any), and its tools are not offered. It is started again on its next use once a short wait
+//! has passed ([`FIRST_RETRY_AFTER`], doubling with each failure in a row up to
+//! [`MAX_RETRY_AFTER`], so a server that always fails does not slow every answer), or at once
+//! when the user starts it ("Retry") or changes its settings.
 //!
 //! `rmcp` is async: the clients live on a small runtime owned by [`McpServers`], and the
 //! blocking methods here wait on it. They must not be called from inside another async
@@ -14,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
@@ -25,7 +27,6 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use super::ToolError;
-use crate::sampling::invalid;
 
 /// Separates a server's name from its tool's in the name the model sees.
 pub const NAME_SEPARATOR: &str = "__";
@@ -33,6 +34,11 @@ pub const NAME_SEPARATOR: &str = "__";
 const STDERR_TAIL_BYTES: usize = 2048;
 /// Longest server name: it prefixes every tool name the model reads.
 const MAX_NAME_LEN: usize = 32;
+/// How long a server that failed (to start, or while running) waits before its next use may
+/// start it again; each further failure in a row doubles the wait.
+pub const FIRST_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The longest wait between two tries.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// One MCP server as the user configures it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,14 +57,18 @@ pub struct McpServerConfig {
 }
 
 impl McpServerConfig {
-    /// Checks one server's fields (`tools.mcp_servers[i]`); names are checked for uniqueness
-    /// by [`super::ToolSettings::validate`].
-    pub(crate) fn validate(&self) -> crate::Result<()> {
-        let field = "tools.mcp_servers";
+    /// Checks the fields of the server at `index` of `tools.mcp_servers`; names are checked for
+    /// uniqueness by [`super::ToolSettings::validate`].
+    pub(crate) fn validate(&self, index: usize) -> crate::Result<()> {
+        let invalid = |field, reason: String| crate::ChatError::InvalidMcpServer {
+            index,
+            field,
+            reason,
+        };
         let name = &self.name;
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(invalid(
-                field,
+                "name",
                 format!("a server's name must have 1 to {MAX_NAME_LEN} characters, got {name:?}"),
             ));
         }
@@ -68,7 +78,7 @@ impl McpServerConfig {
             || name.contains(NAME_SEPARATOR)
         {
             return Err(invalid(
-                field,
+                "name",
                 format!(
                     "server {name:?}: use only letters, digits, '-' and single '_' in its name"
                 ),
@@ -76,7 +86,7 @@ impl McpServerConfig {
         }
         if self.command.trim().is_empty() {
             return Err(invalid(
-                field,
+                "command",
                 format!("server {name:?} has no command to run"),
             ));
         }
@@ -86,7 +96,7 @@ impl McpServerConfig {
             .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
         {
             return Err(invalid(
-                field,
+                "env",
                 format!("server {name:?}: {key:?} is not a valid environment variable name"),
             ));
         }
@@ -143,9 +153,11 @@ pub enum McpState {
     Running {
         tools: Vec<McpTool>,
     },
-    /// It could not start, or it stopped: why.
+    /// It could not start, or it stopped: why, and in how many seconds its next use may start
+    /// it again (0: on its next use).
     Failed {
         why: String,
+        retry_in_s: u64,
     },
 }
 
@@ -166,19 +178,25 @@ struct Connection {
 #[derive(Default)]
 struct StderrTail {
     text: String,
-    /// The server closed its stderr: it has exited (or is about to).
-    closed: bool,
+    /// When the server closed its stderr: it has exited (or is about to).
+    closed: Option<Instant>,
 }
 
 enum Slot {
     Stopped,
     Running(Arc<Connection>),
-    Failed(String),
+    Failed {
+        why: String,
+        /// From then on its next use starts it again.
+        retry_at: Instant,
+    },
 }
 
 struct Server {
     config: McpServerConfig,
     slot: Slot,
+    /// Failures in a row (to start, or while running) since it last started well.
+    failures: u32,
 }
 
 /// The configured MCP servers and their clients. Cheap to share (`Arc`); thread-safe.
@@ -189,6 +207,8 @@ pub struct McpServers {
     servers: Mutex<Vec<Server>>,
     /// Held while a server starts, so two first uses start it once.
     starting: Mutex<()>,
+    /// The wait after a first failure ([`FIRST_RETRY_AFTER`]; tests shorten it).
+    first_retry_after: Duration,
 }
 
 impl McpServers {
@@ -204,9 +224,46 @@ impl McpServers {
             runtime: Mutex::new(Some(runtime)),
             servers: Mutex::new(Vec::new()),
             starting: Mutex::new(()),
+            first_retry_after: FIRST_RETRY_AFTER,
         };
         servers.configure(configs);
         Ok(servers)
+    }
+
+    /// The same servers, waiting `first` (instead of [`FIRST_RETRY_AFTER`]) after a first
+    /// failure before a use starts a server again.
+    pub fn with_first_retry_after(mut self, first: Duration) -> McpServers {
+        self.first_retry_after = first;
+        self
+    }
+
+    /// The wait before the next try after `failures` failures in a row.
+    fn retry_after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        (self.first_retry_after * 2u32.pow(doublings))
+            .min(MAX_RETRY_AFTER.max(self.first_retry_after))
+    }
+
+    /// Marks every server whose process has ended failed (once), timing its next try from when
+    /// it ended.
+    fn settle(&self, servers: &mut [Server]) {
+        for server in servers.iter_mut() {
+            let Slot::Running(c) = &server.slot else {
+                continue;
+            };
+            if !c.exited() {
+                continue;
+            }
+            let (why, ended) = {
+                let tail = c.stderr.lock().unwrap();
+                (format!("it stopped{}", tail.said()), tail.closed)
+            };
+            server.failures += 1;
+            server.slot = Slot::Failed {
+                why,
+                retry_at: ended.unwrap_or_else(Instant::now) + self.retry_after(server.failures),
+            };
+        }
     }
 
     /// Takes new settings: a server removed, switched off or changed (command, arguments,
@@ -218,15 +275,16 @@ impl McpServers {
             .map(|s| (s.config.name.clone(), s))
             .collect();
         for config in configs {
-            let slot = match old.remove(&config.name) {
+            let (slot, failures) = match old.remove(&config.name) {
                 Some(s) if config.enabled && s.config.enabled && s.config.same_process(config) => {
-                    s.slot
+                    (s.slot, s.failures)
                 }
-                _ => Slot::Stopped,
+                _ => (Slot::Stopped, 0),
             };
             servers.push(Server {
                 config: config.clone(),
                 slot,
+                failures,
             });
         }
         // Dropping a connection ends its process (`kill_on_drop`).
@@ -242,18 +300,28 @@ impl McpServers {
 
     /// Where each configured server stands, in the settings' order.
     pub fn statuses(&self) -> Vec<McpServerStatus> {
-        let servers = self.servers.lock().unwrap();
+        let mut servers = self.servers.lock().unwrap();
+        self.settle(&mut servers);
         servers.iter().map(status).collect()
     }
 
-    /// Starts every enabled server not started yet (a failed one stays failed: see
-    /// [`McpServers::restart`]) and returns the tools of those running.
+    /// Starts every enabled server not started yet, and every failed one whose wait is over
+    /// (see [`FIRST_RETRY_AFTER`]); returns the tools of those running.
     pub fn tools(&self, timeout: Duration) -> Vec<McpTool> {
         let names: Vec<String> = {
-            let servers = self.servers.lock().unwrap();
+            let mut servers = self.servers.lock().unwrap();
+            self.settle(&mut servers);
+            let now = Instant::now();
             servers
                 .iter()
-                .filter(|s| s.config.enabled && matches!(s.slot, Slot::Stopped))
+                .filter(|s| {
+                    s.config.enabled
+                        && match &s.slot {
+                            Slot::Stopped => true,
+                            Slot::Failed { retry_at, .. } => now >= *retry_at,
+                            Slot::Running(_) => false,
+                        }
+                })
                 .map(|s| s.config.name.clone())
                 .collect()
         };
@@ -271,7 +339,8 @@ impl McpServers {
             .collect()
     }
 
-    /// Starts `name` (again, when it failed or stopped); returns where it stands then.
+    /// Starts `name` now (again, when it runs, failed or stopped; a failed one's wait is
+    /// skipped: the user asked); returns where it stands then.
     pub fn restart(&self, name: &str, timeout: Duration) -> crate::Result<McpServerStatus> {
         self.start(name, timeout, true);
         let servers = self.servers.lock().unwrap();
@@ -284,10 +353,13 @@ impl McpServers {
             })
     }
 
+    /// Starts `name` if it is stopped, or failed and its wait is over; `again`: also when it
+    /// runs or waits (the user asked).
     fn start(&self, name: &str, timeout: Duration, again: bool) {
         let _one_at_a_time = self.starting.lock().unwrap();
         let config = {
             let mut servers = self.servers.lock().unwrap();
+            self.settle(&mut servers);
             let Some(server) = servers.iter_mut().find(|s| s.config.name == name) else {
                 return;
             };
@@ -296,27 +368,40 @@ impl McpServers {
             }
             match &server.slot {
                 Slot::Stopped => {}
-                Slot::Running(c) if !again && !c.exited() => return,
-                Slot::Failed(_) if !again => return,
+                Slot::Running(_) if !again => return,
+                Slot::Failed { retry_at, .. } if !again && Instant::now() < *retry_at => return,
                 _ => server.slot = Slot::Stopped,
             }
             server.config.clone()
         };
-        let slot = match self.connect(&config, timeout) {
-            Ok(connection) => Slot::Running(Arc::new(connection)),
-            Err(why) => {
-                tracing::warn!(server = name, "MCP server failed to start: {why}");
-                Slot::Failed(why)
-            }
-        };
+        let started = self.connect(&config, timeout);
         let mut servers = self.servers.lock().unwrap();
         // The settings may have changed meanwhile: keep the result only for the same server.
-        if let Some(server) = servers
+        let Some(server) = servers
             .iter_mut()
             .find(|s| s.config.name == name && s.config.same_process(&config))
-        {
-            server.slot = slot;
-        }
+        else {
+            return;
+        };
+        server.slot = match started {
+            Ok(connection) => {
+                server.failures = 0;
+                Slot::Running(Arc::new(connection))
+            }
+            Err(why) => {
+                server.failures += 1;
+                let wait = self.retry_after(server.failures);
+                tracing::warn!(
+                    server = name,
+                    retry_in_s = wait.as_secs_f64(),
+                    "MCP server failed to start: {why}"
+                );
+                Slot::Failed {
+                    why,
+                    retry_at: Instant::now() + wait,
+                }
+            }
+        };
     }
 
     fn connect(&self, config: &McpServerConfig, timeout: Duration) -> Result<Connection, String> {
@@ -343,7 +428,7 @@ impl McpServers {
                             Ok(n) => tail.lock().unwrap().push(&buf[..n]),
                         }
                     }
-                    tail.lock().unwrap().closed = true;
+                    tail.lock().unwrap().closed = Some(Instant::now());
                 });
             }
             let client = ().serve(transport).await.map_err(|e| e.to_string())?;
@@ -387,13 +472,15 @@ impl McpServers {
         timeout: Duration,
     ) -> Result<String, ToolError> {
         let connection = {
-            let servers = self.servers.lock().unwrap();
+            let mut servers = self.servers.lock().unwrap();
+            self.settle(&mut servers);
             let found = servers.iter().find(|s| s.config.name == server);
             match found.map(|s| &s.slot) {
                 Some(Slot::Running(c)) => c.clone(),
-                Some(Slot::Failed(why)) => {
+                Some(Slot::Failed { why, retry_at }) => {
                     return Err(ToolError::Failed(format!(
-                        "the MCP server {server:?} is not running: {why}"
+                        "the MCP server {server:?} is not running: {why}; {}",
+                        next_try(*retry_at)
                     )))
                 }
                 Some(Slot::Stopped) => {
@@ -424,9 +511,10 @@ impl McpServers {
                     "it stopped ({e}){}",
                     connection.stderr.lock().unwrap().said()
                 );
-                self.mark_failed(server, &connection, why.clone());
+                let retry_at = self.mark_failed(server, &connection, why.clone());
                 Err(ToolError::Failed(format!(
-                    "the MCP server {server:?} stopped: {why}"
+                    "the MCP server {server:?} stopped: {why}; {}",
+                    next_try(retry_at)
                 )))
             }
             Some(Err(_)) => Err(ToolError::Failed(format!(
@@ -437,13 +525,23 @@ impl McpServers {
         }
     }
 
-    /// Marks `server` failed, if `connection` is still the one it runs.
-    fn mark_failed(&self, server: &str, connection: &Arc<Connection>, why: String) {
+    /// Marks `server` failed, if `connection` is still the one it runs; returns when its next
+    /// use may start it again.
+    fn mark_failed(&self, server: &str, connection: &Arc<Connection>, why: String) -> Instant {
         let mut servers = self.servers.lock().unwrap();
-        if let Some(s) = servers.iter_mut().find(|s| s.config.name == server) {
-            if matches!(&s.slot, Slot::Running(c) if Arc::ptr_eq(c, connection)) {
-                s.slot = Slot::Failed(why);
-            }
+        let Some(s) = servers.iter_mut().find(|s| s.config.name == server) else {
+            return Instant::now();
+        };
+        if matches!(&s.slot, Slot::Running(c) if Arc::ptr_eq(c, connection)) {
+            s.failures += 1;
+            s.slot = Slot::Failed {
+                why,
+                retry_at: Instant::now() + self.retry_after(s.failures),
+            };
+        }
+        match &s.slot {
+            Slot::Failed { retry_at, .. } => *retry_at,
+            _ => Instant::now(),
         }
     }
 
@@ -480,7 +578,7 @@ impl Drop for McpServers {
 
 impl Connection {
     fn exited(&self) -> bool {
-        self.stderr.lock().unwrap().closed || self.client.is_closed()
+        self.stderr.lock().unwrap().closed.is_some() || self.client.is_closed()
     }
 }
 
@@ -505,17 +603,30 @@ impl StderrTail {
     }
 }
 
+/// When a failed server is tried again, as the end of a sentence about it.
+fn next_try(retry_at: Instant) -> String {
+    match retry_at.saturating_duration_since(Instant::now()).as_secs() {
+        0 => "it is started again on its next use".into(),
+        s => format!("it is started again on its next use after {s} s"),
+    }
+}
+
+/// Where `server` stands (a dead connection is already [`McpServers::settle`]d).
 fn status(server: &Server) -> McpServerStatus {
     let state = match &server.slot {
         _ if !server.config.enabled => McpState::Disabled,
         Slot::Stopped => McpState::Stopped,
-        Slot::Running(c) if c.exited() => McpState::Failed {
-            why: format!("it stopped{}", c.stderr.lock().unwrap().said()),
-        },
         Slot::Running(c) => McpState::Running {
             tools: c.tools.clone(),
         },
-        Slot::Failed(why) => McpState::Failed { why: why.clone() },
+        Slot::Failed { why, retry_at } => McpState::Failed {
+            why: why.clone(),
+            // Rounded up: "0" means the next use starts it.
+            retry_in_s: retry_at
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .div_ceil(1000) as u64,
+        },
     };
     McpServerStatus {
         name: server.config.name.clone(),

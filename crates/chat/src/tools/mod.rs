@@ -176,13 +176,14 @@ impl ToolSettings {
         crate::sampling::check_range("tools.max_steps", Some(self.max_steps), 1, 50)?;
         crate::sampling::check_range("tools.timeout_secs", Some(self.timeout_secs), 1, 3600)?;
         let mut names = std::collections::HashSet::new();
-        for server in &self.mcp_servers {
-            server.validate()?;
+        for (index, server) in self.mcp_servers.iter().enumerate() {
+            server.validate(index)?;
             if !names.insert(server.name.as_str()) {
-                return Err(crate::sampling::invalid(
-                    "tools.mcp_servers",
-                    format!("two servers are named {:?}", server.name),
-                ));
+                return Err(crate::ChatError::InvalidMcpServer {
+                    index,
+                    field: "name",
+                    reason: format!("two servers are named {:?}", server.name),
+                });
             }
         }
         Ok(())
@@ -437,20 +438,21 @@ mod tests {
             .unwrap();
         let mut bad_env = server("files", "npx");
         bad_env.env.insert("A=B".into(), "x".into());
-        for (servers, why) in [
-            (vec![server("", "npx")], "1 to 32 characters"),
-            (vec![server("my files", "npx")], "only letters"),
-            (vec![server("a__b", "npx")], "single '_'"),
-            (vec![server("files", " ")], "no command"),
-            (vec![bad_env], "environment variable"),
+        for (servers, at, why) in [
+            (vec![server("", "npx")], "[0].name", "1 to 32 characters"),
+            (vec![server("my files", "npx")], "[0].name", "only letters"),
+            (vec![server("a__b", "npx")], "[0].name", "single '_'"),
+            (vec![server("files", " ")], "[0].command", "no command"),
+            (vec![bad_env], "[0].env", "environment variable"),
             (
                 vec![server("x", "a"), server("x", "b")],
+                "[1].name",
                 "two servers are named \"x\"",
             ),
         ] {
             let err = with(servers).validate().unwrap_err().to_string();
             assert!(
-                err.contains("tools.mcp_servers") && err.contains(why),
+                err.contains(&format!("tools.mcp_servers{at}")) && err.contains(why),
                 "{err}"
             );
         }

@@ -1,13 +1,14 @@
 //! The settings window: the form (the settings as fields, and back), saving it, and opening it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use chat::{ModelSource, ModelState, Settings};
+use chat::tools::mcp::{McpServerConfig, McpServerStatus, McpState};
+use chat::{ChatError, ModelSource, ModelState, Settings};
 use engine::device::DeviceReport;
 use serde_json::json;
 
@@ -20,20 +21,118 @@ use crate::Server;
 pub(super) fn routes() -> Router<Server> {
     Router::new()
         .route("/settings", get(page).post(save))
+        .route("/settings/mcp", get(mcp_list))
+        .route("/settings/mcp/new", get(new_mcp))
         .route("/settings/mcp/{name}/start", post(start_mcp))
 }
 
-/// Starts an MCP server (or starts it again) and shows where it stands: its tools, or why it
-/// could not start.
-async fn start_mcp(State(s): State<Server>, Path(name): Path<String>) -> Response {
+/// The MCP fields each server has in the form (`mcp_{i}_{field}`), each with its error slot.
+const MCP_FIELDS: [&str; 4] = ["name", "command", "args", "env"];
+
+/// Starts an MCP server (or starts it again) and shows where it stands: its tools (to trust, as
+/// the fields of its form entry `?index=i`), or why it could not start.
+async fn start_mcp(
+    State(s): State<Server>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     run(s, move |s| {
         let status = s.chat().start_mcp_server(&name)?;
-        Ok(Reply::html(
-            s.views()
-                .render("mcp_server.html", json!({"server": status})),
-        ))
+        let settings = s.chat().settings();
+        let config = settings.tools.mcp_servers.iter().find(|c| c.name == name);
+        let index = q.get("index").map(|i| {
+            i.parse::<usize>()
+                .map_err(|_| RouteError::BadRequest(format!("index: “{i}” is not a number")))
+        });
+        let ctx = match (config, index) {
+            (Some(config), Some(index)) => mcp_card(index?, config, &status),
+            _ => json!({"server": status}),
+        };
+        Ok(Reply::html(s.views().render("mcp_server.html", ctx)))
     })
     .await
+}
+
+/// The MCP servers' entries as saved, with their cards (after a save).
+async fn mcp_list(State(s): State<Server>) -> Response {
+    run(s, move |s| {
+        let settings = s.chat().settings();
+        let servers = &settings.tools.mcp_servers;
+        let ctx = json!({
+            "mcp": mcp_entries(servers, &s.chat().mcp_servers()),
+            "next": servers.len(),
+        });
+        Ok(Reply::html(s.views().render("mcp_list.html", ctx)))
+    })
+    .await
+}
+
+/// "Add a server": an empty entry `?index=i` for the form's list, and the button again for
+/// the entry after it.
+async fn new_mcp(State(s): State<Server>, Query(q): Query<HashMap<String, String>>) -> Response {
+    run(s, move |s| {
+        let raw = q.get("index").map_or("", String::as_str);
+        let index: usize = raw
+            .parse()
+            .map_err(|_| RouteError::BadRequest(format!("index: “{raw}” is not a number")))?;
+        let entry = json!({"index": index, "name": "", "command": "", "args": "", "env": "",
+            "enabled": true, "card": null});
+        let views = s.views();
+        let html = views.render("mcp_entry.html", json!({"e": entry}))
+            + &views.render("mcp_add.html", json!({"next": index + 1, "oob": true}));
+        Ok(Reply::html(html))
+    })
+    .await
+}
+
+/// The MCP servers as the settings form lists them (`index`: their place in the settings, the
+/// `i` of their fields), each with where it stands when it has a status.
+fn mcp_entries(
+    servers: &[McpServerConfig],
+    statuses: &[McpServerStatus],
+) -> Vec<serde_json::Value> {
+    servers
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let card = statuses
+                .iter()
+                .find(|st| st.name == c.name)
+                .map(|st| mcp_card(index, c, st));
+            json!({
+                "index": index,
+                "name": c.name,
+                "command": c.command,
+                "args": c.args.join("\n"),
+                "env": c.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>(),
+                "enabled": c.enabled,
+                "card": card,
+            })
+        })
+        .collect()
+}
+
+/// A server's card in its form entry `index`: where it stands, and its tools with a "trusted"
+/// box each (the tools it lists now, and those trusted before that it does not list now, so
+/// that saving keeps them).
+fn mcp_card(index: usize, config: &McpServerConfig, status: &McpServerStatus) -> serde_json::Value {
+    let listed: &[chat::tools::mcp::McpTool] = match &status.state {
+        McpState::Running { tools } => tools,
+        _ => &[],
+    };
+    let mut trust: Vec<serde_json::Value> = listed
+        .iter()
+        .map(|t| {
+            json!({"name": t.name, "description": t.description,
+                "trusted": config.trusted.contains(&t.name)})
+        })
+        .collect();
+    for t in &config.trusted {
+        if !listed.iter().any(|l| &l.name == t) {
+            trust.push(json!({"name": t, "description": "(not listed now)", "trusted": true}));
+        }
+    }
+    json!({"server": status, "index": index, "trust": trust})
 }
 
 /// "Settings": the desktop app opens its settings window; a browser goes to the page.
@@ -81,7 +180,7 @@ async fn page(State(s): State<Server>, Query(q): Query<HashMap<String, String>>)
             "saved_unusable": saved_unusable,
             "max_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) * 2,
             "server_status": s.chat().server_status().describe(),
-            "mcp": s.chat().mcp_servers(),
+            "mcp": mcp_entries(&settings.tools.mcp_servers, &s.chat().mcp_servers()),
         });
         Ok(Reply::html(s.views().render("settings.html", ctx)))
     })
@@ -91,8 +190,34 @@ async fn page(State(s): State<Server>, Query(q): Query<HashMap<String, String>>)
 async fn save(State(s): State<Server>, axum::Form(form): Fields) -> Response {
     run(s, move |s| {
         let current = s.chat().settings();
-        let new = settings_from_form(&current, &form).map_err(RouteError::BadRequest)?;
-        let diff = s.chat().update_settings(new)?;
+        // The MCP entries' errors show beside their fields: each save says them all anew.
+        let entries = mcp_form_indices(&form);
+        let refused = |at: String, message: String| -> std::result::Result<Reply, RouteError> {
+            Ok(Reply::html(format!(
+                "<span class=\"hint warn\">{}</span>{}",
+                minijinja::HtmlEscape(&message),
+                mcp_error_slots(&entries, Some((&at, &message)))
+            )))
+        };
+        let new = match settings_from_form(&current, &form) {
+            Ok(new) => new,
+            Err(FormError {
+                message,
+                at: Some(at),
+            }) => return refused(at, message),
+            Err(FormError { message, at: None }) => return Err(RouteError::BadRequest(message)),
+        };
+        let diff = match s.chat().update_settings(new) {
+            Ok(diff) => diff,
+            Err(ChatError::InvalidMcpServer {
+                index,
+                field,
+                reason,
+            }) if index < entries.len() => {
+                return refused(format!("mcp-{}-{field}-error", entries[index]), reason)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let text = if diff.is_empty() {
             "Nothing changed."
         } else if diff.needs_restart() {
@@ -102,12 +227,37 @@ async fn save(State(s): State<Server>, axum::Form(form): Fields) -> Response {
         } else {
             "Saved. The next answer uses the new settings."
         };
-        Ok(Reply::html(format!(
+        let reply = Reply::html(format!(
             "<span class=\"hint\">{}</span>",
             minijinja::HtmlEscape(text)
-        )))
+        ));
+        // The MCP entries are fetched again, numbered as saved (a new server's card starts it).
+        Ok(match form.contains_key("tools_max_steps") {
+            true => reply.trigger("mcp-servers-saved"),
+            false => reply,
+        })
     })
     .await
+}
+
+/// The error slot of every MCP field of the `entries`, as out-of-band swaps: empty, or
+/// `error` = (slot id, message) in its slot.
+fn mcp_error_slots(entries: &[usize], error: Option<(&str, &str)>) -> String {
+    let mut html = String::new();
+    for i in entries {
+        for field in MCP_FIELDS {
+            let id = format!("mcp-{i}-{field}-error");
+            let text = match error {
+                Some((at, message)) if at == id => message,
+                _ => "",
+            };
+            html += &format!(
+                "<span class=\"field-error\" id=\"{id}\" hx-swap-oob=\"true\">{}</span>",
+                minijinja::HtmlEscape(text)
+            );
+        }
+    }
+    html
 }
 
 /// One device as the settings window lists it: what it is (name, memory, compute capability), or
@@ -191,23 +341,104 @@ pub fn settings_form(s: &Settings) -> serde_json::Value {
         "tools_enabled": s.tools.enabled,
         "tools_max_steps": s.tools.max_steps,
         "tools_timeout": s.tools.timeout_secs,
-        "mcp_servers": mcp_servers_text(&s.tools.mcp_servers),
     })
 }
 
-/// The MCP servers as the form's text: a JSON list, empty when there are none.
-fn mcp_servers_text(servers: &[chat::tools::mcp::McpServerConfig]) -> String {
-    match servers.is_empty() {
-        true => String::new(),
-        false => serde_json::to_string_pretty(servers).expect("settings serialize"),
+/// A form field that does not parse: why, and the id of the slot beside the field that shows
+/// it (`None`: the form as a whole).
+#[derive(Debug)]
+pub struct FormError {
+    pub message: String,
+    pub at: Option<String>,
+}
+
+impl From<String> for FormError {
+    fn from(message: String) -> Self {
+        FormError { message, at: None }
     }
+}
+
+/// The `i` of the MCP entries in the form (`mcp_{i}_name` present), in order; an entry left
+/// blank (added, nothing typed) is not one.
+fn mcp_form_indices(form: &HashMap<String, String>) -> Vec<usize> {
+    let mut indices: Vec<usize> = form
+        .keys()
+        .filter_map(|k| k.strip_prefix("mcp_")?.strip_suffix("_name")?.parse().ok())
+        .filter(|i| {
+            MCP_FIELDS.iter().any(|f| {
+                form.get(&format!("mcp_{i}_{f}"))
+                    .is_some_and(|v| !v.trim().is_empty())
+            })
+        })
+        .collect();
+    indices.sort_unstable();
+    indices
+}
+
+/// The MCP servers of the form's entries, in order. Arguments are one per line and
+/// environment variables `KEY=VALUE` lines (blank lines skipped, spaces around each trimmed);
+/// a box `mcp_{i}_trust_{tool}` checked trusts that tool. The fields' rules are the chat core's
+/// (checked when the settings are saved).
+fn mcp_servers_from_form(
+    form: &HashMap<String, String>,
+) -> Result<Vec<McpServerConfig>, FormError> {
+    let lines = |v: Option<&String>| -> Vec<String> {
+        v.map_or("", |v| v.as_str())
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    mcp_form_indices(form)
+        .into_iter()
+        .map(|i| {
+            let text = |f: &str| form.get(&format!("mcp_{i}_{f}")).map_or("", |v| v.trim());
+            let mut env = BTreeMap::new();
+            for line in lines(form.get(&format!("mcp_{i}_env"))) {
+                let at = Some(format!("mcp-{i}-env-error"));
+                let Some((key, value)) = line.split_once('=') else {
+                    return Err(FormError {
+                        message: format!("“{line}” is not KEY=VALUE"),
+                        at,
+                    });
+                };
+                if env
+                    .insert(key.trim().to_string(), value.trim().to_string())
+                    .is_some()
+                {
+                    return Err(FormError {
+                        message: format!("{} is set twice", key.trim()),
+                        at,
+                    });
+                }
+            }
+            let trust_prefix = format!("mcp_{i}_trust_");
+            let mut trusted: Vec<String> = form
+                .iter()
+                .filter(|(_, v)| v.as_str() == "on")
+                .filter_map(|(k, _)| k.strip_prefix(&trust_prefix).map(str::to_string))
+                .collect();
+            trusted.sort();
+            Ok(McpServerConfig {
+                name: text("name").to_string(),
+                command: text("command").to_string(),
+                args: lines(form.get(&format!("mcp_{i}_args"))),
+                env,
+                enabled: form
+                    .get(&format!("mcp_{i}_enabled"))
+                    .is_some_and(|v| v == "on"),
+                trusted,
+            })
+        })
+        .collect()
 }
 
 /// The submitted form over `current`; a field that does not parse is an error naming it.
 pub fn settings_from_form(
     current: &Settings,
     form: &HashMap<String, String>,
-) -> Result<Settings, String> {
+) -> Result<Settings, FormError> {
     fn field<T: std::str::FromStr>(
         form: &HashMap<String, String>,
         name: &str,
@@ -233,9 +464,7 @@ pub fn settings_from_form(
             "local" => ModelSource::Local,
             "endpoint" => ModelSource::Endpoint,
             other => {
-                return Err(format!(
-                    "Model source: “{other}” is neither local nor endpoint"
-                ))
+                return Err(format!("Model source: “{other}” is neither local nor endpoint").into())
             }
         };
         s.endpoint.base_url = form.get("endpoint_url").map_or("", |v| v.trim()).into();
@@ -306,13 +535,7 @@ pub fn settings_from_form(
         if let Some(t) = field(form, "tools_timeout", "Tool timeout")? {
             s.tools.timeout_secs = t;
         }
-        let text = form.get("mcp_servers").map_or("", |v| v.trim());
-        s.tools.mcp_servers = match text {
-            "" => Vec::new(),
-            text => serde_json::from_str(text).map_err(|e| {
-                format!("MCP servers: not a JSON list of servers as the hint shows ({e})")
-            })?,
-        };
+        s.tools.mcp_servers = mcp_servers_from_form(form)?;
     }
     Ok(s)
 }
@@ -354,11 +577,13 @@ mod tests {
 
     #[test]
     fn a_bad_number_names_its_field() {
-        let err =
-            settings_from_form(&Settings::default(), &form(&[("top_p", "lots")])).unwrap_err();
+        let err = settings_from_form(&Settings::default(), &form(&[("top_p", "lots")]))
+            .unwrap_err()
+            .message;
         assert!(err.contains("Top-p"), "{err}");
-        let err =
-            settings_from_form(&Settings::default(), &form(&[("kv_cache", "q4")])).unwrap_err();
+        let err = settings_from_form(&Settings::default(), &form(&[("kv_cache", "q4")]))
+            .unwrap_err()
+            .message;
         assert!(err.contains("KV cache") && err.contains("f16"), "{err}");
     }
 
@@ -399,8 +624,9 @@ mod tests {
             },
             ..Settings::default()
         };
-        // What the browser submits: every text field, checkboxes only when checked.
-        let f: HashMap<String, String> = settings_form(&s)
+        // What the browser submits: every text field, checkboxes only when checked; the MCP
+        // server's entry as its fields (mcp_entry.html, the card's trust boxes).
+        let mut f: HashMap<String, String> = settings_form(&s)
             .as_object()
             .unwrap()
             .iter()
@@ -411,6 +637,20 @@ mod tests {
                 other => Some((k.clone(), other.to_string())),
             })
             .collect();
+        let entry = &mcp_entries(&s.tools.mcp_servers, &[])[0];
+        assert_eq!(entry["args"], "-y\nserver-filesystem");
+        assert_eq!(entry["env"], "ROOT=/tmp\n");
+        f.extend(form(&[
+            ("mcp_0_name", "files"),
+            ("mcp_0_command", "npx"),
+            ("mcp_0_args", "-y\r\n server-filesystem \r\n\r\n"),
+            ("mcp_0_env", "ROOT=/tmp\n"),
+            ("mcp_0_enabled", "on"),
+            ("mcp_0_trust_read_file", "on"),
+            // Unchecked boxes are not sent; an added entry left blank is no server.
+            ("mcp_3_name", " "),
+            ("mcp_3_args", ""),
+        ]));
         assert_eq!(settings_from_form(&Settings::default(), &f).unwrap(), s);
         let mut off = f.clone();
         off.remove("server_enabled");
@@ -422,25 +662,78 @@ mod tests {
         // No device radio checked (the saved one is not offered here): the device stays.
         off.remove("device");
         assert_eq!(settings_from_form(&s, &off).unwrap().device, s.device);
-        let err = settings_from_form(&s, &form(&[("device", "gpu")])).unwrap_err();
+        let err = settings_from_form(&s, &form(&[("device", "gpu")]))
+            .unwrap_err()
+            .message;
         assert!(
             err.contains("Device: ") && err.contains("unknown device"),
             "{err}"
         );
-        let err = settings_from_form(&s, &form(&[("backend", "vulkan")])).unwrap_err();
+        let err = settings_from_form(&s, &form(&[("backend", "vulkan")]))
+            .unwrap_err()
+            .message;
         assert!(err.contains("Backend: "), "{err}");
-        // Tools off (the box unchecked), and the MCP list emptied.
+        // Tools off (the box unchecked), and the MCP server removed (its entry gone).
         let mut tools = f.clone();
         tools.remove("tools_enabled");
-        tools.insert("mcp_servers".into(), " ".into());
+        tools.retain(|k, _| !k.starts_with("mcp_"));
         let saved = settings_from_form(&s, &tools).unwrap();
         assert!(!saved.tools.enabled && saved.tools.mcp_servers.is_empty());
-        let err = settings_from_form(
-            &s,
-            &form(&[("tools_max_steps", "3"), ("mcp_servers", "{\"name\": 1}")]),
-        )
-        .unwrap_err();
-        assert!(err.starts_with("MCP servers: not a JSON list"), "{err}");
+    }
+
+    #[test]
+    fn mcp_entries_in_the_form_become_servers_in_their_order() {
+        let f = form(&[
+            ("tools_max_steps", "3"),
+            ("mcp_10_name", "second"),
+            ("mcp_10_command", "uvx"),
+            ("mcp_2_name", "first"),
+            ("mcp_2_command", "npx"),
+            ("mcp_2_enabled", "on"),
+            ("mcp_2_env", "A = 1\n\nB=x=y\n"),
+            ("mcp_2_trust_write", "on"),
+            ("mcp_2_trust_read", "on"),
+        ]);
+        let servers = settings_from_form(&Settings::default(), &f)
+            .unwrap()
+            .tools
+            .mcp_servers;
+        let names: Vec<&str> = servers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"], "by i, as numbers");
+        assert_eq!(servers[0].env["A"], "1");
+        assert_eq!(servers[0].env["B"], "x=y");
+        assert_eq!(servers[0].trusted, ["read", "write"]);
+        assert!(servers[0].enabled && !servers[1].enabled);
+        assert_eq!(mcp_form_indices(&f), [2, 10]);
+    }
+
+    #[test]
+    fn a_bad_environment_line_is_shown_beside_its_field() {
+        for (env, why) in [
+            ("PATH", "“PATH” is not KEY=VALUE"),
+            ("A=1\nA=2", "A is set twice"),
+        ] {
+            let err = settings_from_form(
+                &Settings::default(),
+                &form(&[
+                    ("tools_max_steps", "3"),
+                    ("mcp_4_name", "x"),
+                    ("mcp_4_env", env),
+                ]),
+            )
+            .unwrap_err();
+            assert_eq!(err.message, why);
+            assert_eq!(err.at.as_deref(), Some("mcp-4-env-error"));
+        }
+        let slots = mcp_error_slots(&[4, 7], Some(("mcp-7-command-error", "no <command>")));
+        assert_eq!(slots.matches("hx-swap-oob=\"true\"").count(), 8);
+        assert!(
+            slots.contains(
+                "id=\"mcp-7-command-error\" hx-swap-oob=\"true\">no &lt;command&gt;</span>"
+            ),
+            "{slots}"
+        );
+        assert!(slots.contains("id=\"mcp-4-name-error\" hx-swap-oob=\"true\"></span>"));
     }
 
     #[test]

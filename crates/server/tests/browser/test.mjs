@@ -301,3 +301,45 @@ test("keyboard shortcuts: new chat, search, stop", async () => {
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("MCP servers in the settings: added as fields, refused beside the field, tools trusted, removed", async () => {
+  const page = await open("/settings");
+  const save = async () => {
+    const saved = page.waitForResponse((r) => r.url().endsWith("/settings") && r.request().method() === "POST");
+    await page.click("form.settings .actions button[type=submit]");
+    await saved;
+    await page.waitForFunction(() => !document.querySelector(".htmx-request"));
+  };
+  await page.click("#mcp-add");
+  await page.waitForSelector("#mcp-entry-0 input[name=mcp_0_name]");
+  await page.fill("input[name=mcp_0_name]", "demo server");
+  await page.fill("input[name=mcp_0_command]", "python3");
+  await page.fill("textarea[name=mcp_0_args]", join(ROOT, "crates/chat/tests/mcp_demo_server.py"));
+  await page.fill("textarea[name=mcp_0_env]", "DEMO_GREETING=Adds two numbers.");
+  await save();
+  // The chat core's rule, said beside the name; nothing saved, what was typed stays.
+  assert.match(await page.textContent("#mcp-0-name-error"), /only letters/);
+  assert.equal(await page.inputValue("input[name=mcp_0_command]"), "python3");
+  await page.fill("input[name=mcp_0_name]", "demo");
+  await save();
+  // Saved: the entry comes back with its card, which starts the server and lists its tools, each
+  // with a box to trust it.
+  await page.waitForSelector("input[name=mcp_0_trust_add]", { timeout: 30_000 });
+  assert.equal(await page.textContent("#mcp-0-name-error"), "");
+  assert.match(await page.textContent("#mcp-demo"), /Adds two numbers\./);
+  await page.check("input[name=mcp_0_trust_add]");
+  await save();
+  await settled(page, () => page.reload());
+  await page.waitForSelector("input[name=mcp_0_trust_add]", { timeout: 30_000 });
+  assert.ok(await page.isChecked("input[name=mcp_0_trust_add]"), "trusted after a reload");
+  assert.ok(!(await page.isChecked("input[name=mcp_0_trust_crash]")));
+  assert.equal(await page.inputValue("textarea[name=mcp_0_env]"), "DEMO_GREETING=Adds two numbers.\n");
+  // Removed from the form, then saved: gone.
+  await page.click("#mcp-entry-0 button[data-remove-closest]");
+  assert.equal(await page.$("#mcp-entry-0"), null);
+  await save();
+  await settled(page, () => page.reload());
+  assert.equal(await page.$$eval(".mcp-entry", (e) => e.length), 0);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

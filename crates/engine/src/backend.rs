@@ -66,8 +66,8 @@ pub trait Backend: Send {
 
     /// Copies the keys and values of cached positions `0..len` to host memory, each layer's
     /// (keys, values) in the backend's own layout, for [`Backend::restore_cache`] to write back.
-    /// `None`: this backend keeps no copies (the runner, whose cache is in another process).
-    fn save_cache(&self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+    /// `None`: this backend keeps no copies. (`&mut`: the runner asks its process for them.)
+    fn save_cache(&mut self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
         let _ = len;
         Ok(None)
     }
@@ -172,7 +172,7 @@ impl Session {
 
     /// The cache copied out (see [`KvSnapshot`]); `None` when it is empty or the backend keeps
     /// no copies.
-    pub fn snapshot(&self) -> Result<Option<KvSnapshot>> {
+    pub fn snapshot(&mut self) -> Result<Option<KvSnapshot>> {
         if self.tokens.is_empty() {
             return Ok(None);
         }

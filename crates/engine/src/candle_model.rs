@@ -606,6 +606,67 @@ impl CandleModel {
     pub fn last_logits(&self) -> &[f32] {
         &self.logits
     }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes of one layer's keys and values at the full context (the most a saved layer holds).
+    pub fn layer_cache_bytes(&self) -> usize {
+        self.cache_bytes() / self.layers.len().max(1)
+    }
+
+    /// Layer `il`'s keys and values of positions `0..len`, copied to the host in the cache's
+    /// element type, (n_kv, len, hd) each.
+    pub fn save_layer(&self, il: usize, len: usize) -> Result<(HostRows, HostRows)> {
+        let l = self.layer(il, len)?;
+        let rows = |t: &Tensor| -> Result<HostRows> {
+            let t = t.narrow(1, 0, len)?.flatten_all()?; // (n_kv * len * hd)
+            Ok(match t.dtype() {
+                DType::F16 => HostRows::F16(t.to_vec1()?),
+                _ => HostRows::F32(t.to_dtype(DType::F32)?.to_vec1()?),
+            })
+        };
+        Ok((rows(&l.k_cache)?, rows(&l.v_cache)?))
+    }
+
+    /// Writes what [`Self::save_layer`] copied of `len` positions back into layer `il`.
+    pub fn restore_layer(&self, il: usize, len: usize, k: &HostRows, v: &HostRows) -> Result<()> {
+        let l = self.layer(il, len)?;
+        for (cache, rows) in [(&l.k_cache, k), (&l.v_cache, v)] {
+            let (n_kv, _, hd) = cache.dims3()?;
+            let shape = (n_kv, len, hd);
+            let (n, dtype) = match rows {
+                HostRows::F32(x) => (x.len(), DType::F32),
+                HostRows::F16(x) => (x.len(), DType::F16),
+            };
+            if n != n_kv * len * hd || dtype != cache.dtype() {
+                return Err(EngineError::InvalidModel(format!(
+                    "a saved layer of {n} {dtype:?} values does not fit {len} positions of \
+                     this {:?} cache",
+                    cache.dtype()
+                )));
+            }
+            let saved = match rows {
+                HostRows::F32(x) => Tensor::from_slice(x, shape, &self.device)?,
+                HostRows::F16(x) => Tensor::from_slice(x, shape, &self.device)?,
+            };
+            cache.slice_set(&saved, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Layer `il`, when it exists and `len` positions fit its cache.
+    fn layer(&self, il: usize, len: usize) -> Result<&Layer> {
+        match self.layers.get(il) {
+            Some(l) if len <= self.max_len => Ok(l),
+            _ => Err(EngineError::InvalidModel(format!(
+                "no cached layer {il} of {len} positions (the model has {} layers of {})",
+                self.layers.len(),
+                self.max_len
+            ))),
+        }
+    }
 }
 
 impl Backend for CandleModel {
@@ -627,39 +688,23 @@ impl Backend for CandleModel {
 
     /// Each layer's first `len` positions, copied to the host (from a GPU: one transfer per
     /// tensor, not per position).
-    fn save_cache(&self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
-        let rows = |t: &Tensor| -> Result<HostRows> {
-            let t = t.narrow(1, 0, len)?.flatten_all()?; // (n_kv * len * hd)
-            Ok(match t.dtype() {
-                DType::F16 => HostRows::F16(t.to_vec1()?),
-                _ => HostRows::F32(t.to_dtype(DType::F32)?.to_vec1()?),
-            })
-        };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| Ok((rows(&l.k_cache)?, rows(&l.v_cache)?)))
+    fn save_cache(&mut self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+        let layers = (0..self.layers.len())
+            .map(|il| self.save_layer(il, len))
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(layers))
     }
 
     fn restore_cache(&mut self, tokens: &[u32], layers: &[(HostRows, HostRows)]) -> Result<()> {
-        let len = tokens.len();
-        if len > self.max_len || layers.len() != self.layers.len() {
+        if layers.len() != self.layers.len() {
             return Err(EngineError::InvalidModel(format!(
-                "a saved KV cache of {len} positions does not fit this cache"
+                "a saved KV cache of {} layers does not fit this model's {}",
+                layers.len(),
+                self.layers.len()
             )));
         }
-        for (l, (k, v)) in self.layers.iter().zip(layers) {
-            for (cache, rows) in [(&l.k_cache, k), (&l.v_cache, v)] {
-                let (n_kv, _, hd) = cache.dims3()?;
-                let shape = (n_kv, len, hd);
-                let saved = match rows {
-                    HostRows::F32(x) => Tensor::from_slice(x, shape, &self.device)?,
-                    HostRows::F16(x) => Tensor::from_slice(x, shape, &self.device)?,
-                };
-                cache.slice_set(&saved.to_dtype(cache.dtype())?, 1, 0)?;
-            }
+        for (il, (k, v)) in layers.iter().enumerate() {
+            self.restore_layer(il, tokens.len(), k, v)?;
         }
         Ok(())
     }

@@ -410,7 +410,7 @@ impl Engine {
     /// cache, if any, is written back, so the next [`Engine::generate`] for it prefills only
     /// what follows. A conversation with no kept cache goes on from the live one (prefix reuse
     /// still takes a common beginning, e.g. the system prompt). Returns the cached positions.
-    /// A backend that keeps no copies (the runner) keeps nothing and goes on from the live cache.
+    /// A backend that keeps no copies keeps nothing and goes on from the live cache.
     pub fn use_cache_of(&mut self, conversation: &str) -> Result<usize> {
         if self.live.as_deref() == Some(conversation) {
             return Ok(self.session.len());

@@ -381,7 +381,7 @@ impl Backend for Model {
         self.cache.max_len()
     }
 
-    fn save_cache(&self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+    fn save_cache(&mut self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
         Ok(Some(self.cache.save(len)))
     }
 

@@ -25,6 +25,12 @@
 //! | `OPEN` | protocol version u32, device str | `OPENED`: has-memory u8, free bytes u64, place str |
 //! | `LOAD` | model path str, context u64, KV type u8 | `LOADED`: vocab u64, context u64, cache bytes u64, scratch bytes u64, n u32, n x (ggml type u32, count u64) |
 //! | `FORWARD` | position u64, logits u8, n u32, n x token u32 | `LOGITS`: scratch bytes u64, rows u64, rows x vocab f32 |
+//! | `SAVE` | layer u32, positions u64 | `CACHE`: layers u32, then the layer's keys and values: KV type u8, n u64, n values, n values |
+//! | `RESTORE` | layer u32, positions u64, KV type u8, n u64, n keys, n values | `RESTORED` |
+//!
+//! `SAVE` and `RESTORE` copy a conversation's KV cache out to the parent and back
+//! ([`crate::Engine::use_cache_of`]), one layer per request so that no frame grows with the
+//! model's depth; values are f32 or f16 (bits) as the cache stores them.
 //!
 //! Any request may be answered by `ERROR`: kind u8 (device or other), message str. The runner
 //! exits when its stdin closes. The parent waits for each reply within [`RunnerTimeouts`] (a
@@ -47,8 +53,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use half::f16;
+
 use crate::attention::KvType;
-use crate::backend::{Backend, Logits};
+use crate::backend::{Backend, HostRows, Logits};
 use crate::candle_model::CandleModel;
 use crate::device::{self, BackendKind, DeviceReport, DeviceSpec, Placement};
 use crate::error::{EngineError, Result};
@@ -60,22 +68,28 @@ pub const RUNNER_NAME: &str = "smollm3-cuda-runner";
 /// Names another runner program to use instead of the one next to the executable.
 pub const RUNNER_ENV: &str = "SMOLLM3_CUDA_RUNNER";
 /// Raised whenever a frame's meaning changes: a runner from another build is refused by name.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 const OPEN: u8 = 1;
 const LOAD: u8 = 2;
 const FORWARD: u8 = 3;
+const SAVE: u8 = 4;
+const RESTORE: u8 = 5;
 const ERROR: u8 = 0x80;
 const OPENED: u8 = 0x81;
 const LOADED: u8 = 0x82;
 const LOGITS: u8 = 0x83;
+const CACHE: u8 = 0x84;
+const RESTORED: u8 = 0x85;
 
 /// `ERROR` kinds: the device (absent, did not start) or anything else.
 const ERR_DEVICE: u8 = 0;
 const ERR_OTHER: u8 = 1;
 
-/// The largest request: a pass of [`PREFILL_CHUNK`] tokens, or a path.
+/// The largest request besides `RESTORE`: a pass of [`PREFILL_CHUNK`] tokens, or a path.
 const MAX_REQUEST: usize = 64 * 1024 + PREFILL_CHUNK * 4;
+/// The fields of a `CACHE` or `RESTORE` frame besides the values.
+const CACHE_HEAD: usize = 32;
 /// How long `--devices` may take (driver initialisation) before it is killed.
 const DEVICES_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest reply besides logits: an `ERROR` can carry a long message (Candle's errors
@@ -133,6 +147,12 @@ impl RunnerTimeouts {
         self.load + self.load_per_gb.mul_f64(file_bytes as f64 / 1e9)
     }
 
+    /// Copying one layer of a KV cache of `bytes` (`SAVE`, `RESTORE`): a load's limit for as many
+    /// bytes, generous for a copy through memory and a pipe.
+    fn copy_of(&self, bytes: usize) -> Duration {
+        self.load_of(bytes as u64)
+    }
+
     fn forward_of(&self, tokens: usize) -> Duration {
         self.forward + self.forward_per_token * tokens as u32
     }
@@ -164,6 +184,27 @@ impl Frame {
         let mut f = self.u32(s.len() as u32);
         f.0.extend_from_slice(s.as_bytes());
         f
+    }
+    /// A layer's keys and values (of one element type): KV type u8, n u64, n keys, n values.
+    fn kv_rows(self, k: &HostRows, v: &HostRows) -> io::Result<Self> {
+        let (kv, n) = match (k, v) {
+            (HostRows::F32(a), HostRows::F32(b)) if a.len() == b.len() => (KvType::F32, a.len()),
+            (HostRows::F16(a), HostRows::F16(b)) if a.len() == b.len() => (KvType::F16, a.len()),
+            _ => return Err(bad_data("keys and values of different shapes".into())),
+        };
+        let mut f = self.u8(kv_code(kv)).u64(n as u64);
+        f.0.reserve(2 * n * kv.bytes());
+        for rows in [k, v] {
+            match rows {
+                HostRows::F32(x) => x
+                    .iter()
+                    .for_each(|e| f.0.extend_from_slice(&e.to_le_bytes())),
+                HostRows::F16(x) => x
+                    .iter()
+                    .for_each(|e| f.0.extend_from_slice(&e.to_bits().to_le_bytes())),
+            }
+        }
+        Ok(f)
     }
     fn write(&self, w: &mut impl Write) -> io::Result<()> {
         let len = u32::try_from(self.0.len())
@@ -245,6 +286,30 @@ impl<'a> Fields<'a> {
             .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
             .collect())
     }
+    /// A layer's keys and values: KV type u8, n u64, n keys, n values.
+    fn kv_rows(&mut self) -> io::Result<(HostRows, HostRows)> {
+        let kv = kv_of(self.u8()?)?;
+        let n = self.usize()?;
+        let bytes = n
+            .checked_mul(kv.bytes())
+            .ok_or_else(|| bad_data("count overflow".into()))?;
+        let mut rows = || -> io::Result<HostRows> {
+            let b = self.take(bytes)?;
+            Ok(match kv {
+                KvType::F32 => HostRows::F32(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+                KvType::F16 => HostRows::F16(
+                    b.chunks_exact(2)
+                        .map(|c| f16::from_bits(u16::from_le_bytes(c.try_into().unwrap())))
+                        .collect(),
+                ),
+            })
+        };
+        Ok((rows()?, rows()?))
+    }
     fn end(&self) -> io::Result<()> {
         match self.0.len() {
             0 => Ok(()),
@@ -304,7 +369,15 @@ pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
     let mut input = BufReader::new(input);
     let mut output = BufWriter::new(output);
     let mut served = Served::default();
-    while let Some(frame) = read_frame(&mut input, MAX_REQUEST)? {
+    loop {
+        // A `RESTORE` carries one layer of the loaded model's cache.
+        let max = match &served.model {
+            Some(m) => MAX_REQUEST.max(CACHE_HEAD + m.layer_cache_bytes()),
+            None => MAX_REQUEST,
+        };
+        let Some(frame) = read_frame(&mut input, max)? else {
+            break;
+        };
         let mut f = Fields(&frame[1..]);
         let reply = match frame[0] {
             OPEN => {
@@ -334,6 +407,24 @@ pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
                     }
                     Err(e) => Err(e),
                 }
+            }
+            SAVE => {
+                let layer = f.u32()? as usize;
+                let len = f.usize()?;
+                f.end()?;
+                match save(&served, layer, len) {
+                    Ok((n_layers, k, v)) => {
+                        Frame::new(CACHE).u32(n_layers).kv_rows(&k, &v).map(Ok)?
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            RESTORE => {
+                let layer = f.u32()? as usize;
+                let len = f.usize()?;
+                let (k, v) = f.kv_rows()?;
+                f.end()?;
+                restore(&served, layer, len, &k, &v)
             }
             tag => return Err(bad_data(format!("unknown request {tag:#x}"))),
         };
@@ -426,6 +517,25 @@ fn forward(served: &mut Served, pos: usize, tokens: &[u32], logits: Logits) -> R
     }
     model.forward(pos, tokens, logits)?;
     Ok(())
+}
+
+fn loaded<'a>(served: &'a Served, what: &str) -> Result<&'a CandleModel> {
+    served
+        .model
+        .as_ref()
+        .ok_or_else(|| EngineError::Device(format!("{what} before LOAD")))
+}
+
+/// Layer `layer`'s keys and values of positions `0..len`, with the model's number of layers.
+fn save(served: &Served, layer: usize, len: usize) -> Result<(u32, HostRows, HostRows)> {
+    let model = loaded(served, "SAVE")?;
+    let (k, v) = model.save_layer(layer, len)?;
+    Ok((model.n_layers() as u32, k, v))
+}
+
+fn restore(served: &Served, layer: usize, len: usize, k: &HostRows, v: &HostRows) -> Result<Frame> {
+    loaded(served, "RESTORE")?.restore_layer(layer, len, k, v)?;
+    Ok(Frame::new(RESTORED))
 }
 
 fn write_logits(w: &mut impl Write, model: &CandleModel) -> io::Result<()> {
@@ -865,6 +975,44 @@ impl Backend for RunnerBackend {
 
     fn weight_types(&self) -> Vec<(TensorType, usize)> {
         self.weight_types.clone()
+    }
+
+    /// Copies the runner's cache layer by layer (`SAVE`), into this process's memory.
+    fn save_cache(&mut self, len: usize) -> Result<Option<Vec<(HostRows, HostRows)>>> {
+        let limit = self.timeouts.copy_of(self.cache_bytes);
+        let max = CACHE_HEAD + self.cache_bytes;
+        let mut layers = Vec::new();
+        loop {
+            let il = layers.len();
+            let req = Frame::new(SAVE).u32(il as u32).u64(len as u64);
+            let reply = self.call(req, CACHE, max, ("copy out a KV cache", limit))?;
+            let mut f = Fields(&reply);
+            let parse = |f: &mut Fields| -> io::Result<_> {
+                let n_layers = f.u32()? as usize;
+                let rows = f.kv_rows()?;
+                f.end()?;
+                Ok((n_layers, rows))
+            };
+            let (n_layers, rows) = parse(&mut f).map_err(|e| self.protocol(e))?;
+            layers.push(rows);
+            if layers.len() >= n_layers {
+                return Ok(Some(layers));
+            }
+        }
+    }
+
+    /// Writes a cache [`RunnerBackend::save_cache`] copied back into the runner (`RESTORE`).
+    fn restore_cache(&mut self, tokens: &[u32], layers: &[(HostRows, HostRows)]) -> Result<()> {
+        let limit = self.timeouts.copy_of(self.cache_bytes);
+        for (il, (k, v)) in layers.iter().enumerate() {
+            let req = Frame::new(RESTORE)
+                .u32(il as u32)
+                .u64(tokens.len() as u64)
+                .kv_rows(k, v)
+                .map_err(|e| EngineError::InvalidModel(format!("a saved KV cache: {e}")))?;
+            self.call(req, RESTORED, 1, ("restore a KV cache", limit))?;
+        }
+        Ok(())
     }
 }
 

@@ -100,6 +100,53 @@ fn logits_through_the_runner_equal_the_in_process_backend() {
     }
 }
 
+/// A conversation's cache kept while another runs, through the runner (`SAVE`/`RESTORE`, layer
+/// by layer) with an F16 cache: switching back restores it, and the next pass computes what the
+/// in-process backend computes after the same switches, bit for bit.
+#[test]
+fn kept_caches_go_through_the_runner_and_come_back_as_they_were() {
+    let model = reference_dir().join("tiny-smollm3-q4km.gguf");
+    let opts = |runner: Option<PathBuf>| EngineOptions {
+        kv_type: KvType::F16,
+        ..options(runner)
+    };
+    engine::threads::init(0);
+    let mut here = Engine::load(&model, &opts(None)).expect("in process");
+    let mut there = Engine::load(&model, &opts(Some(RUNNER.into()))).expect("in the runner");
+    let a = here
+        .encode_prompt("The first conversation, about rivers.")
+        .unwrap();
+    let b = here
+        .encode_prompt("Another one entirely, on mountains and snow.")
+        .unwrap();
+    let mut rows = Vec::new();
+    for engine in [&mut here, &mut there] {
+        engine.set_kept_cache_budget(64 << 20);
+        engine.use_cache_of("a").unwrap();
+        engine.feed(&a).unwrap();
+        // b has nothing kept: it goes on from a's live cache.
+        engine.use_cache_of("b").unwrap();
+        engine.feed(&b).unwrap();
+        let b_len = engine.cached_tokens();
+        assert!(engine.kept_cache_bytes() > 0, "a's cache is kept");
+        assert_eq!(
+            engine.use_cache_of("a").unwrap(),
+            a.len(),
+            "a's cache restored"
+        );
+        rows.push(engine.feed(&b[..3]).unwrap());
+        assert_eq!(
+            engine.use_cache_of("b").unwrap(),
+            b_len,
+            "b's cache restored"
+        );
+    }
+    assert_eq!(
+        rows[0], rows[1],
+        "a's next logits after its cache came back"
+    );
+}
+
 #[test]
 #[cfg(unix)]
 fn a_killed_runner_is_an_error_that_says_so_not_a_hang() {

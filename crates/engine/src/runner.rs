@@ -1065,6 +1065,17 @@ mod tests {
             .u32(5)
             .write(&mut input)
             .unwrap();
+        Frame::new(SAVE).u32(0).u64(4).write(&mut input).unwrap();
+        Frame::new(RESTORE)
+            .u32(0)
+            .u64(1)
+            .kv_rows(
+                &HostRows::F16(vec![f16::ONE; 2]),
+                &HostRows::F16(vec![f16::ZERO; 2]),
+            )
+            .unwrap()
+            .write(&mut input)
+            .unwrap();
         Frame::new(OPEN)
             .u32(PROTOCOL_VERSION + 1)
             .str("cpu")
@@ -1095,6 +1106,8 @@ mod tests {
             Fields(&f[2..]).str().unwrap()
         };
         assert!(error(reply()).contains("FORWARD before LOAD"));
+        assert!(error(reply()).contains("SAVE before LOAD"));
+        assert!(error(reply()).contains("RESTORE before LOAD"));
         assert!(error(reply()).contains("the runner speaks protocol"));
         assert!(error(reply()).contains("unknown device 'gpu'"));
         assert_eq!(reply()[0], OPENED);
@@ -1105,6 +1118,16 @@ mod tests {
         Frame::new(0x42).write(&mut broken).unwrap();
         let err = serve(&broken[..], &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("unknown request 0x42"), "{err}");
+
+        // Keys and values round-trip through a frame as the cache stores them.
+        let (k, v) = (
+            HostRows::F32(vec![1.5, -0.0, f32::MAX]),
+            HostRows::F32(vec![0.25, 7.0, -3.0]),
+        );
+        let f = Frame::new(CACHE).kv_rows(&k, &v).unwrap();
+        assert_eq!(Fields(&f.0[1..]).kv_rows().unwrap(), (k.clone(), v));
+        let odd = HostRows::F16(vec![f16::ONE]);
+        assert!(Frame::new(CACHE).kv_rows(&k, &odd).is_err());
     }
 
     #[test]

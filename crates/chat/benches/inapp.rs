@@ -331,6 +331,15 @@ fn main() {
         a_ttft / e_ttft,
         a_tok_s / e_tok_s
     );
+    // The two sides of a repetition run back to back, so their ratio is the steadier figure on a
+    // machine whose load moves between repetitions.
+    let paired =
+        |f: fn(&Run) -> f64| median(ours.iter().zip(&apps).map(|(e, a)| f(a) / f(e)).collect());
+    println!(
+        "app / engine per repetition (median of the ratios): first token {:.2}x, decode {:.2}x",
+        paired(|r| r.ttft_ms),
+        paired(|r| r.decode_tok_s)
+    );
     let drafted: usize = apps.iter().map(|r| r.drafted).sum();
     println!("app's drafted tokens (speculative decoding, expected 0): {drafted}");
     let prefill = |runs: &[Run]| median(runs.iter().map(|r| r.prefill_ms).collect());

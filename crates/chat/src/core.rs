@@ -138,7 +138,8 @@ impl Core {
     /// Begins an answer in an idle chat: `write` stores the question and the answer's placeholder
     /// (returned in that order); the answer becomes a job (busy until [`Core::end_answer`]).
     /// The writes are committed without waiting for the disk ([`Store::unsynced`]): the caller
-    /// starts the answer, then waits with [`Core::sync`] before telling the user it is sent.
+    /// adds what else the answer stores, then flushes them all at once with [`Core::sync`]
+    /// before the answer starts.
     pub fn begin_answer(
         &self,
         chat_id: ChatId,

@@ -365,12 +365,11 @@ impl ChatApp {
             ))?;
             Ok((user, answer))
         })?;
-        quote::spawn(tx, chat_id, turn.answer.id, turn.cancelled.clone());
-        // As an answer's: the question reaches the disk while the passage starts streaming.
-        self.core().sync().inspect_err(|_| {
-            turn.cancelled
-                .store(true, std::sync::atomic::Ordering::SeqCst)
-        })?;
+        // As an answer's: both rows reach the disk in one flush before the passage streams.
+        self.core()
+            .sync()
+            .inspect_err(|e| self.core().abandon_answer(turn.answer.id, e))?;
+        quote::spawn(tx, chat_id, turn.answer.id, turn.cancelled);
         Ok(SendOutcome::Command {
             command: "quote".into(),
             user_message_id: turn.question.id,

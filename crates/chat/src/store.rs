@@ -3,7 +3,7 @@
 //! Every write is one transaction, so a crash (even `kill -9`) keeps each committed message.
 //! Writes made through [`Store::unsynced`] are committed without waiting for the disk (the WAL
 //! holds them, so a crash of the app keeps them; a power cut may not until [`Store::sync`]):
-//! an answer starts on its question while the disk catches up.
+//! the several writes that begin an answer wait for one flush instead of one each.
 //! An answer being generated is a row with status `streaming`, checkpointed as it grows; a row
 //! still `streaming` when the store opens belonged to a process that died and becomes
 //! `interrupted`, with the text of its last checkpoint.
@@ -318,8 +318,8 @@ impl Store {
 
     /// Runs `write` with commits that do not wait for the disk (`synchronous=NORMAL`): in WAL
     /// mode each is complete in the WAL, so a crash of the app keeps it and only a power cut
-    /// before the next [`Store::sync`] (or synced commit) can lose it. The answer's writes use
-    /// it so the engine starts while the disk catches up; [`Store::sync`] then waits for it.
+    /// before the next [`Store::sync`] (or synced commit) can lose it. The writes that begin an
+    /// answer use it, then one [`Store::sync`] puts them all on disk.
     /// Outside WAL mode the commits stay synchronous.
     pub fn unsynced<T>(&mut self, write: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
         if !self.wal {

@@ -227,8 +227,8 @@ fn app_survives_sigkill_mid_generation() {
     }
     let cut = store.message(in_progress).unwrap();
     assert_eq!(cut.status, MessageStatus::Interrupted);
-    // Its question was written without waiting for the disk (the answer started meanwhile):
-    // the crash keeps it, right before the answer.
+    // Its question was committed unsynced and flushed with the answer's placeholder in one
+    // go: the crash keeps it, right before the answer.
     let messages = store.messages(cut.chat_id).unwrap();
     let at = messages.iter().position(|m| m.id == in_progress).unwrap();
     let question = &messages[at - 1];

@@ -189,7 +189,7 @@ deb-cuda: build-cuda deps ui
 	cp $(CUDA_DIST)/smollm3-cuda-runner src-tauri/binaries/smollm3-cuda-runner-$(HOST_TRIPLE)
 	cd src-tauri && ../ui/node_modules/.bin/tauri build --bundles deb \
 	  --config '{"bundle":{"externalBin":["binaries/smollm3-cuda-runner"]}}'
-	for f in target/release/bundle/deb/*.deb; do mv "$$f" $(CUDA_DIST)/$$(basename "$$f" .deb)-cuda.deb; done
+	for f in target/release/bundle/deb/*.deb; do mv "$$f" "$(CUDA_DIST)/$$(basename "$$f" .deb)-cuda.deb"; done
 	ls -l $(CUDA_DIST)/*-cuda.deb
 
 ## Keeps the CUDA code compiling without a GPU: `cargo clippy` of the engine and its runner with `cuda`, in the

@@ -248,13 +248,11 @@ mod tests {
     use super::*;
     use crate::events::AppEvent;
     use crate::settings::Settings;
-    use crate::store::{MessageKind, NewMessage, Store};
+    use crate::store::{Chat, Message, MessageKind, NewMessage, Store};
 
-    /// The answer's first delta is a frame before `send` returns, without waiting for the
-    /// stream thread to be scheduled; the rest follow through the stream thread, in order, and
-    /// the stored answer has all of it.
-    #[test]
-    fn an_answers_first_delta_is_published_on_the_producers_thread() {
+    /// A chat with an answer's placeholder, and a core whose sink records every event.
+    #[allow(clippy::type_complexity)]
+    fn answering() -> (Arc<Core>, Arc<Mutex<Vec<AppEvent>>>, Chat, Message) {
         let mut store = Store::open_in_memory().unwrap();
         let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
         let msg = store
@@ -267,6 +265,15 @@ mod tests {
             Settings::default(),
             Arc::new(move |e| seen.lock().unwrap().push(e)),
         ));
+        (core, events, chat, msg)
+    }
+
+    /// The answer's first delta is a frame before `send` returns, without waiting for the
+    /// stream thread to be scheduled; the rest follow through the stream thread, in order, and
+    /// the stored answer has all of it.
+    #[test]
+    fn an_answers_first_delta_is_published_on_the_producers_thread() {
+        let (core, events, chat, msg) = answering();
         let (tx, thread) = spawn(core.clone());
         let mut producer = Producer::new(core.clone(), tx);
         let delta = |kind, text: &str| StreamInput::Delta {
@@ -325,18 +332,7 @@ mod tests {
 
     #[test]
     fn thinking_is_stored_with_its_duration_and_streams_before_the_answer() {
-        let mut store = Store::open_in_memory().unwrap();
-        let chat = store.create_chat(true, &serde_json::json!({})).unwrap();
-        let msg = store
-            .add_message(NewMessage::answer_placeholder(chat.id, MessageKind::Chat))
-            .unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let seen = events.clone();
-        let core = Arc::new(Core::new(
-            store,
-            Settings::default(),
-            Arc::new(move |e| seen.lock().unwrap().push(e)),
-        ));
+        let (core, events, chat, msg) = answering();
         let (tx, thread) = spawn(core.clone());
         let send = |kind, text: &str| {
             let input = StreamInput::Delta {

@@ -43,6 +43,29 @@ fn csv(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// `n` tokens of greedy continuation of `prompt` (token ids) by `smollm3 generate` on `backend`,
+/// with an F32 cache as the reference ran.
+fn greedy(model: &str, backend: &str, prompt: &Value, n: usize) -> Vec<u64> {
+    let out = json_out(&smollm3(&[
+        "generate",
+        "--model",
+        model,
+        "--backend",
+        backend,
+        "--kv-cache",
+        "f32",
+        "--tokens",
+        &csv(&ids(prompt)),
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--max-tokens",
+        &n.to_string(),
+        "--json",
+    ]));
+    ids(&out["ids"])
+}
+
 #[test]
 fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
     let model = reference("tiny-smollm3-f32.gguf");
@@ -96,24 +119,11 @@ fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
 
     let g = &refdata["greedy"][0];
     let want = ids(&g["generated"]);
-    let out = json_out(&smollm3(&[
-        "generate",
-        "--model",
-        model,
-        "--backend",
-        "candle",
-        "--kv-cache",
-        "f32",
-        "--tokens",
-        &csv(&ids(&g["prompt_tokens"])),
-        "--temperature",
-        "0",
-        "--ignore-eos",
-        "--max-tokens",
-        &want.len().to_string(),
-        "--json",
-    ]));
-    assert_eq!(ids(&out["ids"]), want, "greedy continuation");
+    assert_eq!(
+        greedy(model, "candle", &g["prompt_tokens"], want.len()),
+        want,
+        "greedy continuation"
+    );
 }
 
 /// The quantized bars through the CLI: `smollm3 logits --backend candle` on the tiny
@@ -183,26 +193,7 @@ fn the_candle_backend_meets_the_quantized_bars_through_the_cli() {
 
     for g in refdata["greedy"].as_array().expect("greedy") {
         let want = ids(&g["generated"]);
-        let greedy = |backend: &str| {
-            let out = json_out(&smollm3(&[
-                "generate",
-                "--model",
-                model,
-                "--backend",
-                backend,
-                "--kv-cache",
-                "f32",
-                "--tokens",
-                &csv(&ids(&g["prompt_tokens"])),
-                "--temperature",
-                "0",
-                "--ignore-eos",
-                "--max-tokens",
-                &want.len().to_string(),
-                "--json",
-            ]));
-            ids(&out["ids"])
-        };
+        let greedy = |backend| greedy(model, backend, &g["prompt_tokens"], want.len());
         let ours = greedy("candle");
         assert_eq!(ours, greedy("native"), "{}: the backends agree", g["name"]);
         // A random-weight model's continuation runs into near-ties (the "chat" one after 21

@@ -281,6 +281,24 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         t.contains("/status").then_some(t)
     });
     assert!(help.contains("/reset"), "help: {help}");
+    // The reply is in sight, not under the catalog: the model banner once took the whole pane
+    // and the messages below it had no height left.
+    let layout = s
+        .execute(
+            "const m = document.getElementById('messages').getBoundingClientRect(); \
+             const b = document.getElementById('model-banner-slot').getBoundingClientRect(); \
+             const a = [...document.querySelectorAll('#messages article.msg.assistant')].pop() \
+               .getBoundingClientRect(); \
+             return [m.top - b.bottom, Math.min(a.bottom, m.bottom) - Math.max(a.top, m.top)];",
+            vec![],
+        )
+        .unwrap();
+    let (below_banner, reply_seen) = (layout[0].as_f64().unwrap(), layout[1].as_f64().unwrap());
+    assert!(
+        below_banner >= -1.0 && reply_seen >= 100.0,
+        "the /help reply is hidden: the messages start {below_banner} px below the banner, \
+         {reply_seen} px of the reply are in sight"
+    );
     save_screenshot(&s, "no-model.png");
 
     // Markdown as the page renders answers: a list continued after a code block keeps its number and

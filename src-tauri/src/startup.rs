@@ -1,7 +1,8 @@
 //! Starting and stopping the app: the chat core and server come up in Tauri's setup; a chat database
 //! the app cannot use is explained in a native dialog that offers a fresh start or quitting (it used
 //! to panic in setup with nothing shown); a second launch hands its arguments to the first
-//! ([`second_launch`]); quitting shuts the chat core down ([`on_exit`]).
+//! ([`second_launch`]); quitting shuts the chat core down ([`on_exit`]), also when the system asks
+//! the app to end (SIGTERM at logout or shutdown, SIGINT: [`quit_on_signal`]).
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ pub const QUIT: &str = "Quit";
 /// Brings the app up. When the chat database cannot be used, a dialog asks what to do; any other
 /// failure is shown in a dialog before the app quits (a panic in setup showed nothing).
 pub fn start(handle: &AppHandle, args: Args) {
+    quit_on_signal(handle);
     match bridge::start(handle, &args, Database::Existing) {
         Ok(server) => serve(handle, server),
         Err(e) => match e.unusable_database() {
@@ -86,6 +88,7 @@ fn serve(handle: &AppHandle, server: Server) {
     if let Err(e) = windows::build_tray(handle) {
         tracing::warn!(error = %e, "no tray icon (is a StatusNotifier host running?)");
     }
+    tracing::info!("the app is up");
 }
 
 /// Another launch of the app (same data folder) handed over its command line: show the main window,
@@ -139,13 +142,48 @@ pub fn instance_id(identifier: &str, args: &Args) -> String {
     format!("{identifier}.i{hash:016x}")
 }
 
-/// The app is quitting (Quit in the tray, the last window closed): the chat core stops its answers
-/// (kept as interrupted) and its threads, so nothing relies on crash recovery.
+/// The app is quitting (Quit in the tray, the last window closed, a signal): the chat core stops
+/// its answers (kept as interrupted) and its threads, so nothing relies on crash recovery.
 pub fn on_exit(handle: &AppHandle) {
     if let Some(server) = handle.try_state::<Server>() {
         server.chat().shutdown();
+        tracing::info!("the chat core is shut down");
     }
 }
+
+/// SIGTERM (the session ending, `kill`) and SIGINT (Ctrl+C in a terminal) quit the app as Quit in
+/// the tray does, through [`on_exit`]; by default they ended the process on the spot, and the
+/// answer being written was left to the next start's crash recovery.
+#[cfg(unix)]
+fn quit_on_signal(handle: &AppHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered before setup goes on, so a signal from now on is ours.
+    let signals = tauri::async_runtime::block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    });
+    let (mut term, mut int) = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGTERM and SIGINT will end the app without its shutdown");
+            return;
+        }
+    };
+    let handle = handle.clone();
+    tauri::async_runtime::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name}: quitting");
+        handle.exit(0);
+    });
+}
+
+#[cfg(not(unix))]
+fn quit_on_signal(_handle: &AppHandle) {}
 
 #[cfg(test)]
 mod tests {

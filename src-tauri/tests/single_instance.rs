@@ -3,7 +3,8 @@
 //! load, the first's answers marked interrupted by the second's recovery).
 //!
 //! Both launches run under Xvfb, on a D-Bus session bus of the test's own (the single-instance
-//! plugin meets the other launch there on Linux).
+//! plugin meets the other launch there on Linux). The app's end is here too: a signal quits it
+//! through the chat core's shutdown.
 
 mod support {
     pub mod process;
@@ -150,4 +151,54 @@ fn a_second_launch_hands_its_model_to_the_first_and_exits() {
         "the first launch keeps running:\n{}",
         log(&root, "first.log")
     );
+}
+
+/// SIGTERM (the session ending) quits the app as Quit does: it exits by itself, successfully,
+/// after the chat core's shutdown (it used to die on the spot and leave the answer being written
+/// to the next start's crash recovery).
+#[cfg(unix)]
+#[test]
+fn sigterm_quits_through_the_chat_cores_shutdown() {
+    let (_xvfb, display) = start_display();
+    let (_bus, bus) = start_session_bus();
+    let root: PathBuf = std::env::temp_dir().join(format!("notso-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let _tmp = TempDir(root.clone());
+    for d in ["data", "config", "models"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let mut app = Guard(
+        launch(&root, &display, &bus, &[], "app.log")
+            .spawn()
+            .expect("start the app"),
+    );
+    wait_for("the app to be up", Duration::from_secs(60), || {
+        assert!(
+            app.0.try_wait().unwrap().is_none(),
+            "the app ended:\n{}",
+            log(&root, "app.log")
+        );
+        log(&root, "app.log").contains("the app is up")
+    });
+    let kill = Command::new("kill")
+        .args(["-TERM", &app.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = app.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the app kept running after SIGTERM:\n{}",
+            log(&root, "app.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log(&root, "app.log");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("SIGTERM: quitting"), "{log}");
+    assert!(log.contains("the chat core is shut down"), "{log}");
 }

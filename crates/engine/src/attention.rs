@@ -234,27 +234,20 @@ impl KvCache {
     /// [`crate::backend::Backend::save_cache`]).
     pub fn save(&self, len: usize) -> Vec<(HostRows, HostRows)> {
         let n = len.min(self.tokens.len()) * self.kv_dim;
+        fn copy<T: Copy>(
+            k: &[Vec<T>],
+            v: &[Vec<T>],
+            n: usize,
+            rows: fn(Vec<T>) -> HostRows,
+        ) -> Vec<(HostRows, HostRows)> {
+            k.iter()
+                .zip(v)
+                .map(|(k, v)| (rows(k[..n].to_vec()), rows(v[..n].to_vec())))
+                .collect()
+        }
         match &self.store {
-            Store::F32(k, v) => k
-                .iter()
-                .zip(v)
-                .map(|(k, v)| {
-                    (
-                        HostRows::F32(k[..n].to_vec()),
-                        HostRows::F32(v[..n].to_vec()),
-                    )
-                })
-                .collect(),
-            Store::F16(k, v) => k
-                .iter()
-                .zip(v)
-                .map(|(k, v)| {
-                    (
-                        HostRows::F16(k[..n].to_vec()),
-                        HostRows::F16(v[..n].to_vec()),
-                    )
-                })
-                .collect(),
+            Store::F32(k, v) => copy(k, v, n, HostRows::F32),
+            Store::F16(k, v) => copy(k, v, n, HostRows::F16),
         }
     }
 

@@ -43,6 +43,24 @@ fn csv(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// `smollm3 logits` on the Candle backend (F32 cache, as the reference ran): each position's
+/// `top` highest logits.
+fn candle_logits(model: &str, tokens: &[u64], top: usize) -> Value {
+    json_out(&smollm3(&[
+        "logits",
+        "--model",
+        model,
+        "--backend",
+        "candle",
+        "--kv-cache",
+        "f32",
+        "--tokens",
+        &csv(tokens),
+        "--top",
+        &top.to_string(),
+    ]))
+}
+
 /// `n` tokens of greedy continuation of `prompt` (token ids) by `smollm3 generate` on `backend`,
 /// with an F32 cache as the reference ran.
 fn greedy(model: &str, backend: &str, prompt: &Value, n: usize) -> Vec<u64> {
@@ -77,19 +95,7 @@ fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
 
     let seq = &refdata["sequences"][2];
     let tokens = ids(&seq["tokens"]);
-    let out = json_out(&smollm3(&[
-        "logits",
-        "--model",
-        model,
-        "--backend",
-        "candle",
-        "--kv-cache",
-        "f32",
-        "--tokens",
-        &csv(&tokens),
-        "--top",
-        "5",
-    ]));
+    let out = candle_logits(model, &tokens, 5);
     let ours = out["positions"].as_array().expect("positions");
     let theirs = seq["positions"].as_array().expect("reference positions");
     assert_eq!(ours.len(), theirs.len());
@@ -148,19 +154,7 @@ fn the_candle_backend_meets_the_quantized_bars_through_the_cli() {
     };
     let (mut diffs, mut checked, mut equal) = (Vec::new(), 0, 0);
     for seq in refdata["sequences"].as_array().expect("sequences") {
-        let out = json_out(&smollm3(&[
-            "logits",
-            "--model",
-            model,
-            "--backend",
-            "candle",
-            "--kv-cache",
-            "f32",
-            "--tokens",
-            &csv(&ids(&seq["tokens"])),
-            "--top",
-            "50",
-        ]));
+        let out = candle_logits(model, &ids(&seq["tokens"]), 50);
         let ours = out["positions"].as_array().expect("positions");
         let theirs = seq["positions"].as_array().expect("reference positions");
         assert_eq!(

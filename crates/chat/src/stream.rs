@@ -97,7 +97,7 @@ impl Producer {
                     text: text.clone(),
                     tokens: 1,
                 };
-                self.core.publish(*chat_id, *message_id, frame.into_event());
+                emit_frame(&self.core, *chat_id, *message_id, frame);
                 *shown = true;
                 self.started = true;
             }

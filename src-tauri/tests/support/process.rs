@@ -1,9 +1,9 @@
 //! The processes and folders the app's tests set up around it: a display (Xvfb), a child process
 //! that ends with the test, a temporary folder.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A child process killed when the test ends, however it ends.
 pub struct Guard(pub Child);
@@ -29,34 +29,39 @@ pub fn require(tool: &str) {
     );
 }
 
-/// Xvfb on a display of its own.
+/// Xvfb on a display of its own. Xvfb picks the display (`-displayfd`: the first free one, taken
+/// under its lock file) and prints its number: tests that start displays at once (the tests of one
+/// binary run in parallel) each get their own. Choosing the number here raced: two tests saw the
+/// same free display, one Xvfb lost it, and both tests used the other's, which went away when its
+/// test ended and took the first test's app with it (exit 1, display lost).
 pub fn start_display() -> (Guard, String) {
     require("Xvfb");
-    // A display is in use when its socket answers: a killed Xvfb leaves its socket and lock file
-    // behind, and a new Xvfb takes such a display over (it checks the lock's process is gone).
-    let live =
-        |n: u32| std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{n}")).is_ok();
-    for n in 90..120 {
-        if live(n) {
-            continue;
-        }
-        let display = format!(":{n}");
-        let child = Command::new("Xvfb")
-            .args([&display, "-screen", "0", "1280x860x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start Xvfb");
-        let guard = Guard(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if live(n) {
-                return (guard, display);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("Xvfb did not start");
+    let mut child = Command::new("Xvfb")
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "1280x860x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start Xvfb");
+    let stdout = child.stdout.take().expect("Xvfb's stdout");
+    let guard = Guard(child);
+    let mut number = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut number)
+        .expect("read Xvfb's display number");
+    let number = number.trim();
+    assert!(
+        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
+        "Xvfb did not start (it printed {number:?} for its display)"
+    );
+    (guard, format!(":{number}"))
 }
 
 /// A directory removed when the test ends.

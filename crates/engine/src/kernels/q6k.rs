@@ -144,11 +144,12 @@ pub(super) mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
     unsafe fn quants(t: *const u8, j: usize, w: usize) -> [__m512i; 4] {
+        let step = crate::kernels::repack::q6k_step(j, w);
         let (qla, qlb, qh) = unsafe {
             (
-                _mm512_loadu_si512(t.add(288 + 64 * (16 * j + w)) as *const __m512i),
-                _mm512_loadu_si512(t.add(288 + 64 * (16 * j + 8 + w)) as *const __m512i),
-                _mm512_loadu_si512(t.add(2336 + 64 * (8 * j + w)) as *const __m512i),
+                _mm512_loadu_si512(t.add(step) as *const __m512i),
+                _mm512_loadu_si512(t.add(step + 64) as *const __m512i),
+                _mm512_loadu_si512(t.add(step + 128) as *const __m512i),
             )
         };
         let m0f = _mm512_set1_epi8(0x0f);
@@ -189,10 +190,10 @@ pub(super) mod avx512 {
             let t = unsafe { tiles.add(b * TILE) };
             // The tile two ahead (the next group's, which this thread usually runs next, for
             // the last two; past the end a prefetch is only a hint). Decoding streams the
-            // matrix from DRAM, and this loop's loads jump between the tile's scale, low-bit and
-            // high-bit regions, which the hardware prefetcher follows late: without this line
-            // the loop streamed 11 GB/s on one thread (`bench-kernels`, ffn_down and the LM
-            // head) where the slower loop before it, whose ALU work hid the wait, streamed 19.
+            // matrix from DRAM faster than the hardware prefetcher alone fetches it here: with
+            // the quants in the order this loop reads them (`repack::q6k_step`), prefetching
+            // two tiles ahead streamed ffn_down and the LM head 8-15% faster than none, one
+            // ahead or four ahead (`bench-kernels`, 1 and 2 threads).
             for k in 0..TILE.div_ceil(64) {
                 _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(2 * TILE + 64 * k) as *const i8);
             }
@@ -347,12 +348,9 @@ pub(super) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn quants(t: *const u8, j: usize, w: usize, h: usize) -> [__m256i; 4] {
+        let step = crate::kernels::repack::q6k_step(j, w);
         let load = |at: usize| unsafe { _mm256_loadu_si256(t.add(at + 32 * h) as *const __m256i) };
-        let (qla, qlb, qh) = (
-            load(288 + 64 * (16 * j + w)),
-            load(288 + 64 * (16 * j + 8 + w)),
-            load(2336 + 64 * (8 * j + w)),
-        );
+        let (qla, qlb, qh) = (load(step), load(step + 64), load(step + 128));
         let m0f = _mm256_set1_epi8(0x0f);
         let m30 = _mm256_set1_epi8(0x30);
         let or_masked = |a: __m256i, b: __m256i| {
@@ -560,11 +558,12 @@ pub(super) mod neon {
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn quants(t: *const u8, j: usize, w: usize, k: usize) -> [int8x16_t; 4] {
+        let step = crate::kernels::repack::q6k_step(j, w);
         let (qla, qlb, qh) = unsafe {
             (
-                vld1q_u8(t.add(288 + 64 * (16 * j + w) + 16 * k)),
-                vld1q_u8(t.add(288 + 64 * (16 * j + 8 + w) + 16 * k)),
-                vld1q_u8(t.add(2336 + 64 * (8 * j + w) + 16 * k)),
+                vld1q_u8(t.add(step + 16 * k)),
+                vld1q_u8(t.add(step + 64 + 16 * k)),
+                vld1q_u8(t.add(step + 128 + 16 * k)),
             )
         };
         let (m0f, m30) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x30));

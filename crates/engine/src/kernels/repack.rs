@@ -11,7 +11,13 @@
 //! | Q4_1 | d[16], m[16] f16, qs as Q4_0 from 64 | 320 |
 //! | Q8_0 | d[16] f16, qs dword t (t < 8) from 32 | 544 |
 //! | Q4_K | d[16], dmin[16] f16; scale s of column c at 64 + 16s + c; mins of sub-block pair p as byte pairs at 192 + 32p + 2c; qs dword t (t < 32) from 320 | 2368 |
-//! | Q6_K | d[16] f16; scale s (i8) of column c at 32 + 16s + c; ql dword t (t < 32) from 288; qh dword u (u < 16) from 2336 | 3360 |
+//! | Q6_K | d[16] f16; scale s (i8) of column c at 32 + 16s + c; from 288, 16 steps of 192 bytes in the order the kernels read them: step 8j + w holds ql dwords 16j + w and 16j + 8 + w, then qh dword 8j + w (j < 2, w < 8) | 3360 |
+//!
+//! A "dword t from X" field keeps the file's order: dword t of column c at X + 64t + 4c. Q6_K's
+//! quants are in the kernels' order instead: each step reads its 192 bytes in one run, so a
+//! decode streams one sequential run per tile (with ql and qh in two regions it read three
+//! interleaved runs, which the hardware prefetcher followed late: ~12% slower on ffn_down and the
+//! LM head, `bench-kernels`).
 
 use memmap2::{Mmap, MmapMut};
 
@@ -160,36 +166,80 @@ impl SendPtr {
     }
 }
 
-/// Where the fields of one block go in its tile, as (block offset, bytes, tile offset, piece):
-/// the field is cut into pieces of `piece` bytes, piece i of column c landing at
-/// `tile offset + (16 i + c) * piece`. Packing and unpacking share this description.
-fn moves(dtype: TensorType) -> &'static [(usize, usize, usize, usize)] {
+/// Where the fields of one block go in its tile, as (block offset, bytes, tile offset, piece,
+/// order): the field is cut into pieces of `piece` bytes, piece i of column c landing at
+/// `tile offset + (16 order(i) + c) * piece`. Packing and unpacking share this description.
+fn moves(dtype: TensorType) -> &'static [(usize, usize, usize, usize, Order)] {
+    use Order::{File, Q6kQh, Q6kQl};
     match dtype {
-        TensorType::Q4_0 => &[(0, 2, 0, 2), (2, 16, 32, 4)],
-        TensorType::Q4_1 => &[(0, 2, 0, 2), (2, 2, 32, 2), (4, 16, 64, 4)],
-        TensorType::Q8_0 => &[(0, 2, 0, 2), (2, 32, 32, 4)],
+        TensorType::Q4_0 => &[(0, 2, 0, 2, File), (2, 16, 32, 4, File)],
+        TensorType::Q4_1 => &[
+            (0, 2, 0, 2, File),
+            (2, 2, 32, 2, File),
+            (4, 16, 64, 4, File),
+        ],
+        TensorType::Q8_0 => &[(0, 2, 0, 2, File), (2, 32, 32, 4, File)],
         // Q4_K's scales are decoded, so they are handled apart (see `pack_tile`).
-        TensorType::Q4K => &[(0, 2, 0, 2), (2, 2, 32, 2), (16, 128, 320, 4)],
+        TensorType::Q4K => &[
+            (0, 2, 0, 2, File),
+            (2, 2, 32, 2, File),
+            (16, 128, 320, 4, File),
+        ],
         TensorType::Q6K => &[
-            (208, 2, 0, 2),
-            (192, 16, 32, 1),
-            (0, 128, 288, 4),
-            (128, 64, 2336, 4),
+            (208, 2, 0, 2, File),
+            (192, 16, 32, 1, File),
+            (0, 128, Q6K_QUANTS, 4, Q6kQl),
+            (128, 64, Q6K_QUANTS, 4, Q6kQh),
         ],
         _ => &[],
     }
 }
 
+/// Where Q6_K's quants start in its tile.
+const Q6K_QUANTS: usize = 288;
+
+/// The tile offset of Q6_K's step `8j + w`: ql dword `16j + w` of the 16 columns (64 bytes),
+/// ql dword `16j + 8 + w` (64 bytes), qh dword `8j + w` (64 bytes). The SIMD kernels read the
+/// quants of their chunk `(j, w)` from here.
+pub(super) const fn q6k_step(j: usize, w: usize) -> usize {
+    Q6K_QUANTS + 192 * (8 * j + w)
+}
+
+/// The slot (in units of 16 pieces) that piece i of a field takes in the tile.
+#[derive(Clone, Copy)]
+enum Order {
+    /// The file's order: slot i.
+    File,
+    /// Q6_K's ql dword t: step 8j + w, first or second of its three slots.
+    Q6kQl,
+    /// Q6_K's qh dword u: the third slot of step u.
+    Q6kQh,
+}
+
+impl Order {
+    #[inline(always)]
+    fn slot(self, i: usize) -> usize {
+        match self {
+            Order::File => i,
+            Order::Q6kQl => 3 * (8 * (i / 16) + i % 8) + (i / 8) % 2,
+            Order::Q6kQh => 3 * i + 2,
+        }
+    }
+}
+
 fn pack_tile<'a>(dtype: TensorType, blk: impl Fn(usize) -> &'a [u8], dst: &mut [u8]) {
     let src: [&[u8]; COLS] = std::array::from_fn(blk);
-    for &(from, len, to, piece) in moves(dtype) {
+    for &(from, len, to, piece, order) in moves(dtype) {
         let fields: [&[u8]; COLS] = std::array::from_fn(|c| &src[c][from..from + len]);
-        let out = &mut dst[to..to + len * COLS];
-        match piece {
-            1 => interleave::<1>(&fields, out),
-            2 => interleave::<2>(&fields, out),
-            4 => interleave::<4>(&fields, out),
-            _ => unreachable!("pieces are 1, 2 or 4 bytes"),
+        let out = &mut dst[to..];
+        // One monomorphised loop per piece size and order (each inlines its slot arithmetic).
+        match (piece, order) {
+            (1, Order::File) => interleave::<1>(&fields, out, |i| i),
+            (2, Order::File) => interleave::<2>(&fields, out, |i| i),
+            (4, Order::File) => interleave::<4>(&fields, out, |i| i),
+            (4, Order::Q6kQl) => interleave::<4>(&fields, out, |i| Order::Q6kQl.slot(i)),
+            (4, Order::Q6kQh) => interleave::<4>(&fields, out, |i| Order::Q6kQh.slot(i)),
+            _ => unreachable!("no such move"),
         }
     }
     if dtype == TensorType::Q4K {
@@ -206,31 +256,41 @@ fn pack_tile<'a>(dtype: TensorType, blk: impl Fn(usize) -> &'a [u8], dst: &mut [
     }
 }
 
-/// Piece `i` (of `P` bytes) of field `c` to `out[(16 i + c) * P..]`: the transpose at the heart
-/// of packing, done with one load and one store per piece (loading a 1.9 GB model moves some
-/// 500 million of them, so no per-piece `memcpy` call or bounds check).
+/// Piece `i` (of `P` bytes) of field `c` to `out[(16 slot(i) + c) * P..]`: the transpose at the
+/// heart of packing, done with one load and one store per piece (loading a 1.9 GB model moves
+/// some 500 million of them, so no per-piece `memcpy` call).
 #[inline(always)]
-fn interleave<const P: usize>(fields: &[&[u8]; COLS], out: &mut [u8]) {
+fn interleave<const P: usize>(
+    fields: &[&[u8]; COLS],
+    out: &mut [u8],
+    slot: impl Fn(usize) -> usize,
+) {
     let len = fields[0].len();
-    assert!(len.is_multiple_of(P) && out.len() == len * COLS);
-    assert!(fields.iter().all(|f| f.len() == len));
+    assert!(len.is_multiple_of(P) && fields.iter().all(|f| f.len() == len));
+    let pieces = len / P;
+    // Every order is a permutation of 0..pieces (see the round-trip test), so the highest slot
+    // bounds the writes.
+    let last = (0..pieces).map(&slot).max().unwrap_or(0);
+    assert!((COLS * last + COLS) * P <= out.len());
     let out = out.as_mut_ptr();
-    for i in 0..len / P {
+    for i in 0..pieces {
+        let at = COLS * slot(i);
         for (c, f) in fields.iter().enumerate() {
-            // SAFETY: i * P + P <= len for every field, and (16 i + c) * P + P <= 16 len, the
-            // length of `out` (both asserted above); unaligned reads and writes of [u8; P].
+            // SAFETY: i * P + P <= len for every field, and (16 slot(i) + c) * P + P <= 16
+            // (last + 1) P <= out.len() (both asserted above); unaligned reads and writes of
+            // [u8; P].
             unsafe {
                 let piece = std::ptr::read_unaligned(f.as_ptr().add(i * P) as *const [u8; P]);
-                std::ptr::write_unaligned(out.add((COLS * i + c) * P) as *mut [u8; P], piece);
+                std::ptr::write_unaligned(out.add((at + c) * P) as *mut [u8; P], piece);
             }
         }
     }
 }
 
 fn unpack_tile(dtype: TensorType, tile: &[u8], c: usize, out: &mut [u8]) {
-    for &(from, len, to, piece) in moves(dtype) {
+    for &(from, len, to, piece, order) in moves(dtype) {
         for (i, chunk) in out[from..from + len].chunks_exact_mut(piece).enumerate() {
-            let at = to + i * COLS * piece + c * piece;
+            let at = to + (COLS * order.slot(i) + c) * piece;
             chunk.copy_from_slice(&tile[at..at + piece]);
         }
     }

@@ -772,14 +772,7 @@ mod tests {
             (5, 11, 6, 3, 128),
             (3, 7, 4, 2, 16),
         ] {
-            let s = AttnShape {
-                t,
-                pos,
-                n_head,
-                n_head_kv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-            };
+            let s = shape(t, pos, n_head, n_head_kv, hd);
             let q = pseudo(t * n_head * hd, 4);
             let len = pos + t;
             for layout in [
@@ -847,6 +840,18 @@ mod tests {
             .collect()
     }
 
+    /// One attention call's shape, scaled as the model scales it.
+    fn shape(t: usize, pos: usize, n_head: usize, n_head_kv: usize, hd: usize) -> AttnShape {
+        AttnShape {
+            t,
+            pos,
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        }
+    }
+
     #[test]
     fn grouped_causal_attention_matches_naive() {
         for &(t, pos, n_head, n_head_kv, hd) in &[
@@ -855,14 +860,7 @@ mod tests {
             (3, 7, 6, 3, 16),
             (1, 20, 9, 3, 64),
         ] {
-            let s = AttnShape {
-                t,
-                pos,
-                n_head,
-                n_head_kv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-            };
+            let s = shape(t, pos, n_head, n_head_kv, hd);
             let q = pseudo(t * n_head * hd, 1);
             let k = pseudo((pos + t) * n_head_kv * hd, 2);
             let v = pseudo((pos + t) * n_head_kv * hd, 3);

@@ -151,9 +151,15 @@ fn store_survives_sigkill_mid_write() {
 fn child_app_generation() {
     let Some(dir) = child_dir() else { return };
     let paths = common::paths(&dir);
-    common::model_settings(300)
-        .save(&paths.settings_file())
-        .unwrap();
+    // The parent kills this process once an answer has streamed for 1.5 s (past its first
+    // checkpoint), so the story must take longer than that: room for 1,000 tokens and no drafting
+    // (with both, a 300-token story took under 1.5 s and the parent waited in vain).
+    chat::Settings {
+        speculative: false,
+        ..common::model_settings(1000)
+    }
+    .save(&paths.settings_file())
+    .unwrap();
     let (tx, rx) = channel();
     let sink: chat::EventSink = std::sync::Arc::new(move |e: AppEvent| {
         if let AppEvent::Stream(s) = &e {

@@ -621,11 +621,12 @@ fn status(server: &Server) -> McpServerStatus {
         },
         Slot::Failed { why, retry_at } => McpState::Failed {
             why: why.clone(),
-            // Rounded up: "0" means the next use starts it.
+            // Rounded up from nanoseconds: "0" means the next use starts it (from
+            // milliseconds, the last part of a millisecond read as 0 while the wait still ran).
             retry_in_s: retry_at
                 .saturating_duration_since(Instant::now())
-                .as_millis()
-                .div_ceil(1000) as u64,
+                .as_nanos()
+                .div_ceil(1_000_000_000) as u64,
         },
     };
     McpServerStatus {

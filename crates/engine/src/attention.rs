@@ -456,7 +456,7 @@ pub fn attention_in(q: &[f32], kv: KvLayer, layout: KvLayout, s: AttnShape, out:
                         if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
                             // Converted as they are read: the same numbers as widened rows,
                             // without writing them (at 1,900 positions a 3B decode step took
-                            // 68 ms with widening, 14.7 tok/s).
+                            // ~86 ms with widening, ~64 ms now: doc/benchmarks.md).
                             let rows = simd::HalfRows {
                                 k,
                                 v,

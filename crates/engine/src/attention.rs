@@ -457,14 +457,24 @@ pub fn attention_in(q: &[f32], kv: KvLayer, layout: KvLayout, s: AttnShape, out:
                             // Converted as they are read: the same numbers as widened rows,
                             // without writing them (at 1,900 positions a 3B decode step took
                             // ~86 ms with widening, ~64 ms now: doc/benchmarks.md).
-                            let rows = simd::HalfRows {
-                                k,
-                                v,
-                                stride: row_stride,
-                                off: g * group_stride,
+                            let (k, v) = (k.as_ptr().cast(), v.as_ptr().cast());
+                            let off = g * group_stride;
+                            // SAFETY: AVX-512 F/VL/DQ (simd_level 2); hd is a multiple of 64;
+                            // the cache holds positions 0..pos + t (asserted above).
+                            unsafe {
+                                simd::head::<true>(
+                                    q,
+                                    k,
+                                    v,
+                                    row_stride,
+                                    off,
+                                    s,
+                                    (i, h),
+                                    scores,
+                                    acc,
+                                    o,
+                                )
                             };
-                            // SAFETY: AVX-512 F/VL/DQ (simd_level 2); hd is a multiple of 64.
-                            unsafe { simd::head_f16(q, rows, s, (i, h), scores, acc, o) };
                             continue;
                         }
                         // The query heads of one group read the same keys and values: widen
@@ -506,20 +516,22 @@ ops::with_fma!(
         let hd = s.head_dim;
         let n_keys = s.pos + i + 1;
         let qh = &q[(i * s.n_head + h) * hd..][..hd];
+        #[cfg(target_arch = "x86_64")]
+        if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
+            let need = (n_keys - 1) * kv_dim + off + hd;
+            assert!(k.len() >= need && v.len() >= need, "head: rows");
+            let (k, v) = (k.as_ptr().cast(), v.as_ptr().cast());
+            // SAFETY: the CPU has AVX-512 F/VL/DQ (simd_level 2); hd is a multiple of 64;
+            // keys and values 0..n_keys are in `k` and `v` (asserted).
+            unsafe { simd::head::<false>(q, k, v, kv_dim, off, s, ih, scores, acc, o) };
+            return;
+        }
         // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
         // positions; padding the same way keeps its block-wise softmax sums.
         // A plain loop, not an iterator adapter: closures passed to generic std code are not
         // compiled with this function's target features (`mul_add` would become a libm call).
         scores.clear();
         scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
-        #[cfg(target_arch = "x86_64")]
-        if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
-            // SAFETY: the CPU has AVX-512 F/VL/DQ (simd_level 2); keys 0..n_keys are in `k`.
-            unsafe { simd::scores(qh, k, kv_dim, off, s.scale, &mut scores[..n_keys]) };
-            ops::softmax_in_place(scores);
-            weighted_sum(&scores[..n_keys], v, kv_dim, off, acc, o);
-            return;
-        }
         for j in 0..n_keys {
             scores[j] = ops::dot_f32(qh, &k[j * kv_dim + off..][..hd]) * s.scale;
         }
@@ -562,18 +574,7 @@ fn weighted_sum(
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use half::f16;
     use std::arch::x86_64::*;
-
-    /// One head group's keys and values in an F16 cache: rows of `stride` halves, the group at
-    /// offset `off`.
-    #[derive(Clone, Copy)]
-    pub struct HalfRows<'a> {
-        pub k: &'a [f16],
-        pub v: &'a [f16],
-        pub stride: usize,
-        pub off: usize,
-    }
 
     /// Sixteen elements from element `e` of `p` as F32: halves converted exactly (`HALF`), or
     /// floats.
@@ -588,15 +589,21 @@ mod simd {
         }
     }
 
-    /// `super::head` over an F16 cache, reading the halves where the F32 path reads widened
-    /// rows: every product, sum and rounding is the one it does on the rows `widen` makes.
+    /// `super::head` on AVX-512, the keys and values read as `HALF` says: halves converted as
+    /// they are loaded (an F16 cache: the same numbers as widened rows, so every product, sum
+    /// and rounding is the one the F32 path does on them), or floats.
     ///
     /// # Safety
-    /// AVX-512 F/VL/DQ; `s.head_dim` a multiple of 64.
+    /// AVX-512 F/VL/DQ; `s.head_dim` a multiple of 64; `k` and `v` hold rows `0..s.pos + i + 1`
+    /// of `stride` elements, the head group's `head_dim` at `off`.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,fma")]
-    pub unsafe fn head_f16(
+    pub unsafe fn head<const HALF: bool>(
         q: &[f32],
-        rows: HalfRows,
+        k: *const u8,
+        v: *const u8,
+        stride: usize,
+        off: usize,
         s: super::AttnShape,
         (i, h): (usize, usize),
         scores: &mut Vec<f32>,
@@ -604,22 +611,15 @@ mod simd {
         o: &mut [f32],
     ) {
         let hd = s.head_dim;
+        assert_eq!(o.len(), hd, "head: output");
         let n_keys = s.pos + i + 1;
-        let need = (n_keys - 1) * rows.stride + rows.off + hd;
-        assert!(
-            rows.k.len() >= need && rows.v.len() >= need && o.len() == hd,
-            "head_f16: rows"
-        );
         let qh = &q[(i * s.n_head + h) * hd..][..hd];
         // Padded with masked positions to a multiple of 16, as `super::head` does.
         scores.clear();
         scores.resize(n_keys.div_ceil(16) * 16, f32::NEG_INFINITY);
-        let (k, v) = (rows.k.as_ptr() as *const u8, rows.v.as_ptr() as *const u8);
-        unsafe {
-            scores_of::<true>(qh, k, rows.stride, rows.off, s.scale, &mut scores[..n_keys]);
-        }
+        unsafe { self::scores::<HALF>(qh, k, stride, off, s.scale, &mut scores[..n_keys]) };
         super::ops::softmax_in_place(scores);
-        unsafe { weighted_sum::<true>(&scores[..n_keys], v, rows.stride, rows.off, acc, o) };
+        unsafe { weighted_sum::<HALF>(&scores[..n_keys], v, stride, off, acc, o) };
     }
 
     /// `super::weighted_sum` with the values read as `HALF` says: per position j, lane j % 16
@@ -672,28 +672,13 @@ mod simd {
     /// steps of 64, added as (0+2)+(1+3), then `_mm512_reduce_add_ps`. Sixteen keys share one
     /// horizontal reduction, done as a transpose: every add is the one the scalar code does.
     ///
-    /// # Safety
-    /// AVX-512 F/VL/DQ; `q.len()` a multiple of 64; `k` holds the keys.
-    #[target_feature(enable = "avx512f,avx512vl,avx512dq,fma")]
-    pub unsafe fn scores(
-        q: &[f32],
-        k: &[f32],
-        kv_dim: usize,
-        off: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        let need = out.len().saturating_sub(1) * kv_dim + off + q.len();
-        assert!(out.is_empty() || k.len() >= need, "scores: keys");
-        unsafe { scores_of::<false>(q, k.as_ptr() as *const u8, kv_dim, off, scale, out) }
-    }
-
-    /// [`scores`] with the keys read as `HALF` says (halves converted exactly, or floats).
+    /// The keys are read as `HALF` says (halves converted exactly, or floats).
     ///
     /// # Safety
-    /// As [`scores`]; `k` holds rows `0..out.len()` of its element type.
+    /// AVX-512 F/VL/DQ; `q.len()` a multiple of 64; `k` holds rows `0..out.len()` of its element
+    /// type.
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,fma")]
-    unsafe fn scores_of<const HALF: bool>(
+    pub unsafe fn scores<const HALF: bool>(
         q: &[f32],
         k: *const u8,
         kv_dim: usize,
@@ -898,7 +883,7 @@ mod tests {
             let k = pseudo(n * kv_dim, 5);
             let mut fast = vec![0f32; n];
             // SAFETY: checked simd_level above; hd is a multiple of 64.
-            unsafe { simd::scores(&q, &k, kv_dim, off, 0.125, &mut fast) };
+            unsafe { simd::scores::<false>(&q, k.as_ptr().cast(), kv_dim, off, 0.125, &mut fast) };
             for (j, f) in fast.iter().enumerate() {
                 let want = ops::dot_f32(&q, &k[j * kv_dim + off..][..hd]) * 0.125;
                 assert_eq!(f.to_bits(), want.to_bits(), "hd {hd} key {j}");

@@ -31,6 +31,21 @@ fn json_out(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// llama.cpp's reference outputs for a model (`NAME.llamacpp.json`).
+fn reference_json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(reference(name)).expect("reference"))
+        .expect("reference JSON")
+}
+
+/// A position's top logits as (token id, logit).
+fn top_pairs(v: &Value) -> Vec<(u64, f64)> {
+    v.as_array()
+        .expect("top")
+        .iter()
+        .map(|p| (p[0].as_u64().expect("id"), p[1].as_f64().expect("logit")))
+        .collect()
+}
+
 fn ids(v: &Value) -> Vec<u64> {
     v.as_array()
         .expect("an array")
@@ -88,10 +103,7 @@ fn greedy(model: &str, backend: &str, prompt: &Value, n: usize) -> Vec<u64> {
 fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
     let model = reference("tiny-smollm3-f32.gguf");
     let model = model.to_str().expect("a UTF-8 path");
-    let refdata: Value = serde_json::from_str(
-        &std::fs::read_to_string(reference("tiny-smollm3-f32.llamacpp.json")).expect("reference"),
-    )
-    .expect("reference JSON");
+    let refdata = reference_json("tiny-smollm3-f32.llamacpp.json");
 
     let seq = &refdata["sequences"][2];
     let tokens = ids(&seq["tokens"]);
@@ -102,14 +114,7 @@ fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
     let mut checked = 0;
     for (o, t) in ours.iter().zip(theirs) {
         // Our top 5 as (id, logit), and the reference's top 10.
-        let pairs = |v: &Value| -> Vec<(u64, f64)> {
-            v.as_array()
-                .expect("top")
-                .iter()
-                .map(|p| (p[0].as_u64().expect("id"), p[1].as_f64().expect("logit")))
-                .collect()
-        };
-        let (o, t) = (pairs(&o["top"]), pairs(&t["top"]));
+        let (o, t) = (top_pairs(&o["top"]), top_pairs(&t["top"]));
         if t[0].1 - t[1].1 >= 0.01 {
             assert_eq!(o[0].0, t[0].0, "argmax");
             checked += 1;
@@ -141,17 +146,7 @@ fn logits_and_generate_on_the_candle_backend_match_llama_cpp() {
 fn the_candle_backend_meets_the_quantized_bars_through_the_cli() {
     let model = reference("tiny-smollm3-q4km.gguf");
     let model = model.to_str().expect("a UTF-8 path");
-    let refdata: Value = serde_json::from_str(
-        &std::fs::read_to_string(reference("tiny-smollm3-q4km.llamacpp.json")).expect("reference"),
-    )
-    .expect("reference JSON");
-    let pairs = |v: &Value| -> Vec<(u64, f64)> {
-        v.as_array()
-            .expect("top")
-            .iter()
-            .map(|p| (p[0].as_u64().expect("id"), p[1].as_f64().expect("logit")))
-            .collect()
-    };
+    let refdata = reference_json("tiny-smollm3-q4km.llamacpp.json");
     let (mut diffs, mut checked, mut equal) = (Vec::new(), 0, 0);
     for seq in refdata["sequences"].as_array().expect("sequences") {
         let out = candle_logits(model, &ids(&seq["tokens"]), 50);
@@ -164,7 +159,7 @@ fn the_candle_backend_meets_the_quantized_bars_through_the_cli() {
             seq["name"]
         );
         for (o, t) in ours.iter().zip(theirs) {
-            let (o, t) = (pairs(&o["top"]), pairs(&t["top"]));
+            let (o, t) = (top_pairs(&o["top"]), top_pairs(&t["top"]));
             if t[0].1 - t[1].1 >= 0.1 {
                 checked += 1;
                 equal += usize::from(o[0].0 == t[0].0);

@@ -8,6 +8,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev \
 	pkg-config build-essential file xvfb webkit2gtk-driver dbus-daemon
 TAURI_DRIVER_VERSION := 2.1.0
+# CI builds a fresh clone once: incremental caches there only cost disk (gigabytes) and time.
+ifeq ($(CI),true)
+export CARGO_INCREMENTAL := 0
+endif
 
 .PHONY: run test test-openai test-browser test-aarch64 check-other-os deps ui model lint fmt chat bench bench-api bench-compare bench-speculative bench-kernels deb tauri-driver llama-server build-cuda deb-cuda check-cuda
 
@@ -20,6 +24,7 @@ run: deps ui model
 test: deps ui model tauri-driver llama-server lint
 	LLAMA_SERVER=$(LLAMA_REF)/bin/llama-server $(CARGO) test --workspace --all-targets --no-fail-fast
 	$(MAKE) test-openai test-browser test-aarch64 check-other-os check-cuda
+	@du -sh target 2>/dev/null | sed 's/^/disk used by the build: /'
 
 ## `smollm3 serve` driven by the official `openai` Python client, pinned with its dependencies in
 ## crates/server/tests/openai/requirements.txt and installed into a venv under target/.

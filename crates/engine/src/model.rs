@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::attention::{attention, AttnShape, KvCache, KvType};
+use crate::attention::{attention_in, AttnShape, KvCache, KvType};
 use crate::backend::{Backend, HostRows, Logits};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -247,7 +247,7 @@ impl Model {
         );
         Ok(Self {
             rope: Rope::new(&cfg, max_len),
-            cache: KvCache::new(cfg.n_layer, kv_dim, max_len, kv_type),
+            cache: KvCache::new(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, max_len, kv_type),
             norm: norm("output_norm.weight")?,
             embed,
             layers,
@@ -313,7 +313,8 @@ impl Model {
                 head_dim: hd,
                 scale: cfg.attention_scale,
             };
-            attention(q, cache.layer(il), shape, sized(&mut s.attn, t * q_dim));
+            let (kv, layout) = cache.layer(il);
+            attention_in(q, kv, layout, shape, sized(&mut s.attn, t * q_dim));
             // q is spent: it takes the block's output (q_dim may be smaller than dim).
             let out = sized(&mut s.q, t * q_dim.max(dim));
             let out = &mut out[..t * dim];

@@ -91,7 +91,7 @@ const INTERJECTIONS: [&str; 6] = ["sure", "certainly", "of course", "okay", "ok"
 /// short questions-like lines: one sentence that ends with `?` or starts with a request word
 /// ([`REQUESTS`]), at most [`MAX_QUESTION_CHARS`]. Dropped are preambles and statements (the
 /// model chatting on), answers (`A: …`), questions about questions (echoes of the instruction),
-/// the user's own question again, and repeats (ignoring case); at most [`MAX_QUESTIONS`].
+/// the user's own question again, and repeats (ignoring case and articles); at most [`MAX_QUESTIONS`].
 pub fn parse(text: &str, asked: &str) -> Vec<String> {
     let mut seen = HashSet::from([normal_form(asked)]);
     let mut out = Vec::new();
@@ -124,13 +124,15 @@ fn is_suggestion(q: &str) -> bool {
         && !lower.contains("question")
 }
 
-/// The question's words, lower case, contractions spelt out: "What's it?" == "what is it".
+/// The question's words, lower case, contractions spelt out and articles left out: "What's it?"
+/// == "what is it", and "How far is the Moon from Earth?" == "How far is the moon from the
+/// Earth?" (two chips that differ by an article read as one question asked twice).
 fn normal_form(q: &str) -> String {
     q.to_lowercase()
         .replace("'s ", " is ")
         .replace("’s ", " is ")
         .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
+        .filter(|w| !w.is_empty() && !["a", "an", "the"].contains(w))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -231,6 +233,24 @@ mod tests {
             "Here are some questions you could ask:\n\n  \n1. Is it fast?\n2. is it   FAST?\n3. {long}\n4. Can I try it?"
         );
         assert_eq!(parse(&text, ""), ["Is it fast?", "Can I try it?"]);
+    }
+
+    #[test]
+    fn questions_that_differ_only_by_an_article_are_one() {
+        // SmolLM2-135M's suggestions after an answer about the moon (the app's E2E run).
+        let text = "1. What's the moon's orbit around Earth?\n2. What's the moon's orbit around the Earth?\n3. What's the moon's orbit around the Sun?";
+        assert_eq!(
+            parse(text, "Tell me about the moon."),
+            [
+                "What's the moon's orbit around Earth?",
+                "What's the moon's orbit around the Sun?"
+            ]
+        );
+        // Only whole words are articles: "theatre" is not "the" + "atre".
+        assert_eq!(
+            parse("Is theatre art?\nIs atre art?\nIs another one due?", ""),
+            ["Is theatre art?", "Is atre art?", "Is another one due?"]
+        );
     }
 
     // The outputs below are SmolLM2-135M's own replies to INSTRUCTION (sampled at 0.3 and at

@@ -326,9 +326,9 @@ fn local_devices_with(cuda: impl FnOnce() -> Vec<DeviceReport>) -> Vec<DeviceRep
     let mut out = vec![DeviceReport {
         device: "cpu".into(),
         name: Some(format!(
-            "CPU, {} threads, {:?} kernels",
+            "CPU, {} threads, {} kernels",
             crate::threads::available(),
-            crate::kernels::Isa::detect()
+            crate::kernels::Isa::detect().label()
         )),
         usable: true,
         memory_total: None,
@@ -514,6 +514,14 @@ mod tests {
             let ids: Vec<_> = list.iter().map(|d| d.device.as_str()).collect();
             assert_eq!(ids, ["cpu", "cuda", "metal"]);
             assert_eq!(list[1].reason.as_deref(), Some("probed"));
+            // The CPU's line names its instruction set as people write it ("AVX-512 kernels").
+            let cpu = list[0].name.as_deref().unwrap();
+            let isa = crate::kernels::Isa::detect().label();
+            assert!(cpu.ends_with(&format!(", {isa} kernels")), "{cpu}");
+            assert!(
+                ["portable", "AVX2", "AVX-512", "NEON"].contains(&isa),
+                "{isa}"
+            );
         }
         assert_eq!(probe.probes(), 1);
         probe.forget();

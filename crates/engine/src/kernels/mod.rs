@@ -121,6 +121,16 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// The instruction set as people write it ("AVX-512"), for the device list.
+    pub fn label(self) -> &'static str {
+        match self {
+            Isa::Scalar => "portable",
+            Isa::Avx2 => "AVX2",
+            Isa::Avx512 => "AVX-512",
+            Isa::Neon => "NEON",
+        }
+    }
+
     /// The best the CPU supports (detected once), at most what `SMOLLM3_ISA` allows (see
     /// [`crate::ops::simd_cap`]).
     pub fn detect() -> Isa {

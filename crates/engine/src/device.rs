@@ -518,10 +518,6 @@ mod tests {
             let cpu = list[0].name.as_deref().unwrap();
             let isa = crate::kernels::Isa::detect().label();
             assert!(cpu.ends_with(&format!(", {isa} kernels")), "{cpu}");
-            assert!(
-                ["portable", "AVX2", "AVX-512", "NEON"].contains(&isa),
-                "{isa}"
-            );
         }
         assert_eq!(probe.probes(), 1);
         probe.forget();

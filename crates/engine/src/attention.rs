@@ -6,8 +6,7 @@
 //! 1,900 positions), and grows with the conversation (up to the context length) instead
 //! of being allocated at full size. Attention reads the cached rows in place: K/V heads are
 //! shared by `n_head / n_head_kv` query heads without being repeated, and nothing is copied per
-//! token. Scores and softmax are
-//! F32, as llama.cpp computes them with flash attention off.
+//! token. Scores and softmax are F32, as llama.cpp computes them with flash attention off.
 //!
 //! [`KvType::F32`] is the exact mode: the results match llama.cpp run with an F32 cache. With
 //! [`KvType::F16`] (llama.cpp's default) keys and values are rounded to halves as they are
@@ -448,6 +447,12 @@ pub fn attention_in(q: &[f32], kv: KvLayer, layout: KvLayout, s: AttnShape, out:
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
+    // AVX-512 reads either cache in place, halves converted as they are loaded: the same numbers
+    // as widened rows, without writing them (at 1,900 positions a 3B decode step took ~86 ms
+    // with widening, ~64 ms then: doc/benchmarks.md).
+    #[cfg(target_arch = "x86_64")]
+    let in_place = ops::simd_level() >= 2 && hd.is_multiple_of(64);
+
     thread_local! {
         static SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::default();
     }
@@ -471,9 +476,26 @@ pub fn attention_in(q: &[f32], kv: KvLayer, layout: KvLayout, s: AttnShape, out:
                     v: vf,
                     widened,
                 } = scratch;
+                let g = h / (n_head / n_head_kv);
+                #[cfg(target_arch = "x86_64")]
+                if in_place {
+                    let (k, v, half) = match kv {
+                        KvLayer::F32(k, v) => (k.as_ptr().cast(), v.as_ptr().cast(), false),
+                        KvLayer::F16(k, v) => (k.as_ptr().cast(), v.as_ptr().cast(), true),
+                    };
+                    let args = (row_stride, g * group_stride, s, (i, h));
+                    // SAFETY: AVX-512 F/VL/DQ (simd_level 2); hd is a multiple of 64; the cache
+                    // holds positions 0..pos + t of every group (asserted above).
+                    unsafe {
+                        match half {
+                            true => simd::head::<true>(q, k, v, args, scores, acc, o),
+                            false => simd::head::<false>(q, k, v, args, scores, acc, o),
+                        }
+                    };
+                    continue;
+                }
                 match kv {
                     KvLayer::F32(k, v) => {
-                        let g = h / (n_head / n_head_kv);
                         let rows = GroupRows {
                             k,
                             v,
@@ -483,32 +505,6 @@ pub fn attention_in(q: &[f32], kv: KvLayer, layout: KvLayout, s: AttnShape, out:
                         head(q, rows, s, (i, h), scores, acc, o)
                     }
                     KvLayer::F16(k, v) => {
-                        let g = h / (n_head / n_head_kv);
-                        #[cfg(target_arch = "x86_64")]
-                        if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
-                            // Converted as they are read: the same numbers as widened rows,
-                            // without writing them (at 1,900 positions a 3B decode step took
-                            // ~86 ms with widening, ~64 ms now: doc/benchmarks.md).
-                            let (k, v) = (k.as_ptr().cast(), v.as_ptr().cast());
-                            let off = g * group_stride;
-                            // SAFETY: AVX-512 F/VL/DQ (simd_level 2); hd is a multiple of 64;
-                            // the cache holds positions 0..pos + t (asserted above).
-                            unsafe {
-                                simd::head::<true>(
-                                    q,
-                                    k,
-                                    v,
-                                    row_stride,
-                                    off,
-                                    s,
-                                    (i, h),
-                                    scores,
-                                    acc,
-                                    o,
-                                )
-                            };
-                            continue;
-                        }
                         // The query heads of one group read the same keys and values: widen
                         // them once for consecutive items.
                         if *widened != Some((call, g, i)) {
@@ -548,16 +544,6 @@ ops::with_fma!(
         let hd = s.head_dim;
         let n_keys = s.pos + i + 1;
         let qh = &q[(i * s.n_head + h) * hd..][..hd];
-        #[cfg(target_arch = "x86_64")]
-        if ops::simd_level() >= 2 && hd.is_multiple_of(64) {
-            let need = (n_keys - 1) * kv_dim + off + hd;
-            assert!(k.len() >= need && v.len() >= need, "head: rows");
-            let (k, v) = (k.as_ptr().cast(), v.as_ptr().cast());
-            // SAFETY: the CPU has AVX-512 F/VL/DQ (simd_level 2); hd is a multiple of 64;
-            // keys and values 0..n_keys are in `k` and `v` (asserted).
-            unsafe { simd::head::<false>(q, k, v, kv_dim, off, s, ih, scores, acc, o) };
-            return;
-        }
         // llama.cpp's KV view is padded to a multiple of 16 (or more) with masked
         // positions; padding the same way keeps its block-wise softmax sums.
         // A plain loop, not an iterator adapter: closures passed to generic std code are not
@@ -628,16 +614,12 @@ mod simd {
     /// # Safety
     /// AVX-512 F/VL/DQ; `s.head_dim` a multiple of 64; `k` and `v` hold rows `0..s.pos + i + 1`
     /// of `stride` elements, the head group's `head_dim` at `off`.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,fma")]
     pub unsafe fn head<const HALF: bool>(
         q: &[f32],
         k: *const u8,
         v: *const u8,
-        stride: usize,
-        off: usize,
-        s: super::AttnShape,
-        (i, h): (usize, usize),
+        (stride, off, s, (i, h)): (usize, usize, super::AttnShape, (usize, usize)),
         scores: &mut Vec<f32>,
         acc: &mut Vec<f32>,
         o: &mut [f32],

@@ -99,19 +99,17 @@ pub struct KvCache {
 }
 
 /// Copies saved `layers` (each KV head's `n` rows, one head after another) into the cache's `k`
-/// and `v` of one element type, with room for `cap` positions (`rows` picks a saved layer's
-/// values of that type): false when a layer is of the other type or not `n` rows long.
-#[allow(clippy::too_many_arguments)]
+/// and `v` of one element type (`rows` picks a saved layer's values of that type): false when a
+/// layer is of the other type or not `n` rows long.
 fn fill_layers<T: Copy + Default>(
     k: &mut [Vec<T>],
     v: &mut [Vec<T>],
     layers: &[(HostRows, HostRows)],
     n: usize,
-    cap: usize,
-    kv_dim: usize,
-    hd: usize,
+    (kv_dim, hd, max_len): (usize, usize, usize),
     rows: impl Fn(&HostRows) -> Option<&[T]>,
 ) -> bool {
+    let cap = capacity_for(0, n, max_len);
     for ((k, v), (sk, sv)) in k.iter_mut().zip(v).zip(layers) {
         let (Some(sk), Some(sv)) = (rows(sk), rows(sv)) else {
             return false;
@@ -142,6 +140,12 @@ fn regroup<T: Copy + Default>(
     out
 }
 
+/// Positions a buffer of `cap` positions grows to when it must hold `need`: twice as many, at
+/// least 256, at most `max_len` (but never fewer than `need`).
+fn capacity_for(cap: usize, need: usize, max_len: usize) -> usize {
+    (cap * 2).max(256).min(max_len).max(need)
+}
+
 /// Writes the position-major rows `new` (`kv_dim` elements each) at positions `pos..` of the
 /// head-major `buf`, growing it geometrically (keeping positions `0..pos`) but never past
 /// `max_len` positions: the cache of a long context stays small for short chats.
@@ -155,8 +159,7 @@ fn put_rows<T: Copy + Default>(
     let cap = buf.len() / kv_dim;
     let need = pos + new.len() / kv_dim;
     if cap < need {
-        let grown = (cap * 2).max(256).min(max_len).max(need);
-        *buf = regroup(buf, cap, grown, pos, kv_dim, hd);
+        *buf = regroup(buf, cap, capacity_for(cap, need, max_len), pos, kv_dim, hd);
     }
     let cap = buf.len() / kv_dim;
     for (i, row) in new.chunks_exact(kv_dim).enumerate() {
@@ -288,8 +291,7 @@ impl KvCache {
         layers: &[(HostRows, HostRows)],
     ) -> Result<(), String> {
         let n = tokens.len();
-        let (kv_dim, hd) = (self.kv_dim, self.head_dim);
-        let cap = n.max(256).min(self.max_len);
+        let dims = (self.kv_dim, self.head_dim, self.max_len);
         let mismatch = || {
             format!(
                 "a saved KV cache of {} positions does not fit this cache",
@@ -305,11 +307,11 @@ impl KvCache {
         }
         self.tokens.clear();
         let filled = match &mut self.store {
-            Store::F32(k, v) => fill_layers(k, v, layers, n, cap, kv_dim, hd, |rows| match rows {
+            Store::F32(k, v) => fill_layers(k, v, layers, n, dims, |rows| match rows {
                 HostRows::F32(r) => Some(r.as_slice()),
                 HostRows::F16(_) => None,
             }),
-            Store::F16(k, v) => fill_layers(k, v, layers, n, cap, kv_dim, hd, |rows| match rows {
+            Store::F16(k, v) => fill_layers(k, v, layers, n, dims, |rows| match rows {
                 HostRows::F16(r) => Some(r.as_slice()),
                 HostRows::F32(_) => None,
             }),

@@ -892,10 +892,7 @@ fn offer(
                 sink(JobEvent::Tool(record));
                 index += 1;
             }
-            Err(m) => pass(
-                format!("{}{}{}", tools::parse::OPEN, m.raw, tools::parse::CLOSE),
-                sink,
-            ),
+            Err(m) => pass(m.written, sink),
         }
     }
     Ok(stats)

@@ -404,6 +404,7 @@ mod tests {
         let bad = Err(MalformedCall {
             raw: "{oops".into(),
             why: "the call is not valid JSON".into(),
+            written: "<tool_call>{oops</tool_call>".into(),
         });
         let r = tools().run(1, &bad);
         assert_eq!(r.status, ToolStatus::Failed);

@@ -832,7 +832,7 @@ fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats
                 continue;
             }
             sink(JobEvent::Tool(tools::running(index, call)));
-            let record = tools.run(index, call);
+            let record = tools.run(index, call, cancelled);
             messages.push(ChatMessage::new("tool", tools::tool_message(&record)));
             sink(JobEvent::Tool(record));
             index += 1;

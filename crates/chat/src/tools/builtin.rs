@@ -1,7 +1,8 @@
 //! The built-in tools, all read-only: the current date and time in the user's time zone, a
-//! calculator (the `evalexpr` crate: integers stay exact 64-bit integers, overflow is an error
-//! rather than a wrong number), and a search of the user's chats (the store's FTS5 index).
+//! calculator (the `evalexpr` crate: integers stay exact 64-bit integers, a division with a
+//! remainder gives the decimal quotient, overflow is an error rather than a wrong number), and a search of the user's chats (the store's FTS5 index).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -34,7 +35,7 @@ impl ToolHost for Builtins {
         specs()
     }
 
-    fn run(&self, call: &ToolCall) -> Result<String, ToolError> {
+    fn run(&self, call: &ToolCall, _stopped: &Arc<AtomicBool>) -> Result<String, ToolError> {
         match call.name.as_str() {
             CURRENT_TIME => {
                 no_arguments(&call.arguments)?;
@@ -131,7 +132,12 @@ fn calculate(expression: &str) -> Result<String, ToolError> {
             "the expression is longer than {MAX_EXPRESSION_BYTES} bytes"
         )));
     }
-    match evalexpr::eval(expression) {
+    let evaluated = evalexpr::build_operator_tree::<evalexpr::DefaultNumericTypes>(expression)
+        .and_then(|mut tree| {
+            exact_divisions(&mut tree);
+            tree.eval_with_context_mut(&mut evalexpr::HashMapContext::new())
+        });
+    match evaluated {
         Ok(evalexpr::Value::Int(n)) => Ok(n.to_string()),
         Ok(evalexpr::Value::Float(x)) if x.is_finite() => Ok(x.to_string()),
         Ok(evalexpr::Value::Float(x)) => Err(ToolError::Failed(format!(
@@ -142,6 +148,30 @@ fn calculate(expression: &str) -> Result<String, ToolError> {
             "the expression gives {other}, not a number"
         ))),
         Err(e) => Err(ToolError::Failed(format!("cannot evaluate: {e}"))),
+    }
+}
+
+/// evalexpr divides integers as Rust does (`7 / 2` is 3); a division of two integers that
+/// leaves a remainder becomes its quotient as a decimal instead (3.5), so the calculator is
+/// right where the model expects arithmetic. Exact divisions, and everything else, keep
+/// evalexpr's exact 64-bit integers. Children first, so a quotient inside a quotient counts.
+fn exact_divisions(node: &mut evalexpr::Node) {
+    use evalexpr::{Operator, Value};
+    for child in node.children_mut() {
+        exact_divisions(child);
+    }
+    if *node.operator() != Operator::Div {
+        return;
+    }
+    let [a, b] = node.children() else { return };
+    let (Ok(Value::Int(a)), Ok(Value::Int(b))) = (a.eval(), b.eval()) else {
+        return;
+    };
+    if a.checked_rem(b).is_some_and(|r| r != 0) {
+        *node.operator_mut() = Operator::Const {
+            value: Value::Float(a as f64 / b as f64),
+        };
+        node.children_mut().clear();
     }
 }
 
@@ -173,8 +203,18 @@ mod tests {
             calculate("123456789 * 987654321").unwrap(),
             "121932631112635269"
         );
-        assert_eq!(calculate("7 / 2").unwrap(), "3");
+        // Division is exact: integers stay integers, a remainder gives the decimal quotient.
+        assert_eq!(calculate("7 / 2").unwrap(), "3.5");
+        assert_eq!(calculate("-7 / 2").unwrap(), "-3.5");
+        assert_eq!(calculate("8 / 2").unwrap(), "4");
+        assert_eq!(calculate("1 / 4 + 1 / 4").unwrap(), "0.5");
+        assert_eq!(calculate("(7 / 2) * 2").unwrap(), "7");
+        assert_eq!(calculate("1 / (3 / 2)").unwrap(), "0.6666666666666666");
         assert_eq!(calculate("7.0 / 2").unwrap(), "3.5");
+        assert_eq!(
+            calculate("9000000000000000000 / 3").unwrap(),
+            "3000000000000000000"
+        );
         assert_eq!(calculate("math::sqrt(16)").unwrap(), "4");
         assert!(matches!(
             calculate("9223372036854775807 + 1"),

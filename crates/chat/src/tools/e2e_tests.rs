@@ -421,3 +421,48 @@ fn stop_ends_the_wait_for_approval() {
     );
     assert_eq!(h.prompts().len(), 1, "no step after the stop");
 }
+
+#[test]
+fn stop_ends_a_running_mcp_call_long_before_its_timeout() {
+    let call =
+        "<tool_call>{\"name\": \"demo__sleep\", \"arguments\": {\"seconds\": 120}}</tool_call>";
+    let h = harness(
+        vec![vec![call.into()]],
+        ToolSettings {
+            timeout_secs: 60,
+            mcp_servers: vec![crate::tools::mcp::McpServerConfig {
+                trusted: vec!["sleep".into()],
+                ..demo_server()
+            }],
+            ..ToolSettings::default()
+        },
+    );
+    let chat = h.app.create_chat().unwrap();
+    let SendOutcome::Generating {
+        assistant_message_id: id,
+        ..
+    } = h.app.send(chat.id, "Sleep.").unwrap()
+    else {
+        panic!("not an answer")
+    };
+    // The call runs (the server sleeps in it) ...
+    wait(|| {
+        h.events.lock().unwrap().iter().find_map(|e| match e {
+            AppEvent::Stream(s) if s.message_id == id => match &s.kind {
+                EventKind::Tool { call } if call.status == ToolStatus::Running => Some(()),
+                _ => None,
+            },
+            _ => None,
+        })
+    });
+    // ... and Stop ends it: the answer is stored as stopped well before the 60 s timeout
+    // (`wait` gives up after 20 s).
+    assert!(h.app.stop(chat.id));
+    let m = stored(&h, chat.id, id);
+    assert_eq!(m.status, MessageStatus::Interrupted);
+    assert_eq!(
+        (m.tools[0].status, m.tools[0].result.as_str()),
+        (ToolStatus::Failed, crate::tools::STOPPED)
+    );
+    assert_eq!(h.prompts().len(), 1, "no step after the stop");
+}

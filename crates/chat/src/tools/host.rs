@@ -1,6 +1,7 @@
 //! The app's [`ToolHost`]: the built-in tools, then the tools of the user's running MCP
 //! servers (started here on first use, see [`McpServers::tools`]).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,19 +51,20 @@ impl ToolHost for AppTools {
             .is_some_and(|t| !self.mcp.is_trusted(&t.server, &t.name))
     }
 
-    fn run(&self, call: &ToolCall) -> Result<String, ToolError> {
+    fn run(&self, call: &ToolCall, stopped: &Arc<AtomicBool>) -> Result<String, ToolError> {
         let offered = self
             .mcp_tools()
             .iter()
             .find(|t| super::mcp::exposed_name(&t.server, &t.name) == call.name);
         match offered {
-            Some(tool) => self.mcp.call(
+            Some(tool) => self.mcp.call_until_stopped(
                 &tool.server,
                 &tool.name,
                 call.arguments.clone(),
                 self.timeout,
+                stopped,
             ),
-            None => self.builtins.run(call),
+            None => self.builtins.run(call, stopped),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! runtime's worker (the server crate calls them from `spawn_blocking`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -471,6 +472,20 @@ impl McpServers {
         arguments: serde_json::Map<String, Value>,
         timeout: Duration,
     ) -> Result<String, ToolError> {
+        self.call_until_stopped(server, tool, arguments, timeout, &Arc::default())
+    }
+
+    /// [`McpServers::call`] that gives up as soon as `stopped` is set (looked at every
+    /// [`super::STOP_POLL`]): the request is dropped, and rmcp then tells the server with
+    /// `notifications/cancelled`.
+    pub fn call_until_stopped(
+        &self,
+        server: &str,
+        tool: &str,
+        arguments: serde_json::Map<String, Value>,
+        timeout: Duration,
+        stopped: &Arc<AtomicBool>,
+    ) -> Result<String, ToolError> {
         let connection = {
             let mut servers = self.servers.lock().unwrap();
             self.settle(&mut servers);
@@ -496,15 +511,28 @@ impl McpServers {
         }
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         let client = connection.clone();
+        let stopped = stopped.clone();
         let outcome = self.block_on(async move {
-            tokio::time::timeout(timeout, client.client.call_tool(params)).await
+            let stop = async move {
+                while !stopped.load(Ordering::SeqCst) {
+                    tokio::time::sleep(super::STOP_POLL).await;
+                }
+            };
+            tokio::time::timeout(timeout, async {
+                tokio::select! {
+                    result = client.client.call_tool(params) => Some(result),
+                    () = stop => None,
+                }
+            })
+            .await
         });
         match outcome {
-            Some(Ok(Ok(result))) => result_text(result),
-            Some(Ok(Err(ServiceError::McpError(e)))) => {
+            Some(Ok(None)) => Err(ToolError::Failed(super::STOPPED.into())),
+            Some(Ok(Some(Ok(result)))) => result_text(result),
+            Some(Ok(Some(Err(ServiceError::McpError(e))))) => {
                 Err(ToolError::Failed(e.message.to_string()))
             }
-            Some(Ok(Err(e))) => {
+            Some(Ok(Some(Err(e)))) => {
                 // The transport is gone (or broken): the server stopped.
                 std::thread::sleep(Duration::from_millis(100));
                 let why = format!(

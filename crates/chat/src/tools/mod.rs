@@ -15,7 +15,7 @@ pub mod host;
 pub mod mcp;
 pub mod parse;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +30,9 @@ pub trait ToolHost: Send + Sync {
     /// The tools, as the template's `xml_tools` lists them: `{"name", "description",
     /// "parameters"}` with a JSON Schema for the parameters.
     fn specs(&self) -> Vec<Value>;
-    /// Runs a call; `Err` is the tool's own error, said to the model and the user.
-    fn run(&self, call: &ToolCall) -> Result<String, ToolError>;
+    /// Runs a call; `Err` is the tool's own error, said to the model and the user. A tool
+    /// that can give up early does so once `stopped` is set (the user stopped the answer).
+    fn run(&self, call: &ToolCall, stopped: &Arc<AtomicBool>) -> Result<String, ToolError>;
     /// Whether the user must allow a call of `name` first (see [`approval`]): tools that are
     /// not read-only. The built-ins are.
     fn needs_approval(&self, name: &str) -> bool {
@@ -190,6 +191,11 @@ impl ToolSettings {
     }
 }
 
+/// How often a running call looks whether the answer was stopped.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
+/// The outcome of a call the user stopped while it ran.
+pub const STOPPED: &str = "stopped: the answer was stopped while the tool ran";
+
 /// Longest result passed back to the model and stored; longer ones are cut (and say so).
 pub const MAX_RESULT_BYTES: usize = 16 * 1024;
 
@@ -235,8 +241,9 @@ impl ToolUse {
         }
     }
 
-    /// Runs a parsed call with the time limit; returns its record (never `Running`).
-    pub fn run(&self, index: usize, call: &ParsedCall) -> ToolRecord {
+    /// Runs a parsed call with the time limit, or until `stopped` is set; returns its record
+    /// (never `Running`).
+    pub fn run(&self, index: usize, call: &ParsedCall, stopped: &Arc<AtomicBool>) -> ToolRecord {
         let (name, arguments) = match call {
             Ok(c) => (c.name.clone(), Value::Object(c.arguments.clone())),
             Err(m) => (String::new(), Value::String(m.raw.clone())),
@@ -244,7 +251,7 @@ impl ToolUse {
         let start = Instant::now();
         let outcome = match call {
             Err(m) => Err(format!("malformed tool call: {}", m.why)),
-            Ok(call) => self.run_with_timeout(call),
+            Ok(call) => self.run_with_timeout(call, stopped),
         };
         let (status, result) = match outcome {
             Ok(text) => (ToolStatus::Done, cap(text)),
@@ -261,23 +268,37 @@ impl ToolUse {
     }
 
     /// The call runs on its own thread so that a tool that hangs costs the answer only the
-    /// timeout; such a thread is left to finish on its own (its result is dropped).
-    fn run_with_timeout(&self, call: &ToolCall) -> Result<String, String> {
+    /// timeout, or until the user stops the answer (looked at every [`STOP_POLL`]); such a
+    /// thread is left to finish on its own (its result is dropped).
+    fn run_with_timeout(
+        &self,
+        call: &ToolCall,
+        stopped: &Arc<AtomicBool>,
+    ) -> Result<String, String> {
         let (tx, rx) = mpsc::channel();
         let host = self.host.clone();
         let owned = call.clone();
+        let flag = stopped.clone();
         std::thread::Builder::new()
             .name(format!("tool {}", call.name))
             .spawn(move || {
-                let _ = tx.send(host.run(&owned));
+                let _ = tx.send(host.run(&owned, &flag));
             })
             .map_err(|e| format!("cannot start the tool: {e}"))?;
-        match rx.recv_timeout(self.timeout) {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                Err(format!("timed out after {} s", self.timeout.as_secs_f64()))
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if stopped.load(Ordering::SeqCst) {
+                return Err(STOPPED.into());
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err("the tool crashed".into()),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(STOP_POLL)) {
+                Ok(result) => return result.map_err(|e| e.to_string()),
+                Err(mpsc::RecvTimeoutError::Timeout) if left > STOP_POLL => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!("timed out after {} s", self.timeout.as_secs_f64()))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err("the tool crashed".into()),
+            }
         }
     }
 }
@@ -344,10 +365,14 @@ mod tests {
         fn specs(&self) -> Vec<Value> {
             Vec::new()
         }
-        fn run(&self, call: &ToolCall) -> Result<String, ToolError> {
+        fn run(&self, call: &ToolCall, _: &Arc<AtomicBool>) -> Result<String, ToolError> {
             match call.name.as_str() {
                 "sleep" => {
                     std::thread::sleep(Duration::from_secs(5));
+                    Ok("late".into())
+                }
+                "hang" => {
+                    std::thread::sleep(Duration::from_secs(120));
                     Ok("late".into())
                 }
                 "panic" => panic!("boom"),
@@ -376,7 +401,7 @@ mod tests {
     #[test]
     fn a_hanging_tool_times_out_and_a_crashing_one_says_so() {
         let start = Instant::now();
-        let r = tools().run(0, &call("sleep"));
+        let r = tools().run(0, &call("sleep"), &Arc::default());
         assert!(start.elapsed() < Duration::from_secs(2));
         assert_eq!(r.status, ToolStatus::Failed);
         assert_eq!(r.result, "timed out after 0.1 s");
@@ -390,7 +415,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             ..tools()
         };
-        let r = patient.run(1, &call("panic"));
+        let r = patient.run(1, &call("panic"), &Arc::default());
         assert_eq!(
             (r.status, r.result.as_str()),
             (ToolStatus::Failed, "the tool crashed")
@@ -398,15 +423,41 @@ mod tests {
     }
 
     #[test]
+    fn stop_ends_a_running_call_long_before_its_timeout() {
+        let patient = ToolUse {
+            timeout: Duration::from_secs(60),
+            ..tools()
+        };
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stopped = stopped.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                stopped.store(true, Ordering::SeqCst);
+            })
+        };
+        let start = Instant::now();
+        // `hang` sleeps far past the stop; the call ends with the stop, not with the tool.
+        let r = patient.run(0, &call("hang"), &stopped);
+        stopper.join().unwrap();
+        assert_eq!((r.status, r.result.as_str()), (ToolStatus::Failed, STOPPED));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
     fn unknown_and_malformed_calls_become_errors_for_the_model() {
-        let r = tools().run(0, &call("nope"));
+        let r = tools().run(0, &call("nope"), &Arc::default());
         assert_eq!(r.result, "there is no tool named \"nope\"");
         let bad = Err(MalformedCall {
             raw: "{oops".into(),
             why: "the call is not valid JSON".into(),
             written: "<tool_call>{oops</tool_call>".into(),
         });
-        let r = tools().run(1, &bad);
+        let r = tools().run(1, &bad, &Arc::default());
         assert_eq!(r.status, ToolStatus::Failed);
         assert_eq!(r.arguments, Value::String("{oops".into()));
         assert_eq!(r.result, "malformed tool call: the call is not valid JSON");
@@ -414,7 +465,7 @@ mod tests {
 
     #[test]
     fn long_results_are_cut_on_a_char_boundary() {
-        let r = tools().run(0, &call("big"));
+        let r = tools().run(0, &call("big"), &Arc::default());
         assert_eq!(r.status, ToolStatus::Done);
         assert!(r
             .result

@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat::Finish;
@@ -275,6 +276,12 @@ async fn every_error_has_openais_shape_and_its_status() {
             400,
             Some("messages"),
         ),
+        // Refused before anything was generated: the status says so, streamed or not.
+        (
+            ask(&"word ".repeat(40_000), json!({"stream": true})),
+            400,
+            Some("messages"),
+        ),
     ];
     for (body, status, param) in cases {
         let shown = body.to_string().chars().take(80).collect::<String>();
@@ -426,3 +433,208 @@ async fn a_second_client_waits_its_turn_and_is_told_its_place() {
         "the first client was answered too"
     );
 }
+
+/// What the fake endpoint answers a chat request with.
+enum Reply {
+    Json(u16, Value),
+    /// Server-sent events: each `data:` payload, then `[DONE]`.
+    Events(Vec<Value>),
+    /// Accepts the request and says nothing.
+    Silent,
+}
+
+/// A fake OpenAI-compatible endpoint on loopback, the app's model source: it lists the model
+/// `smol`, answers chat requests with `reply`, records their bodies, and closes each connection
+/// after one answer. After `connections` connections it stops listening (unreachable).
+struct FakeEndpoint {
+    url: String,
+    asked: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeEndpoint {
+    fn start(
+        connections: Option<usize>,
+        reply: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+    ) -> FakeEndpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (log, reply) = (asked.clone(), Arc::new(reply));
+        std::thread::spawn(move || {
+            let mut conns = listener.incoming().flatten();
+            for _ in 0..connections.unwrap_or(usize::MAX) {
+                let Some(conn) = conns.next() else { return };
+                let (log, reply) = (log.clone(), reply.clone());
+                std::thread::spawn(move || FakeEndpoint::answer(conn, &*reply, &log));
+            }
+        });
+        FakeEndpoint { url, asked }
+    }
+
+    fn answer(conn: TcpStream, reply: &dyn Fn(&Value) -> Reply, log: &Mutex<Vec<Value>>) {
+        use std::io::Read;
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut out = conn;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            match h.trim_end().split_once(':') {
+                None => break,
+                Some((k, v)) if k.eq_ignore_ascii_case("content-length") => {
+                    length = v.trim().parse().unwrap()
+                }
+                Some(_) => {}
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let reply = match path.as_str() {
+            "/v1/models" => Reply::Json(200, json!({"object": "list", "data": [{"id": "smol"}]})),
+            _ => {
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                log.lock().unwrap().push(body.clone());
+                reply(&body)
+            }
+        };
+        let _ = match reply {
+            Reply::Json(status, v) => write!(
+                out,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{v}",
+                v.to_string().len()
+            ),
+            Reply::Events(chunks) => {
+                let mut text = String::from(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
+                );
+                for c in chunks {
+                    text.push_str(&format!("data: {c}\n\n"));
+                }
+                text.push_str("data: [DONE]\n\n");
+                out.write_all(text.as_bytes())
+            }
+            Reply::Silent => {
+                std::thread::sleep(Duration::from_secs(10));
+                Ok(())
+            }
+        };
+    }
+
+    /// A server whose model is this endpoint (waiting `timeout_secs` for it), listening on a free
+    /// loopback port.
+    async fn server(&self, timeout_secs: u64) -> (Fixture, String) {
+        let settings = chat::Settings {
+            model_source: chat::ModelSource::Endpoint,
+            endpoint: chat::Endpoint {
+                base_url: self.url.clone(),
+                timeout_secs,
+                ..chat::Endpoint::default()
+            },
+            ..chat::Settings::default()
+        };
+        let f = common::fixture_with(Some(&settings));
+        let start = Instant::now();
+        while !matches!(
+            f.server.chat().model_state(),
+            chat::ModelState::Remote { .. }
+        ) {
+            let state = f.server.chat().model_state();
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the endpoint check: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let url = serve(&f, "").await;
+        (f, url)
+    }
+}
+
+fn delta(d: Value) -> Value {
+    json!({"choices": [{"index": 0, "delta": d, "finish_reason": null}]})
+}
+
+/// An answer that thinks (as llama.cpp's server sends SmolLM3's thinking) unless the request
+/// turned thinking off in its template.
+fn thinking_reply(asked: &Value) -> Reply {
+    let mut chunks = Vec::new();
+    if asked["chat_template_kwargs"]["enable_thinking"] != false {
+        chunks.push(delta(
+            json!({"role": "assistant", "reasoning_content": "Two plus"}),
+        ));
+        chunks.push(delta(json!({"reasoning_content": " two."})));
+    }
+    chunks.push(delta(json!({"content": "The answer"})));
+    chunks.push(delta(json!({"content": " is 4."})));
+    chunks.push(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+    chunks.push(json!({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 6}}));
+    Reply::Events(chunks)
+}
+
+fn ask_smol(content: &str, extra: Value) -> Value {
+    let mut body = ask(content, extra);
+    body["model"] = json!("smol");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoints_failures_have_their_own_statuses_whole_and_streamed() {
+    let fake = FakeEndpoint::start(None, |asked| {
+        match asked["messages"][0]["content"].as_str().unwrap() {
+            "reject" => Reply::Json(
+                400,
+                json!({"error": {"message": "the request exceeds the available context size"}}),
+            ),
+            "fail" => Reply::Json(500, json!({"error": {"message": "out of memory"}})),
+            "hang" => Reply::Silent,
+            _ => thinking_reply(asked),
+        }
+    });
+    let (_f, url) = fake.server(1).await;
+    let chat = format!("{url}/v1/chat/completions");
+    let cases = [
+        ("reject", 400, "endpoint_rejected", "context size"),
+        ("fail", 502, "endpoint_failed", "out of memory"),
+        ("hang", 504, "endpoint_timeout", "sent nothing for 1 s"),
+    ];
+    for (content, status, code, says) in cases {
+        for streamed in [false, true] {
+            let body = ask_smol(content, json!({"stream": streamed}));
+            let (got, answer) = post(chat.clone(), body).await;
+            assert_eq!(got, status, "{content}, stream {streamed}: {answer}");
+            let e = &answer["error"];
+            assert_eq!(e["code"], code, "{answer}");
+            assert!(e["message"].as_str().unwrap().contains(says), "{answer}");
+            assert_eq!(
+                e["param"].as_str(),
+                (status == 400).then_some("messages"),
+                "{answer}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_gone_since_it_was_checked_is_502_unreachable() {
+    // One connection: the check on connect; then nothing listens.
+    let fake = FakeEndpoint::start(Some(1), thinking_reply);
+    let (_f, url) = fake.server(5).await;
+    let (status, answer) = post(
+        format!("{url}/v1/chat/completions"),
+        ask_smol("hi", json!({})),
+    )
+    .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "endpoint_unreachable", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cannot reach the endpoint"),
+        "{answer}"
+    );
+}
+

@@ -302,7 +302,7 @@ pub(super) async fn completions(
             usage_field: include_usage,
             called: false,
         };
-        return Ok(run::stream(running, chunks, include_usage));
+        return run::stream(running, chunks, include_usage).await;
     }
     let created = now();
     let a = running.collect().await?;

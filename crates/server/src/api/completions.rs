@@ -146,7 +146,7 @@ pub(super) async fn completions(
             model: model.id,
             rejoin: Rejoin::default(),
         };
-        return Ok(run::stream(running, chunks, include_usage));
+        return run::stream(running, chunks, include_usage).await;
     }
     let a = running.collect().await?;
     let mut rejoin = Rejoin::default();

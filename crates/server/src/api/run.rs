@@ -79,8 +79,13 @@ pub(crate) struct Answer {
 }
 
 impl Running {
-    fn refusal(&self, why: String) -> ApiError {
-        ApiError::invalid(format!("{}{}", upper_first(&why), "."), Some(self.input))
+    /// The error of a job that ended without an answer (`Refused` or `Failed`).
+    fn error(&self, event: &JobEvent) -> Option<ApiError> {
+        match event {
+            JobEvent::Refused(why) => Some(ApiError::job(why, true, self.input)),
+            JobEvent::Failed(why) => Some(ApiError::job(why, false, self.input)),
+            _ => None,
+        }
     }
 
     /// Waits for the whole answer.
@@ -101,20 +106,33 @@ impl Running {
                         calls,
                     })
                 }
-                Some(JobEvent::Refused(why)) => return Err(self.refusal(why.to_string())),
-                Some(JobEvent::Failed(why)) => return Err(ApiError::internal(why.to_string())),
-                None => return Err(ApiError::internal("the engine worker stopped")),
+                Some(e @ (JobEvent::Refused(_) | JobEvent::Failed(_))) => {
+                    return Err(self.error(&e).unwrap_or_else(worker_stopped))
+                }
+                None => return Err(worker_stopped()),
+            }
+        }
+    }
+
+    /// Waits for the answer's first event worth a response: an error before anything was
+    /// generated is the response's status, as llama.cpp's server does, not a chunk in a 200
+    /// stream. A place in the queue behind other answers starts the stream at once, to show it.
+    async fn first(&mut self) -> Result<JobEvent, ApiError> {
+        loop {
+            match self.rx.recv().await {
+                Some(JobEvent::Queued(0)) => {}
+                Some(e @ (JobEvent::Refused(_) | JobEvent::Failed(_))) => {
+                    return Err(self.error(&e).unwrap_or_else(worker_stopped))
+                }
+                None => return Err(worker_stopped()),
+                Some(e) => return Ok(e),
             }
         }
     }
 }
 
-fn upper_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
+fn worker_stopped() -> ApiError {
+    ApiError::internal("The engine worker stopped.")
 }
 
 /// OpenAI's `finish_reason`; `called`: the answer ended asking for tool calls.
@@ -167,6 +185,8 @@ enum Step {
 
 struct Feed<C> {
     run: Running,
+    /// The event [`Running::first`] took, sent before the ones that follow.
+    first: Option<JobEvent>,
     chunks: C,
     include_usage: bool,
     step: Step,
@@ -177,6 +197,13 @@ fn data(v: &Value) -> Event {
 }
 
 impl<C: Chunks> Feed<C> {
+    async fn next_event(&mut self) -> Option<JobEvent> {
+        match self.first.take() {
+            Some(first) => Some(first),
+            None => self.run.rx.recv().await,
+        }
+    }
+
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
             let event = match std::mem::replace(&mut self.step, Step::Events) {
@@ -184,7 +211,7 @@ impl<C: Chunks> Feed<C> {
                     Some(v) => data(&v),
                     None => continue,
                 },
-                Step::Events => match self.run.rx.recv().await {
+                Step::Events => match self.next_event().await {
                     Some(JobEvent::Queued(n)) => {
                         Event::default().comment(format!("queued: {n} answer(s) ahead"))
                     }
@@ -203,17 +230,15 @@ impl<C: Chunks> Feed<C> {
                         };
                         last
                     }
-                    Some(JobEvent::Refused(why)) => {
+                    // After the stream began (a remote endpoint that failed mid-answer, say),
+                    // the error can only be a chunk.
+                    Some(e @ (JobEvent::Refused(_) | JobEvent::Failed(_))) => {
                         self.step = Step::Done;
-                        data(&self.run.refusal(why.to_string()).body())
-                    }
-                    Some(JobEvent::Failed(why)) => {
-                        self.step = Step::Done;
-                        data(&ApiError::internal(why.to_string()).body())
+                        data(&self.run.error(&e).unwrap_or_else(worker_stopped).body())
                     }
                     None => {
                         self.step = Step::Done;
-                        data(&ApiError::internal("the engine worker stopped").body())
+                        data(&worker_stopped().body())
                     }
                 },
                 Step::Usage(stats) => {
@@ -232,15 +257,22 @@ impl<C: Chunks> Feed<C> {
 }
 
 /// The answer as Server-Sent Events of `data:` chunks, ending with `data: [DONE]`; while it
-/// waits its turn, comments say how many answers are ahead.
-pub(crate) fn stream(run: Running, chunks: impl Chunks, include_usage: bool) -> Response {
+/// waits its turn, comments say how many answers are ahead. An answer refused or failed before
+/// it began is an error response instead ([`Running::first`]).
+pub(crate) async fn stream(
+    mut run: Running,
+    chunks: impl Chunks,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    let first = run.first().await?;
     let feed = Feed {
         run,
+        first: Some(first),
         chunks,
         include_usage,
         step: Step::Open,
     };
-    Sse::new(stream::unfold(feed, Feed::next))
+    Ok(Sse::new(stream::unfold(feed, Feed::next))
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
-        .into_response()
+        .into_response())
 }

@@ -434,6 +434,128 @@ async fn a_second_client_waits_its_turn_and_is_told_its_place() {
     );
 }
 
+/// Sends `raw` (a whole HTTP/1.1 request) and reads the answer until the server closes: the
+/// status, the headers (lower-case names) and the body.
+fn raw_request(url: &str, raw: &str) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status.parse().unwrap(), headers, body.to_owned())
+}
+
+/// A request to `path` with `headers` (each `Name: value`) and `body`, the connection closed after.
+fn request(method: &str, url: &str, path: &str, headers: &[&str], body: &str) -> String {
+    let host = url.trim_start_matches("http://");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_is_405_in_openais_shape_and_any_content_type_is_read_as_json() {
+    let (_f, url) = ready_server("").await;
+    let body = ask("Say hi.", json!({"max_tokens": 2})).to_string();
+    let u = url.clone();
+    let (wrong_method, post_models, plain, form, cross, same) =
+        tokio::task::spawn_blocking(move || {
+            (
+                raw_request(&u, &request("GET", &u, "/v1/chat/completions", &[], "")),
+                raw_request(&u, &request("POST", &u, "/v1/models", &[], "")),
+                // `curl -d` sends a form's content type; llama.cpp's server reads JSON anyway.
+                raw_request(
+                    &u,
+                    &request(
+                        "POST",
+                        &u,
+                        "/v1/chat/completions",
+                        &["Content-Type: application/x-www-form-urlencoded"],
+                        &body,
+                    ),
+                ),
+                raw_request(
+                    &u,
+                    &request(
+                        "POST",
+                        &u,
+                        "/v1/chat/completions",
+                        &["Content-Type: application/x-www-form-urlencoded"],
+                        "model=x&prompt=y",
+                    ),
+                ),
+                // What a page of another site could post through the browser: refused.
+                raw_request(
+                    &u,
+                    &request(
+                        "POST",
+                        &u,
+                        "/v1/chat/completions",
+                        &["Content-Type: text/plain", "Origin: https://evil.example"],
+                        &body,
+                    ),
+                ),
+                // The server's own pages are of its origin.
+                raw_request(
+                    &u,
+                    &request(
+                        "POST",
+                        &u,
+                        "/v1/chat/completions",
+                        &["Content-Type: application/json", &format!("Origin: {u}")],
+                        &body,
+                    ),
+                ),
+            )
+        })
+        .await
+        .unwrap();
+    let header = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for ((status, headers, body), allow) in [(wrong_method, "POST"), (post_models, "GET,HEAD")] {
+        assert_eq!(status, 405, "{body}");
+        assert_eq!(header(&headers, "allow").as_deref(), Some(allow));
+        let v: Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("/v1/"));
+    }
+    let (status, _, answer) = plain;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    let (status, _, answer) = form;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not valid JSON") && message.contains("application/x-www-form-urlencoded"),
+        "{message}"
+    );
+    let (status, _, answer) = cross;
+    assert_eq!(status, 403, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["code"], "cross_origin", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("https://evil.example"));
+    let (status, _, answer) = same;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// What the fake endpoint answers a chat request with.
 enum Reply {
     Json(u16, Value),

@@ -27,6 +27,20 @@ fn neutral(field: &str, v: &Value) -> bool {
     }
 }
 
+/// The `Origin` of a request a web page of another site made, if it is one. A browser sends
+/// `Origin` with every POST; API clients (curl, the OpenAI libraries) send none. Such a page
+/// needs no preflight to post a "simple" body (a form, `text/plain`), so this check, not the
+/// content type, is what keeps other sites from using a local server through the browser.
+fn cross_origin(headers: &HeaderMap) -> Option<&str> {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    match (authority, host) {
+        (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => None,
+        _ => Some(origin),
+    }
+}
+
 impl Body {
     /// The body, refused unless it is a JSON object of `fields` (the supported ones) and of
     /// [`neutral`] ones at their neutral values.
@@ -39,21 +53,24 @@ impl Body {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(BODY_LIMIT),
             _ => ApiError::invalid(format!("The request body could not be read: {e}"), None),
         })?;
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"));
-        if !json {
-            return Err(ApiError {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ..ApiError::invalid(
-                    "Send the request as JSON (`Content-Type: application/json`).",
-                    None,
-                )
-            });
+        if let Some(origin) = cross_origin(headers) {
+            return Err(ApiError::cross_origin(origin));
         }
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}."), None))?;
+        // Any content type is read as JSON, as llama.cpp's server reads it (`curl -d` sends
+        // `application/x-www-form-urlencoded`); a body that is not JSON says what to send.
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            let declared = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.trim_start().starts_with("application/json"));
+            let hint = match declared {
+                Some(t) => {
+                    format!(" (it was sent as `{t}`: send JSON, `Content-Type: application/json`)")
+                }
+                None => String::new(),
+            };
+            ApiError::invalid(format!("The body is not valid JSON: {e}{hint}."), None)
+        })?;
         let Value::Object(map) = value else {
             return Err(ApiError::invalid("The body must be a JSON object.", None));
         };

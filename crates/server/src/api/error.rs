@@ -1,7 +1,7 @@
 //! [`ApiError`]: an OpenAI-shaped error, `{"error": {"message", "type", "param", "code"}}`, with the
 //! HTTP status that goes with it.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chat::{ChatError, JobError};
@@ -61,6 +61,30 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("not_found"),
+        }
+    }
+
+    /// 405: a route of the API asked with a method it does not answer (axum adds `Allow`).
+    pub fn method_not_allowed(method: &Method, path: &str) -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{path} does not answer {method} requests (see the Allow header)."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+        }
+    }
+
+    /// 403: a web page of another site posted to the API through the user's browser.
+    pub fn cross_origin(origin: &str) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "Requests from web pages of another site ({origin}) are refused: call the API from a program, not a browser page."
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("cross_origin"),
         }
     }
 

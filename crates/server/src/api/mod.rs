@@ -39,6 +39,7 @@ pub(crate) fn routes() -> Router<Server> {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/{*rest}", axum::routing::any(unknown))
         .route("/health", get(health))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
@@ -144,6 +145,11 @@ async fn model(State(s): State<Server>, Path(id): Path<String>) -> Response {
 
 async fn unknown(req: axum::extract::Request) -> Response {
     ApiError::not_found(&format!("{} {}", req.method(), req.uri().path())).into_response()
+}
+
+/// 405 in OpenAI's shape (axum's own has an empty body); axum adds the `Allow` header.
+async fn method_not_allowed(req: axum::extract::Request) -> Response {
+    ApiError::method_not_allowed(req.method(), req.uri().path()).into_response()
 }
 
 async fn health(State(s): State<Server>) -> Response {

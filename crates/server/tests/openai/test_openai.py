@@ -251,6 +251,24 @@ class Errors(unittest.TestCase):
         self.assertEqual(e.exception.code, 400)
         self.assertIn("message", json.load(e.exception)["error"])
 
+    def test_a_wrong_method_is_405_in_the_same_shape(self):
+        req = urllib.request.Request(served.url + "/v1/chat/completions", method="GET",
+                                     headers={"Authorization": "Bearer " + KEY})
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req)
+        self.assertEqual(e.exception.code, 405)
+        self.assertEqual(e.exception.headers["Allow"], "POST")
+        self.assertEqual(json.load(e.exception)["error"]["code"], "method_not_allowed")
+
+    def test_json_sent_without_its_content_type_is_read_as_json(self):
+        # What `curl -d` sends; llama.cpp's server reads the body as JSON whatever its type.
+        body = json.dumps(ask("Hi", max_tokens=2)).encode()
+        req = urllib.request.Request(served.url + "/v1/chat/completions", data=body, method="POST",
+                                     headers={"Authorization": "Bearer " + KEY,
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req) as r:
+            self.assertEqual(json.load(r)["object"], "chat.completion")
+
     def test_a_missing_or_wrong_key_is_401(self):
         with self.assertRaises(openai.AuthenticationError) as e:
             client(key="wrong").models.list()

@@ -556,6 +556,76 @@ async fn a_wrong_method_is_405_in_openais_shape_and_any_content_type_is_read_as_
     assert_eq!(status, 200, "{answer}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_seed_gives_the_same_text_streamed_and_not_when_sampling() {
+    let (_f, url) = ready_server("").await;
+    let chat = format!("{url}/v1/chat/completions");
+    let with = |seed: u64, stream: bool| {
+        ask(
+            "Tell me about the sea.",
+            json!({"temperature": 1.0, "seed": seed, "max_tokens": 24, "stream": stream}),
+        )
+    };
+    let (status, whole) = post(chat.clone(), with(42, false)).await;
+    assert_eq!(status, 200, "{whole}");
+    let text = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (chunks, _) = stream(chat.clone(), with(42, true)).await;
+    assert_eq!(streamed_text(&chunks), text, "seed 42 both ways");
+    let (_, other) = post(chat, with(43, false)).await;
+    assert_ne!(
+        other["choices"][0]["message"]["content"].as_str().unwrap(),
+        text,
+        "another seed samples another answer (so the seed is what made them agree)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_answers_client_that_hangs_up_stops_it_and_frees_the_engine() {
+    let (f, url) = ready_server("").await;
+    let max = 400;
+    let body = ask(
+        "Write a long story about a dragon.",
+        json!({"max_tokens": max}),
+    )
+    .to_string();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let start = Instant::now();
+    while f.server.chat().status().engine.queued == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the answer runs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    let last = loop {
+        let status = f.server.chat().status().engine;
+        if let Some(last) = status.last.filter(|_| status.queued == 0) {
+            break last;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the answer stops"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(last.finish, Some(Finish::Cancelled), "{last:?}");
+    assert!(last.completion_tokens < max, "{last:?}");
+    let (status, next) = post(
+        format!("{url}/v1/chat/completions"),
+        ask("Say hi.", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 200, "the next client is answered: {next}");
+}
+
 /// What the fake endpoint answers a chat request with.
 enum Reply {
     Json(u16, Value),
@@ -760,3 +830,87 @@ async fn an_endpoint_gone_since_it_was_checked_is_502_unreachable() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn thinking_comes_back_as_reasoning_content_and_enable_thinking_false_turns_it_off() {
+    let fake = FakeEndpoint::start(None, thinking_reply);
+    let (_f, url) = fake.server(5).await;
+    let chat = format!("{url}/v1/chat/completions");
+
+    let (status, whole) = post(chat.clone(), ask_smol("What is 2+2?", json!({}))).await;
+    assert_eq!(status, 200, "{whole}");
+    let message = &whole["choices"][0]["message"];
+    assert_eq!(message["reasoning_content"], "Two plus two.", "{whole}");
+    assert_eq!(message["content"], "The answer is 4.", "{whole}");
+
+    let (chunks, _) = stream(
+        chat.clone(),
+        ask_smol("What is 2+2?", json!({"stream": true})),
+    )
+    .await;
+    let reasoning: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, "Two plus two.");
+    assert_eq!(streamed_text(&chunks), "The answer is 4.");
+
+    let off = json!({"chat_template_kwargs": {"enable_thinking": false}});
+    let (status, whole) = post(chat.clone(), ask_smol("What is 2+2?", off.clone())).await;
+    assert_eq!(status, 200, "{whole}");
+    assert!(
+        whole["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none(),
+        "{whole}"
+    );
+    let mut streamed_off = off;
+    streamed_off["stream"] = json!(true);
+    let (chunks, _) = stream(chat, ask_smol("What is 2+2?", streamed_off)).await;
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("reasoning_content").is_none()),
+        "{chunks:?}"
+    );
+    let asked = fake.asked.lock().unwrap().clone();
+    let kwargs: Vec<&Value> = asked.iter().map(|a| &a["chat_template_kwargs"]).collect();
+    let off = json!({"enable_thinking": false});
+    assert_eq!(
+        kwargs,
+        [&Value::Null, &Value::Null, &off, &off],
+        "the switch reached the endpoint's template"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enable_thinking_false_reaches_a_local_smollm3_models_template() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/tiny-smollm3-f32.gguf");
+    assert!(model.exists(), "{} is missing", model.display());
+    let f = fixture();
+    f.server.chat().load_model(model).unwrap();
+    let start = Instant::now();
+    while !f.server.chat().model_state().is_ready() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the model loads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = serve(&f, "").await;
+    let prompt_tokens = |thinking: bool| {
+        let body = json!({"model": "tiny-smollm3-f32", "max_tokens": 1, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is 2+2?"}],
+            "chat_template_kwargs": {"enable_thinking": thinking}});
+        let chat = format!("{url}/v1/chat/completions");
+        async move {
+            let (status, answer) = post(chat, body).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["usage"]["prompt_tokens"].as_u64().unwrap()
+        }
+    };
+    let (on, off) = (prompt_tokens(true).await, prompt_tokens(false).await);
+    // On, SmolLM3's template writes its long instructions on how to think into the system
+    // prompt; off, only `/no_think` and an empty `<think>` block.
+    assert!(
+        on > off + 100,
+        "thinking on: {on} prompt tokens, off: {off}"
+    );
+}

@@ -170,6 +170,15 @@ class ChatCompletions(unittest.TestCase):
             **ask("What is the capital of France?"), stream=True))
         self.assertTrue(all(ch.usage is None for ch in chunks))
 
+    def test_the_same_seed_gives_the_same_text_streamed_and_not_when_sampling(self):
+        c = client()
+        sampled = ask("Tell me about the sea.", temperature=1.0, seed=42, max_tokens=24)
+        whole = c.chat.completions.create(**sampled).choices[0].message.content
+        text, _, _ = stream_text(c.chat.completions.create(**sampled, stream=True))
+        self.assertEqual(text, whole)
+        other = c.chat.completions.create(**dict(sampled, seed=43)).choices[0].message.content
+        self.assertNotEqual(other, whole, "another seed samples another answer")
+
     def test_a_conversation_with_system_and_assistant_turns_and_a_token_limit(self):
         r = client().chat.completions.create(**ask("", max_completion_tokens=3, messages=[
             {"role": "system", "content": "You are a patient maths teacher."},

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use chat::{AppPaths, ChatApp, LocalServer, ModelState, RunOverrides};
+use anyhow::{anyhow, Context, Result};
+use chat::{AppPaths, ChatApp, ChatError, LocalServer, ModelState, RunOverrides};
 use clap::Args;
 use server::{Downloads, Hub, Server};
 
@@ -44,7 +44,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         port: args.port,
         api_key: args.api_key.clone().unwrap_or_default(),
     };
-    config.validate()?;
+    config.validate().map_err(|e| match e {
+        // The settings' name for the key means nothing on the command line.
+        ChatError::InvalidSetting {
+            field: "local_server.api_key",
+            reason,
+        } => anyhow!("--api-key is required: {reason}"),
+        e => e.into(),
+    })?;
     let defaults = AppPaths::for_user()?;
     let data_dir = args.data_dir.unwrap_or(defaults.data_dir);
     let paths = AppPaths {

@@ -29,6 +29,16 @@ pub(crate) fn smollm3_template() -> engine::template::ChatTemplate {
     engine::template::ChatTemplate::new(&source, "", "<|im_end|>").unwrap()
 }
 
+/// SmolLM2-135M-Instruct's template (from its GGUF): a plain ChatML one, with no tools.
+pub(crate) fn smollm2_template() -> engine::template::ChatTemplate {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let gguf = engine::gguf::Gguf::parse(&bytes).unwrap();
+    let source = gguf.opt_str("tokenizer.chat_template").unwrap().unwrap();
+    engine::template::ChatTemplate::new(source, "<|im_start|>", "<|im_end|>").unwrap()
+}
+
 /// Splits `text` into pieces of at most `n` chars, as tokens would arrive.
 pub(crate) fn pieces(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
@@ -38,6 +48,15 @@ pub(crate) fn pieces(text: &str, n: usize) -> Vec<String> {
 /// Opens an app in a fresh directory with `settings`; the model answers with `replies` in order
 /// (each a list of token pieces). Returns once the scripted model is ready.
 pub(crate) fn open(settings: Settings, replies: Vec<Vec<String>>) -> ScriptedApp {
+    open_with(settings, replies, smollm3_template())
+}
+
+/// [`open`] with another model's template.
+pub(crate) fn open_with(
+    settings: Settings,
+    replies: Vec<Vec<String>>,
+    template: engine::template::ChatTemplate,
+) -> ScriptedApp {
     let dir = tempfile::tempdir().unwrap();
     let paths = AppPaths {
         data_dir: dir.path().join("data"),
@@ -50,7 +69,7 @@ pub(crate) fn open(settings: Settings, replies: Vec<Vec<String>>) -> ScriptedApp
     let app = ChatApp::open(paths, Arc::new(move |e| seen.lock().unwrap().push(e))).unwrap();
     let prompts = Arc::new(Mutex::new(Vec::new()));
     app.inner.worker.script(Scripted {
-        template: smollm3_template(),
+        template,
         replies: VecDeque::from(replies),
         prompts: prompts.clone(),
     });

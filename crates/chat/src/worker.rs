@@ -740,6 +740,19 @@ struct Step<'a> {
     xml_tools: Option<serde_json::Value>,
 }
 
+/// Whether the backend's template shows the model tools ([`engine::ModelInfo::supports_tools`]).
+/// Otherwise a job's tools are not offered (nor MCP servers started for them), and text that
+/// looks like a call is the answer's text. A remote endpoint renders its own template: it is
+/// not offered ours.
+fn supports_tools(backend: &Backend) -> bool {
+    match backend {
+        Backend::Local(e) => e.info().supports_tools,
+        Backend::Remote(_) => false,
+        #[cfg(test)]
+        Backend::Scripted(s) => s.template.supports_tools(),
+    }
+}
+
 /// Produces the job's answer: one generation step, or with tools, steps until the model answers
 /// without calling one (or the step limit). Each step's calls run in order; their results are
 /// appended to the conversation as `tool` messages after the step's own text, and the next
@@ -754,7 +767,8 @@ fn answer(backend: &mut Backend, job: &mut GenerationJob) -> Result<MessageStats
         tools,
         ..
     } = job;
-    let tools = match (tools.clone(), &prompt) {
+    let tools = tools.clone().filter(|_| supports_tools(backend));
+    let tools = match (tools, &prompt) {
         (Some(Tools::Run(tools)), Prompt::Chat { .. }) => tools,
         (Some(Tools::Offer(specs)), Prompt::Chat { .. }) => {
             return offer(backend, prompt, params, cancelled, sink, specs)
@@ -903,7 +917,6 @@ fn generate_remote(
     job: &mut Step<'_>,
     sink: &mut dyn FnMut(JobEvent),
 ) -> Result<MessageStats, Failure> {
-    // A remote endpoint renders its own template: the tools are not offered to it.
     remote
         .generate(job.prompt, job.params, job.cancelled, sink)
         .map_err(|e| match e {
@@ -963,6 +976,7 @@ fn follow_ups(backend: &mut Backend, job: &mut GenerationJob, said: String) -> O
     // The tools the answer was offered are offered again (SmolLM3 lists them in the system
     // turn, which must not change); a call the model makes anyway is not a suggestion.
     let xml_tools = match &job.tools {
+        _ if !supports_tools(backend) => None,
         Some(Tools::Run(tools)) => Some(serde_json::Value::Array(tools.host.specs())),
         Some(Tools::Offer(specs)) => Some(serde_json::Value::Array(specs.clone())),
         None => None,

@@ -71,6 +71,9 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// The chat template has a thinking mode (SmolLM3's `enable_thinking`, `/think`, `/no_think`).
     pub supports_thinking: bool,
+    /// The chat template shows tools to the model ([`ChatTemplate::supports_tools`]): only then
+    /// are they offered.
+    pub supports_tools: bool,
     pub nope_layers: Vec<usize>,
     pub context_len: usize,
     /// The KV cache's element type.
@@ -332,6 +335,7 @@ impl Engine {
                 .collect(),
             has_chat_template: template.is_some(),
             supports_thinking,
+            supports_tools: template.as_ref().is_some_and(ChatTemplate::supports_tools),
             nope_layers: cfg.nope_layers(),
             context_len,
             kv_type: opts.kv_type,

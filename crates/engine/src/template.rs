@@ -69,6 +69,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// `bos_token` and `eos_token`, as transformers passes them to every render.
     special_tokens: [(&'static str, String); 2],
+    /// See [`ChatTemplate::supports_tools`].
+    supports_tools: bool,
 }
 
 impl ChatTemplate {
@@ -108,7 +110,15 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             special_tokens,
+            supports_tools: source.contains("xml_tools"),
         })
+    }
+
+    /// Whether the template shows the model the tools it is given: SmolLM3's lists `xml_tools`
+    /// in its system turn. A template without them (SmolLM2's) would drop them silently, and
+    /// the model would never have seen how to call one.
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
     }
 
     /// Renders with an arbitrary context object (e.g. a `context` of templates.json);

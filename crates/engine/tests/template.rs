@@ -351,7 +351,7 @@ const PYTHON_CASES: &str = r##"[
 const PYTHON_CONTEXT: &str = r##"{"d": {"a": "it's", "b": [1, 2.5, null, true, false], "c": {"q": "say \"hi\"\n\t\\"}, "e": "both ' and \""}, "l": ["x", 1], "n": null, "t": true, "f": 0.1, "big": 1e+20, "tiny": 1e-05, "whole": 2.0, "u": "café <b>&'", "messages": [{"role": "user", "content": "<|im_end|>"}]}"##;
 
 #[test]
-fn thinking_mode_is_detected_from_the_template() {
+fn thinking_mode_and_tools_are_detected_from_the_template() {
     let opts = engine::EngineOptions {
         context_len: 64,
         ..engine::EngineOptions::default()
@@ -359,10 +359,26 @@ fn thinking_mode_is_detected_from_the_template() {
     let load = |path: PathBuf| engine::Engine::load(&path, &opts).expect("model loads");
     let smollm3 = load(reference_dir().join("tiny-smollm3-q4km.gguf"));
     assert!(smollm3.info().supports_thinking, "SmolLM3's template");
+    // The tiny models carry Unsloth's edit of SmolLM3's template, which drops `xml_tools`;
+    // SmolLM3-3B's own template (what its GGUF carries) lists them.
+    assert!(
+        !smollm3.info().supports_tools,
+        "the tiny model's template shows no tools"
+    );
+    let official =
+        ChatTemplate::new(&template_source("smollm3-official"), BOS, EOS).expect("compiles");
+    assert!(
+        official.supports_tools(),
+        "SmolLM3-3B's template has xml_tools"
+    );
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let smollm2 = load(manifest.join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert!(
         !smollm2.info().supports_thinking,
         "SmolLM2 has no thinking mode"
+    );
+    assert!(
+        !smollm2.info().supports_tools,
+        "SmolLM2's template shows no tools"
     );
 }

@@ -466,3 +466,40 @@ fn stop_ends_a_running_mcp_call_long_before_its_timeout() {
     );
     assert_eq!(h.prompts().len(), 1, "no step after the stop");
 }
+
+/// SmolLM2's template has no `xml_tools`: the model is offered no tools, no MCP server starts
+/// for the answer, and text that looks like a call is answer text.
+#[test]
+fn a_template_without_tools_is_offered_none_and_call_text_stays_text() {
+    let call =
+        "<tool_call>{\"name\": \"demo__add\", \"arguments\": {\"a\": 1, \"b\": 2}}</tool_call>";
+    let settings = Settings {
+        tools: ToolSettings {
+            mcp_servers: vec![crate::tools::mcp::McpServerConfig {
+                trusted: vec!["add".into()],
+                ..demo_server()
+            }],
+            ..ToolSettings::default()
+        },
+        follow_ups: crate::FollowUpSettings {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let h = scripted_app::open_with(
+        settings,
+        vec![pieces(&format!("Like this: {call}"), 3)],
+        scripted_app::smollm2_template(),
+    );
+    let (content, records) = h.ask("How do you call a tool?");
+    assert_eq!(content, format!("Like this: {call}"));
+    assert!(records.is_empty(), "{records:?}");
+    let prompts = h.prompts();
+    assert_eq!(prompts.len(), 1);
+    assert!(!prompts[0].contains("calculator"), "{}", prompts[0]);
+    assert_eq!(
+        h.app.mcp_servers()[0].state,
+        crate::tools::mcp::McpState::Stopped
+    );
+}

@@ -2,11 +2,12 @@
 // - in the desktop app, Tauri events: `chat-stream` frames, and `app-state` news;
 // - in a browser, Server-Sent Events: `EventSource("/chats/CHAT/stream?after=N")` per connected element (named
 //   events, `id:` per frame, the browser's own reconnect resumes with `Last-Event-ID`), and `/events` for news.
-// A frame is { id, chat, message, event: "thinking"|"token"|"stats"|"complete"|"error", data }; `id` grows by one
-// per frame within a chat. On the page:
+// A frame is { id, chat, message, event: "queued"|"thinking"|"token"|"tool"|"stats"|"complete"|"error", data };
+// `id` grows by one per frame within a chat. `queued` (data: "Waiting for the model — 1 answer ahead", or "" once
+// the answer is next) comes only while the answer waits for the engine behind others. On the page:
 //   <article sse-connect="CHAT_ID" sse-message="MSG_ID" sse-last-id="N">
 //     <div sse-swap="thinking" sse-render="text"></div>      named events swapped into targets
-//     <div sse-swap="token" sse-render="markdown"></div>
+//     <div sse-swap="token" sse-render="markdown"><span sse-swap="queued" sse-render="replace"></span></div>
 //     <span sse-swap="stats"></span>
 //     <div hx-get="/messages/MSG_ID" hx-trigger="sse:complete" hx-swap="outerHTML" hx-target="closest article">
 //   </article>
@@ -15,7 +16,7 @@
 (function () {
   "use strict";
 
-  const EVENTS = ["thinking", "token", "tool", "stats", "complete", "error"];
+  const EVENTS = ["queued", "thinking", "token", "tool", "stats", "complete", "error"];
 
   // --- transports -----------------------------------------------------------------------------------
   // Each has `attach(elt, chat, after, onFrame)`, which starts delivering the chat's frames after id `after`
@@ -142,6 +143,12 @@
 
   function swapInto(elt, frame) {
     const st = state(elt);
+    if (frame.event === "queued") st.waiting = frame.data !== "";
+    else if (st.waiting && (frame.event === "thinking" || frame.event === "token" || frame.event === "tool")) {
+      // The answer has begun: its place in the queue is old news.
+      st.waiting = false;
+      targetsFor(elt, "queued").forEach((t) => (t.textContent = ""));
+    }
     for (const target of targetsFor(elt, frame.event)) {
       const mode = target.getAttribute("sse-render") || "text";
       if (mode === "tool") {
@@ -247,6 +254,8 @@
     const st = state(elt);
     seed(elt);
     st.lastId = parseInt(elt.getAttribute("sse-last-id") || "0", 10) || 0;
+    // A page rendered while the answer waits shows its place already.
+    st.waiting = targetsFor(elt, "queued").some((t) => t.textContent !== "");
     const chat = elt.getAttribute("sse-connect");
     st.detach = transport.attach(elt, chat, st.lastId, (frame) => deliver(elt, frame));
   }

@@ -307,6 +307,7 @@ impl Core {
                     m.content.clone_from(&p.content);
                     m.thinking.clone_from(&p.thinking);
                     m.tools.clone_from(&p.tools);
+                    m.waiting = p.ahead;
                 }
             }
         }

@@ -11,7 +11,7 @@
 //!   background ([`ModelState`]), renders the conversation with the model's template and
 //!   generates; deltas go to the stream thread.
 //! - `stream` (private) + [`protocol`]: deltas become coalesced, numbered [`StreamEvent`]s
-//!   (`thinking`, `token`, `stats`, `complete`, `error`) kept in a per-chat [`EventLog`] until
+//!   (`queued`, `thinking`, `token`, `stats`, `complete`, `error`) kept in a per-chat [`EventLog`] until
 //!   the answer is stored; `events_after` replays them. [`stats`]: the numbers of an answer.
 //! - [`store`] (+ [`migrations`], [`search`], [`export`]): SQLite with WAL, FTS5 search over
 //!   messages, Markdown export.

@@ -1,6 +1,7 @@
 //! The stream protocol: the "SSE semantics" between an answer being produced and the UI.
 //!
 //! Every answer (a model generation, or `/quote`) emits, in order:
+//! `queued`* while it waits for the engine behind other answers, then
 //! `thinking`* / `token`* frames, then one `stats` (when it finished normally or was stopped),
 //! then exactly one terminal event: `complete` (status `complete` or `interrupted`) or `error`
 //! (status `failed`). Each [`StreamEvent`] carries a per-chat sequence id, strictly increasing
@@ -34,6 +35,12 @@ pub type EventId = u64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
+    /// The answer waits for the engine: `ahead` answers (of any chat or API client, the running
+    /// one included) go first. Sent when an answer has to wait and whenever its place changes;
+    /// `ahead: 0` after a wait means it is next. An answer that never waits sends none.
+    Queued {
+        ahead: usize,
+    },
     /// Text of the model's reasoning (`<think>` block).
     Thinking {
         text: String,
@@ -62,9 +69,10 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The event's name (`thinking`, `token`, `tool`, `stats`, `complete`, `error`).
+    /// The event's name (`queued`, `thinking`, `token`, `tool`, `stats`, `complete`, `error`).
     pub fn name(&self) -> &'static str {
         match self {
+            EventKind::Queued { .. } => "queued",
             EventKind::Thinking { .. } => "thinking",
             EventKind::Token { .. } => "token",
             EventKind::Tool { .. } => "tool",
@@ -266,6 +274,9 @@ pub struct Partial {
     pub thinking: String,
     /// The latest record of each tool call so far.
     pub tools: Vec<ToolRecord>,
+    /// Answers ahead of it while it waits for the engine (its last `queued` event, until its
+    /// first delta); `None` once it is next.
+    pub ahead: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -314,10 +325,14 @@ impl EventLog {
         log.last_id += 1;
         let partial = log.partial.entry(message_id).or_default();
         match &kind {
+            EventKind::Queued { ahead } => partial.ahead = Some(*ahead).filter(|&n| n > 0),
             EventKind::Thinking { text } => partial.thinking.push_str(text),
             EventKind::Token { text } => partial.content.push_str(text),
             EventKind::Tool { call } => upsert_tool(&mut partial.tools, call),
             _ => {}
+        }
+        if !matches!(kind, EventKind::Queued { .. }) {
+            partial.ahead = None;
         }
         let event = StreamEvent {
             id: log.last_id,

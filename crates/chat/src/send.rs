@@ -124,8 +124,11 @@ impl ChatApp {
         let core = self.inner.core.clone();
         let sink = Box::new(move |event: JobEvent| {
             let input = match event {
-                // The chat shows its answer as waiting until the first token.
-                JobEvent::Queued(_) => return,
+                // Its place while it waits behind other answers, published at once.
+                JobEvent::Queued(ahead) => {
+                    stream.queued(chat_id, answer_id, ahead);
+                    return;
+                }
                 JobEvent::Thinking(text) => delta(chat_id, answer_id, true, text),
                 JobEvent::Token(text) => delta(chat_id, answer_id, false, text),
                 JobEvent::Tool(record) => StreamInput::Tool {
@@ -359,5 +362,137 @@ pub(crate) fn finish(chat_id: ChatId, message_id: MessageId, end: End) -> Stream
         chat_id,
         message_id,
         end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::events::AppEvent;
+    use crate::protocol::{EventKind, StreamEvent};
+    use crate::scripted_app::{self, wait};
+    use crate::Settings;
+
+    fn answer_id(outcome: SendOutcome) -> MessageId {
+        match outcome {
+            SendOutcome::Generating {
+                assistant_message_id,
+                ..
+            } => assistant_message_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A chat's answer queued behind an API request is told its place as a `queued` frame at
+    /// once (the chat UI dropped it and showed only dots), then that it is next, then its tokens;
+    /// an answer that never waits has no `queued` frame.
+    #[test]
+    fn an_answer_queued_behind_another_streams_its_place_then_its_tokens() {
+        let mut settings = Settings::default();
+        settings.follow_ups.enabled = false;
+        settings.tools.enabled = false;
+        let replies = [&["Busy", "."][..], &["Hello", " there"], &["Again"]];
+        let h = scripted_app::open(
+            settings,
+            replies
+                .iter()
+                .map(|r| r.iter().map(|s| s.to_string()).collect())
+                .collect(),
+        );
+        // An API client's answer holds the engine at its first token until released.
+        let (started, running) = channel();
+        let (release, held) = channel::<()>();
+        let mut first = true;
+        h.app
+            .submit(GenerationJob {
+                prompt: Prompt::Chat {
+                    messages: vec![engine::ChatMessage::new("user", "Hold on.")],
+                    thinking: false,
+                    drop_oldest: false,
+                },
+                params: Settings::default().sampling().validate().unwrap(),
+                source: "api 127.0.0.1:9".into(),
+                cancelled: Arc::new(AtomicBool::new(false)),
+                sink: Box::new(move |e| {
+                    if matches!(e, JobEvent::Token(_)) && std::mem::take(&mut first) {
+                        started.send(()).unwrap();
+                        held.recv().unwrap();
+                    }
+                }),
+                tools: None,
+                follow_ups: None,
+            })
+            .unwrap();
+        running.recv().unwrap();
+
+        let chat = h.app.create_chat().unwrap();
+        let id = answer_id(h.app.send(chat.id, "Hi").unwrap());
+        let stream = |id: MessageId| -> Vec<StreamEvent> {
+            h.events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|e| match e {
+                    AppEvent::Stream(s) if s.message_id == id => Some(s.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            stream(id).iter().map(|s| &s.kind).collect::<Vec<_>>(),
+            [&EventKind::Queued { ahead: 1 }],
+            "the place is published before send returns"
+        );
+        assert!(
+            h.app.events_after(chat.id, 0).events.len() == 1,
+            "and kept for a page that attaches late"
+        );
+        let view = h.app.chat(chat.id).unwrap();
+        assert_eq!(
+            view.messages.last().unwrap().waiting,
+            Some(1),
+            "a page rendered now shows the place"
+        );
+
+        release.send(()).unwrap();
+        wait(|| {
+            stream(id)
+                .iter()
+                .any(|s| s.kind.is_terminal())
+                .then_some(())
+        });
+        let events = stream(id);
+        assert!(events.windows(2).all(|w| w[0].id < w[1].id), "{events:?}");
+        assert_eq!(
+            events[..2].iter().map(|s| &s.kind).collect::<Vec<_>>(),
+            [
+                &EventKind::Queued { ahead: 1 },
+                &EventKind::Queued { ahead: 0 }
+            ],
+            "told it is next once the API's answer is done: {events:?}"
+        );
+        let text: String = events[2..]
+            .iter()
+            .map_while(|s| match &s.kind {
+                EventKind::Token { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "Hello there", "{events:?}");
+
+        // Nothing ahead: no `queued` frame at all.
+        wait(|| (h.app.inner.worker.status().queued == 0).then_some(()));
+        let again = answer_id(h.app.send(chat.id, "Once more").unwrap());
+        wait(|| {
+            stream(again)
+                .iter()
+                .any(|s| s.kind.is_terminal())
+                .then_some(())
+        });
+        let names: Vec<&str> = stream(again).iter().map(|s| s.kind.name()).collect();
+        assert_eq!(names, ["token", "stats", "complete"]);
     }
 }

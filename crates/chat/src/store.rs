@@ -114,6 +114,10 @@ pub struct Message {
     /// are others: see [`crate::branches`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branches: Option<Branches>,
+    /// An answer in progress that waits for the engine behind others: how many go first (its
+    /// latest [`crate::EventKind::Queued`]). Never stored: a view's annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<usize>,
 }
 
 /// A message to add.
@@ -230,6 +234,7 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         tools: serde_json::from_str(&text(11)?)
             .map_err(|_| conversion_error(11, "unreadable tool calls"))?,
         branches: None,
+        waiting: None,
     })
 }
 

@@ -68,6 +68,8 @@ pub(crate) struct Producer {
     tx: Sender<StreamInput>,
     /// Whether anything of the answer went to the stream thread.
     started: bool,
+    /// Whether the answer was told it waits behind others.
+    waited: bool,
 }
 
 impl Producer {
@@ -76,7 +78,22 @@ impl Producer {
             core,
             tx,
             started: false,
+            waited: false,
         }
+    }
+
+    /// Publishes the answer's place in the engine's queue ([`EventKind::Queued`]) on the caller's
+    /// thread, as the queue tells it: under the queue's lock, so in order, and before the
+    /// answer's first delta, which follows only once the queue handed the answer to the worker.
+    /// Nothing while the answer has not waited yet and is next (the queue tells every answer
+    /// its place, `0` to one that runs at once): a frame there would only add noise.
+    pub fn queued(&mut self, chat_id: ChatId, message_id: MessageId, ahead: usize) {
+        if self.started || (ahead == 0 && !self.waited) {
+            return;
+        }
+        self.waited = true;
+        self.core
+            .publish(chat_id, message_id, EventKind::Queued { ahead });
     }
 
     /// Sends `input`; false when the stream thread is gone (the app is closing).

@@ -11,10 +11,11 @@ use chat::{AppEvent, ChatId, EventSink};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::pages::stats_line;
+use crate::pages::{stats_line, waiting_line};
 
 /// A stream event as the page reads it (`ui/static/sse.js`):
-/// `{"id":17,"chat":3,"message":42,"event":"token","data":"Paris"}`.
+/// `{"id":17,"chat":3,"message":42,"event":"token","data":"Paris"}`; a `queued` frame's data is
+/// the text the waiting answer shows.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Frame {
     pub id: u64,
@@ -29,6 +30,7 @@ pub struct Frame {
 impl Frame {
     pub fn new(ev: &StreamEvent) -> Self {
         let data = match &ev.kind {
+            EventKind::Queued { ahead } => waiting_line(*ahead),
             EventKind::Thinking { text } | EventKind::Token { text } => text.clone(),
             EventKind::Tool { call } => serde_json::to_string(call).unwrap_or_default(),
             EventKind::Stats { stats } => stats_line(stats),

@@ -48,6 +48,8 @@ pub struct MessageView {
     pub streaming: bool,
     /// The stream id to resume after (for a streaming message).
     pub after: u64,
+    /// An answer waiting for the engine behind others: its place, as the `queued` frames say it.
+    pub waiting: String,
     pub stats: Option<String>,
     pub stats_detail: Option<String>,
     pub context: Option<ContextMeter>,
@@ -113,6 +115,7 @@ impl MessageView {
             command: m.kind != MessageKind::Chat,
             streaming: m.status == MessageStatus::Streaming,
             after,
+            waiting: m.waiting.map(waiting_line).unwrap_or_default(),
             stats: stats.map(stats_line),
             stats_detail: stats.map(stats_detail),
             context: m
@@ -149,6 +152,16 @@ fn format_secs(s: f64) -> String {
         format!("{s:.1} s")
     } else {
         format!("{s:.0} s")
+    }
+}
+
+/// What an answer waiting for the engine shows until its first token (a `queued` frame's text):
+/// `Waiting for the model — 2 answers ahead`; nothing once it is next (its dots alone).
+pub fn waiting_line(ahead: usize) -> String {
+    match ahead {
+        0 => String::new(),
+        1 => "Waiting for the model — 1 answer ahead".into(),
+        n => format!("Waiting for the model — {n} answers ahead"),
     }
 }
 

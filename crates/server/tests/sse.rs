@@ -1,5 +1,6 @@
 //! The chat UI's streams over HTTP: Server-Sent Events of `/quote` (the built-in passage, streamed
-//! through the same pipeline as a model's answer, no model needed).
+//! through the same pipeline as a model's answer, no model needed), and, with the SmolLM2 test
+//! model, an answer's place while it waits for the engine behind an API request.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chat::quote::PASSAGE;
-use common::{attr_after, fixture, Fixture, Sse, SseReader};
+use common::{attr_after, fixture, fixture_with, test_model, Fixture, Sse, SseReader};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -169,4 +170,85 @@ async fn page_wide_news_streams_as_app_state_events() {
         seen.iter().any(|s| s["trigger"] == "chats-changed"),
         "{seen:?}"
     );
+}
+
+/// A chat's answer that waits behind an API request shows its place (the chat UI dropped it and
+/// showed only dots): in the page the send returns, as a replayed `queued` frame, then `queued`
+/// with no text once it is next, then its tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_waiting_behind_an_api_request_shows_its_place_then_its_tokens() {
+    let mut settings = chat::Settings {
+        model_path: Some(test_model()),
+        temperature: Some(0.0),
+        max_tokens: 6,
+        context_len: 2048,
+        ..chat::Settings::default()
+    };
+    settings.follow_ups.enabled = false;
+    let f = fixture_with(Some(&settings));
+    let app = f.server.chat();
+    let start = std::time::Instant::now();
+    while !app.model_state().is_ready() {
+        assert!(start.elapsed() < WAIT, "the model loads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An API client's answer (queued as the API queues one) holds the engine at its first token.
+    let (started, running) = std::sync::mpsc::channel();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let mut first = true;
+    app.submit(chat::GenerationJob {
+        prompt: chat::Prompt::Chat {
+            messages: vec![engine::ChatMessage::new("user", "Count to ten.")],
+            thinking: false,
+            drop_oldest: false,
+        },
+        params: chat::Sampling {
+            max_tokens: 4,
+            ..settings.sampling()
+        }
+        .validate()
+        .unwrap(),
+        source: "api 127.0.0.1:9".into(),
+        cancelled: Default::default(),
+        sink: Box::new(move |e| {
+            if matches!(e, chat::JobEvent::Token(_)) && std::mem::take(&mut first) {
+                started.send(()).unwrap();
+                held.recv().unwrap();
+            }
+        }),
+        tools: None,
+        follow_ups: None,
+    })
+    .unwrap();
+    tokio::task::spawn_blocking(move || running.recv().unwrap())
+        .await
+        .unwrap();
+
+    let cid = f.new_chat().await;
+    let (status, html) = f
+        .htmx("POST", &format!("/chats/{cid}/messages"), "text=Hi")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(r#"sse-swap="queued" sse-render="replace">Waiting for the model — 1 answer ahead</span>"#),
+        "{html}"
+    );
+    let after: u64 = attr_after(&html, "sse-last-id=\"").parse().unwrap();
+    // A page that attaches from the start gets the place replayed.
+    let mut reader = stream(&f, cid, after - 1, None).await;
+    let queued = reader.next(WAIT).await.unwrap();
+    assert_eq!(queued.event, "queued");
+    assert_eq!(
+        queued.json()["data"],
+        "Waiting for the model — 1 answer ahead"
+    );
+    assert_eq!(queued.json()["id"], after);
+
+    release.send(()).unwrap();
+    let events = until_done(&mut reader).await;
+    assert_eq!(events[0].event, "queued", "{events:?}");
+    assert_eq!(events[0].json()["data"], "", "next: the place goes");
+    assert_eq!(events[1].event, "token", "{events:?}");
+    assert!(!tokens(&events).is_empty());
+    assert_eq!(events.last().unwrap().json()["data"], "complete");
 }

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 
 use crate::commands::{self, CommandSuggestion};
 use crate::core::Core;
+use crate::data_lock::DataLock;
 use crate::device::{self, Estimates, InUse, ModelNeed};
 use crate::error::{ChatError, Result};
 use crate::events::{AppEvent, EventSink};
@@ -41,6 +42,9 @@ pub(crate) struct Inner {
     pub mcp: Arc<McpServers>,
     /// Tool calls waiting for the user's approval.
     pub approvals: Arc<crate::tools::approval::Approvals>,
+    /// The data folder is this process's while the app lives. Last: released only once
+    /// everything above is shut down and dropped.
+    _lock: DataLock,
 }
 
 /// Settings for this run only (`smollm3 serve --model --context --threads`): in effect while the
@@ -92,14 +96,17 @@ pub struct ChatApp {
 
 impl ChatApp {
     /// Opens the store and settings, starts the worker and, when there is a model, its load
-    /// (in the background). Fails only when the chat database cannot be opened.
+    /// (in the background). Fails when the chat database cannot be opened, or with
+    /// [`ChatError::DataInUse`] while another process has the data folder (see
+    /// [`crate::data_lock`]); that one's answers are left alone.
     pub fn open(paths: AppPaths, sink: EventSink) -> Result<ChatApp> {
         Self::open_with(paths, sink, RunOverrides::default())
     }
 
     /// [`ChatApp::open`] with settings for this run only; invalid ones are refused.
     pub fn open_with(paths: AppPaths, sink: EventSink, overrides: RunOverrides) -> Result<ChatApp> {
-        Self::open_noting(paths, sink, overrides, Vec::new())
+        let lock = DataLock::acquire(&paths.data_dir)?;
+        Self::open_noting(lock, paths, sink, overrides, Vec::new())
     }
 
     /// [`ChatApp::open_with`] on a new chat database: the one there, which could not be used
@@ -109,15 +116,18 @@ impl ChatApp {
         sink: EventSink,
         overrides: RunOverrides,
     ) -> Result<ChatApp> {
+        // Never move aside a database another process has open.
+        let lock = DataLock::acquire(&paths.data_dir)?;
         let kept = paths.move_database_aside()?;
         let notice = format!(
             "The chat database could not be used, so a new one was started. The old one is kept as {}.",
             kept.display()
         );
-        Self::open_noting(paths, sink, overrides, vec![notice])
+        Self::open_noting(lock, paths, sink, overrides, vec![notice])
     }
 
     fn open_noting(
+        lock: DataLock,
         paths: AppPaths,
         sink: EventSink,
         overrides: RunOverrides,
@@ -190,6 +200,7 @@ impl ChatApp {
                 notices,
                 mcp,
                 approvals: Default::default(),
+                _lock: lock,
             }),
         };
         match crashed {

@@ -18,6 +18,14 @@ pub enum ChatError {
         found: i64,
         known: i64,
     },
+    /// Another process (or another open chat core) has the data folder: see
+    /// [`crate::data_lock`].
+    #[error(
+        "the chat data in {} is in use by another NotSo-SmolLM3 process{}; quit that one first",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DataInUse { dir: PathBuf, pid: Option<u32> },
     #[error("chat database error: {0}")]
     Store(#[from] rusqlite::Error),
     #[error("cannot {action} {path}: {error}")]

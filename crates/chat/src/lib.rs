@@ -14,7 +14,7 @@
 //!   (`queued`, `thinking`, `token`, `stats`, `complete`, `error`) kept in a per-chat [`EventLog`] until
 //!   the answer is stored; `events_after` replays them. [`stats`]: the numbers of an answer.
 //! - [`store`] (+ [`migrations`], [`search`], [`export`]): SQLite with WAL, FTS5 search over
-//!   messages, Markdown export.
+//!   messages, Markdown export. [`data_lock`]: one process at a time opens a data folder.
 //! - [`followups`]: up to three next questions after an answer, generated on the cached prefix.
 //! - [`commands`] parses slash commands and suggests them; [`replies`] runs them; [`quote`]
 //!   streams the built-in passage without a model.
@@ -31,6 +31,7 @@ pub mod app;
 pub mod branches;
 pub mod commands;
 mod core;
+pub mod data_lock;
 pub mod device;
 pub mod error;
 pub mod events;

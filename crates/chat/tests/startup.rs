@@ -1,6 +1,7 @@
 //! Starting safely: a chat database the app cannot use is reported with its path and can be moved
-//! aside for a fresh start; a model load that ended the app is not repeated by itself at the next
-//! start (a child process, this test binary running an ignored "child" test, is killed mid-load).
+//! aside for a fresh start; a data folder another app has open is refused; a model load that ended
+//! the app is not repeated by itself at the next start (a child process, this test binary running
+//! an ignored "child" test, is killed mid-load).
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat::{ChatApp, ChatError, LoadError, ModelState, Settings};
-use common::{paths, Recorder};
+use chat::{ChatApp, ChatError, LoadError, MessageStatus, ModelState, SendOutcome, Settings};
+use common::{final_status, paths, tokens, Recorder};
 
 fn open(dir: &std::path::Path) -> Result<(ChatApp, Arc<Recorder>), ChatError> {
     let rec = Arc::new(Recorder::default());
@@ -69,6 +70,64 @@ fn a_database_from_a_newer_version_is_refused_and_can_be_moved_aside() {
     assert_eq!(err.unusable_database(), Some(paths.database().as_path()));
     paths.move_database_aside().unwrap();
     open(dir.path()).expect("a fresh database");
+}
+
+/// A second app on the same data folder (`smollm3 serve` beside the desktop app) is refused before
+/// it opens anything: its store's recovery marked the first app's live answers interrupted. The
+/// first keeps answering; once it is gone, the folder opens again.
+#[test]
+fn a_second_app_on_one_data_folder_is_refused_and_the_first_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = paths(dir.path());
+    let (app, rec) = open(dir.path()).unwrap();
+    let chat = app.create_chat().unwrap();
+    let SendOutcome::Command {
+        reply_message_id: id,
+        streaming: true,
+        ..
+    } = app.send(chat.id, "/quote").unwrap()
+    else {
+        panic!("/quote streams")
+    };
+
+    let err = open(dir.path()).err().expect("a second opener is refused");
+    assert!(
+        matches!(&err, ChatError::DataInUse { dir, pid }
+            if *dir == paths.data_dir && *pid == Some(std::process::id())),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the chat data in {} is in use by another NotSo-SmolLM3 process (pid {}); quit that one first",
+            paths.data_dir.display(),
+            std::process::id()
+        )
+    );
+    assert_eq!(
+        err.unusable_database(),
+        None,
+        "a database in use is not offered to be moved aside"
+    );
+    let fresh = ChatApp::open_fresh(paths.clone(), rec.sink(), Default::default());
+    assert!(matches!(fresh, Err(ChatError::DataInUse { .. })));
+    assert!(paths.database().exists(), "and not moved aside");
+    // The refused opener left the answer alone (it is streaming, or done by now).
+    let status: String = rusqlite::Connection::open(paths.database())
+        .unwrap()
+        .query_row("SELECT status FROM messages WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_ne!(status, "interrupted");
+    let events = rec.wait_done(id, Duration::from_secs(60));
+    assert_eq!(final_status(&events), Some(MessageStatus::Complete));
+    assert_eq!(tokens(&events), chat::quote::PASSAGE);
+
+    drop(app);
+    let (app, _rec) = open(dir.path()).expect("the folder is free once the app is gone");
+    let view = app.chat(chat.id).unwrap();
+    assert_eq!(view.messages.last().unwrap().content, chat::quote::PASSAGE);
 }
 
 const CHILD_ENV: &str = "CHAT_STARTUP_TEST_DIR";

@@ -66,7 +66,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         threads: args.threads,
     };
     let hub = Hub::new();
-    let app = ChatApp::open_with(paths, hub.sink(), overrides)?;
+    let app = ChatApp::open_with(paths, hub.sink(), overrides).map_err(|e| match e {
+        ChatError::DataInUse { .. } => anyhow!(
+            "{e}. If that is the desktop app, it serves these chats itself: turn on Settings → \
+             Local server there. Or give this server chats of its own with --data-dir"
+        ),
+        other => other.into(),
+    })?;
     let server = Server::new(app.clone(), hub, Downloads::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

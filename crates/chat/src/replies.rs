@@ -183,6 +183,11 @@ impl ChatApp {
             ),
             other => writeln!(out, "- Model: {}", other.describe()),
         };
+        if let ModelState::Ready { info, .. } = &status.model {
+            if !info.has_chat_template {
+                out.push_str("- Chat template: none in the model file, so ChatML is used\n");
+            }
+        }
         out.push_str("- Devices:\n");
         for d in &status.devices {
             let _ = writeln!(out, "  - {}", crate::device::describe(d));
@@ -278,7 +283,11 @@ impl ChatApp {
             ("Weights", weights.join(", ")),
             (
                 "Chat template",
-                if info.has_chat_template { "yes" } else { "no" }.to_owned(),
+                match info.has_chat_template {
+                    true => "yes",
+                    false => "none in the model file: ChatML is used",
+                }
+                .to_owned(),
             ),
             (
                 "Device",

@@ -421,10 +421,7 @@ fn run(cli: Cli) -> Result<()> {
                         backend: None,
                     };
                     let engine = args.load()?;
-                    let t = engine
-                        .chat_template()
-                        .context("the model has no chat template")?;
-                    t.render_value(&ctx, today)?
+                    engine.chat_template().render_value(&ctx, today)?
                 }
                 (None, None) => bail!("give --model or --template"),
             };
@@ -695,7 +692,11 @@ fn print_info(info: &engine::ModelInfo) {
     println!("tensors:       {}", info.tensor_count);
     println!(
         "chat template: {}",
-        if info.has_chat_template { "yes" } else { "no" }
+        if info.has_chat_template {
+            "yes"
+        } else {
+            "none in the file: ChatML is used"
+        }
     );
     println!("runs on:       {}", info.placement);
     println!("load time:     {:.0} ms", info.load_ms);

@@ -68,6 +68,8 @@ pub struct ModelInfo {
     pub tensor_count: usize,
     /// (type name, tensor count) over the matrices.
     pub weight_types: Vec<(String, usize)>,
+    /// The file has its own chat template; without one (or with an empty one) ChatML is used,
+    /// as llama.cpp does ([`crate::template::CHATML_TEMPLATE`]).
     pub has_chat_template: bool,
     /// The chat template has a thinking mode (SmolLM3's `enable_thinking`, `/think`, `/no_think`).
     pub supports_thinking: bool,
@@ -93,7 +95,7 @@ pub struct Engine {
     /// Other conversations' caches, copied out (see [`crate::kept`]).
     kept: KeptCaches,
     tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+    template: ChatTemplate,
     stop_tokens: Vec<u32>,
     info: ModelInfo,
 }
@@ -123,7 +125,8 @@ struct Checked {
     gguf: Gguf,
     cfg: ModelConfig,
     tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+    template: ChatTemplate,
+    has_chat_template: bool,
     supports_thinking: bool,
     context_len: usize,
     memory: MemoryEstimate,
@@ -142,21 +145,25 @@ impl Checked {
                 cfg.n_vocab
             )));
         }
-        // The template, and whether it has a thinking mode (SmolLM3's `enable_thinking`).
-        let (template, supports_thinking) = match gguf.opt_str("tokenizer.chat_template") {
-            Ok(Some(src)) => {
-                let piece = |id: Option<u32>| {
-                    id.map(|i| String::from_utf8_lossy(tokenizer.token_bytes(i)).into_owned())
-                        .unwrap_or_default()
-                };
-                let s = tokenizer.special();
-                let template = ChatTemplate::new(src, &piece(s.bos), &piece(s.eos))?;
-                template.probe()?;
-                (Some(template), src.contains("enable_thinking"))
-            }
-            Ok(None) => (None, false),
+        // The template, and whether it has a thinking mode (SmolLM3's `enable_thinking`). A file
+        // without one (or with an empty one) gets ChatML, as in llama.cpp.
+        let own = match gguf.opt_str("tokenizer.chat_template") {
+            Ok(src) => src.filter(|src| !src.is_empty()),
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
+        let piece = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(tokenizer.token_bytes(i)).into_owned())
+                .unwrap_or_default()
+        };
+        let s = tokenizer.special();
+        let template = ChatTemplate::new(
+            own.unwrap_or(crate::template::CHATML_TEMPLATE),
+            &piece(s.bos),
+            &piece(s.eos),
+        )?;
+        template.probe()?;
+        let supports_thinking = own.is_some_and(|src| src.contains("enable_thinking"));
+        let has_chat_template = own.is_some();
         let context_len = opts.context_len.clamp(1, cfg.context_length);
         let memory = match opts.placement.backend() {
             BackendKind::Native => MemoryEstimate::new(
@@ -198,6 +205,7 @@ impl Checked {
             cfg,
             tokenizer,
             template,
+            has_chat_template,
             supports_thinking,
             context_len,
             memory,
@@ -267,6 +275,7 @@ impl Engine {
             cfg,
             tokenizer,
             template,
+            has_chat_template,
             supports_thinking,
             context_len,
             memory,
@@ -333,9 +342,9 @@ impl Engine {
                 .into_iter()
                 .map(|(t, n)| (format!("{t:?}"), n))
                 .collect(),
-            has_chat_template: template.is_some(),
+            has_chat_template,
             supports_thinking,
-            supports_tools: template.as_ref().is_some_and(ChatTemplate::supports_tools),
+            supports_tools: template.supports_tools(),
             nope_layers: cfg.nope_layers(),
             context_len,
             kv_type: opts.kv_type,
@@ -443,21 +452,19 @@ impl Engine {
         SamplingParams::for_family(self.config().arch.family())
     }
 
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.template.as_ref()
+    /// The model's chat template, or ChatML when its file has none ([`ModelInfo::has_chat_template`]).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
     }
 
-    /// Renders a conversation with the model's own template.
+    /// Renders a conversation with the model's template (ChatML when its file has none).
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
         opts: &ChatOptions,
         today: chrono::NaiveDate,
     ) -> Result<String> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            EngineError::Template("the model has no chat template (tokenizer.chat_template)".into())
-        })?;
-        template.render(messages, opts, today)
+        self.template.render(messages, opts, today)
     }
 
     /// Tokens of a rendered prompt: special tokens parsed, BOS added when the model asks for it.

@@ -188,25 +188,58 @@ impl ChatTemplate {
     }
 }
 
+/// The template used for a model whose file has none (no `tokenizer.chat_template`, or an empty
+/// one), as llama.cpp does: `common_chat_templates_init` falls back to its `CHATML_TEMPLATE_SRC`
+/// when the model's template is missing or empty. Same output as that source.
+pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n  {{- '<|im_start|>assistant\\n' -}}\n{%- endif -%}";
+
+/// The text of the message [`ChatTemplate::probe`] renders; its render must contain it.
+const PROBE_TEXT: &str = "Hello";
+
 impl ChatTemplate {
     /// Renders a one-message conversation, so that a template that cannot (an error raised at
-    /// run time, a loop that runs out of fuel, output past the cap) is refused when the model is
-    /// loaded, naming its cause, rather than failing every message after.
+    /// run time, a loop that runs out of fuel, output past the cap) or that leaves the message
+    /// out (an empty render, a fixed text) is refused when the model is loaded, naming its cause,
+    /// rather than failing or ignoring every message after.
     pub fn probe(&self) -> Result<()> {
-        let messages = [ChatMessage::new("user", "Hello")];
+        let messages = [ChatMessage::new("user", PROBE_TEXT)];
         let opts = ChatOptions {
             add_generation_prompt: true,
             ..ChatOptions::default()
         };
         let today = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default();
         match self.render(&messages, &opts, today) {
-            Ok(_) => Ok(()),
+            Ok(text) if text.contains(PROBE_TEXT) => Ok(()),
+            Ok(text) if text.trim().is_empty() => Err(EngineError::Template(format!(
+                "it renders a one-message conversation as {}: the model would be sent no prompt",
+                match text.is_empty() {
+                    true => "nothing".to_owned(),
+                    false => format!("only whitespace ({} bytes)", text.len()),
+                }
+            ))),
+            Ok(text) => Err(EngineError::Template(format!(
+                "it renders a one-message conversation without the message's text \
+                 ({PROBE_TEXT:?} is missing from {:?}): the model would never see what is asked",
+                truncated(&text, 200)
+            ))),
             Err(EngineError::Template(m)) => Err(EngineError::Template(format!(
                 "it cannot render a one-message conversation: {m}"
             ))),
             Err(other) => Err(other),
         }
     }
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary), with `…` when cut.
+fn truncated(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// Turns a minijinja error (with its cause chain) into the engine's error.

@@ -448,6 +448,17 @@ fn hostile_templates_are_refused_at_load() {
         ("{{ raise_exception('no chatting') }}", "no chatting"),
         ("{% for m in messages %}", "syntax"),
         ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", ""),
+        // Was: loaded, then every answer failed with "the prompt has no tokens".
+        (
+            "{# nothing #}",
+            "renders a one-message conversation as nothing",
+        ),
+        ("{{ '  ' }}\n", "only whitespace"),
+        // A fixed text: every answer would ignore what was asked.
+        (
+            "You are a bot.{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            "without the message's text",
+        ),
     ];
     for (template, cause) in cases {
         let w = with_kv(
@@ -458,6 +469,42 @@ fn hostile_templates_are_refused_at_load() {
         let e = refused(w, &["chat template", cause]);
         assert!(matches!(e, EngineError::Template(_)), "{e:?}");
     }
+}
+
+#[test]
+fn a_model_without_a_chat_template_chats_in_chatml_as_llama_cpp_does() {
+    // llama.cpp's common_chat_templates_init falls back to ChatML when the file's template is
+    // missing or empty. Was: an empty template loaded, then every answer failed with "the prompt
+    // has no tokens"; a missing one failed every answer.
+    let k = "tokenizer.chat_template";
+    let files = [
+        without_kv(TinyModel::default().writer(), k),
+        with_kv(TinyModel::default().writer(), k, Value::Str(String::new())),
+    ];
+    for w in files {
+        let (_dir, engine) = load_with(&w, &options());
+        let engine = engine.expect("a model without a template loads");
+        assert!(!engine.info().has_chat_template);
+        assert!(!engine.info().supports_thinking);
+        let opts = ChatOptions {
+            add_generation_prompt: true,
+            ..ChatOptions::default()
+        };
+        let today = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hello there"),
+        ];
+        let text = engine.render_chat(&messages, &opts, today).expect("render");
+        assert_eq!(
+            text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
+        );
+        runs(w);
+    }
+    // The tiny model's own ChatML template is its own.
+    let (_dir, engine) = load_with(&TinyModel::default().writer(), &options());
+    assert!(engine.expect("loads").info().has_chat_template);
 }
 
 // --- Broken arithmetic: NaN logits are an error that says so. ---

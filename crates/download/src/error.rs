@@ -102,8 +102,17 @@ pub enum Error {
     )]
     DiskFull { dir: PathBuf },
 
-    #[error("{} is not a usable model: {reason}", path.display())]
-    InvalidModel { path: PathBuf, reason: String },
+    #[error("{} is not a usable model: it is not a file", path.display())]
+    NotAFile { path: PathBuf },
+
+    /// The validator (the engine's checks) refused the file; `source` is its own error, typed
+    /// (downcast it to the validator's error type), so the edge decides how to word it.
+    #[error("{} is not a usable model: {source}", path.display())]
+    InvalidModel {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 
     #[error("a model named {name} is already installed at {}", path.display())]
     AlreadyInstalled { name: String, path: PathBuf },

@@ -2,7 +2,6 @@
 //! validator, normally `engine::validate` (the loader's checks without loading the weights, so a
 //! model in use is not joined by a second one), so this crate needs neither the engine nor a runtime.
 
-use std::fmt::Display;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,8 +31,8 @@ pub struct Imported {
 /// Validates `path` with `validate` and, if it passes, makes it available as a model.
 ///
 /// `validate` gets the original path and returns why the file is unusable; a rejection becomes
-/// [`Error::InvalidModel`] with that reason and nothing is copied.
-pub fn import<E: Display>(
+/// [`Error::InvalidModel`] with that error as its source and nothing is copied.
+pub fn import<E: std::error::Error + Send + Sync + 'static>(
     config: &Config,
     path: &Path,
     mode: ImportMode,
@@ -41,14 +40,13 @@ pub fn import<E: Display>(
 ) -> Result<Imported> {
     let meta = fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
     if !meta.is_file() {
-        return Err(Error::InvalidModel {
+        return Err(Error::NotAFile {
             path: path.to_path_buf(),
-            reason: "it is not a file".into(),
         });
     }
     validate(path).map_err(|e| Error::InvalidModel {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     let size = meta.len();
     let source = fs::canonicalize(path).map_err(|e| Error::io("open", path, e))?;
@@ -133,10 +131,31 @@ mod tests {
     #[test]
     fn rejected_file_is_not_copied() {
         let (_tmp, config, src) = setup();
-        let err = import(&config, &src, ImportMode::Copy, |_| Err("bad magic")).unwrap_err();
-        assert!(matches!(err, Error::InvalidModel { ref reason, .. } if reason == "bad magic"));
-        assert!(err.to_string().contains("bad magic"));
+        let bad_magic = || io::Error::new(io::ErrorKind::InvalidData, "bad magic");
+        let err = import(&config, &src, ImportMode::Copy, |_| Err(bad_magic())).unwrap_err();
+        // The validator's error is kept as it is (was: only its text), for the edge to word.
+        let source = std::error::Error::source(&err).expect("the validator's error is the source");
+        let source = source
+            .downcast_ref::<io::Error>()
+            .expect("typed, as returned");
+        assert_eq!(source.kind(), io::ErrorKind::InvalidData);
+        assert!(matches!(err, Error::InvalidModel { ref path, .. } if *path == src));
+        assert!(err.to_string().contains("bad magic"), "{err}");
         assert!(!config.models_dir.join("mine.gguf").exists());
+    }
+
+    #[test]
+    fn a_folder_is_not_a_file_and_is_not_validated() {
+        let (tmp, config, _) = setup();
+        let err = import(
+            &config,
+            tmp.path(),
+            ImportMode::Copy,
+            |_| -> io::Result<()> { panic!("a folder reached the validator") },
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotAFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("it is not a file"), "{err}");
     }
 
     #[test]
@@ -145,7 +164,7 @@ mod tests {
         let mut seen = None;
         let got = import(&config, &src, ImportMode::Copy, |p| {
             seen = Some(p.to_path_buf());
-            Ok::<(), String>(())
+            Ok::<(), io::Error>(())
         })
         .unwrap();
         assert_eq!(seen.as_deref(), Some(src.as_path()));
@@ -160,11 +179,14 @@ mod tests {
         fs::create_dir_all(&other).unwrap();
         let again = other.join("mine.gguf");
         fs::write(&again, b"different").unwrap();
-        let err = import(&config, &again, ImportMode::Copy, |_| Ok::<(), String>(())).unwrap_err();
+        let err = import(&config, &again, ImportMode::Copy, |_| {
+            Ok::<(), io::Error>(())
+        })
+        .unwrap_err();
         assert!(matches!(err, Error::AlreadyInstalled { .. }), "{err}");
         // The installed file itself: a no-op.
         let same = import(&config, &got.path, ImportMode::Copy, |_| {
-            Ok::<(), String>(())
+            Ok::<(), io::Error>(())
         })
         .unwrap();
         assert!(!same.copied);
@@ -173,7 +195,10 @@ mod tests {
     #[test]
     fn in_place_import_writes_nothing() {
         let (_tmp, config, src) = setup();
-        let got = import(&config, &src, ImportMode::InPlace, |_| Ok::<(), String>(())).unwrap();
+        let got = import(&config, &src, ImportMode::InPlace, |_| {
+            Ok::<(), io::Error>(())
+        })
+        .unwrap();
         assert!(!got.copied);
         assert_eq!(got.path, fs::canonicalize(&src).unwrap());
         assert!(!config.models_dir.exists());
@@ -183,7 +208,7 @@ mod tests {
     fn import_checks_free_space() {
         let (_tmp, mut config, src) = setup();
         config.free_space_reserve = u64::MAX / 2;
-        let err = import(&config, &src, ImportMode::Copy, |_| Ok::<(), String>(())).unwrap_err();
+        let err = import(&config, &src, ImportMode::Copy, |_| Ok::<(), io::Error>(())).unwrap_err();
         assert!(matches!(err, Error::InsufficientSpace { .. }), "{err}");
     }
 }

@@ -101,12 +101,10 @@ fn import_rejected_by_the_validator_installs_nothing() {
     let src = tmp.path().join("download.gguf");
     fs::write(&src, b"this is not a GGUF file").unwrap();
     // The app passes the engine's loader; this stands in for it.
-    let gguf_magic = |p: &std::path::Path| -> Result<(), String> {
-        let bytes = fs::read(p).map_err(|e| e.to_string())?;
-        if bytes.starts_with(b"GGUF") {
-            Ok(())
-        } else {
-            Err("not a GGUF file (bad magic)".into())
+    let gguf_magic = |p: &std::path::Path| -> std::io::Result<()> {
+        match fs::read(p)?.starts_with(b"GGUF") {
+            true => Ok(()),
+            false => Err(std::io::Error::other("not a GGUF file (bad magic)")),
         }
     };
     let err = import(&config, &src, ImportMode::Copy, gguf_magic).unwrap_err();

@@ -138,11 +138,17 @@ impl Models {
     /// Validates `path` with the engine's checks (structure, metadata, tokenizer, template; not a
     /// second model in memory) and copies it into the models folder; it becomes the model.
     pub fn import(&self, chat: &ChatApp, path: &Path) -> Result<PathBuf, RouteError> {
-        let imported = download::import(&self.config, path, download::ImportMode::Copy, |p| {
-            engine::validate(p, &engine::EngineOptions::default()).map(drop)
-        })?;
+        let imported = self.install(path)?;
         chat.load_model(imported.path.clone())?;
         Ok(imported.path)
+    }
+
+    /// The checks and the copy of [`Models::import`]. A refusal is
+    /// [`download::Error::InvalidModel`] with the engine's own error as its source.
+    fn install(&self, path: &Path) -> Result<download::Imported, download::Error> {
+        download::import(&self.config, path, download::ImportMode::Copy, |p| {
+            engine::validate(p, &engine::EngineOptions::default()).map(drop)
+        })
     }
 
     /// The onboarding's data: the catalog (recommended first) and the download in progress.
@@ -238,6 +244,24 @@ mod tests {
         assert_eq!(format_eta(42), "42 s");
         assert_eq!(format_eta(61), "2 min");
         assert_eq!(format_eta(3 * 3600 + 5 * 60), "3 h 5 min");
+    }
+
+    #[test]
+    fn an_import_the_engine_refuses_keeps_the_engine_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Models::new(dir.path().join("models"), None, None);
+        let file = dir.path().join("notes.gguf");
+        std::fs::write(&file, b"these are notes, not a model").unwrap();
+        let err = m.install(&file).unwrap_err();
+        // Was: the engine's error flattened to a string inside the download error.
+        let source = std::error::Error::source(&err).expect("a source");
+        let engine_error = source.downcast_ref::<engine::EngineError>();
+        assert!(
+            matches!(engine_error, Some(engine::EngineError::Gguf { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("is not a usable model"), "{err}");
+        assert!(!dir.path().join("models").join("notes.gguf").exists());
     }
 
     #[test]

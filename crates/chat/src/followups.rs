@@ -91,7 +91,8 @@ const INTERJECTIONS: [&str; 6] = ["sure", "certainly", "of course", "okay", "ok"
 /// short questions-like lines: one sentence that ends with `?` or starts with a request word
 /// ([`REQUESTS`]), at most [`MAX_QUESTION_CHARS`]. Dropped are preambles and statements (the
 /// model chatting on), answers (`A: …`), questions about questions (echoes of the instruction),
-/// the user's own question again, and repeats (ignoring case and articles); at most [`MAX_QUESTIONS`].
+/// the user's own question again, questions put to the assistant about itself ([`about_the_assistant`]),
+/// and repeats (ignoring case and articles); at most [`MAX_QUESTIONS`].
 pub fn parse(text: &str, asked: &str) -> Vec<String> {
     let mut seen = HashSet::from([normal_form(asked)]);
     let mut out = Vec::new();
@@ -122,6 +123,25 @@ fn is_suggestion(q: &str) -> bool {
         && q.split_whitespace().count() >= 2
         && q.chars().count() <= MAX_QUESTION_CHARS
         && !lower.contains("question")
+        && !about_the_assistant(&lower)
+}
+
+/// Words that open a request put politely to the assistant ("Can you explain tides?"): the user
+/// may well ask that next.
+const POLITE_OPENINGS: [&str; 5] = ["can you", "could you", "would you", "will you", "please"];
+
+/// Whether a (lower-case) suggestion asks the assistant about itself, as the small models'
+/// suggestions often do when they take the user's part ("What's the most exciting thing you've
+/// ever seen?", "How do you feel about the way I've portrayed Hamlet?"): a second-person word
+/// anywhere but in a polite opening.
+fn about_the_assistant(lower: &str) -> bool {
+    let rest = POLITE_OPENINGS
+        .iter()
+        .find_map(|opening| lower.strip_prefix(opening))
+        .unwrap_or(lower);
+    rest.split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '’')
+        .map(|w| w.split(['\'', '’']).next().unwrap_or(""))
+        .any(|w| ["you", "your", "yours", "yourself"].contains(&w))
 }
 
 /// The question's words, lower case, contractions spelt out and articles left out: "What's it?"
@@ -266,7 +286,6 @@ mod tests {
             parse(text, "Who wrote Hamlet?"),
             [
                 "What's the most memorable scene in the play?",
-                "How do you feel about the way I've portrayed Hamlet?",
                 "What's the most interesting fact about Hamlet?"
             ]
         );
@@ -293,6 +312,26 @@ mod tests {
         assert_eq!(
             parse(text, "What is the largest ocean?"),
             ["How deep is it?"]
+        );
+    }
+
+    #[test]
+    fn questions_put_to_the_assistant_about_itself_are_dropped() {
+        // SmolLM2-135M's suggestions after "Name three colours." (the app's E2E run).
+        let text = "1. What's the most exciting thing you've ever seen?\n2. Do YOU like red?\n\
+            3. Which colours are your favourites?\n4. Can you name three more colours?\n\
+            5. Could you explain why the sky is blue?";
+        assert_eq!(
+            parse(text, "Name three colours."),
+            [
+                "Can you name three more colours?",
+                "Could you explain why the sky is blue?"
+            ]
+        );
+        // A word that only starts like one ("young", "youth") is no second person.
+        assert_eq!(
+            parse("Are young stars hot?\nWhat is youth?", ""),
+            ["Are young stars hot?", "What is youth?"]
         );
     }
 

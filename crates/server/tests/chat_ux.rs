@@ -94,9 +94,17 @@ async fn follow_up_chips_appear_under_the_answer_send_their_question_and_go_when
             .count(),
         questions.len()
     );
-    // The chat pane shows them below the messages, refreshed when the chat's news says so.
+    // The chat pane shows them right under the latest answer, inside the scrolled messages (not
+    // apart above the composer), refreshed when the chat's news says so.
     let (_, pane) = f.htmx("GET", &format!("/chats/{cid}"), "").await;
-    let container = &pane[pane.find("id=\"follow-ups-").expect("the container")..];
+    let at = pane.find("id=\"follow-ups-").expect("the container");
+    let last_answer = pane.rfind("class=\"msg assistant").expect("an answer");
+    let messages_end = pane.find("</section>").expect("the messages' end");
+    assert!(
+        last_answer < at && at < messages_end,
+        "the chips are not under the latest answer: {pane}"
+    );
+    let container = &pane[at..];
     assert!(
         container.contains(&format!("follow-ups-changed-{cid} from:body")),
         "{container}"

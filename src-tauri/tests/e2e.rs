@@ -185,6 +185,36 @@ fn type_and_send(s: &Session, text: &str) {
     panic!("could not type into the composer: {last_err}");
 }
 
+/// The speed of the answer as the window showed it: from Enter to its first text, and its tokens
+/// per second from then until the text last grew, beside the figures the app printed under it
+/// (`stats`). Printed, and written to `target/e2e/inapp-speed.json` for doc/benchmarks.md.
+fn report_speed(s: &Session, stats: &str) {
+    let times = s
+        .execute(
+            "return [window.__sentAt, window.__shownAt[0], window.__shownAt[window.__shownAt.length - 1]];",
+            vec![],
+        )
+        .unwrap();
+    let at = |i: usize| times[i].as_f64().expect("a time from the page");
+    let tokens: f64 = stats
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no token count in the stats {stats:?}"));
+    let first_ms = at(1) - at(0);
+    let decode_s = (at(2) - at(1)) / 1000.0;
+    let report = serde_json::json!({
+        "window_first_token_ms": first_ms,
+        "window_tokens_per_s": if decode_s > 0.0 { (tokens - 1.0) / decode_s } else { 0.0 },
+        "tokens": tokens,
+        "app_stats": stats,
+    });
+    eprintln!("speed in the window: {report}");
+    let dir = workspace_root().join("target/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("inapp-speed.json"), report.to_string()).unwrap();
+}
+
 /// Text of the last assistant answer in the conversation.
 fn last_answer(s: &Session) -> String {
     s.execute(
@@ -337,13 +367,23 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
     // The answer grows token by token, then completes with stats. The page records each text the answer
     // shows (a MutationObserver): polling over WebDriver missed every step when a short answer came fast.
     open_new_chat(&s);
+    // It also notes when Enter was pressed, when the first text showed and when the text last grew:
+    // the speed the user sees, webview included, reported beside the engine's own figures.
     s.execute(
-        "window.__answerSteps = []; \
+        "window.__answerSteps = []; window.__shownAt = []; \
+         document.addEventListener('keydown', e => { \
+           if (e.key === 'Enter' && !e.shiftKey) window.__sentAt = performance.now(); \
+         }, true); \
          new MutationObserver(() => { \
            const a = document.querySelectorAll('#messages article.msg.assistant .md'); \
            const t = a.length ? a[a.length - 1].textContent : ''; \
            const steps = window.__answerSteps; \
-           if (t && steps[steps.length - 1] !== t) steps.push(t); \
+           const words = x => x.split(/\\s+/).filter(Boolean).length; \
+           if (t && steps[steps.length - 1] !== t) { \
+             if (!steps.length || words(t) > words(steps[steps.length - 1])) \
+               window.__shownAt.push(performance.now()); \
+             steps.push(t); \
+           } \
          }).observe(document.body, { childList: true, subtree: true, characterData: true }); \
          return true;",
         vec![],
@@ -378,6 +418,7 @@ fn app_streams_an_answer_keeps_it_and_explains_a_missing_model() {
         s.text(&stats).unwrap().contains("tok/s"),
         "stats under the answer"
     );
+    report_speed(&s, &s.text(&stats).unwrap());
     save_screenshot(&s, "chat.png");
 
     // Regenerate: the new answer streams into the swapped-in chat pane and completes there (it used to

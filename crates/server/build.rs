@@ -19,7 +19,10 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ui/dist");
+    // Read when the script runs, not baked in when it was compiled: a build script compiled in
+    // another checkout (a copied `target/`) would otherwise embed that checkout's files.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dist = Path::new(&manifest).join("../../ui/dist");
     println!("cargo:rerun-if-changed={}", dist.display());
     let mut found = Vec::new();
     for sub in ["static", "vendor"] {

@@ -3,13 +3,11 @@
 //! model fits the test machine). Shared by the unit tests of the tool loop, follow-ups and
 //! branches.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::events::AppEvent;
-use crate::worker::scripted::Scripted;
 use crate::{AppPaths, ChatApp, ModelState, Settings};
 
 pub(crate) struct ScriptedApp {
@@ -67,12 +65,7 @@ pub(crate) fn open_with(
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let app = ChatApp::open(paths, Arc::new(move |e| seen.lock().unwrap().push(e))).unwrap();
-    let prompts = Arc::new(Mutex::new(Vec::new()));
-    app.inner.worker.script(Scripted {
-        template,
-        replies: VecDeque::from(replies),
-        prompts: prompts.clone(),
-    });
+    let prompts = app.script_model(template, replies);
     wait(|| matches!(app.model_state(), ModelState::Remote { .. }).then_some(()));
     ScriptedApp {
         app,

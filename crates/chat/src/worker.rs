@@ -285,7 +285,7 @@ enum Request {
     KeptCaches(usize),
     Reset,
     Shutdown,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "scripted-model"))]
     Script(Box<scripted::Scripted>),
 }
 
@@ -441,7 +441,7 @@ impl Worker {
     }
 
     /// Tests: answers come from `script` from now on (after the requests already queued).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "scripted-model"))]
     pub(crate) fn script(&self, script: scripted::Scripted) {
         self.shared.load_seq.fetch_add(1, Ordering::SeqCst);
         self.send(Request::Script(Box::new(script))).unwrap();
@@ -466,7 +466,7 @@ enum Backend {
     Local(Box<Engine>),
     Remote(RemoteModel),
     /// Tests: a model whose output is scripted, at the engine's token boundary.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "scripted-model"))]
     Scripted(Box<scripted::Scripted>),
 }
 
@@ -602,7 +602,7 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                 shared.queue.lock().unwrap().done();
             }
             Request::Shutdown => break,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "scripted-model"))]
             Request::Script(script) => {
                 backend = Some(Backend::Scripted(script));
                 shared.set_state(ModelState::Remote {
@@ -716,7 +716,7 @@ fn step(
         Backend::Local(e) => catch_unwind(AssertUnwindSafe(|| generate(e, job, sink)))
             .unwrap_or_else(|panic| Err(Failure::Failed(JobError::Crashed(panic_text(panic))))),
         Backend::Remote(r) => generate_remote(r, job, sink),
-        #[cfg(test)]
+        #[cfg(any(test, feature = "scripted-model"))]
         Backend::Scripted(s) => s.generate(job, sink),
     }
 }
@@ -748,7 +748,7 @@ fn supports_tools(backend: &Backend) -> bool {
     match backend {
         Backend::Local(e) => e.info().supports_tools,
         Backend::Remote(_) => false,
-        #[cfg(test)]
+        #[cfg(any(test, feature = "scripted-model"))]
         Backend::Scripted(s) => s.template.supports_tools(),
     }
 }
@@ -1099,9 +1099,10 @@ fn generate(
     })
 }
 
-/// Tests: a backend that renders the conversation with a real chat template (recording each
-/// prompt) and answers each step with the next scripted list of token pieces.
-#[cfg(test)]
+/// Tests (this crate's, and other crates' with the feature `scripted-model`): a backend that
+/// renders the conversation with a real chat template (recording each prompt) and answers each
+/// step with the next scripted list of token pieces.
+#[cfg(any(test, feature = "scripted-model"))]
 pub(crate) mod scripted {
     use std::collections::VecDeque;
 
@@ -1111,6 +1112,26 @@ pub(crate) mod scripted {
         pub template: engine::template::ChatTemplate,
         pub replies: VecDeque<Vec<String>>,
         pub prompts: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl crate::ChatApp {
+        /// The model becomes a script: each generation step renders its prompt with `template`
+        /// (recorded in the returned list) and answers with the next of `replies` (token
+        /// pieces); everything else (the worker, its tool loop, the stream) is the real app.
+        /// Its state reads as a remote endpoint named `scripted`, until the next load.
+        pub fn script_model(
+            &self,
+            template: engine::template::ChatTemplate,
+            replies: Vec<Vec<String>>,
+        ) -> Arc<Mutex<Vec<String>>> {
+            let prompts = Arc::new(Mutex::new(Vec::new()));
+            self.inner.worker.script(Scripted {
+                template,
+                replies: VecDeque::from(replies),
+                prompts: prompts.clone(),
+            });
+            prompts
+        }
     }
 
     impl Scripted {

@@ -914,3 +914,121 @@ async fn enable_thinking_false_reaches_a_local_smollm3_models_template() {
         "thinking on: {on} prompt tokens, off: {off}"
     );
 }
+
+/// A server whose model is scripted: its output is given at the engine's token boundary (each of
+/// `replies` is one answer, as token pieces), rendered with SmolLM3-3B's own template; the rest
+/// is the real app. Returns the prompts the model was given.
+async fn scripted_server(replies: &[&str]) -> (Fixture, String, Arc<Mutex<Vec<String>>>) {
+    let f = fixture();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/smollm3-official.jinja");
+    let source = std::fs::read_to_string(&path).unwrap();
+    let template = engine::template::ChatTemplate::new(&source, "", "<|im_end|>").unwrap();
+    // Four chars a token, so tags and JSON arrive split.
+    let pieces = |text: &str| {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(4).map(|c| c.iter().collect()).collect()
+    };
+    let prompts = f
+        .server
+        .chat()
+        .script_model(template, replies.iter().map(|r| pieces(r)).collect());
+    let start = Instant::now();
+    while !f.server.chat().model_state().is_ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the script is ready"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let url = serve(&f, "").await;
+    (f, url, prompts)
+}
+
+fn weather_call(city: &str) -> String {
+    format!("<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"{city}\"}}}}\n</tool_call>")
+}
+
+/// A call of the response as OpenAI shapes it: its id, then the name and the parsed arguments.
+fn call_of(call: &Value) -> (String, (String, Value)) {
+    assert_eq!(call["type"], "function", "{call}");
+    let arguments = call["function"]["arguments"].as_str().unwrap();
+    (
+        call["id"].as_str().unwrap().to_owned(),
+        (
+            call["function"]["name"].as_str().unwrap().to_owned(),
+            serde_json::from_str(arguments).unwrap(),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_calls_come_back_in_openais_shape_whole_and_streamed() {
+    let two = format!("{}\n{}", weather_call("Paris"), weather_call("Oslo"));
+    let streamed = format!("Let me look.\n{}", weather_call("Rome"));
+    let (_f, url, prompts) = scripted_server(&[&two, &streamed, &two]).await;
+    let chat = format!("{url}/v1/chat/completions");
+    let body = |stream: bool| {
+        json!({"model": "scripted", "stream": stream,
+            "messages": [{"role": "user", "content": "The weather in Paris and Oslo?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "description": "The weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                    "required": ["city"]}}}]})
+    };
+
+    // Whole: only calls, so no content; each call with its id, name and arguments (a string).
+    let (status, whole) = post(chat.clone(), body(false)).await;
+    assert_eq!(status, 200, "{whole}");
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{whole}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{whole}");
+    let calls: Vec<_> = choice["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(call_of)
+        .collect();
+    let named = |city: &str| ("get_weather".to_owned(), json!({"city": city}));
+    assert_eq!(
+        calls.iter().map(|c| c.1.clone()).collect::<Vec<_>>(),
+        [named("Paris"), named("Oslo")]
+    );
+    assert_ne!(calls[0].0, calls[1].0, "two calls, two ids");
+    // The tools reached the model through its template's `xml_tools`.
+    assert!(
+        prompts.lock().unwrap()[0].contains("'name': 'get_weather'"),
+        "{}",
+        prompts.lock().unwrap()[0]
+    );
+
+    // Streamed: the text, then one `delta.tool_calls` chunk per call, then `tool_calls`.
+    let (chunks, _) = stream(chat.clone(), body(true)).await;
+    assert_eq!(streamed_text(&chunks), "Let me look.\n");
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(deltas.len(), 1, "{chunks:?}");
+    assert_eq!(deltas[0][0]["index"], 0);
+    assert_eq!(call_of(&deltas[0][0]).1, named("Rome"));
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("tool_calls")], "{chunks:?}");
+
+    // Ids are unique across responses too, not `call_0` in each.
+    let (_, again) = post(chat, body(false)).await;
+    let ids: Vec<String> = again["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| call_of(c).0)
+        .collect();
+    assert!(
+        ids.iter().all(|id| !calls.iter().any(|c| &c.0 == id)),
+        "{ids:?} vs {calls:?}"
+    );
+}

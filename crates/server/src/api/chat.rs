@@ -16,7 +16,7 @@ use engine::ChatMessage;
 use serde_json::{json, Value};
 
 use super::body::Body;
-use super::run::{self, finish_reason, tool_call_json, usage, Chunks};
+use super::run::{self, finish_reason, usage, Chunks};
 use super::{loaded, now, response_id, source, ApiError};
 use crate::Server;
 
@@ -252,7 +252,7 @@ impl Chunks for ChatChunks {
 
     fn tool_call(&mut self, call: &ToolRecord) -> Option<Value> {
         self.called = true;
-        let mut c = tool_call_json(call);
+        let mut c = tool_call_json(&self.id, call);
         c["index"] = json!(call.index);
         Some(self.chunk(
             json!([{"index": 0, "delta": {"tool_calls": [c]}, "logprobs": null, "finish_reason": null}]),
@@ -306,12 +306,18 @@ pub(super) async fn completions(
     }
     let created = now();
     let a = running.collect().await?;
-    let mut message = json!({"role": "assistant", "content": a.text});
+    // OpenAI's shape: a message that only calls tools has no content (null, not "", nor the
+    // whitespace the model wrote between its calls).
+    let content = match a.text.trim().is_empty() && !a.calls.is_empty() {
+        true => Value::Null,
+        false => json!(a.text),
+    };
+    let mut message = json!({"role": "assistant", "content": content});
     if !a.thinking.is_empty() {
         message["reasoning_content"] = json!(a.thinking);
     }
     if !a.calls.is_empty() {
-        message["tool_calls"] = a.calls.iter().map(tool_call_json).collect();
+        message["tool_calls"] = a.calls.iter().map(|c| tool_call_json(&id, c)).collect();
     }
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model.id,
@@ -320,6 +326,18 @@ pub(super) async fn completions(
         "usage": usage(&a.stats),
     }))
     .into_response())
+}
+
+/// A call in OpenAI's shape: `{"id","type":"function","function":{"name","arguments"}}`, the
+/// arguments as a JSON string. The id is the response's (`chatcmpl-…`) and the call's index, so
+/// no two calls share one, across responses too: a client matches results to calls by it.
+fn tool_call_json(response: &str, call: &ToolRecord) -> Value {
+    let response = response.strip_prefix("chatcmpl-").unwrap_or(response);
+    json!({
+        "id": format!("call_{response}_{}", call.index),
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments.to_string()},
+    })
 }
 
 #[cfg(test)]

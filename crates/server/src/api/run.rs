@@ -144,16 +144,6 @@ pub(crate) fn finish_reason(stats: &MessageStats, called: bool) -> &'static str 
     }
 }
 
-/// A call in OpenAI's shape: `{"id","type":"function","function":{"name","arguments"}}`, the
-/// arguments as a JSON string. The id is unique within the response (its index).
-pub(crate) fn tool_call_json(call: &ToolRecord) -> Value {
-    json!({
-        "id": format!("call_{}", call.index),
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.arguments.to_string()},
-    })
-}
-
 pub(crate) fn usage(stats: &MessageStats) -> Value {
     json!({
         "prompt_tokens": stats.prompt_tokens,

@@ -39,26 +39,8 @@ impl server::Shell for TauriShell {
             .and_then(|p| p.into_path().ok())
     }
 
-    /// The system's handler for the link (a browser, a mail program), as a separate process given
-    /// the URL as one argument: no shell parses it.
     fn open_url(&self, url: &str) -> Result<(), String> {
-        let mut command = if cfg!(target_os = "macos") {
-            std::process::Command::new("open")
-        } else if cfg!(windows) {
-            let mut c = std::process::Command::new("rundll32");
-            c.arg("url.dll,FileProtocolHandler");
-            c
-        } else {
-            std::process::Command::new("xdg-open")
-        };
-        let mut child = command
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("could not open {url} in the browser: {e}"))?;
-        // Reaped in the background: xdg-open may wait for the browser it starts.
-        std::thread::spawn(move || child.wait());
-        Ok(())
+        open_in_browser(url)
     }
 
     /// `/export`: the Markdown is in the reply; a native save dialog offers to write it to a file too.
@@ -81,4 +63,27 @@ impl server::Shell for TauriShell {
             }
         });
     }
+}
+
+/// Opens `url` with the system's handler for it (a browser, a mail program), as a separate process
+/// given the URL as one argument: no shell parses it. For answers' links and for any navigation
+/// that would leave the app ([`crate::windows::navigation`]).
+pub fn open_in_browser(url: &str) -> Result<(), String> {
+    let mut command = if cfg!(target_os = "macos") {
+        std::process::Command::new("open")
+    } else if cfg!(windows) {
+        let mut c = std::process::Command::new("rundll32");
+        c.arg("url.dll,FileProtocolHandler");
+        c
+    } else {
+        std::process::Command::new("xdg-open")
+    };
+    let mut child = command
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("could not open {url} in the browser: {e}"))?;
+    // Reaped in the background: xdg-open may wait for the browser it starts.
+    std::thread::spawn(move || child.wait());
+    Ok(())
 }

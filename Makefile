@@ -4,9 +4,10 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian/Ubuntu packages: WebKitGTK + tray for the app, Xvfb + WebKitWebDriver for its end-to-end test, a D-Bus
-# daemon for the single-instance test's own session bus.
+# daemon for the single-instance test's own session bus, xwininfo + ImageMagick's import for the damaged-database
+# test (it finds the native dialog's window and saves the screen).
 APT_PACKAGES := libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev \
-	pkg-config build-essential file xvfb webkit2gtk-driver dbus-daemon
+	pkg-config build-essential file xvfb webkit2gtk-driver dbus-daemon x11-utils imagemagick
 TAURI_DRIVER_VERSION := 2.1.0
 # CI builds a fresh clone once: incremental caches there only cost disk (gigabytes) and time.
 ifeq ($(CI),true)
@@ -86,7 +87,8 @@ test-aarch64: model
 ## System packages, installed only when missing.
 deps:
 	@if ! pkg-config --exists webkit2gtk-4.1 ayatana-appindicator3-0.1 || ! command -v Xvfb >/dev/null \
-	    || ! command -v WebKitWebDriver >/dev/null || ! command -v dbus-daemon >/dev/null; then \
+	    || ! command -v WebKitWebDriver >/dev/null || ! command -v dbus-daemon >/dev/null \
+	    || ! command -v xwininfo >/dev/null || ! command -v import >/dev/null; then \
 	  echo "installing system packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
 	fi

@@ -7,70 +7,16 @@
 //! through the chat core's shutdown.
 
 mod support {
+    pub mod launch;
     pub mod process;
 }
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::process::{require, start_display, Guard, TempDir};
-
-const APP: &str = env!("CARGO_BIN_EXE_notso-smollm3");
-
-/// A private session bus: the address it listens on, and the daemon.
-fn start_session_bus() -> (Guard, String) {
-    require("dbus-daemon");
-    let mut child = Command::new("dbus-daemon")
-        .args(["--session", "--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start dbus-daemon");
-    let mut address = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut address)
-        .expect("read the bus address");
-    assert!(!address.trim().is_empty(), "dbus-daemon printed no address");
-    (Guard(child), address.trim().to_string())
-}
-
-/// Waits for `done`, or fails after `timeout` naming `what`.
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn launch(root: &Path, display: &str, bus: &str, extra: &[&str], log: &str) -> Command {
-    let mut cmd = Command::new(APP);
-    for (flag, dir) in [
-        ("--data-dir", "data"),
-        ("--config-dir", "config"),
-        ("--models-dir", "models"),
-    ] {
-        cmd.arg(flag).arg(root.join(dir));
-    }
-    cmd.args(extra)
-        .env("DISPLAY", display)
-        .env("DBUS_SESSION_BUS_ADDRESS", bus)
-        .env("NO_AT_BRIDGE", "1")
-        .env("GDK_BACKEND", "x11")
-        .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
-        .env("RUST_LOG", "info")
-        .env_remove("SMOLLM3_MODEL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.join(log)).unwrap());
-    cmd
-}
-
-fn log(root: &Path, name: &str) -> String {
-    std::fs::read_to_string(root.join(name)).unwrap_or_default()
-}
+use support::launch::{launch, log, start_session_bus, wait_for};
+use support::process::{start_display, Guard, TempDir};
 
 #[test]
 fn a_second_launch_hands_its_model_to_the_first_and_exits() {

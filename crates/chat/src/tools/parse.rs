@@ -3,9 +3,9 @@
 //!
 //! The variants are the ones llama.cpp accepted for SmolLM3: its template names `<tool_call>`,
 //! which llama.cpp's `common_chat_templates_apply_jinja` took as the Hermes 2 Pro format, parsed
-//! by `common_chat_parse_hermes_2_pro` (ggml-org/llama.cpp, `common/chat.cpp`, the regex parser
-//! of July 2025 to early 2026, before its template auto-parser; the source vendored by
-//! llama-cpp-python 0.3.36 no longer has it). Its opening regex, and what we make of each part:
+//! by `common_chat_parse_hermes_2_pro` (ggml-org/llama.cpp, `common/chat.cpp`: the regex parser
+//! it had from SmolLM3's release in July 2025 until its template auto-parser replaced the
+//! per-format parsers; the source vendored by llama-cpp-python 0.3.36 has only the latter). Its opening regex, and what we make of each part:
 //!
 //! ```text
 //! (```(?:xml|json)?\n\s*)?                                   a fence around the call

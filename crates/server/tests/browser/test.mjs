@@ -203,6 +203,42 @@ test("Stop ends the answer and keeps what was written as interrupted", async () 
   await page.close();
 });
 
+test("an answer waiting behind an API request shows its place, then its tokens", async () => {
+  const page = await open("/");
+  // An API client's streamed answer holds the engine: counting on at temperature 0 does not stop early.
+  const api = await fetch(url + "/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: MODEL.split("/").pop().replace(/\.gguf$/, ""), prompt: "1, 2, 3, 4, 5, 6, 7, 8,",
+      max_tokens: 200, temperature: 0, stream: true }),
+  });
+  assert.equal(api.status, 200);
+  const reader = api.body.getReader();
+  let said = "";
+  while (!said.includes('"text"')) {
+    const { value, done } = await reader.read();
+    assert.ok(!done, `the API answer ended before its first token: ${said}`);
+    said += new TextDecoder().decode(value);
+  }
+  // A chat asks meanwhile: its placeholder says it waits, and for how many.
+  const mid = await newChatAndSend(page, "Say hi.");
+  const waiting = `#msg-${mid} .waiting`;
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === "Waiting for the model — 1 answer ahead",
+    waiting, { timeout: 10_000 }).catch(async (e) => {
+    const shown = await page.$eval(`#msg-${mid}`, (m) => m.outerHTML).catch(() => "(gone)");
+    throw new Error(`no place shown: ${shown}\n${e}`);
+  });
+  // The client goes away (its answer stops within a token): the chat's turn, and its first token replaces the place.
+  await reader.cancel();
+  await waitForText(page, mid, 1);
+  assert.equal(await page.evaluate((sel) => document.querySelector(sel)?.textContent || "", waiting), "",
+    "the place is gone with the first token");
+  const text = await stored(page, mid, "complete");
+  assert.ok(text.length > 0, await page.$eval(`#msg-${mid}`, (m) => m.outerHTML));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test("the quick-chat page answers, and its chat opens in the main page", async () => {
   const page = await open("/quick");
   await page.fill("form.quick input[name=text]", "What is the capital of France?");

@@ -596,8 +596,17 @@ fn run(rx: Receiver<Request>, shared: &Shared) {
                             }
                         }
                     }
-                    Err(Failure::Refused(why)) => (job.sink)(JobEvent::Refused(why)),
-                    Err(Failure::Failed(error)) => (job.sink)(JobEvent::Failed(error)),
+                    Err(failure) => {
+                        // Free before the caller hears: a request sent on that news (a client
+                        // retrying) is not told it waits behind this one, which the API would
+                        // answer with a stream where a status was due.
+                        shared.queue.lock().unwrap().done();
+                        (job.sink)(match failure {
+                            Failure::Refused(why) => JobEvent::Refused(why),
+                            Failure::Failed(error) => JobEvent::Failed(error),
+                        });
+                        continue;
+                    }
                 }
                 shared.queue.lock().unwrap().done();
             }

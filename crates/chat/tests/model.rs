@@ -428,7 +428,20 @@ fn a_job_outside_any_chat_is_answered_and_stores_nothing_and_a_prompt_too_long_i
     }
     assert!(app.list_chats().unwrap().is_empty(), "no chat was made");
 
-    let (job, rx) = api_job(chat::Prompt::Text("hello ".repeat(20_000)), 8);
+    // The next request, sent the moment the refusal is heard (from its sink, on the worker's
+    // thread), finds the engine free: it was told it waited behind the refused one, and the API
+    // then began a stream where the refusal's status was due.
+    let (mut job, rx) = api_job(chat::Prompt::Text("hello ".repeat(20_000)), 8);
+    let (next, next_rx) = api_job(chat::Prompt::Text("Hi".into()), 1);
+    let (mut next, retry) = (Some(next), app.clone());
+    let mut sink = job.sink;
+    job.sink = Box::new(move |e| {
+        let refused = matches!(e, chat::JobEvent::Refused(_));
+        sink(e);
+        if let Some(next) = next.take_if(|_| refused) {
+            retry.submit(next).unwrap();
+        }
+    });
     app.submit(job).unwrap();
     match until_end(&rx).last().unwrap() {
         // Typed until shown: the API tells a prompt that does not fit from an engine failure.
@@ -437,6 +450,11 @@ fn a_job_outside_any_chat_is_answered_and_stores_nothing_and_a_prompt_too_long_i
         }
         other => panic!("{other:?}"),
     }
+    let events = until_end(&next_rx);
+    assert!(
+        matches!(events[0], chat::JobEvent::Queued(0)),
+        "the engine was free when the refusal was heard: {events:?}"
+    );
 }
 
 /// The settings' device and backend reach the worker as they are: a GPU this build lacks fails

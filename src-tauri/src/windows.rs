@@ -31,7 +31,7 @@ fn app_url(path: &str) -> WebviewUrl {
 /// What a window does with a navigation to a URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Navigation {
-    /// The app's own pages (`app://localhost/…`), Tauri's own (`tauri://`), `about:blank`.
+    /// The app's own pages (`app://localhost/…`), Tauri's own (`tauri://localhost`), `about:blank`.
     Stay,
     /// A web or mail link: opened in the system's browser or mail program, never in the app.
     OpenOutside,
@@ -48,7 +48,7 @@ pub fn navigation(url: &Url) -> Navigation {
         && url.port_or_known_default() == own.port_or_known_default();
     match url.scheme() {
         _ if same_origin => Navigation::Stay,
-        "tauri" => Navigation::Stay,
+        "tauri" if url.host_str() == Some("localhost") => Navigation::Stay,
         "about" if url.path() == "blank" => Navigation::Stay,
         "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => {
             Navigation::OpenOutside
@@ -230,6 +230,8 @@ mod tests {
             assert_eq!(navigation(&page_url(path)), Navigation::Stay, "{path}");
         }
         assert_eq!(nav("tauri://localhost/"), Navigation::Stay);
+        // Only Tauri's own host: any other under its scheme is no page of the app's.
+        assert_eq!(nav("tauri://evil.example/"), Navigation::Refuse);
         assert_eq!(nav("about:blank"), Navigation::Stay);
     }
 

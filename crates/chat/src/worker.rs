@@ -259,6 +259,10 @@ pub struct GenerationJob {
     /// Who asked (`chat 3`, `api 127.0.0.1:5123`): sources take turns on the worker.
     pub source: String,
     pub cancelled: Arc<AtomicBool>,
+    /// Where the job's events go. `Queued` is told with the worker's queue locked (so it comes
+    /// before the answer's first token): a sink must not call back into the worker (`generate`,
+    /// `status`) on that thread, nor wait on something that does. The other events are told on
+    /// the worker's thread with nothing of the queue locked.
     pub sink: Box<dyn FnMut(JobEvent) + Send>,
     /// Tools offered to the model and run between generation steps (a [`Prompt::Chat`] only).
     pub tools: Option<Tools>,

@@ -17,6 +17,7 @@ mod error;
 mod run;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ::chat::ModelState;
@@ -61,13 +62,23 @@ pub(crate) fn now() -> u64 {
     unix_secs(SystemTime::now())
 }
 
-/// `chatcmpl-…`: the clock in nanoseconds, unique enough for a response id.
+/// Responses made by this process so far: the part of a response id that never repeats.
+static RESPONSES: AtomicU64 = AtomicU64::new(0);
+
+/// `chatcmpl-<clock>-<n>`: the clock in nanoseconds (apart across runs) and this process's count
+/// of responses (apart within a run, where the clock can repeat), so no two ids are the same and
+/// neither are the tool-call ids made from them.
 pub(crate) fn response_id(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{nanos:x}")
+    response_id_at(prefix, nanos)
+}
+
+fn response_id_at(prefix: &str, nanos: u128) -> String {
+    let n = RESPONSES.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{nanos:x}-{n:x}")
 }
 
 /// The ready model, or 503 saying why there is none. A remote endpoint's model is served by
@@ -185,5 +196,18 @@ async fn health(State(s): State<Server>) -> Response {
             body["status"] = json!(state);
             (e.status, Json(body)).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_ids_differ_even_when_the_clock_repeats() {
+        let (a, b) = (response_id_at("chatcmpl", 7), response_id_at("chatcmpl", 7));
+        assert_ne!(a, b);
+        assert!(a.starts_with("chatcmpl-7-"), "{a}");
+        assert_ne!(response_id("chatcmpl"), response_id("chatcmpl"));
     }
 }

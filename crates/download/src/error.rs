@@ -105,13 +105,14 @@ pub enum Error {
     #[error("{} is not a usable model: it is not a file", path.display())]
     NotAFile { path: PathBuf },
 
-    /// The validator (the engine's checks) refused the file; `source` is its own error, typed
-    /// (downcast it to the validator's error type), so the edge decides how to word it.
-    #[error("{} is not a usable model: {source}", path.display())]
+    /// The validator (the engine's checks) refused the file; `error` is its own error, typed
+    /// (downcast it to the validator's error type), so the edge decides how to word it. Its text
+    /// is part of this message, so it is not also this error's `source()`: a printed chain would
+    /// say it twice.
+    #[error("{} is not a usable model: {error}", path.display())]
     InvalidModel {
         path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     #[error("a model named {name} is already installed at {}", path.display())]

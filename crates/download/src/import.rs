@@ -31,7 +31,7 @@ pub struct Imported {
 /// Validates `path` with `validate` and, if it passes, makes it available as a model.
 ///
 /// `validate` gets the original path and returns why the file is unusable; a rejection becomes
-/// [`Error::InvalidModel`] with that error as its source and nothing is copied.
+/// [`Error::InvalidModel`] holding that error, typed, and nothing is copied.
 pub fn import<E: std::error::Error + Send + Sync + 'static>(
     config: &Config,
     path: &Path,
@@ -46,7 +46,7 @@ pub fn import<E: std::error::Error + Send + Sync + 'static>(
     }
     validate(path).map_err(|e| Error::InvalidModel {
         path: path.to_path_buf(),
-        source: Box::new(e),
+        error: Box::new(e),
     })?;
     let size = meta.len();
     let source = fs::canonicalize(path).map_err(|e| Error::io("open", path, e))?;
@@ -134,13 +134,25 @@ mod tests {
         let bad_magic = || io::Error::new(io::ErrorKind::InvalidData, "bad magic");
         let err = import(&config, &src, ImportMode::Copy, |_| Err(bad_magic())).unwrap_err();
         // The validator's error is kept as it is (was: only its text), for the edge to word.
-        let source = std::error::Error::source(&err).expect("the validator's error is the source");
-        let source = source
+        let Error::InvalidModel {
+            ref path,
+            ref error,
+        } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*path, src);
+        let error = error
             .downcast_ref::<io::Error>()
             .expect("typed, as returned");
-        assert_eq!(source.kind(), io::ErrorKind::InvalidData);
-        assert!(matches!(err, Error::InvalidModel { ref path, .. } if *path == src));
-        assert!(err.to_string().contains("bad magic"), "{err}");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .ends_with("is not a usable model: bad magic"),
+            "{err}"
+        );
+        // Its text is in the message, so not the source too: a printed chain says it once.
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
         assert!(!config.models_dir.join("mine.gguf").exists());
     }
 

@@ -144,7 +144,7 @@ impl Models {
     }
 
     /// The checks and the copy of [`Models::import`]. A refusal is
-    /// [`download::Error::InvalidModel`] with the engine's own error as its source.
+    /// [`download::Error::InvalidModel`] holding the engine's own error.
     fn install(&self, path: &Path) -> Result<download::Imported, download::Error> {
         download::import(&self.config, path, download::ImportMode::Copy, |p| {
             engine::validate(p, &engine::EngineOptions::default()).map(drop)
@@ -254,13 +254,22 @@ mod tests {
         std::fs::write(&file, b"these are notes, not a model").unwrap();
         let err = m.install(&file).unwrap_err();
         // Was: the engine's error flattened to a string inside the download error.
-        let source = std::error::Error::source(&err).expect("a source");
-        let engine_error = source.downcast_ref::<engine::EngineError>();
+        let download::Error::InvalidModel { ref error, .. } = err else {
+            panic!("{err:?}")
+        };
+        let engine_error = error.downcast_ref::<engine::EngineError>();
         assert!(
             matches!(engine_error, Some(engine::EngineError::Gguf { .. })),
             "{err:?}"
         );
-        assert!(err.to_string().contains("is not a usable model"), "{err}");
+        // The page's text: the path, then the engine's reason (its own text, once).
+        let reason = engine_error.unwrap().to_string();
+        let text = RouteError::from(err).to_string();
+        assert!(text.contains("is not a usable model: "), "{text}");
+        assert!(
+            text.ends_with(&reason) && text.matches(&reason).count() == 1,
+            "{text}"
+        );
         assert!(!dir.path().join("models").join("notes.gguf").exists());
     }
 

@@ -2,20 +2,26 @@
 //! `--api-key`, and `smollm3 generate --endpoint URL --api-key K` sends the key (to a fake
 //! OpenAI-compatible server on loopback that lets only that key in).
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
+use support::{output_within, LIMIT};
 
+/// `smollm3 args`, run to its end: one that would run on (a `serve` that listens where it should
+/// refuse) is killed after [`LIMIT`] and fails the test.
 fn smollm3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smollm3"))
-        .args(args)
-        .env_remove("SMOLLM3_API_KEY")
-        .env_remove("SMOLLM3_ENDPOINT_KEY")
-        .output()
-        .unwrap()
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_smollm3"))
+            .args(args)
+            .env_remove("SMOLLM3_API_KEY")
+            .env_remove("SMOLLM3_ENDPOINT_KEY"),
+        LIMIT,
+    )
 }
 
 #[test]

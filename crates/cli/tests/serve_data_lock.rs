@@ -2,10 +2,14 @@
 //! folder would end the first one's live answers as interrupted, so it stops at once instead, saying
 //! which process has the folder and what to do, and the first goes on serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use support::{output_within, Lines, LIMIT};
 
 fn test_model() -> PathBuf {
     let path =
@@ -52,6 +56,7 @@ impl Drop for Killed {
 /// The status line of `GET /` (the chat page) on `port`.
 fn page(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
     write!(
         s,
         "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -70,16 +75,13 @@ fn a_second_serve_on_one_data_folder_exits_saying_who_has_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(first.stderr.take().unwrap());
+    // Read on, so the first never blocks on a full pipe.
+    let lines = Lines::of(first.stderr.take().unwrap());
     let first = Killed(first);
-    let mut lines = stderr.lines().map_while(Result::ok);
-    lines
-        .find(|l| l.contains("smollm3 serve: the chat at"))
-        .expect("the first serve listens");
-    // Keep reading, so the first never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    lines.wait_for("smollm3 serve: the chat at", LIMIT);
 
-    let second = serve(dir.path(), free_port()).output().unwrap();
+    // Were the lock not checked, the second would serve on: the limit fails the test then.
+    let second = output_within(&mut serve(dir.path(), free_port()), LIMIT);
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{said}");
     let data = dir.path().join("data");

@@ -50,10 +50,9 @@ pub fn navigation(url: &Url) -> Navigation {
         _ if same_origin => Navigation::Stay,
         "tauri" if url.host_str() == Some("localhost") => Navigation::Stay,
         "about" if url.path() == "blank" => Navigation::Stay,
-        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+        "http" | "https" | "mailto" if server::shell::may_leave_the_app(url.as_str()) => {
             Navigation::OpenOutside
         }
-        "mailto" if !url.path().is_empty() => Navigation::OpenOutside,
         _ => Navigation::Refuse,
     }
 }

@@ -20,8 +20,25 @@ pub trait Shell: Send + Sync + 'static {
     /// Offers to save an exported chat with a native dialog (in the background).
     fn offer_to_save(&self, file_name: String, markdown: String);
     /// Opens a web or mail link from an answer in the system's browser or mail program, never in
-    /// the app. `url` was checked by [`crate::routes`] (`http`, `https` or `mailto` only).
+    /// the app. `url` passed [`may_leave_the_app`].
     fn open_url(&self, url: &str) -> Result<(), String>;
+}
+
+/// Longest link a page may ask to open.
+const MAX_LINK_BYTES: usize = 8 * 1024;
+
+/// Whether a link may be opened outside the app (the system's browser or mail program): the web
+/// or mail, nothing that runs a program or reads a file (`file:`, `javascript:`, a custom scheme
+/// some program registered), no whitespace or control characters, at most 8 KiB. The one rule for
+/// a link clicked in an answer (`/open-link`) and for a window's navigation (the desktop shell's
+/// guard).
+pub fn may_leave_the_app(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    ["http://", "https://", "mailto:"]
+        .iter()
+        .any(|s| lower.starts_with(s) && lower.len() > s.len())
+        && url.len() <= MAX_LINK_BYTES
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The shell a request came through, as a request extension; absent over HTTP.
@@ -38,5 +55,34 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeShell {
         Ok(MaybeShell(
             parts.extensions.get::<WithShell>().map(|s| s.0.clone()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_leave_the_app;
+
+    #[test]
+    fn only_web_and_mail_links_of_sane_length_may_leave_the_app() {
+        for ok in [
+            "https://example.com/a?b=1",
+            "HTTP://example.com",
+            "mailto:a@b.c",
+        ] {
+            assert!(may_leave_the_app(ok), "{ok}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(8 * 1024));
+        for no in [
+            "https://",
+            "mailto:",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "zoommtg://join",
+            "https://example.com/a b",
+            "https://example.com/\u{7}",
+            long.as_str(),
+        ] {
+            assert!(!may_leave_the_app(no), "{no}");
+        }
     }
 }

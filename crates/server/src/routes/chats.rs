@@ -51,20 +51,9 @@ pub(super) fn routes() -> Router<Server> {
         .route("/open-link", post(open_link))
 }
 
-/// Longest link the page may ask to open.
-const MAX_LINK_BYTES: usize = 8 * 1024;
-
-/// A link from an answer that may leave the app: the web or mail, nothing that runs a program or
-/// reads a file (`file:`, `javascript:`, a custom scheme a program registered).
+/// A link from an answer that may leave the app ([`crate::shell::may_leave_the_app`]).
 fn checked_link(url: &str) -> Result<&str> {
-    let lower = url.to_ascii_lowercase();
-    let scheme_ok = ["http://", "https://", "mailto:"]
-        .iter()
-        .any(|s| lower.starts_with(s) && lower.len() > s.len());
-    if !scheme_ok
-        || url.len() > MAX_LINK_BYTES
-        || url.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if !crate::shell::may_leave_the_app(url) {
         return Err(RouteError::BadRequest(format!(
             "only web (http, https) and mail links can be opened, not “{}”",
             url.chars().take(80).collect::<String>()

@@ -14,27 +14,42 @@
 //! | <function=([^>]+)>  | <function name="([^"]+)">          the name, then its arguments' JSON
 //! ```
 //!
+//! llama.cpp takes any of these anywhere in the text; here only SmolLM3's own tag and the
+//! `<function…>` forms do, because built-in tools run without approval and an answer may well
+//! show or explain a tool call (`Example: {"tool_calls": [{"name": "calculator", …}]}`) or use
+//! `<json>`/`<response>` for other things. So:
+//!
 //! - `<tool_call>` (SmolLM3's own tag): everything up to `</tool_call>` is a call, as before:
 //!   whitespace and a Markdown ```json fence inside the tags are allowed, `arguments` may be an
 //!   object, a string holding one, or absent; anything else is a [`MalformedCall`] (it goes back
 //!   to the model as an error and is never shown as answer text). Unlike llama.cpp, `"name"`
 //!   need not be the first key.
-//! - The other tags (`<function_call>` … `<JSON>`) start a call only when `{"name"` follows
-//!   (llama.cpp's rule: `<json>` or `<response>` alone is text); their close tag (`</json>`…)
-//!   ends it, and the body is read as for `<tool_call>`.
 //! - `<function=NAME>{args}</function>` and `<function name="NAME">{args}</function>`: the body
-//!   is the arguments object (empty: none).
-//! - A JSON object without a tag, `{"name": ...}` (llama.cpp accepts it anywhere in the text):
-//!   a call only when its keys are exactly `name` and `arguments`, so an example object in an
-//!   answer (`{"name": "Ada", "born": 1815}`) stays text; an incomplete or invalid one is text.
+//!   is the arguments object (empty: none), else a [`MalformedCall`].
+//! - The other tags (`<function_call>`, `<tool>`, `<tools>`, `<response>`, `<json>`, `<xml>`,
+//!   `<JSON>`) are considered only when `{"name"` follows the tag (llama.cpp's rule), and hold a
+//!   call only when everything up to their close tag (`</json>`…) is one exact call: a JSON
+//!   object (whitespace around it allowed) whose keys are exactly `name` (a non-empty string)
+//!   and `arguments` (an object, or a string holding one). Anything else
+//!   (`<json>{"name": "John", "age": 30}</json>`), and one still open when the answer ends, is
+//!   text, tags included, as written.
+//! - A JSON object without a tag is a call only when it is the first thing in the answer
+//!   (whitespace before it and a fence around it allowed) and is an exact call as above. An
+//!   object after any other text, or nested in another value (`{"tool_calls": [{"name": …}]}`),
+//!   is text, as is an unfinished or invalid one.
 //! - A fence (```` ``` ````, ```` ```json ````, ```` ```xml ````, then a newline) right before any of
 //!   the JSON forms belongs to the call, with its closing ```` ``` ```` after it (when it follows).
-//! - A tagged call left unclosed at the end of the answer counts when its body is complete.
+//! - A `<tool_call>` or `<function…>` call left unclosed at the end of the answer counts when
+//!   its body is complete.
+//! - While an untagged object or another tag's body is undecided it is held back, at most
+//!   [`MAX_HELD`] bytes: past that it was never clearly a call, and is shown as text (what
+//!   follows its tag or `{` is read again, so a `<tool_call>` in it still counts).
 //!
 //! llama.cpp also drops whitespace after a call and, when any call is incomplete at the end,
 //! keeps the whole answer as text; here the text around calls is kept as written and each call
 //! stands on its own.
 
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 /// SmolLM3's own tags.
@@ -59,6 +74,10 @@ const FUNCTION_CLOSE: &str = "</function>";
 /// The longest function name held back while its `>` (or `"`) is awaited: past it the text is
 /// not a call.
 const MAX_NAME: usize = 256;
+/// The most text held back while deciding whether an untagged object, or the body of a tag other
+/// than SmolLM3's own, is a call: past it, it is shown as text. Bounds how long the answer stalls
+/// and how much is parsed again as pieces arrive.
+const MAX_HELD: usize = 8 * 1024;
 
 /// A well-formed call.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,14 +101,19 @@ pub type ParsedCall = std::result::Result<ToolCall, MalformedCall>;
 /// What follows the header of a call.
 #[derive(Debug)]
 enum Body {
-    /// Up to `close`: a call or a [`MalformedCall`]. With `function` (the name from
-    /// `<function=…>`), the body is the arguments.
+    /// Up to `close`. With `function` (the name from `<function=…>`), the body is the
+    /// arguments; with `strict` (a tag other than SmolLM3's own), a body that is not exactly a
+    /// call is text; otherwise it is a call or a [`MalformedCall`]. `searched`: the bytes of the
+    /// body already looked through for `close`.
     Tagged {
         close: &'static str,
         function: Option<String>,
+        strict: bool,
+        searched: usize,
     },
-    /// A JSON object with no tag: a call when it is complete and shaped like one, else text.
-    Bare,
+    /// A JSON object with no tag, at the start of the answer: a call when it is complete and an
+    /// exact call, else text.
+    Bare(Scan),
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +138,9 @@ pub struct ToolCallParser {
     /// Held back: a possible start of a call (outside one) or the call's body so far.
     pending: String,
     state: State,
+    /// Whether anything but whitespace came before `pending`: an untagged call may only come
+    /// first.
+    begun: bool,
     calls: Vec<ParsedCall>,
 }
 
@@ -126,22 +153,30 @@ impl ToolCallParser {
         shown
     }
 
+    /// Shows the first `n` bytes of the pending text.
+    fn release(&mut self, n: usize, shown: &mut String) {
+        let text = &self.pending[..n];
+        self.begun |= !text.trim().is_empty();
+        shown.push_str(text);
+        self.pending.drain(..n);
+    }
+
     /// Moves past one part of the pending text (text, a header, a call, a closing fence);
     /// false when what is left must wait for more.
     fn advance(&mut self, shown: &mut String) -> bool {
         match std::mem::take(&mut self.state) {
-            State::Outside => match find_start(&self.pending) {
+            State::Outside => match find_start(&self.pending, self.begun) {
                 Start::None => {
-                    shown.push_str(&self.pending);
-                    self.pending.clear();
+                    self.release(self.pending.len(), shown);
                     false
                 }
                 Start::Maybe(at) => {
-                    shown.extend(self.pending.drain(..at));
+                    self.release(at, shown);
                     false
                 }
                 Start::At(at, Header { len, body, fenced }) => {
-                    shown.extend(self.pending.drain(..at));
+                    self.release(at, shown);
+                    self.begun = true;
                     let header = self.pending.drain(..len).collect();
                     self.state = State::Inside {
                         body,
@@ -152,13 +187,30 @@ impl ToolCallParser {
                 }
             },
             State::Inside {
-                body: Body::Tagged { close, function },
+                body:
+                    Body::Tagged {
+                        close,
+                        function,
+                        strict,
+                        searched,
+                    },
                 header,
                 fenced,
             } => {
-                let Some(end) = self.pending.find(close) else {
+                let Some(end) = find_from(&self.pending, close, searched) else {
+                    if strict && self.pending.len() > MAX_HELD {
+                        // Never clearly a call: the tag is text, and what follows is read again.
+                        shown.push_str(&header);
+                        return true;
+                    }
+                    let searched = self.pending.len();
                     self.state = State::Inside {
-                        body: Body::Tagged { close, function },
+                        body: Body::Tagged {
+                            close,
+                            function,
+                            strict,
+                            searched,
+                        },
                         header,
                         fenced,
                     };
@@ -167,21 +219,40 @@ impl ToolCallParser {
                 let text: String = self.pending.drain(..end).collect();
                 self.pending.drain(..close.len());
                 let written = format!("{header}{text}{close}");
-                self.calls.push(tagged_call(&text, function, written));
+                if !strict {
+                    self.calls.push(tagged_call(&text, function, written));
+                } else if let Some(call) = wrapped_call(&text) {
+                    self.calls.push(Ok(call));
+                } else {
+                    shown.push_str(&written);
+                    return true;
+                }
                 self.state = if fenced { State::Fence } else { State::Outside };
                 true
             }
             State::Inside {
-                body: Body::Bare,
+                body: Body::Bare(mut scan),
                 header,
                 fenced,
             } => {
-                let mut stream = serde_json::Deserializer::from_str(&self.pending).into_iter();
-                match stream.next() {
-                    Some(Ok(value)) => {
-                        let end = stream.byte_offset();
+                let Some(end) = scan.end(&self.pending) else {
+                    if self.pending.len() <= MAX_HELD && !scan.broken(&self.pending) {
+                        self.state = State::Inside {
+                            body: Body::Bare(scan),
+                            header,
+                            fenced,
+                        };
+                        return false;
+                    }
+                    // Not JSON, or never clearly a call: text, read again after its `{`.
+                    shown.push_str(&header);
+                    shown.extend(self.pending.drain(..1));
+                    return true;
+                };
+                match serde_json::from_str(&self.pending[..end]) {
+                    Ok(value) => {
                         let text: String = self.pending.drain(..end).collect();
-                        match bare_call(value) {
+                        match exact_call(value) {
                             Some(call) => {
                                 self.calls.push(Ok(call));
                                 self.state = if fenced { State::Fence } else { State::Outside };
@@ -191,23 +262,14 @@ impl ToolCallParser {
                                 shown.push_str(&text);
                             }
                         }
-                        true
                     }
-                    Some(Err(e)) if e.is_eof() => {
-                        self.state = State::Inside {
-                            body: Body::Bare,
-                            header,
-                            fenced,
-                        };
-                        false
-                    }
-                    // Not JSON: text, scanned again after its `{`.
-                    _ => {
+                    // Not JSON: text, read again after its `{`.
+                    Err(_) => {
                         shown.push_str(&header);
                         shown.extend(self.pending.drain(..1));
-                        true
                     }
                 }
+                true
             }
             State::Fence => {
                 let rest = self.pending.trim_start();
@@ -229,14 +291,20 @@ impl ToolCallParser {
     }
 
     /// The answer ended: returns the text still held back and every remaining call. An unclosed
-    /// tagged call counts when its body is a complete call; otherwise it is malformed. An
-    /// unfinished untagged object is text.
+    /// `<tool_call>` or `<function…>` call counts when its body is a complete call; otherwise it
+    /// is malformed. An unclosed other tag and an unfinished untagged object are text.
     pub fn finish(&mut self) -> (String, Vec<ParsedCall>) {
         let pending = std::mem::take(&mut self.pending);
         let shown = match std::mem::take(&mut self.state) {
             State::Outside | State::Fence => pending,
             State::Inside {
-                body: Body::Tagged { close, function },
+                body:
+                    Body::Tagged {
+                        close,
+                        function,
+                        strict: false,
+                        ..
+                    },
                 header,
                 ..
             } => {
@@ -249,12 +317,75 @@ impl ToolCallParser {
                 String::new()
             }
             State::Inside {
-                body: Body::Bare,
+                body: Body::Tagged { strict: true, .. } | Body::Bare(_),
                 header,
                 ..
             } => header + &pending,
         };
         (shown, self.take_calls())
+    }
+}
+
+/// Where `pat` is in `text`, of which the first `searched` bytes were looked through before.
+fn find_from(text: &str, pat: &str, searched: usize) -> Option<usize> {
+    // `pat` may have begun in the last bytes looked through.
+    let mut from = searched.saturating_sub(pat.len()).min(text.len());
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    text[from..].find(pat).map(|at| from + at)
+}
+
+/// Reads an untagged JSON object as it streams, each byte once, to find where it ends.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes read so far.
+    read: usize,
+    /// Brackets open outside strings.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// The length at which the text was last parsed by [`Scan::broken`].
+    checked: usize,
+}
+
+impl Scan {
+    /// The length of the value at the start of `text` once its outer brackets close.
+    fn end(&mut self, text: &str) -> Option<usize> {
+        for &byte in &text.as_bytes()[self.read..] {
+            self.read += 1;
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(self.read);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Whether `text`, an unclosed value so far, is already not JSON. Parsed again only each
+    /// time it has doubled, so a long value is parsed in linear time overall.
+    fn broken(&mut self, text: &str) -> bool {
+        if text.len() < 2 * self.checked {
+            return false;
+        }
+        self.checked = text.len();
+        matches!(serde_json::from_str::<IgnoredAny>(text), Err(e) if !e.is_eof())
     }
 }
 
@@ -283,12 +414,15 @@ enum Miss {
 
 type Matched<T> = Result<T, Miss>;
 
-fn find_start(text: &str) -> Start {
+/// `begun`: whether anything but whitespace came before `text`, which rules out an untagged
+/// call.
+fn find_start(text: &str, begun: bool) -> Start {
+    let first = (!begun).then(|| text.len() - text.trim_start().len());
     for (at, byte) in text.bytes().enumerate() {
         if !matches!(byte, b'<' | b'`' | b'{') {
             continue;
         }
-        match header(&text[at..]) {
+        match header(&text[at..], first == Some(at)) {
             Ok(h) => return Start::At(at, h),
             Err(Miss::Partial) => return Start::Maybe(at),
             Err(Miss::No) => {}
@@ -319,10 +453,11 @@ fn first<T>(alternatives: impl IntoIterator<Item = Matched<T>>) -> Matched<T> {
     Err(miss)
 }
 
-fn header(text: &str) -> Matched<Header> {
+/// `bare`: whether an untagged call may start here (the first thing in the answer).
+fn header(text: &str, bare: bool) -> Matched<Header> {
     match fence(text) {
         Ok(after) => {
-            let (len, body) = json_start(after)?;
+            let (len, body) = json_start(after, bare)?;
             Ok(Header {
                 len: text.len() - after.len() + len,
                 body,
@@ -331,7 +466,7 @@ fn header(text: &str) -> Matched<Header> {
         }
         Err(Miss::Partial) => Err(Miss::Partial),
         Err(Miss::No) => {
-            let (len, body) = first([json_start(text), function_start(text)])?;
+            let (len, body) = first([json_start(text, bare), function_start(text)])?;
             Ok(Header {
                 len,
                 body,
@@ -355,12 +490,14 @@ fn fence(text: &str) -> Matched<&str> {
     Ok(rest)
 }
 
-/// A tag and `{"name"`, or `{"name"` alone (the header is then empty: the body is the object).
-fn json_start(text: &str) -> Matched<(usize, Body)> {
+/// A tag and `{"name"`, or with `bare`, `{"name"` alone (the header is then empty: the body is
+/// the object).
+fn json_start(text: &str, bare: bool) -> Matched<(usize, Body)> {
     let tagged = TAGS.iter().map(|&(open, close)| {
         let rest = eat(text, open)?;
         // SmolLM3's own tag always opens a call; the others only before `{"name"`.
-        if open != OPEN {
+        let strict = open != OPEN;
+        if strict {
             named_object(rest)?;
         }
         Ok((
@@ -368,11 +505,16 @@ fn json_start(text: &str) -> Matched<(usize, Body)> {
             Body::Tagged {
                 close,
                 function: None,
+                strict,
+                searched: 0,
             },
         ))
     });
-    let bare = named_object(text).map(|()| (0, Body::Bare));
-    first(tagged.chain([bare]))
+    let untagged = match bare {
+        true => named_object(text).map(|()| (0, Body::Bare(Scan::default()))),
+        false => Err(Miss::No),
+    };
+    first(tagged.chain([untagged]))
 }
 
 /// `\s*\{\s*"name"` at the start of `text`.
@@ -399,6 +541,8 @@ fn function_start(text: &str) -> Matched<(usize, Body)> {
         let body = Body::Tagged {
             close: FUNCTION_CLOSE,
             function: Some(rest[..n].to_owned()),
+            strict: false,
+            searched: 0,
         };
         Ok((prefix.len() + n + 1 + after.len(), body))
     };
@@ -433,13 +577,24 @@ fn tagged_call(body: &str, function: Option<String>, written: String) -> ParsedC
     })
 }
 
-/// An object without a tag is a call when its keys are exactly `name` and `arguments` and
-/// they are well-formed; otherwise it is text.
-fn bare_call(value: Value) -> Option<ToolCall> {
+/// The body of a tag other than SmolLM3's own (it starts with `{"name"`): a call when it is
+/// exactly one (see [`exact_call`]).
+fn wrapped_call(body: &str) -> Option<ToolCall> {
+    serde_json::from_str(body).ok().and_then(exact_call)
+}
+
+/// A call written without SmolLM3's tag is one only when its keys are exactly `name` (a
+/// non-empty string) and `arguments` (an object, or a string holding one); otherwise it is text.
+fn exact_call(value: Value) -> Option<ToolCall> {
     let Value::Object(object) = &value else {
         return None;
     };
-    let shaped = object.len() == 2 && object.contains_key("arguments");
+    let shaped = object.len() == 2
+        && object.contains_key("name")
+        && matches!(
+            object.get("arguments"),
+            Some(Value::Object(_) | Value::String(_))
+        );
     shaped.then(|| call_of(value, "").ok()).flatten()
 }
 
@@ -583,28 +738,26 @@ mod tests {
     fn llama_cpp_variants_split_at_every_byte() {
         let text = concat!(
             "A<function_call>{\"name\": \"a\", \"arguments\": {\"x\": 1}}</function_call>B\n",
-            "<tool> {\"name\": \"b\"} </tool>C\n",
-            "```json\n{\"name\": \"c\", \"arguments\": {}}\n```\n",
+            "<tool> {\"name\": \"b\", \"arguments\": {}} </tool>C\n",
             "D<function=d>{\"y\": 2}</function>E<function name=\"e\"></function>F\n",
-            "{\"name\": \"f\", \"arguments\": \"{\\\"z\\\": 3}\"}G\n",
             "```xml\n<tool_call>{\"name\": \"g\", \"arguments\": {}}</tool_call>\n```\n",
             "H<JSON>{\"name\": \"h\", \"arguments\": {}}</JSON>",
-            "<tools>\n{\"name\": \"i\"}\n</tools><response>{\"name\": \"j\"}</response>",
-            "<json>{\"name\": \"k\"}</json><xml>{\"name\": \"l\"}</xml>.",
+            "<tools>\n{\"name\": \"i\", \"arguments\": \"{\\\"z\\\": 3}\"}\n</tools>",
+            "<response>{\"name\": \"j\", \"arguments\": {}}</response>",
+            "```json\n<json>{\"name\": \"k\", \"arguments\": {}}</json>\n```",
+            "<xml>{\"name\": \"l\", \"arguments\": {}}</xml>.",
         );
         every_split(
             text,
-            "AB\nC\n\nDEF\nG\n\nH.",
+            "AB\nC\nDEF\n\nH.",
             &[
                 call("a", json!({"x": 1})),
                 call("b", json!({})),
-                call("c", json!({})),
                 call("d", json!({"y": 2})),
                 call("e", json!({})),
-                call("f", json!({"z": 3})),
                 call("g", json!({})),
                 call("h", json!({})),
-                call("i", json!({})),
+                call("i", json!({"z": 3})),
                 call("j", json!({})),
                 call("k", json!({})),
                 call("l", json!({})),
@@ -612,19 +765,113 @@ mod tests {
         );
     }
 
+    /// An untagged call counts when it is the first thing in the answer, bare or fenced.
     #[test]
-    fn text_that_is_not_a_call_stays_text() {
+    fn an_untagged_call_at_the_start_of_the_answer() {
+        every_split(
+            " \n{\"name\": \"f\", \"arguments\": \"{\\\"z\\\": 3}\"}G",
+            " \nG",
+            &[call("f", json!({"z": 3}))],
+        );
+        every_split(
+            "\n```json\n{\"name\": \"c\", \"arguments\": {}}\n```\nDone",
+            "\n\nDone",
+            &[call("c", json!({}))],
+        );
+        // Whitespace in pieces of its own before it is still the start.
+        let mut p = ToolCallParser::default();
+        assert_eq!(p.push("  "), "  ");
+        assert_eq!(p.push("\n"), "\n");
+        assert_eq!(p.push("{\"name\": \"now\", "), "");
+        assert_eq!(p.push("\"arguments\": {}}"), "");
+        assert_eq!(p.finish(), (String::new(), vec![call("now", json!({}))]));
+    }
+
+    /// Regression: any object with keys `name` and `arguments`, anywhere (even nested), was run
+    /// as a call, so an answer explaining tool calls made one; and the other tags took any
+    /// object, so `<json>{"name": "John", ...}</json>` called a tool "John" and vanished.
+    #[test]
+    fn json_that_is_not_clearly_a_call_stays_text() {
         for text in [
-            "<json>not a call</json> and <response>a reply</response>",
-            "Here: {\"name\": \"Ada\", \"born\": 1815}.",
-            "```json\n{\"name\": \"Ada\"}\n```",
-            "```python\nprint({1: 2})\n```",
-            "{\"name\" oops} and <function=> and <function>x</function>",
-            "The end: {\"name\": \"x\", \"arguments\": {}",
-            "```\n",
+            // Untagged: nested, after text, or after the first thing.
+            "Example: {\"tool_calls\": [{\"name\": \"calculator\", \"arguments\": {\"expression\": \"2+2\"}}]}",
+            "{\"tool_calls\": [{\"name\": \"calculator\", \"arguments\": {\"expression\": \"2+2\"}}]}",
+            "[{\"name\": \"calculator\", \"arguments\": {}}]",
+            "Call it as {\"name\": \"calculator\", \"arguments\": {\"expression\": \"2+2\"}}.",
+            "A fence:\n```json\n{\"name\": \"calculator\", \"arguments\": {}}\n```",
+            "{\"name\": \"Ada\", \"born\": 1815} {\"name\": \"now\", \"arguments\": {}}",
+            "{\"name\": \"now\", \"arguments\": null}",
+            // The other tags: not exactly name and arguments, or left open.
+            "<json>{\"name\": \"John\", \"age\": 30}</json>",
+            "<response>{\"name\": \"now\"}</response> and <tool>{\"name\": \"\", \"arguments\": {}}</tool>",
+            "<json>{\"name\": \"calc\", \"arguments\": [1]}</json><xml>{\"name\": \"calc\", \"arguments\": \"2+2\"}</xml>",
+            "<tools>{\"name\": \"a\", \"arguments\": {}} {\"name\": \"b\", \"arguments\": {}}</tools>",
+            "```json\n<json>{\"name\": \"John\"}</json>\n```",
+            "<response>{\"name\": \"Ada\", \"arguments\": {}}, she said. The rest of the answer.",
         ] {
             every_split(text, text, &[]);
         }
+        // A call after the first thing still counts when SmolLM3's tag says so.
+        every_split(
+            "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>{\"name\": \"b\", \"arguments\": {}}",
+            "{\"name\": \"b\", \"arguments\": {}}",
+            &[call("a", json!({}))],
+        );
+    }
+
+    /// Regression: text held back while an untagged object or another tag's body was undecided
+    /// grew without end, parsed again on every piece.
+    #[test]
+    fn what_is_held_back_is_capped() {
+        for open in [
+            "{\"name\": \"x\", \"arguments\": {\"text\": \"",
+            "<json>{\"name\": \"x\", \"arguments\": {\"text\": \"",
+        ] {
+            let mut p = ToolCallParser::default();
+            let mut shown = p.push(open);
+            assert_eq!(shown, "", "{open}");
+            let filler = "abcd".repeat(MAX_HELD / 4);
+            for piece in filler.as_bytes().chunks(4) {
+                shown.push_str(&p.push(std::str::from_utf8(piece).unwrap()));
+            }
+            // Released before the answer ends, and as written.
+            assert!(
+                shown.len() > MAX_HELD - open.len() - 8,
+                "{open}: {}",
+                shown.len()
+            );
+            let (tail, calls) = p.finish();
+            assert_eq!(shown + &tail, format!("{open}{filler}"));
+            assert!(calls.is_empty(), "{calls:?}");
+        }
+        // A call just under the cap still counts.
+        let big = "a".repeat(MAX_HELD - 100);
+        let text = format!("{{\"name\": \"x\", \"arguments\": {{\"t\": \"{big}\"}}}}");
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(
+            run(&pieces),
+            (String::new(), vec![call("x", json!({"t": big}))])
+        );
+        // After the cap, a `<tool_call>` in what was held back is still a call.
+        let text =
+            format!("<json>{{\"name\": {big}{big} <tool_call>{{\"name\": \"now\"}}</tool_call>!");
+        let (shown, calls) = run(&[&text[..MAX_HELD + 10], &text[MAX_HELD + 10..]]);
+        assert_eq!(shown, format!("<json>{{\"name\": {big}{big} !"));
+        assert_eq!(calls, [call("now", json!({}))]);
+    }
+
+    /// An untagged object that is not JSON is shown as soon as that is clear, not at the cap.
+    #[test]
+    fn an_untagged_object_that_is_not_json_is_not_held_back() {
+        let mut p = ToolCallParser::default();
+        assert_eq!(p.push("{\"name\" is a key"), "{\"name\" is a key");
+        let mut p = ToolCallParser::default();
+        let mut shown = String::new();
+        for piece in ["{", "\"na", "me\": ", "oops", " and then", " more"] {
+            shown.push_str(&p.push(piece));
+        }
+        assert_eq!(shown, "{\"name\": oops and then more");
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod engine_common;
 
 use std::time::Duration;
 
-use chat::{EventKind, MessageStatus, ModelState, SendOutcome, Settings};
+use chat::{EventKind, MessageStatus, ModelState, Settings};
 use engine_common::tiny_model::{with_tensor_values, without_kv, write, TinyModel};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -22,16 +22,6 @@ fn settings(model: std::path::PathBuf) -> Settings {
         max_tokens: 8,
         context_len: 256,
         ..Settings::default()
-    }
-}
-
-fn send(app: &chat::ChatApp, chat_id: i64, text: &str) -> i64 {
-    match app.send(chat_id, text).unwrap() {
-        SendOutcome::Generating {
-            assistant_message_id,
-            ..
-        } => assistant_message_id,
-        other => panic!("{other:?}"),
     }
 }
 
@@ -50,7 +40,7 @@ fn nan_logits_end_the_answer_as_failed_saying_nan() {
     );
 
     let chat = app.create_chat().unwrap();
-    let id = send(&app, chat.id, "Hello there");
+    let id = common::send(&app, chat.id, "Hello there");
     let events = rec.wait_done(id, WAIT);
     // Was (before the engine checked its logits): no tokens, then `complete` with finish "stop".
     match &events.last().unwrap().kind {
@@ -82,7 +72,7 @@ fn a_model_without_a_template_answers_in_chatml_and_status_says_so() {
     assert!(matches!(state, ModelState::Ready { .. }), "{state:?}");
     let chat = app.create_chat().unwrap();
     // Was: every answer failed ("the model has no chat template").
-    let id = send(&app, chat.id, "Hello there");
+    let id = common::send(&app, chat.id, "Hello there");
     let events = rec.wait_done(id, WAIT);
     assert_eq!(
         common::final_status(&events),

@@ -5,21 +5,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chat::{ChatError, EventKind, LoadError, MessageStatus, ModelState, SendOutcome, Settings};
-use common::{final_status, model_settings, open, run, tokens};
+use common::{final_status, model_settings, open, run, send, tokens};
 use engine::EngineError;
 
 const LOAD: Duration = Duration::from_secs(60);
 const ANSWER: Duration = Duration::from_secs(60);
-
-fn send(app: &chat::ChatApp, chat_id: i64, text: &str) -> i64 {
-    match app.send(chat_id, text).unwrap() {
-        SendOutcome::Generating {
-            assistant_message_id,
-            ..
-        } => assistant_message_id,
-        other => panic!("{other:?}"),
-    }
-}
 
 fn stats_of(events: &[chat::StreamEvent]) -> chat::MessageStats {
     events

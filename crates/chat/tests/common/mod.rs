@@ -185,6 +185,17 @@ pub fn model_settings(max_tokens: usize) -> Settings {
     }
 }
 
+/// Sends a message that starts an answer; returns the answer's message id.
+pub fn send(app: &ChatApp, chat_id: i64, text: &str) -> i64 {
+    match app.send(chat_id, text).unwrap() {
+        SendOutcome::Generating {
+            assistant_message_id,
+            ..
+        } => assistant_message_id,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Runs a command; returns its name, reply text and action.
 pub fn run(app: &ChatApp, chat_id: i64, text: &str) -> (String, String, Option<CommandAction>) {
     match app.send(chat_id, text).unwrap() {

@@ -55,9 +55,11 @@ before(async () => {
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
   // Answers of at most 200 tokens: long enough to reload or stop mid-answer, short enough that a
-  // test never waits long for one that is still running.
+  // test never waits long for one that is still running. Temperature 0, so each prompt's answer
+  // is always the same: the LONG story runs to the 200-token limit (sampled at random it ended
+  // early now and then, before the reload meant to interrupt it).
   mkdirSync(join(dir, "config"));
-  writeFileSync(join(dir, "config", "settings.json"), JSON.stringify({ max_tokens: 200 }));
+  writeFileSync(join(dir, "config", "settings.json"), JSON.stringify({ max_tokens: 200, temperature: 0 }));
   proc = spawn(BIN, ["serve", "--model", MODEL, "--port", String(port), "--context", "2048",
     "--data-dir", join(dir, "data"), "--config-dir", join(dir, "config")]);
   proc.stdout.on("data", (d) => (log += d));
@@ -205,12 +207,15 @@ test("Stop ends the answer and keeps what was written as interrupted", async () 
 
 test("an answer waiting behind an API request shows its place, then its tokens", async () => {
   const page = await open("/");
-  // An API client's streamed answer holds the engine: counting on at temperature 0 does not stop early.
+  // An API client's streamed answer holds the engine: counting on at temperature 0 does not stop
+  // early, and 4000 tokens last far longer than the steps below on any machine (200 could end
+  // first on a fast one). The client's cancel ends it.
+  const MAX = 4000;
   const api = await fetch(url + "/v1/completions", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ model: MODEL.split("/").pop().replace(/\.gguf$/, ""), prompt: "1, 2, 3, 4, 5, 6, 7, 8,",
-      max_tokens: 200, temperature: 0, stream: true }),
+      max_tokens: MAX, temperature: 0, stream: true }),
   });
   assert.equal(api.status, 200);
   const reader = api.body.getReader();
@@ -220,8 +225,9 @@ test("an answer waiting behind an API request shows its place, then its tokens",
     assert.ok(!done, `the API answer ended before its first token: ${said}`);
     said += new TextDecoder().decode(value);
   }
-  // A chat asks meanwhile: its placeholder says it waits, and for how many.
-  const mid = await newChatAndSend(page, "Say hi.");
+  // A chat asks meanwhile: its placeholder says it waits, and for how many. Its answer is the
+  // 200-token story, so it is still running when its first token shows (see below).
+  const mid = await newChatAndSend(page, LONG);
   const waiting = `#msg-${mid} .waiting`;
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === "Waiting for the model — 1 answer ahead",
     waiting, { timeout: 10_000 }).catch(async (e) => {
@@ -233,6 +239,11 @@ test("an answer waiting behind an API request shows its place, then its tokens",
   await waitForText(page, mid, 1);
   assert.equal(await page.evaluate((sel) => document.querySelector(sel)?.textContent || "", waiting), "",
     "the place is gone with the first token");
+  // The engine's latest finished answer, while the chat's runs, is the API's: cancelled, short
+  // of its limit (not run out in the background before the chat's turn came).
+  const { last } = await (await fetch(url + "/health")).json();
+  assert.equal(last?.finish, "cancelled", `the API answer was stopped: ${JSON.stringify(last)}`);
+  assert.ok(last.completion_tokens < MAX, JSON.stringify(last));
   const text = await stored(page, mid, "complete");
   assert.ok(text.length > 0, await page.$eval(`#msg-${mid}`, (m) => m.outerHTML));
   assert.deepEqual(page.errors, []);

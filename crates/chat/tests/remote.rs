@@ -4,8 +4,9 @@
 //! errors of a chat request, and the app core chatting through it.
 
 mod common;
+mod fake_http;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,37 +82,14 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
     let mut out = conn;
     // Keep-alive: ureq reuses connections, so serve requests until the client closes.
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(request) = fake_http::read_request(&mut reader) else {
             return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (
-            parts.next().unwrap_or("").to_owned(),
-            parts.next().unwrap_or("").to_owned(),
-        );
-        let (mut length, mut auth) = (0, None);
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').unwrap();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap(),
-                "authorization" => auth = Some(value.trim().to_owned()),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
+        };
         let seen = Seen {
-            method,
-            path,
-            auth,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            method: request.method,
+            path: request.path,
+            auth: request.auth,
+            body: serde_json::from_slice(&request.body).unwrap_or(Value::Null),
         };
         log.lock().unwrap().push(seen.clone());
         match handler(&seen) {

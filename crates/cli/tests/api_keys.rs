@@ -2,9 +2,11 @@
 //! `--api-key`, and `smollm3 generate --endpoint URL --api-key K` sends the key (to a fake
 //! OpenAI-compatible server on loopback that lets only that key in).
 
+#[path = "../../chat/tests/fake_http/mod.rs"]
+mod fake_http;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -59,25 +61,11 @@ fn fake_endpoint() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
         for conn in listener.incoming().flatten() {
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let mut out = conn;
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let (mut length, mut auth) = (0, None);
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h).unwrap();
-                let Some((k, v)) = h.trim_end().split_once(':') else {
-                    break;
-                };
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse().unwrap(),
-                    "authorization" => auth = Some(v.trim().to_owned()),
-                    _ => {}
-                }
-            }
-            reader.read_exact(&mut vec![0; length]).unwrap();
-            log.lock().unwrap().push(auth.clone());
-            let (status, kind, body) = match (auth.as_deref(), path.as_str()) {
+            let Some(request) = fake_http::read_request(&mut reader) else {
+                continue;
+            };
+            log.lock().unwrap().push(request.auth.clone());
+            let (status, kind, body) = match (request.auth.as_deref(), request.path.as_str()) {
                 (Some("Bearer sesame"), "/v1/models") => (
                     200,
                     "application/json",

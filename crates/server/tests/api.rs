@@ -3,6 +3,8 @@
 //! (`make test` also drives it with the official `openai` Python client: `tests/openai/`.)
 
 mod common;
+#[path = "../../chat/tests/fake_http/mod.rs"]
+mod fake_http;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -665,30 +667,15 @@ impl FakeEndpoint {
     }
 
     fn answer(conn: TcpStream, reply: &dyn Fn(&Value) -> Reply, log: &Mutex<Vec<Value>>) {
-        use std::io::Read;
         let mut reader = BufReader::new(conn.try_clone().unwrap());
         let mut out = conn;
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let mut length = 0;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            match h.trim_end().split_once(':') {
-                None => break,
-                Some((k, v)) if k.eq_ignore_ascii_case("content-length") => {
-                    length = v.trim().parse().unwrap()
-                }
-                Some(_) => {}
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        let reply = match path.as_str() {
+        let Some(request) = fake_http::read_request(&mut reader) else {
+            return;
+        };
+        let reply = match request.path.as_str() {
             "/v1/models" => Reply::Json(200, json!({"object": "list", "data": [{"id": "smol"}]})),
             _ => {
-                let body: Value = serde_json::from_slice(&body).unwrap();
+                let body: Value = serde_json::from_slice(&request.body).unwrap();
                 log.lock().unwrap().push(body.clone());
                 reply(&body)
             }

@@ -375,6 +375,19 @@ fn read_then_hang_up(url: &str, body: &Value, n: usize) -> usize {
     seen
 }
 
+/// The stats of the last answer, once nothing runs or waits any more (at most `within`).
+async fn last_answer_once_idle(f: &Fixture, within: Duration) -> chat::MessageStats {
+    let start = Instant::now();
+    loop {
+        let status = f.server.chat().status().engine;
+        if let Some(last) = status.last.filter(|_| status.queued == 0) {
+            return last;
+        }
+        assert!(start.elapsed() < within, "the answer stops");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_hangs_up_stops_its_answer_within_a_token() {
     let (f, url) = ready_server("").await;
@@ -385,18 +398,7 @@ async fn a_client_that_hangs_up_stops_its_answer_within_a_token() {
     let seen = tokio::task::spawn_blocking(move || read_then_hang_up(&url, &body, 3))
         .await
         .unwrap();
-    let start = Instant::now();
-    let last = loop {
-        let status = f.server.chat().status().engine;
-        if let Some(last) = status.last.filter(|_| status.queued == 0) {
-            break last;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the answer stops"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let last = last_answer_once_idle(&f, Duration::from_secs(30)).await;
     assert_eq!(last.finish, Some(Finish::Cancelled), "{last:?}");
     // The socket buffers a token or two that the client never read.
     assert!(
@@ -608,17 +610,7 @@ async fn a_whole_answers_client_that_hangs_up_stops_it_and_frees_the_engine() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     s.shutdown(std::net::Shutdown::Both).unwrap();
-    let last = loop {
-        let status = f.server.chat().status().engine;
-        if let Some(last) = status.last.filter(|_| status.queued == 0) {
-            break last;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the answer stops"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let last = last_answer_once_idle(&f, Duration::from_secs(60)).await;
     assert_eq!(last.finish, Some(Finish::Cancelled), "{last:?}");
     assert!(last.completion_tokens < max, "{last:?}");
     let (status, next) = post(

@@ -438,12 +438,26 @@ async fn a_second_client_waits_its_turn_and_is_told_its_place() {
     );
 }
 
-/// Sends `raw` (a whole HTTP/1.1 request) and reads the answer until the server closes: the
-/// status, the headers (lower-case names) and the body.
-fn raw_request(url: &str, raw: &str) -> (u16, Vec<(String, String)>, String) {
+/// Sends `method path` to the server at `url` with `headers` (each `Name: value`) and `body`, the
+/// connection closed after, and reads the answer until the server closes: the status, the headers
+/// (lower-case names) and the body.
+fn raw_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     use std::io::Read;
-    let mut s = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
+    let host = url.trim_start_matches("http://");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let mut s = TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -456,68 +470,36 @@ fn raw_request(url: &str, raw: &str) -> (u16, Vec<(String, String)>, String) {
     (status.parse().unwrap(), headers, body.to_owned())
 }
 
-/// A request to `path` with `headers` (each `Name: value`) and `body`, the connection closed after.
-fn request(method: &str, url: &str, path: &str, headers: &[&str], body: &str) -> String {
-    let host = url.trim_start_matches("http://");
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_method_is_405_in_openais_shape_and_any_content_type_is_read_as_json() {
     let (_f, url) = ready_server("").await;
     let body = ask("Say hi.", json!({"max_tokens": 2})).to_string();
     let u = url.clone();
+    const CHAT: &str = "/v1/chat/completions";
+    const FORM: &str = "Content-Type: application/x-www-form-urlencoded";
     let (wrong_method, post_models, plain, form, cross, same) =
         tokio::task::spawn_blocking(move || {
             (
-                raw_request(&u, &request("GET", &u, "/v1/chat/completions", &[], "")),
-                raw_request(&u, &request("POST", &u, "/v1/models", &[], "")),
+                raw_request(&u, "GET", CHAT, &[], ""),
+                raw_request(&u, "POST", "/v1/models", &[], ""),
                 // `curl -d` sends a form's content type; llama.cpp's server reads JSON anyway.
-                raw_request(
-                    &u,
-                    &request(
-                        "POST",
-                        &u,
-                        "/v1/chat/completions",
-                        &["Content-Type: application/x-www-form-urlencoded"],
-                        &body,
-                    ),
-                ),
-                raw_request(
-                    &u,
-                    &request(
-                        "POST",
-                        &u,
-                        "/v1/chat/completions",
-                        &["Content-Type: application/x-www-form-urlencoded"],
-                        "model=x&prompt=y",
-                    ),
-                ),
+                raw_request(&u, "POST", CHAT, &[FORM], &body),
+                raw_request(&u, "POST", CHAT, &[FORM], "model=x&prompt=y"),
                 // What a page of another site could post through the browser: refused.
                 raw_request(
                     &u,
-                    &request(
-                        "POST",
-                        &u,
-                        "/v1/chat/completions",
-                        &["Content-Type: text/plain", "Origin: https://evil.example"],
-                        &body,
-                    ),
+                    "POST",
+                    CHAT,
+                    &["Content-Type: text/plain", "Origin: https://evil.example"],
+                    &body,
                 ),
                 // The server's own pages are of its origin.
                 raw_request(
                     &u,
-                    &request(
-                        "POST",
-                        &u,
-                        "/v1/chat/completions",
-                        &["Content-Type: application/json", &format!("Origin: {u}")],
-                        &body,
-                    ),
+                    "POST",
+                    CHAT,
+                    &["Content-Type: application/json", &format!("Origin: {u}")],
+                    &body,
                 ),
             )
         })
